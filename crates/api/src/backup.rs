@@ -1,0 +1,117 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One etcd backup of a Talos control plane into S3. It runs once; a finished backup never runs again.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "talos.alperen.cloud",
+    version = "v1alpha1",
+    kind = "TalosEtcdBackup",
+    namespaced,
+    status = "TalosEtcdBackupStatus",
+    shortname = "teb",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Failed","type":"string","jsonPath":".status.conditions[?(@.type==\"Failed\")].status","priority":1}"#,
+    printcolumn = r#"{"name":"Key","type":"string","jsonPath":".status.filename"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","format":"int64","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TalosEtcdBackupSpec {
+    /// The TalosControlPlane (in the backup's namespace) whose etcd is backed up.
+    pub talos_control_plane_ref: TalosControlPlaneRef,
+    /// Where the snapshot is stored.
+    pub backup_storage: BackupStorage,
+    /// Optional Secret key (in the backup's namespace) holding a talosconfig to reach the Talos API.
+    /// When unset, credentials come from the TalosControlPlane's status (secrets bundle), else from the
+    /// Secret `<controlplane>-talosconfig`, key `<controlplane>.talosconfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub talosconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct TalosControlPlaneRef {
+    /// Name of the TalosControlPlane.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct BackupStorage {
+    /// S3 or S3-compatible object storage.
+    pub s3: S3Storage,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name; the bucket must exist.
+    #[schemars(length(min = 1))]
+    pub bucket: String,
+    /// Region of the bucket, for example `us-west-2`.
+    #[schemars(length(min = 1))]
+    pub region: String,
+    /// Custom endpoint URL for S3-compatible storage (MinIO, Ceph, ...), for example
+    /// `https://minio.example.com`. Path-style requests are used when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Skip TLS certificate verification of the endpoint. Default false.
+    #[serde(rename = "insecureSkipTLSVerify", default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_tls_verify: Option<bool>,
+    /// Secret key (in the backup's namespace) holding the access key ID.
+    #[serde(rename = "accessKeyID")]
+    pub access_key_id: SecretKeyRef,
+    /// Secret key (in the backup's namespace) holding the secret access key.
+    pub secret_access_key: SecretKeyRef,
+    /// Optional Secret key (in the backup's namespace) holding PEM CA certificates to trust for the
+    /// endpoint, in addition to the system roots; for endpoints with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the same namespace as the object that names it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TalosEtcdBackupStatus {
+    /// `Progressing`, `Ready` and `Failed`, as the specification's table describes.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The S3 key of the snapshot:
+    /// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-<timestamp>.db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Size of the stored snapshot in bytes (database plus its 32-byte SHA-256 trailer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// Hex SHA-256 of the etcd database, as carried in the snapshot's trailer and verified while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The Talos node whose etcd member served the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the backup finished, successfully or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Number of attempts made so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

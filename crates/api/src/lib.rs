@@ -1,0 +1,28 @@
+//! Custom resource types of talos-etcd-backup (group `talos.alperen.cloud`, version `v1alpha1`) and the
+//! helpers that keep their status conditions consistent. No I/O lives here.
+
+mod backup;
+pub mod conditions;
+mod controlplane;
+
+pub use backup::{
+    BackupStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec,
+    TalosEtcdBackupStatus,
+};
+pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
+
+/// API group shared by every resource of this project and of the upstream Talos operator.
+pub const GROUP: &str = "talos.alperen.cloud";
+
+/// The CRDs of this project as one multi-document YAML stream, as `talos-etcd-backup crds` prints it.
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    [TalosEtcdBackup::crd(), TalosControlPlane::crd()]
+        .iter()
+        .map(|crd| {
+            let yaml = serde_yaml::to_string(crd).expect("CRD types always serialize");
+            format!("---\n{yaml}")
+        })
+        .collect()
+}
+

@@ -1,0 +1,53 @@
+use std::time::Duration;
+
+/// The S3 request that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Operation {
+    CreateMultipartUpload,
+    UploadPart,
+    CompleteMultipartUpload,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid S3 configuration: {0}")]
+    Config(String),
+    #[error("snapshot source failed after {bytes} bytes: {source}")]
+    Source { bytes: u64, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("snapshot stream sent no data for {timeout:?} (after {bytes} bytes); the Talos API applies no timeout of its own")]
+    IdleTimeout { timeout: Duration, bytes: u64 },
+    #[error("backup did not finish within {timeout:?} (after {bytes} bytes)")]
+    TotalTimeout { timeout: Duration, bytes: u64 },
+    #[error(
+        "snapshot is truncated: {bytes} bytes is not a whole etcd database plus its 32-byte SHA-256 trailer (the stream ended early)"
+    )]
+    Truncated { bytes: u64 },
+    #[error("snapshot is corrupt: SHA-256 of the database is {actual} but its trailer says {expected}")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("{operation:?} to bucket {bucket:?} failed{}: {message}", code.as_ref().map(|c| format!(" with S3 error {c}")).unwrap_or_default())]
+    S3 { operation: S3Operation, bucket: String, code: Option<String>, message: String },
+}
+
+impl Error {
+    /// Whether a new attempt may succeed: network trouble, throttling, server errors, a stalled or
+    /// broken stream. Wrong credentials, a missing bucket or bad configuration are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Config(_) => false,
+            Error::S3 { code, message, .. } => match code.as_deref() {
+                Some(
+                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NoSuchBucket" | "InvalidBucketName"
+                    | "AuthorizationHeaderMalformed" | "PermanentRedirect" | "InvalidArgument" | "InvalidRequest",
+                ) => false,
+                Some(_) => true,
+                // Without a code, certificate problems are permanent; connection trouble is not.
+                None => !message.contains("certificate"),
+            },
+            Error::Source { .. }
+            | Error::IdleTimeout { .. }
+            | Error::TotalTimeout { .. }
+            | Error::Truncated { .. }
+            | Error::ChecksumMismatch { .. } => true,
+        }
+    }
+}

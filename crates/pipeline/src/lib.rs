@@ -1,0 +1,16 @@
+//! The backup path with no Kubernetes in it: a byte stream in, an object in S3 out.
+//!
+//! [`run`] streams a snapshot into an S3 multipart upload while [`TrailerVerifier`] checks the etcd
+//! snapshot's SHA-256 trailer. The upload is completed only after the trailer matched; on any failure
+//! it is aborted, so a failed backup leaves neither an object nor an unfinished upload. Memory is
+//! bounded by `part_size × (parts_in_flight + 1)` whatever the snapshot's size.
+
+mod error;
+mod run;
+mod sink;
+mod verify;
+
+pub use error::{Error, S3Operation};
+pub use run::{Limits, Report, run};
+pub use sink::{S3Credentials, S3Location, S3Sink};
+pub use verify::TrailerVerifier;

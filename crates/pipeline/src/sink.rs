@@ -1,0 +1,157 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
+
+use crate::{Error, S3Operation};
+
+/// S3 access keys. Debug output never shows them.
+#[derive(Clone)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("S3Credentials { .. }")
+    }
+}
+
+/// A bucket and how to reach it.
+#[derive(Clone, Debug)]
+pub struct S3Location {
+    pub bucket: String,
+    pub region: String,
+    /// Custom endpoint (S3-compatible stores); requests are then path-style.
+    pub endpoint: Option<String>,
+    pub insecure_skip_tls_verify: bool,
+    /// Extra PEM CA certificates to trust for the endpoint.
+    pub ca_pem: Option<String>,
+    pub credentials: S3Credentials,
+}
+
+/// Where snapshots go: one bucket of an S3-compatible store.
+#[derive(Clone, Debug)]
+pub struct S3Sink {
+    pub(crate) store: Arc<AmazonS3>,
+    pub(crate) bucket: String,
+}
+
+impl S3Sink {
+    /// `request_timeout` bounds each S3 request, a part upload included.
+    pub fn new(location: &S3Location, request_timeout: Duration) -> Result<Self, Error> {
+        let mut options = ClientOptions::new()
+            .with_timeout(request_timeout)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_allow_invalid_certificates(location.insecure_skip_tls_verify);
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&location.bucket)
+            .with_region(&location.region)
+            .with_access_key_id(&location.credentials.access_key_id)
+            .with_secret_access_key(&location.credentials.secret_access_key)
+            // A few quick retries for a lost part; the controller retries whole attempts beyond that.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(60),
+            });
+        if let Some(endpoint) = location.endpoint.as_deref() {
+            let url = endpoint.trim_end_matches('/');
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(Error::Config(format!(
+                    "endpoint {endpoint:?} must be a URL starting with https:// or http://"
+                )));
+            }
+            options = options.with_allow_http(url.starts_with("http://"));
+            builder = builder.with_endpoint(url).with_virtual_hosted_style_request(false);
+        }
+        if let Some(pem) = location.ca_pem.as_deref() {
+            let certs = Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| Error::Config(format!("CA bundle is not valid PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Config("CA bundle holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                options = options.with_root_certificate(cert);
+            }
+        }
+        let store = builder
+            .with_client_options(options)
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(S3Sink { store: Arc::new(store), bucket: location.bucket.clone() })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub(crate) fn error(&self, operation: S3Operation, e: &object_store::Error) -> Error {
+        let text = error_chain(e);
+        Error::S3 {
+            operation,
+            bucket: self.bucket.clone(),
+            code: xml_tag(&text, "Code"),
+            message: xml_tag(&text, "Message").unwrap_or(text),
+        }
+    }
+}
+
+/// S3 errors carry an XML body such as `<Error><Code>NoSuchBucket</Code>...`.
+fn xml_tag(text: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&format!("</{tag}>"))?;
+    Some(text[start..start + len].to_owned())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_error_code_and_message_come_from_the_xml_body() {
+        let text = "Client error with status 404: <?xml?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
+        assert_eq!(xml_tag(text, "Code").as_deref(), Some("NoSuchBucket"));
+        assert_eq!(xml_tag(text, "Message").as_deref(), Some("The specified bucket does not exist"));
+        assert_eq!(xml_tag("no xml", "Code"), None);
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let creds = S3Credentials { access_key_id: "AKIAEXAMPLE".into(), secret_access_key: "s3cr3t".into() };
+        let text = format!("{creds:?}");
+        assert!(!text.contains("AKIAEXAMPLE") && !text.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn endpoints_must_be_urls() {
+        let location = S3Location {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            endpoint: Some("minio.example.com".into()),
+            insecure_skip_tls_verify: false,
+            ca_pem: None,
+            credentials: S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() },
+        };
+        let err = S3Sink::new(&location, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("must be a URL starting with https://"), "{err}");
+    }
+}

@@ -1,0 +1,265 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::proto::common::Metadata;
+use crate::proto::machine::machine_service_client::MachineServiceClient;
+use crate::proto::machine::{EtcdMember, EtcdMemberListRequest, EtcdMemberStatus, EtcdSnapshotRequest};
+use crate::{DEFAULT_PORT, Error, Target, normalize_key_pem};
+
+/// Talos caps gRPC messages at 32 MiB; so do we.
+const MAX_MESSAGE_SIZE: usize = 32 << 20;
+
+/// A connection to one apid endpoint; calls are routed to nodes with `node` request metadata.
+#[derive(Clone, Debug)]
+pub struct TalosClient {
+    machine: MachineServiceClient<Channel>,
+    endpoint: String,
+}
+
+/// Whether the chosen member was following or leading when it was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberRole {
+    Follower,
+    Leader,
+}
+
+/// The node chosen to serve a snapshot, and what EtcdStatus said of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChosenNode {
+    pub node: String,
+    pub role: MemberRole,
+    pub db_size: i64,
+}
+
+impl TalosClient {
+    /// Connects to the first endpoint of `target` that accepts mTLS with its credentials.
+    pub async fn connect(target: &Target, connect_timeout: Duration) -> Result<Self, Error> {
+        let creds = &target.credentials;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&creds.ca_pem))
+            .identity(Identity::from_pem(&creds.crt_pem, normalize_key_pem(&creds.key_pem)));
+        let mut failures = Vec::new();
+        for endpoint in &target.endpoints {
+            let (uri, host) = endpoint_uri(endpoint)?;
+            let channel = Endpoint::from_shared(uri)
+                .and_then(|e| e.tls_config(tls.clone().domain_name(host)))
+                .map_err(|e| Error::Endpoint { endpoint: endpoint.clone(), reason: error_chain(&e) })?
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .connect()
+                .await;
+            match channel {
+                Ok(channel) => {
+                    let machine = MachineServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
+                    return Ok(TalosClient { machine, endpoint: endpoint.clone() });
+                }
+                Err(e) => failures.push(format!("{endpoint}: {}", error_chain(&e))),
+            }
+        }
+        Err(Error::Connect { endpoints: target.endpoints.join(", "), reason: failures.join("; ") })
+    }
+
+    /// The endpoint this client is connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The etcd members as the endpoint node sees them.
+    pub async fn etcd_members(&self) -> Result<Vec<EtcdMember>, Error> {
+        let request = tonic::Request::new(EtcdMemberListRequest { query_local: false });
+        let response = self
+            .machine
+            .clone()
+            .etcd_member_list(request)
+            .await
+            .map_err(|s| Error::call("EtcdMemberList", &self.endpoint, &s))?
+            .into_inner();
+        let first = response.messages.into_iter().next().unwrap_or_default();
+        check_in_band("EtcdMemberList", &self.endpoint, first.metadata.as_ref())?;
+        Ok(first.members)
+    }
+
+    /// EtcdStatus of one node's etcd member.
+    pub async fn etcd_status(&self, node: &str) -> Result<EtcdMemberStatus, Error> {
+        let request = with_node((), node)?;
+        let response = self
+            .machine
+            .clone()
+            .etcd_status(request)
+            .await
+            .map_err(|s| Error::call("EtcdStatus", node, &s))?
+            .into_inner();
+        let first = response.messages.into_iter().next().unwrap_or_default();
+        check_in_band("EtcdStatus", node, first.metadata.as_ref())?;
+        first.member_status.ok_or_else(|| Error::Call {
+            call: "EtcdStatus",
+            node: node.to_owned(),
+            code: tonic::Code::Internal,
+            message: "response carries no member status".into(),
+        })
+    }
+
+    /// Picks the node to snapshot: a healthy follower if there is one (a snapshot puts load on the
+    /// member, and the leader has the most to do), otherwise any healthy member. Candidates are the
+    /// etcd members the endpoint reports (by the host of their peer URL), then `extra` nodes.
+    pub async fn choose_node(&self, extra: &[String]) -> Result<ChosenNode, Error> {
+        let mut candidates: Vec<String> = Vec::new();
+        let mut problems = Vec::new();
+        match self.etcd_members().await {
+            Ok(members) => {
+                for member in members.iter().filter(|m| !m.is_learner) {
+                    if let Some(host) = member.peer_urls.iter().find_map(|u| url_host(u)) {
+                        candidates.push(host);
+                    }
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        for node in extra {
+            if !candidates.contains(node) {
+                candidates.push(node.clone());
+            }
+        }
+        let mut leader = None;
+        for node in candidates {
+            match self.etcd_status(&node).await {
+                Ok(status) if !status.errors.is_empty() => {
+                    problems.push(format!("{node}: etcd reports errors: {}", status.errors.join("; ")));
+                }
+                Ok(status) if status.is_learner => problems.push(format!("{node}: member is a learner")),
+                Ok(status) if status.member_id != status.leader => {
+                    return Ok(ChosenNode { node, role: MemberRole::Follower, db_size: status.db_size });
+                }
+                Ok(status) => {
+                    leader.get_or_insert(ChosenNode { node, role: MemberRole::Leader, db_size: status.db_size });
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        leader.ok_or_else(|| {
+            if problems.is_empty() {
+                Error::NoHealthyMember("the endpoint reports no etcd members and no nodes are configured".into())
+            } else {
+                Error::NoHealthyMember(problems.join("; "))
+            }
+        })
+    }
+
+    /// Starts an etcd snapshot on `node`. The stream yields the snapshot's bytes as Talos sends them
+    /// (1 KiB a message); errors Talos reports in-band end it with an error.
+    pub async fn etcd_snapshot(&self, node: &str) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+        let request = with_node(EtcdSnapshotRequest {}, node)?;
+        let stream = self
+            .machine
+            .clone()
+            .etcd_snapshot(request)
+            .await
+            .map_err(|s| Error::call("EtcdSnapshot", node, &s))?
+            .into_inner();
+        let node = node.to_owned();
+        Ok(stream.map(move |item| match item {
+            Ok(data) => check_in_band("EtcdSnapshot", &node, data.metadata.as_ref()).map(|()| data.bytes),
+            Err(status) => Err(Error::call("EtcdSnapshot", &node, &status)),
+        }))
+    }
+}
+
+/// One-to-many proxying reports a node's failure inside a message rather than as the call's status.
+fn check_in_band(call: &'static str, node: &str, metadata: Option<&Metadata>) -> Result<(), Error> {
+    match metadata {
+        Some(md) if !md.error.is_empty() => Err(Error::Call {
+            call,
+            node: if md.hostname.is_empty() { node.to_owned() } else { md.hostname.clone() },
+            code: md.status.as_ref().map_or(tonic::Code::Unknown, |s| tonic::Code::from_i32(s.code)),
+            message: md.error.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn with_node<T>(message: T, node: &str) -> Result<tonic::Request<T>, Error> {
+    let mut request = tonic::Request::new(message);
+    let value = node
+        .parse()
+        .map_err(|_| Error::Endpoint { endpoint: node.to_owned(), reason: "not a valid node name".into() })?;
+    request.metadata_mut().insert("node", value);
+    Ok(request)
+}
+
+/// `host`, `host:port`, `[v6]:port` or `https://host:port` to an https URI and the TLS server name.
+fn endpoint_uri(endpoint: &str) -> Result<(String, String), Error> {
+    let bare = endpoint.trim().trim_start_matches("https://").trim_end_matches('/');
+    let invalid = |reason: &str| Error::Endpoint { endpoint: endpoint.to_owned(), reason: reason.to_owned() };
+    if bare.is_empty() || bare.contains('/') || endpoint.starts_with("http://") {
+        return Err(invalid("expected host, host:port or https://host:port"));
+    }
+    let (host, port) = split_host_port(bare);
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| invalid("port is not a number between 1 and 65535"))?,
+        None => DEFAULT_PORT,
+    };
+    let uri_host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    Ok((format!("https://{uri_host}:{port}"), host.to_owned()))
+}
+
+/// The host of a URL such as `https://10.5.0.2:2380`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let (host, _) = split_host_port(authority);
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (host, after.strip_prefix(':'));
+    }
+    match authority.rsplit_once(':') {
+        // More than one colon without brackets: a bare IPv6 address.
+        Some((host, port)) if !host.contains(':') => (host, Some(port)),
+        _ => (authority, None),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_take_the_talos_port_by_default() {
+        assert_eq!(endpoint_uri("10.5.0.2").unwrap(), ("https://10.5.0.2:50000".into(), "10.5.0.2".into()));
+        assert_eq!(endpoint_uri("cp.example:6443").unwrap(), ("https://cp.example:6443".into(), "cp.example".into()));
+        assert_eq!(endpoint_uri("https://127.0.0.1:4000/").unwrap().0, "https://127.0.0.1:4000");
+        assert_eq!(endpoint_uri("[::1]:4000").unwrap(), ("https://[::1]:4000".into(), "::1".into()));
+        assert_eq!(endpoint_uri("fd00::1").unwrap(), ("https://[fd00::1]:50000".into(), "fd00::1".into()));
+        assert!(endpoint_uri("http://10.0.0.1").is_err());
+        assert!(endpoint_uri("10.0.0.1:notaport").is_err());
+    }
+
+    #[test]
+    fn peer_url_hosts() {
+        assert_eq!(url_host("https://10.5.0.3:2380").as_deref(), Some("10.5.0.3"));
+        assert_eq!(url_host("https://[fd00::3]:2380").as_deref(), Some("fd00::3"));
+        assert_eq!(url_host("cp-1").as_deref(), Some("cp-1"));
+    }
+}

@@ -1,0 +1,42 @@
+/// Everything that can go wrong talking to the Talos API. Messages name what to fix and never carry
+/// key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid talosconfig: {0}")]
+    Talosconfig(String),
+    #[error("invalid secrets bundle: {0}")]
+    SecretsBundle(String),
+    #[error("cannot mint a Talos client certificate: {0}")]
+    Mint(String),
+    #[error("invalid Talos endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("cannot connect to the Talos API at {endpoints}: {reason}")]
+    Connect { endpoints: String, reason: String },
+    #[error("Talos API call {call} on node {node} failed: {code:?}: {message}")]
+    Call { call: &'static str, node: String, code: tonic::Code, message: String },
+    #[error("no healthy etcd member found: {0}")]
+    NoHealthyMember(String),
+}
+
+impl Error {
+    pub(crate) fn call(call: &'static str, node: &str, status: &tonic::Status) -> Self {
+        Error::Call { call, node: node.to_owned(), code: status.code(), message: status.message().to_owned() }
+    }
+
+    /// Whether trying again later may succeed (network trouble, an overloaded or restarting node).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::NoHealthyMember(_) => true,
+            Error::Call { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
+                    | tonic::Code::Internal
+                    | tonic::Code::Unknown
+                    | tonic::Code::ResourceExhausted
+            ),
+            _ => false,
+        }
+    }
+}

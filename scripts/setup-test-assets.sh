@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Fills a cache folder with the binaries the proving ground needs: etcd (Debian's etcd-server) and
+# kube-apiserver (built from Debian's `kubernetes` source package, with the reflect2 fix for Go 1.18+).
+# Prints the folder on its last line. A second run finds the cache and takes seconds.
+# Honours KUBEBUILDER_ASSETS: when set and it holds both binaries, nothing is done.
+set -euo pipefail
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]]; then
+  echo "$KUBEBUILDER_ASSETS"
+  exit 0
+fi
+
+cache="${TEB_ASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/talos-etcd-backup/assets}"
+mkdir -p "$cache"
+log() { echo "setup-test-assets: $*" >&2; }
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  if ((apt_updated == 0)); then apt-get update -qq >&2; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
+# etcd + etcdctl (etcdctl is used by tests to check snapshots with `etcdctl snapshot restore`).
+apt_install etcd-server etcd-client
+ln -sf /usr/bin/etcd "$cache/etcd"
+ln -sf /usr/bin/etcdctl "$cache/etcdctl"
+
+if [[ ! -x "$cache/kube-apiserver" ]]; then
+  log "building kube-apiserver from Debian's kubernetes source package (a few minutes, once)"
+  src_list=/etc/apt/sources.list.d/teb-deb-src.sources
+  if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
+    # Same URI and keyring as the machine's `deb` entry for bookworm main.
+    uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    uri=${uri:-http://deb.debian.org/debian}
+    cat >"$src_list" <<SRC
+Types: deb-src
+URIs: $uri
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -qq >&2; apt_updated=1
+  fi
+  apt_install golang-1.19-go golang-github-modern-go-reflect2-dev rsync dpkg-dev
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kube-build.XXXXXX")
+  (
+    cd "$work"
+    apt-get source --download-only kubernetes >&2
+    tar xzf kubernetes_*.orig.tar.gz
+    dir=$(find . -maxdepth 1 -mindepth 1 -type d | head -n1)
+    cd "$dir"
+    rm -rf vendor/github.com/modern-go/reflect2
+    cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
+    sed -i 's#github.com/modern-go/reflect2 v1.0.1#github.com/modern-go/reflect2 v1.0.2#' vendor/modules.txt go.mod
+    PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$PWD/.go GOFLAGS=-mod=vendor CGO_ENABLED=0 \
+      make WHAT=cmd/kube-apiserver >&2
+    install -m 0755 _output/bin/kube-apiserver "$cache/kube-apiserver.tmp"
+    mv "$cache/kube-apiserver.tmp" "$cache/kube-apiserver"
+  )
+  rm -rf "$work"
+fi
+echo "$cache"
