@@ -1,0 +1,46 @@
+//! Where the etcd and kube-apiserver binaries come from: `KUBEBUILDER_ASSETS` (the envtest
+//! convention), else the cache that `scripts/setup-test-assets.sh` fills (and runs to fill, once).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub struct Assets {
+    pub etcd: PathBuf,
+    pub etcdctl: PathBuf,
+    pub kube_apiserver: PathBuf,
+}
+
+/// The binaries, setting them up on first use.
+pub fn assets() -> anyhow::Result<&'static Assets> {
+    static ASSETS: OnceLock<Result<Assets, String>> = OnceLock::new();
+    ASSETS.get_or_init(|| locate().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn locate() -> anyhow::Result<Assets> {
+    let dir = match std::env::var_os("KUBEBUILDER_ASSETS") {
+        Some(dir) if Path::new(&dir).join("kube-apiserver").exists() => PathBuf::from(dir),
+        _ => run_setup_script()?,
+    };
+    let etcdctl = [dir.join("etcdctl"), PathBuf::from("/usr/bin/etcdctl")]
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("etcdctl not found in {} nor /usr/bin", dir.display()))?;
+    Ok(Assets { etcd: dir.join("etcd"), etcdctl, kube_apiserver: dir.join("kube-apiserver") })
+}
+
+fn run_setup_script() -> anyhow::Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-test-assets.sh");
+    let output = std::process::Command::new("bash").arg(&script).output()?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} failed ({}); set KUBEBUILDER_ASSETS to a folder holding etcd and kube-apiserver instead:\n{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let dir = stdout.lines().last().unwrap_or_default().trim();
+    anyhow::ensure!(!dir.is_empty(), "{} printed no folder", script.display());
+    Ok(PathBuf::from(dir))
+}

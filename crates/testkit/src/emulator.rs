@@ -1,0 +1,663 @@
+//! A Talos machine API emulator: apid's wire protocol, mTLS and role rules, node routing and
+//! snapshot streaming, backed by a real etcd cluster.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::etcd::{EtcdCluster, EtcdOptions};
+use crate::fixtures::OsCa;
+use crate::proto::common::{Data, Metadata};
+use crate::proto::etcd::{
+    MemberListRequest, SnapshotRequest, StatusRequest, cluster_client::ClusterClient,
+    maintenance_client::MaintenanceClient,
+};
+use crate::proto::google::rpc;
+use crate::proto::machine::machine_service_server::{MachineService, MachineServiceServer};
+use crate::proto::machine::*;
+
+/// Talos streams snapshots one KiB a message.
+pub const CHUNK: usize = 1024;
+
+/// Roles allowed to call each RPC (Talos's authorization table).
+fn allowed_roles(rpc: &str) -> &'static [&'static str] {
+    match rpc {
+        "EtcdSnapshot" => &["os:admin", "os:operator", "os:etcd:backup"],
+        "EtcdStatus" | "EtcdMemberList" => &["os:admin", "os:operator", "os:reader", "os:etcd:backup"],
+        "Version" => &["os:admin", "os:operator", "os:reader"],
+        _ => &["os:admin"],
+    }
+}
+
+/// A node of the emulated cluster.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The node's address, as `node` metadata names it.
+    pub address: String,
+    pub hostname: String,
+    /// Index into the etcd cluster's members; `None` on a worker.
+    pub etcd_member: Option<usize>,
+}
+
+/// Faults applied to every snapshot until cleared.
+#[derive(Default)]
+pub struct TalosFaults {
+    truncate_after: AtomicU64,
+    stall_after: AtomicU64,
+    corrupt_trailer: AtomicBool,
+    unavailable: AtomicBool,
+    bytes_per_second: AtomicU64,
+}
+
+const OFF: u64 = u64::MAX;
+
+impl TalosFaults {
+    fn new() -> Self {
+        let faults = Self::default();
+        faults.clear();
+        faults
+    }
+
+    /// End the snapshot stream with status OK after `bytes` (a truncated snapshot).
+    pub fn truncate_after(&self, bytes: u64) {
+        self.truncate_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Stop sending after `bytes`, keeping the stream open (a stall).
+    pub fn stall_after(&self, bytes: u64) {
+        self.stall_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Flip a bit of the snapshot's SHA-256 trailer.
+    pub fn corrupt_trailer(&self, on: bool) {
+        self.corrupt_trailer.store(on, Ordering::SeqCst);
+    }
+
+    /// Refuse EtcdSnapshot with Unavailable.
+    pub fn unavailable(&self, on: bool) {
+        self.unavailable.store(on, Ordering::SeqCst);
+    }
+
+    /// Cap snapshot streaming at `bytes_per_second` (0: no cap).
+    pub fn limit_bandwidth(&self, bytes_per_second: u64) {
+        self.bytes_per_second.store(bytes_per_second, Ordering::SeqCst);
+    }
+
+    pub fn clear(&self) {
+        self.truncate_after.store(OFF, Ordering::SeqCst);
+        self.stall_after.store(OFF, Ordering::SeqCst);
+        self.corrupt_trailer.store(false, Ordering::SeqCst);
+        self.unavailable.store(false, Ordering::SeqCst);
+        self.bytes_per_second.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What the emulated cluster looks like.
+#[derive(Clone, Debug)]
+pub struct EmulatorOptions {
+    pub control_planes: usize,
+    pub workers: usize,
+    pub etcd: EtcdOptions,
+    /// Listen address; `127.0.0.1:0` picks a free port.
+    pub listen: String,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions { control_planes: 3, workers: 1, etcd: EtcdOptions::default(), listen: "127.0.0.1:0".into() }
+    }
+}
+
+struct State {
+    nodes: Vec<Node>,
+    etcd: EtcdCluster,
+    faults: Arc<TalosFaults>,
+    recovery_dir: tempfile::TempDir,
+    recovered_snapshot: Mutex<Option<PathBuf>>,
+    restored: tokio::sync::Mutex<Option<EtcdCluster>>,
+}
+
+/// A running emulator; stopped (with its etcd cluster) when dropped.
+pub struct TalosEmulator {
+    /// `127.0.0.1:PORT`, the apid endpoint.
+    pub endpoint: String,
+    pub ca: OsCa,
+    pub faults: Arc<TalosFaults>,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TalosEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TalosEmulator {
+    pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(options.control_planes > 0, "at least one control plane is needed");
+        let etcd = EtcdCluster::start(options.control_planes, &options.etcd).await?;
+        let ca = OsCa::generate()?;
+        let mut nodes: Vec<Node> = (0..options.control_planes)
+            .map(|i| Node { address: format!("127.0.10.{}", i + 1), hostname: format!("cp-{}", i + 1), etcd_member: Some(i) })
+            .collect();
+        nodes.extend((0..options.workers).map(|i| Node {
+            address: format!("127.0.20.{}", i + 1),
+            hostname: format!("worker-{}", i + 1),
+            etcd_member: None,
+        }));
+        let listener = TcpListener::bind(&options.listen).await?;
+        let endpoint = listener.local_addr()?.to_string();
+        let mut sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        sans.extend(nodes.iter().flat_map(|n| [n.address.clone(), n.hostname.clone()]));
+        let (cert_pem, key_pem) = ca.server(&sans.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let tls = server_tls_config(&ca.cert_pem, &cert_pem, &key_pem)?;
+        let faults = Arc::new(TalosFaults::new());
+        let state = Arc::new(State {
+            nodes,
+            etcd,
+            faults: faults.clone(),
+            recovery_dir: tempfile::Builder::new().prefix("teb-talos-recover-").tempdir()?,
+            recovered_snapshot: Mutex::new(None),
+            restored: tokio::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(serve(listener, tls, Emulator { state: state.clone() }));
+        Ok(TalosEmulator { endpoint, ca, faults, state, task })
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.state.nodes
+    }
+
+    pub fn etcd(&self) -> &EtcdCluster {
+        &self.state.etcd
+    }
+
+    /// A talosconfig for a client holding `roles`, pointing at this emulator.
+    pub fn talosconfig(&self, roles: &[&str]) -> anyhow::Result<String> {
+        self.ca.talosconfig("emulator", &[self.endpoint.clone()], &[], roles)
+    }
+
+    /// The etcd restored by `Bootstrap{recover_etcd: true}`, if any.
+    pub async fn with_restored<T>(&self, f: impl FnOnce(Option<&EtcdCluster>) -> T) -> T {
+        f(self.state.restored.lock().await.as_ref())
+    }
+}
+
+fn server_tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(Arc::new(TalosClientVerifier { inner: webpki }))
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert_pem.as_bytes())?],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?,
+        )?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Talos accepts a client certificate only if it chains to the OS CA and its ExtKeyUsage is exactly
+/// `[ClientAuth]`.
+#[derive(Debug)]
+struct TalosClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for TalosClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let refuse = || rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure);
+        let (_, cert) = x509_parser::parse_x509_certificate(end_entity).map_err(|_| refuse())?;
+        match cert.extended_key_usage() {
+            Ok(Some(eku))
+                if eku.value.client_auth
+                    && !eku.value.server_auth
+                    && !eku.value.any
+                    && !eku.value.code_signing
+                    && !eku.value.email_protection
+                    && !eku.value.time_stamping
+                    && !eku.value.ocsp_signing
+                    && eku.value.other.is_empty() =>
+            {
+                Ok(ClientCertVerified::assertion())
+            }
+            _ => Err(refuse()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+async fn serve(listener: TcpListener, tls: rustls::ServerConfig, emulator: Emulator) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (tx, rx) = mpsc::channel::<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            // Handshakes run apart so a refused or slow client does not hold up the others.
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(socket).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    let _ = tonic::transport::Server::builder()
+        .add_service(MachineServiceServer::new(emulator).max_decoding_message_size(32 << 20))
+        .serve_with_incoming(ReceiverStream::new(rx))
+        .await;
+}
+
+#[derive(Clone)]
+struct Emulator {
+    state: Arc<State>,
+}
+
+/// Where a call goes, from its `node` / `nodes` metadata.
+enum Route {
+    /// `node`: proxied one-to-one; errors are the call's status.
+    One(Node),
+    /// `nodes`: one-to-many; every message names its node and errors travel in-band.
+    Many(Vec<Node>),
+}
+
+impl Emulator {
+    fn authorize<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+        let first = certs.first().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(first).map_err(|_| Status::unauthenticated("bad client certificate"))?;
+        let roles: Vec<String> = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok().map(str::to_owned))
+            .collect();
+        if roles.iter().any(|r| allowed_roles(rpc).contains(&r.as_str())) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("not authorized"))
+        }
+    }
+
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let find = |name: &str| {
+            self.state
+                .nodes
+                .iter()
+                .find(|n| n.address == name || n.hostname == name)
+                .cloned()
+                .ok_or_else(|| Status::unavailable(format!("connection error: desc = \"transport: error while dialing: dial tcp {name}:50000: connect: no route to host\"")))
+        };
+        let md = request.metadata();
+        if let Some(node) = md.get("node") {
+            return Ok(Route::One(find(node.to_str().unwrap_or_default())?));
+        }
+        let many: Vec<String> = md
+            .get_all("nodes")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()))
+            .filter(|s| !s.is_empty())
+            .collect();
+        if many.is_empty() {
+            // No targeting: the endpoint node (the first control plane) serves the call itself.
+            return Ok(Route::One(self.state.nodes[0].clone()));
+        }
+        // An unreachable node in one-to-many mode is reported in-band, like any other node error.
+        Ok(Route::Many(
+            many.iter()
+                .map(|name| find(name).unwrap_or(Node { address: name.clone(), hostname: name.clone(), etcd_member: None }))
+                .collect(),
+        ))
+    }
+
+    fn member(&self, node: &Node, api: &str) -> Result<usize, Status> {
+        if !self.state.nodes.iter().any(|n| n.address == node.address) {
+            return Err(Status::unavailable(format!("connection error: node {} unreachable", node.address)));
+        }
+        node.etcd_member.ok_or_else(|| Status::unimplemented(format!("{api} is only available on control plane nodes")))
+    }
+
+    async fn etcd_channel(&self, member: usize) -> Result<tonic::transport::Channel, Status> {
+        self.state.etcd.members[member].channel().await.map_err(|e| Status::unavailable(format!("etcd: {e}")))
+    }
+
+    async fn status_of(&self, node: &Node) -> Result<EtcdMemberStatus, Status> {
+        let member = self.member(node, "etcd status")?;
+        let s = MaintenanceClient::new(self.etcd_channel(member).await?).status(StatusRequest {}).await?.into_inner();
+        Ok(EtcdMemberStatus {
+            protocol_version: s.version,
+            db_size: s.db_size,
+            db_size_in_use: s.db_size_in_use,
+            leader: s.leader,
+            raft_index: s.raft_index,
+            raft_term: s.raft_term,
+            raft_applied_index: s.raft_applied_index,
+            errors: s.errors,
+            is_learner: s.is_learner,
+            member_id: s.header.map(|h| h.member_id).unwrap_or_default(),
+            storage_version: String::new(),
+        })
+    }
+
+    async fn members_of(&self, node: &Node) -> Result<Vec<EtcdMember>, Status> {
+        let member = self.member(node, "etcd members")?;
+        let list = ClusterClient::new(self.etcd_channel(member).await?)
+            .member_list(MemberListRequest {})
+            .await?
+            .into_inner();
+        // Report members as Talos does: by their node's address and hostname.
+        Ok(list
+            .members
+            .into_iter()
+            .map(|m| {
+                let node = self
+                    .state
+                    .etcd
+                    .members
+                    .iter()
+                    .position(|em| em.name == m.name)
+                    .and_then(|i| self.state.nodes.iter().find(|n| n.etcd_member == Some(i)));
+                let (address, hostname) = node.map_or((m.name.clone(), m.name.clone()), |n| (n.address.clone(), n.hostname.clone()));
+                EtcdMember {
+                    id: m.id,
+                    hostname,
+                    peer_urls: vec![format!("https://{address}:2380")],
+                    client_urls: vec![format!("https://{address}:2379")],
+                    is_learner: m.is_learner,
+                }
+            })
+            .collect())
+    }
+
+    /// Streams one node's snapshot into `tx`, in Talos's 1 KiB messages, applying the faults.
+    async fn stream_snapshot(&self, node: &Node, hostname: Option<&str>, tx: &mpsc::Sender<Result<Data, Status>>) -> Result<(), Status> {
+        let member = self.member(node, "etcd snapshot")?;
+        let faults = &self.state.faults;
+        if faults.unavailable.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("etcd snapshot unavailable (injected fault)"));
+        }
+        let mut source = MaintenanceClient::new(self.etcd_channel(member).await?)
+            .max_decoding_message_size(64 << 20)
+            .snapshot(SnapshotRequest {})
+            .await?
+            .into_inner();
+        let metadata = hostname.map(|h| Metadata { hostname: h.to_owned(), ..Default::default() });
+        let started = tokio::time::Instant::now();
+        let mut sent: u64 = 0;
+        let mut pending = BytesMut::new();
+        let mut finished = false;
+        loop {
+            // Hold back one chunk plus the trailer so the last bytes can still be corrupted at the end.
+            while pending.len() > CHUNK + 32 || (finished && !pending.is_empty()) {
+                let take = pending.len().min(CHUNK);
+                let chunk = pending.split_to(take).freeze();
+                if !self.send_chunk(chunk, &mut sent, started, metadata.clone(), tx).await {
+                    return Ok(());
+                }
+            }
+            if finished {
+                return Ok(());
+            }
+            match source.message().await {
+                Ok(Some(response)) => pending.extend_from_slice(&response.blob),
+                Ok(None) => {
+                    finished = true;
+                    if faults.corrupt_trailer.load(Ordering::SeqCst)
+                        && let Some(last) = pending.last_mut()
+                    {
+                        *last ^= 0x01;
+                    }
+                }
+                // Talos logs a failed etcd read and ends the stream with status OK.
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd snapshot read failed; ending the stream");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends one chunk; false when the stream must end (truncated, stalled or the client left).
+    async fn send_chunk(
+        &self,
+        chunk: Bytes,
+        sent: &mut u64,
+        started: tokio::time::Instant,
+        metadata: Option<Metadata>,
+        tx: &mpsc::Sender<Result<Data, Status>>,
+    ) -> bool {
+        let faults = &self.state.faults;
+        let next = *sent + chunk.len() as u64;
+        let truncate = faults.truncate_after.load(Ordering::SeqCst);
+        if next > truncate {
+            return false;
+        }
+        if next > faults.stall_after.load(Ordering::SeqCst) {
+            tx.closed().await;
+            return false;
+        }
+        let rate = faults.bytes_per_second.load(Ordering::SeqCst);
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(next as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        *sent = next;
+        tx.send(Ok(Data { metadata, bytes: chunk })).await.is_ok()
+    }
+}
+
+fn in_band_error(node: &Node, status: &Status) -> Metadata {
+    Metadata {
+        hostname: node.hostname.clone(),
+        error: status.message().to_owned(),
+        status: Some(rpc::Status { code: status.code() as i32, message: status.message().to_owned(), details: vec![] }),
+    }
+}
+
+/// A node's answer: its metadata (one-to-many only) and value, or its in-band error.
+type NodeAnswer<T> = Result<(Option<Metadata>, T), Metadata>;
+
+/// Runs a unary per-node call along `route`, shaping the answer the way apid does.
+async fn unary<T, F, Fut>(route: Route, call: F) -> Result<Vec<NodeAnswer<T>>, Status>
+where
+    F: Fn(Node) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    match route {
+        Route::One(node) => Ok(vec![Ok((None, call(node).await?))]),
+        Route::Many(nodes) => {
+            let mut out = Vec::new();
+            for node in nodes {
+                let metadata = Metadata { hostname: node.hostname.clone(), ..Default::default() };
+                out.push(match call(node.clone()).await {
+                    Ok(value) => Ok((Some(metadata), value)),
+                    Err(status) => Err(in_band_error(&node, &status)),
+                });
+            }
+            Ok(out)
+        }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Data, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MachineService for Emulator {
+    async fn bootstrap(&self, request: Request<BootstrapRequest>) -> Result<Response<BootstrapResponse>, Status> {
+        self.authorize(&request, "Bootstrap")?;
+        let options = request.into_inner();
+        if options.recover_etcd {
+            let snapshot = self
+                .state
+                .recovered_snapshot
+                .lock()
+                .expect("recover lock")
+                .clone()
+                .ok_or_else(|| Status::failed_precondition("no etcd snapshot was uploaded with EtcdRecover"))?;
+            if options.recover_skip_hash_check {
+                return Err(Status::unimplemented("the emulator always checks the snapshot hash"));
+            }
+            let restored = EtcdCluster::restore(&snapshot)
+                .await
+                .map_err(|e| Status::failed_precondition(format!("recovering etcd from snapshot: {e:#}")))?;
+            *self.state.restored.lock().await = Some(restored);
+        }
+        Ok(Response::new(BootstrapResponse { messages: vec![Bootstrap { metadata: None }] }))
+    }
+
+    async fn etcd_member_list(
+        &self,
+        request: Request<EtcdMemberListRequest>,
+    ) -> Result<Response<EtcdMemberListResponse>, Status> {
+        self.authorize(&request, "EtcdMemberList")?;
+        let route = self.route(&request)?;
+        let messages = unary(route, |node| async move { self.members_of(&node).await })
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok((metadata, members)) => EtcdMembers { metadata, legacy_members: vec![], members },
+                Err(metadata) => EtcdMembers { metadata: Some(metadata), ..Default::default() },
+            })
+            .collect();
+        Ok(Response::new(EtcdMemberListResponse { messages }))
+    }
+
+    async fn etcd_recover(&self, request: Request<Streaming<Data>>) -> Result<Response<EtcdRecoverResponse>, Status> {
+        self.authorize(&request, "EtcdRecover")?;
+        let route = self.route(&request)?;
+        let Route::One(node) = route else {
+            return Err(Status::invalid_argument("EtcdRecover needs one target node"));
+        };
+        self.member(&node, "etcd recover")?;
+        let path = self.state.recovery_dir.path().join("snapshot.db");
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut stream = request.into_inner();
+        while let Some(data) = stream.message().await? {
+            tokio::io::AsyncWriteExt::write_all(&mut file, &data.bytes).await.map_err(|e| Status::internal(e.to_string()))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Status::internal(e.to_string()))?;
+        *self.state.recovered_snapshot.lock().expect("recover lock") = Some(path);
+        Ok(Response::new(EtcdRecoverResponse { messages: vec![EtcdRecover { metadata: None }] }))
+    }
+
+    type EtcdSnapshotStream = SnapshotStream;
+
+    async fn etcd_snapshot(&self, request: Request<EtcdSnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        self.authorize(&request, "EtcdSnapshot")?;
+        let route = self.route(&request)?;
+        let (tx, rx) = mpsc::channel(16);
+        match route {
+            Route::One(node) => {
+                // Refusals (worker node, Unavailable) are the call's status, before any data.
+                self.member(&node, "etcd snapshot")?;
+                if self.state.faults.unavailable.load(Ordering::SeqCst) {
+                    return Err(Status::unavailable("etcd snapshot unavailable (injected fault)"));
+                }
+                let emulator = self.clone();
+                tokio::spawn(async move {
+                    if let Err(status) = emulator.stream_snapshot(&node, None, &tx).await {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                });
+            }
+            Route::Many(nodes) => {
+                let emulator = self.clone();
+                tokio::spawn(async move {
+                    for node in nodes {
+                        if let Err(status) = emulator.stream_snapshot(&node, Some(&node.hostname), &tx).await {
+                            let data = Data { metadata: Some(in_band_error(&node, &status)), bytes: Bytes::new() };
+                            let _ = tx.send(Ok(data)).await;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn etcd_status(&self, request: Request<()>) -> Result<Response<EtcdStatusResponse>, Status> {
+        self.authorize(&request, "EtcdStatus")?;
+        let route = self.route(&request)?;
+        let messages = unary(route, |node| async move { self.status_of(&node).await })
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok((metadata, status)) => EtcdStatus { metadata, member_status: Some(status) },
+                Err(metadata) => EtcdStatus { metadata: Some(metadata), member_status: None },
+            })
+            .collect();
+        Ok(Response::new(EtcdStatusResponse { messages }))
+    }
+
+    async fn version(&self, request: Request<()>) -> Result<Response<VersionResponse>, Status> {
+        self.authorize(&request, "Version")?;
+        let route = self.route(&request)?;
+        let version = |_node: Node| async move {
+            Ok(VersionInfo {
+                tag: "v1.11.0-emulator".into(),
+                sha: "0000000".into(),
+                built: String::new(),
+                go_version: String::new(),
+                os: "linux".into(),
+                arch: std::env::consts::ARCH.into(),
+            })
+        };
+        let messages = unary(route, version)
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok((metadata, version)) => Version { metadata, version: Some(version) },
+                Err(metadata) => Version { metadata: Some(metadata), version: None },
+            })
+            .collect();
+        Ok(Response::new(VersionResponse { messages }))
+    }
+}

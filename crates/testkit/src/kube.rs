@@ -1,0 +1,226 @@
+//! A real Kubernetes API server (kube-apiserver + etcd, RBAC on) on loopback ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, Scope};
+use kube::{Client, Config};
+
+use crate::assets::assets;
+use crate::etcd::{EtcdCluster, EtcdOptions};
+use crate::process::ChildProcess;
+
+/// The user the operator's RBAC manifests bind: the ServiceAccount of `deploy/rbac.yaml`.
+pub const OPERATOR_USER: &str = "system:serviceaccount:talos-etcd-backup:talos-etcd-backup";
+
+/// The operator's RBAC manifests, applied to every environment.
+pub const RBAC_YAML: &str = include_str!("../../../deploy/rbac.yaml");
+
+/// etcd + kube-apiserver. Stopped when dropped (or when the process exits).
+pub struct KubeEnv {
+    pub server: String,
+    dir: tempfile::TempDir,
+    apiserver: ChildProcess,
+    _etcd: EtcdCluster,
+}
+
+impl KubeEnv {
+    /// One environment per test process, started on first use, with the CRDs and RBAC applied. Tests
+    /// share it and keep apart by namespace.
+    pub fn shared() -> anyhow::Result<&'static KubeEnv> {
+        static ENV: OnceLock<Result<KubeEnv, String>> = OnceLock::new();
+        ENV.get_or_init(|| {
+            // Children die with the thread that spawned them (PR_SET_PDEATHSIG), so spawn them from a
+            // thread that lives as long as the process.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let env = runtime
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(KubeEnv::start()))
+                    .map_err(|e| format!("{e:#}"));
+                let _ = tx.send(env);
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().unwrap_or_else(|_| Err("kube environment thread died".into()))
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Starts a new environment and applies the CRDs and the operator's RBAC.
+    pub async fn start() -> anyhow::Result<Self> {
+        let etcd = EtcdCluster::start(1, &EtcdOptions::default()).await.context("starting etcd for kube-apiserver")?;
+        let dir = tempfile::Builder::new().prefix("teb-kube-").tempdir()?;
+        let port = crate::free_port();
+        write_tokens(dir.path())?;
+        write_service_account_keys(dir.path())?;
+        let d = |f: &str| dir.path().join(f);
+        let mut command = Command::new(&assets()?.kube_apiserver);
+        command
+            .arg(format!("--etcd-servers={}", etcd.client_urls().join(",")))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--secure-port={port}"))
+            .args(["--endpoint-reconciler-type=none", "--insecure-port=0"])
+            .arg(format!("--cert-dir={}", d("certs").display()))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--token-auth-file={}", d("tokens.csv").display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg(format!("--service-account-key-file={}", d("sa.pub").display()))
+            .arg(format!("--service-account-signing-key-file={}", d("sa.key").display()))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--v=0");
+        let apiserver = ChildProcess::spawn("kube-apiserver", command, &d("kube-apiserver.log"))?;
+        let server = format!("https://127.0.0.1:{port}");
+        let mut env = KubeEnv { server, dir, apiserver, _etcd: etcd };
+        env.wait_ready().await?;
+        let admin = env.admin_client().await?;
+        apply_yaml(&admin, &teb_api::crds_yaml()).await.context("applying the CRDs")?;
+        apply_yaml(&admin, RBAC_YAML).await.context("applying deploy/rbac.yaml")?;
+        env.wait_for_crds(&admin).await?;
+        Ok(env)
+    }
+
+    /// A kubeconfig file for `admin` (system:masters) or `operator` (bound only by deploy/rbac.yaml).
+    pub fn kubeconfig_path(&self, user: &str) -> PathBuf {
+        self.dir.path().join(format!("{user}.kubeconfig"))
+    }
+
+    /// A client with every permission.
+    pub async fn admin_client(&self) -> anyhow::Result<Client> {
+        self.client("admin").await
+    }
+
+    /// A client holding only what the operator's RBAC manifests grant.
+    pub async fn operator_client(&self) -> anyhow::Result<Client> {
+        self.client("operator").await
+    }
+
+    async fn client(&self, user: &str) -> anyhow::Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path(user))?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Creates a namespace with a unique name starting with `prefix`.
+    pub async fn namespace(&self, prefix: &str) -> anyhow::Result<String> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(self.admin_client().await?).create(&PostParams::default(), &ns).await?;
+        Ok(name)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Err(e) = self.apiserver.check_running() {
+                anyhow::bail!("{e}\n{}", self.log_tail());
+            }
+            if self.dir.path().join("certs/apiserver.crt").exists() {
+                self.write_kubeconfigs()?;
+                match self.admin_client().await {
+                    Ok(client) => match client.request_text(http::Request::get("/readyz").body(Vec::new())?).await {
+                        Ok(text) if text.trim() == "ok" => return Ok(()),
+                        Ok(text) => last = text,
+                        Err(e) => last = e.to_string(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        anyhow::bail!("kube-apiserver not ready after 90s: {last}\n{}", self.log_tail())
+    }
+
+    async fn wait_for_crds(&self, admin: &Client) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crds = Api::<CustomResourceDefinition>::all(admin.clone());
+        for name in ["talosetcdbackups.talos.alperen.cloud", "taloscontrolplanes.talos.alperen.cloud"] {
+            let cond = kube::runtime::conditions::is_crd_established();
+            tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(crds.clone(), name, cond))
+                .await
+                .with_context(|| format!("CRD {name} not established"))??;
+        }
+        Ok(())
+    }
+
+    fn write_kubeconfigs(&self) -> anyhow::Result<()> {
+        let ca = std::fs::read(self.dir.path().join("certs/apiserver.crt"))?;
+        use base64::Engine as _;
+        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+        for (user, token) in [("admin", ADMIN_TOKEN), ("operator", OPERATOR_TOKEN)] {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: teb\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+                 users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}\n  context:\n    cluster: teb\n    user: {user}\n    namespace: default\n\
+                 current-context: {user}\n",
+                server = self.server
+            );
+            std::fs::write(self.kubeconfig_path(user), yaml)?;
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("kube-apiserver.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+const ADMIN_TOKEN: &str = "teb-admin-token";
+const OPERATOR_TOKEN: &str = "teb-operator-token";
+
+fn write_tokens(dir: &Path) -> anyhow::Result<()> {
+    let csv = format!(
+        "{ADMIN_TOKEN},admin,admin,system:masters\n\
+         {OPERATOR_TOKEN},{OPERATOR_USER},operator,\"system:serviceaccounts,system:serviceaccounts:talos-etcd-backup\"\n"
+    );
+    Ok(std::fs::write(dir.join("tokens.csv"), csv)?)
+}
+
+fn write_service_account_keys(dir: &Path) -> anyhow::Result<()> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    std::fs::write(dir.join("sa.key"), key.serialize_pem())?;
+    std::fs::write(dir.join("sa.pub"), key.public_key_pem())?;
+    Ok(())
+}
+
+/// Server-side applies every document of a multi-document YAML stream, as `kubectl apply
+/// --server-side` would. Namespaced objects without a namespace go to `default`.
+pub async fn apply_yaml(client: &Client, yaml: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    use serde::Deserialize as _;
+    let mut applied = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(document)?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_yaml::from_value(value)?;
+        let types = object.types.clone().context("a document has no apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let (resource, capabilities) = discovery::pinned_kind(client, &gvk).await?;
+        let name = object.metadata.name.clone().context("a document has no metadata.name")?;
+        let api: Api<DynamicObject> = match capabilities.scope {
+            Scope::Namespaced => {
+                let ns = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                Api::namespaced_with(client.clone(), &ns, &resource)
+            }
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        let params = PatchParams::apply("teb-testkit").force();
+        applied.push(api.patch(&name, &params, &Patch::Apply(&object)).await.with_context(|| format!("applying {} {name}", gvk.kind))?);
+    }
+    Ok(applied)
+}

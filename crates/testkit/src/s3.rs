@@ -1,0 +1,360 @@
+//! An S3 server for tests: s3s over a folder, SigV4 checked, multipart uploads, plain HTTP or TLS,
+//! and faults on demand.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore as _, ObjectStoreExt as _};
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use tokio::net::TcpListener;
+
+pub const ACCESS_KEY: &str = "TEBTESTACCESSKEY";
+pub const SECRET_KEY: &str = "teb-test-secret-key-0123456789";
+pub const REGION: &str = "us-east-1";
+
+/// Faults the server injects until told otherwise.
+#[derive(Default)]
+pub struct S3Faults {
+    /// UploadPart with this part number answers 500 InternalError...
+    fail_part_number: AtomicU32,
+    /// ...this many more times.
+    fail_part_times: AtomicU32,
+    /// Every request waits this long (milliseconds) before it is served.
+    stall_millis: AtomicU64,
+    /// This many next requests have their connection dropped without an answer.
+    reset_next: AtomicU32,
+    /// Every request is refused with AccessDenied (revoked credentials).
+    refuse_credentials: AtomicBool,
+}
+
+impl S3Faults {
+    pub fn fail_upload_part(&self, part_number: u32, times: u32) {
+        self.fail_part_number.store(part_number, Ordering::SeqCst);
+        self.fail_part_times.store(times, Ordering::SeqCst);
+    }
+
+    pub fn stall(&self, delay: Duration) {
+        self.stall_millis.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn reset_connections(&self, count: u32) {
+        self.reset_next.store(count, Ordering::SeqCst);
+    }
+
+    pub fn refuse_credentials(&self, refuse: bool) {
+        self.refuse_credentials.store(refuse, Ordering::SeqCst);
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+/// An unfinished multipart upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// A running S3 server; stopped when dropped.
+pub struct S3Server {
+    /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// PEM of the CA that signed the TLS certificate, when serving TLS.
+    pub ca_pem: Option<String>,
+    pub faults: Arc<S3Faults>,
+    uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
+    parts_received: Arc<AtomicU64>,
+    _root: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl S3Server {
+    /// Plain HTTP.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// TLS with a certificate for 127.0.0.1 and localhost, signed by a CA generated for this server.
+    pub async fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new().prefix("teb-s3-").tempdir()?;
+        let faults = Arc::new(S3Faults::default());
+        let uploads = Arc::new(Mutex::new(BTreeMap::new()));
+        let parts_received = Arc::new(AtomicU64::new(0));
+        let store = FaultyStore {
+            inner: s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
+            faults: faults.clone(),
+            uploads: uploads.clone(),
+            parts_received: parts_received.clone(),
+        };
+        let service = {
+            let mut builder = s3s::service::S3ServiceBuilder::new(store);
+            builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            builder.build()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (acceptor, ca_pem) = if tls {
+            let (config, ca) = crate::fixtures::tls_server_config(&["127.0.0.1", "localhost"])?;
+            (Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), Some(ca))
+        } else {
+            (None, None)
+        };
+        let scheme = if tls { "https" } else { "http" };
+        let task = tokio::spawn(serve(listener, service, acceptor, faults.clone()));
+        Ok(S3Server {
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+            ca_pem,
+            faults,
+            uploads,
+            parts_received,
+            _root: root,
+            task,
+        })
+    }
+
+    /// A client of this server (trusting its CA), for setting up and checking buckets.
+    pub fn client(&self, bucket: &str) -> anyhow::Result<AmazonS3> {
+        let mut options = ClientOptions::new().with_allow_http(true);
+        if let Some(ca) = &self.ca_pem {
+            options = options.with_root_certificate(object_store::Certificate::from_pem(ca.as_bytes())?);
+        }
+        Ok(AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(bucket)
+            .with_region(REGION)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(options)
+            .build()?)
+    }
+
+    /// Creates a bucket (s3s-fs keeps buckets as folders).
+    pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self._root.path().join(bucket))?;
+        Ok(())
+    }
+
+    /// Keys and sizes of the objects in `bucket`, read over S3.
+    pub async fn objects(&self, bucket: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        use futures::TryStreamExt as _;
+        let client = self.client(bucket)?;
+        let mut listed: Vec<_> = client
+            .list(None)
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await?;
+        listed.sort();
+        Ok(listed)
+    }
+
+    /// An object's bytes and user metadata, read over S3.
+    pub async fn get(&self, bucket: &str, key: &str) -> anyhow::Result<(Bytes, BTreeMap<String, String>)> {
+        let result = self.client(bucket)?.get(&Path::from(key)).await?;
+        let metadata = result
+            .attributes
+            .iter()
+            .filter_map(|(k, v)| match k {
+                object_store::Attribute::Metadata(name) => Some((name.to_string(), v.to_string())),
+                _ => None,
+            })
+            .collect();
+        Ok((result.bytes().await?, metadata))
+    }
+
+    /// Multipart uploads begun and neither completed nor aborted.
+    pub fn unfinished_uploads(&self) -> Vec<PendingUpload> {
+        self.uploads.lock().expect("uploads lock").values().cloned().collect()
+    }
+
+    /// UploadPart requests that reached the store.
+    pub fn parts_received(&self) -> u64 {
+        self.parts_received.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    faults: Arc<S3Faults>,
+) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else { continue };
+        let service = service.clone();
+        let faults = faults.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let handler = hyper::service::service_fn(move |request| {
+                let service = service.clone();
+                let faults = faults.clone();
+                async move {
+                    // An error from the service makes hyper drop the connection without an answer.
+                    if S3Faults::take(&faults.reset_next) {
+                        return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected connection reset"))));
+                    }
+                    let stall = faults.stall_millis.load(Ordering::SeqCst);
+                    if stall > 0 {
+                        tokio::time::sleep(Duration::from_millis(stall)).await;
+                    }
+                    hyper::service::Service::call(&service, request).await
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = match acceptor {
+                Some(acceptor) => match acceptor.accept(socket).await {
+                    Ok(tls) => builder.serve_connection(TokioIo::new(tls), handler).await,
+                    Err(_) => return,
+                },
+                None => builder.serve_connection(TokioIo::new(socket), handler).await,
+            };
+        });
+    }
+}
+
+/// s3s-fs with faults and a record of unfinished multipart uploads.
+struct FaultyStore {
+    inner: s3s_fs::FileSystem,
+    faults: Arc<S3Faults>,
+    uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
+    parts_received: Arc<AtomicU64>,
+}
+
+impl FaultyStore {
+    fn check(&self) -> S3Result<()> {
+        if self.faults.refuse_credentials.load(Ordering::SeqCst) {
+            return Err(s3_error!(AccessDenied, "credentials refused (injected fault)"));
+        }
+        Ok(())
+    }
+
+    fn forget_upload(&self, upload_id: &str) {
+        self.uploads.lock().expect("uploads lock").remove(upload_id);
+    }
+}
+
+type BoxedS3<'a, T> = Pin<Box<dyn Future<Output = S3Result<S3Response<T>>> + Send + 'a>>;
+
+/// Operations passed straight to s3s-fs after the credential check.
+macro_rules! delegate {
+    ($($op:ident: $input:ty => $output:ty;)*) => {$(
+        fn $op<'life0, 'async_trait>(&'life0 self, req: S3Request<$input>) -> BoxedS3<'async_trait, $output>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.$op(req).await
+            })
+        }
+    )*};
+}
+
+#[async_trait::async_trait]
+impl S3 for FaultyStore {
+    delegate! {
+        create_bucket: CreateBucketInput => CreateBucketOutput;
+        head_bucket: HeadBucketInput => HeadBucketOutput;
+        list_buckets: ListBucketsInput => ListBucketsOutput;
+        get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
+        put_object: PutObjectInput => PutObjectOutput;
+        get_object: GetObjectInput => GetObjectOutput;
+        head_object: HeadObjectInput => HeadObjectOutput;
+        delete_object: DeleteObjectInput => DeleteObjectOutput;
+        delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
+        list_objects: ListObjectsInput => ListObjectsOutput;
+        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
+        list_parts: ListPartsInput => ListPartsOutput;
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.check()?;
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let response = self.inner.create_multipart_upload(req).await?;
+        if let Some(upload_id) = response.output.upload_id.clone() {
+            let pending = PendingUpload { bucket, key, upload_id: upload_id.clone() };
+            self.uploads.lock().expect("uploads lock").insert(upload_id, pending);
+        }
+        Ok(response)
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.check()?;
+        self.parts_received.fetch_add(1, Ordering::SeqCst);
+        let failing = self.faults.fail_part_number.load(Ordering::SeqCst);
+        if failing != 0 && req.input.part_number == failing as i32 && S3Faults::take(&self.faults.fail_part_times) {
+            return Err(s3_error!(InternalError, "injected failure of part {failing}"));
+        }
+        self.inner.upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.check()?;
+        let upload_id = req.input.upload_id.clone();
+        let response = self.inner.complete_multipart_upload(req).await?;
+        self.forget_upload(&upload_id);
+        Ok(response)
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.check()?;
+        let upload_id = req.input.upload_id.clone();
+        let response = self.inner.abort_multipart_upload(req).await?;
+        self.forget_upload(&upload_id);
+        Ok(response)
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.check()?;
+        let bucket = req.input.bucket;
+        let uploads = self
+            .uploads
+            .lock()
+            .expect("uploads lock")
+            .values()
+            .filter(|u| u.bucket == bucket)
+            .map(|u| MultipartUpload { key: Some(u.key.clone()), upload_id: Some(u.upload_id.clone()), ..Default::default() })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(bucket),
+            uploads: Some(uploads),
+            is_truncated: Some(false),
+            ..Default::default()
+        }))
+    }
+}
