@@ -1,1 +1,268 @@
-fn main() {}
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use talos_etcd_backup::controller;
+use talos_etcd_backup::job::{self, Settings};
+use talos_etcd_backup::resolve::BackupPlan;
+use teb_pipeline::{Limits, S3Credentials, S3Location};
+
+/// Backs up the etcd of Talos Linux control planes into S3: streamed, verified, no local disk.
+#[derive(Parser)]
+#[command(name = "talos-etcd-backup", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster of the kubeconfig (or the in-cluster config).
+    Operator(OperatorArgs),
+    /// Print the CRDs as YAML.
+    Crds,
+    /// Take one backup outside Kubernetes: a talosconfig in, an S3 object out.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args)]
+struct OperatorArgs {
+    /// Kubeconfig file; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Address of /healthz and /readyz.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: SocketAddr,
+    /// Backups running at once, across all namespaces.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// Attempts per backup when failures are transient.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+    /// Wait before the second attempt (doubled for each further one).
+    #[arg(long, env = "RETRY_BACKOFF", default_value = "10s", value_parser = parse_duration)]
+    retry_backoff: Duration,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+/// Memory and time bounds of a backup.
+#[derive(Args)]
+struct Tuning {
+    /// S3 multipart part size in MiB (5 to 5120). Memory per backup is about part size × (parts in flight + 1).
+    #[arg(long, env = "PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(5..=5120))]
+    part_size_mib: u32,
+    /// Parts uploading at once.
+    #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parts_in_flight: u32,
+    /// Give up when the snapshot stream sends nothing for this long.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Give up when one backup attempt takes longer than this.
+    #[arg(long, env = "TOTAL_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    total_timeout: Duration,
+}
+
+impl Tuning {
+    fn settings(&self) -> Settings {
+        Settings {
+            limits: Limits {
+                part_size: self.part_size_mib as usize * 1024 * 1024,
+                parts_in_flight: self.parts_in_flight as usize,
+                idle_timeout: self.idle_timeout,
+                total_timeout: self.total_timeout,
+            },
+            ..Settings::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// talosconfig file.
+    #[arg(long, env = "TALOSCONFIG")]
+    talosconfig: Option<PathBuf>,
+    /// talosconfig context; its current context when unset.
+    #[arg(long)]
+    context: Option<String>,
+    /// Control-plane name in the S3 key; the talosconfig context's name when unset.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Full S3 key, instead of talos-operator-etcd-backups/<cluster>/etcd-snapshot-<timestamp>.db.
+    #[arg(long)]
+    key: Option<String>,
+    /// S3 bucket.
+    #[arg(long, env = "S3_BUCKET")]
+    bucket: String,
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Custom S3 endpoint URL (path-style requests).
+    #[arg(long, env = "S3_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Skip TLS verification of the S3 endpoint.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+    /// PEM file of CA certificates to trust for the S3 endpoint.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    access_key_id: String,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_access_key: String,
+    /// Progress on standard error: auto shows it on a terminal.
+    #[arg(long, default_value = "auto")]
+    progress: Progress,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Progress {
+    Auto,
+    Always,
+    Never,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration =
+        text.parse().map_err(|e| format!("{text:?} is not a duration like 90s, 5m or 1h: {e}"))?;
+    Duration::try_from(signed).map_err(|_| format!("{text:?} must not be negative"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Snapshot(_)) { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Crds => {
+            print!("{}", teb_api::crds_yaml());
+            Ok(())
+        }
+        Command::Operator(args) => runtime.block_on(operator(args)),
+        Command::Snapshot(args) => runtime.block_on(snapshot(args)),
+    }
+}
+
+async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig given and no in-cluster configuration found")?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = tokio::spawn(talos_etcd_backup::health::serve(args.health_addr, ready.clone()));
+    let config = controller::Config {
+        settings: args.tuning.settings(),
+        max_attempts: args.max_attempts,
+        retry_backoff: args.retry_backoff,
+        concurrency: args.concurrency,
+        ..controller::Config::default()
+    };
+    tokio::select! {
+        result = controller::run(client, config, ready) => result,
+        result = health => result?.context("health endpoints"),
+    }
+}
+
+async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
+    let path = match args.talosconfig.clone() {
+        Some(path) => path,
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is unset; pass --talosconfig")?).join(".talos/config"),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading talosconfig {}", path.display()))?;
+    let talosconfig = teb_talos::Talosconfig::from_yaml(&text).with_context(|| format!("talosconfig {}", path.display()))?;
+    let talos = talosconfig.target(args.context.as_deref())?;
+    let cluster = args.cluster.clone().unwrap_or_else(|| args.context.clone().unwrap_or(talosconfig.context.clone()));
+    let ca_pem = match &args.ca_file {
+        Some(file) => Some(std::fs::read_to_string(file).with_context(|| format!("reading CA file {}", file.display()))?),
+        None => None,
+    };
+    let plan = BackupPlan {
+        controlplane: cluster.clone(),
+        talos,
+        s3: S3Location {
+            bucket: args.bucket.clone(),
+            region: args.region.clone(),
+            endpoint: args.endpoint.clone(),
+            insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+            ca_pem,
+            credentials: S3Credentials {
+                access_key_id: args.access_key_id.clone(),
+                secret_access_key: args.secret_access_key.clone(),
+            },
+        },
+    };
+    let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now()));
+    let show_progress = match args.progress {
+        Progress::Always => true,
+        Progress::Never => false,
+        Progress::Auto => std::io::stderr().is_terminal(),
+    };
+    let streamed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let ticker = show_progress.then(|| tokio::spawn(print_progress(streamed.clone(), started)));
+    let counter = streamed.clone();
+    let result = job::run(&plan, &key, &args.tuning.settings(), &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        eprintln!();
+    }
+    let outcome = result?;
+    let seconds = outcome.report.duration.as_secs_f64();
+    let summary = serde_json::json!({
+        "bucket": args.bucket,
+        "key": outcome.report.key,
+        "size": outcome.report.size,
+        "sha256": outcome.report.sha256,
+        "node": outcome.node,
+        "seconds": seconds,
+        "mb_per_s": outcome.report.size as f64 / 1e6 / seconds.max(1e-9),
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+async fn print_progress(streamed: Arc<AtomicU64>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let bytes = streamed.load(Ordering::Relaxed);
+        let rate = bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9);
+        eprint!("\r{:>10.1} MiB streamed  {rate:>7.1} MB/s", bytes as f64 / (1024.0 * 1024.0));
+    }
+}
+
+/// VmHWM of this process, for the summary (and the benchmark that reads it).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

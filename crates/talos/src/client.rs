@@ -9,6 +9,9 @@ use crate::proto::machine::machine_service_client::MachineServiceClient;
 use crate::proto::machine::{EtcdMember, EtcdMemberListRequest, EtcdMemberStatus, EtcdSnapshotRequest};
 use crate::{DEFAULT_PORT, Error, Target, normalize_key_pem};
 
+/// Talos applies no deadline of its own; a unary call (or a snapshot's first answer) gets this long.
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Talos caps gRPC messages at 32 MiB; so do we.
 const MAX_MESSAGE_SIZE: usize = 32 << 20;
 
@@ -17,6 +20,7 @@ const MAX_MESSAGE_SIZE: usize = 32 << 20;
 pub struct TalosClient {
     machine: MachineServiceClient<Channel>,
     endpoint: String,
+    call_timeout: Duration,
 }
 
 /// Whether the chosen member was following or leading when it was chosen.
@@ -56,12 +60,18 @@ impl TalosClient {
             match channel {
                 Ok(channel) => {
                     let machine = MachineServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
-                    return Ok(TalosClient { machine, endpoint: endpoint.clone() });
+                    return Ok(TalosClient { machine, endpoint: endpoint.clone(), call_timeout: DEFAULT_CALL_TIMEOUT });
                 }
                 Err(e) => failures.push(format!("{endpoint}: {}", error_chain(&e))),
             }
         }
         Err(Error::Connect { endpoints: target.endpoints.join(", "), reason: failures.join("; ") })
+    }
+
+    /// Bounds each unary call, and the wait for a snapshot stream to open.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     /// The endpoint this client is connected to.
@@ -73,11 +83,8 @@ impl TalosClient {
     pub async fn etcd_members(&self) -> Result<Vec<EtcdMember>, Error> {
         let request = tonic::Request::new(EtcdMemberListRequest { query_local: false });
         let response = self
-            .machine
-            .clone()
-            .etcd_member_list(request)
-            .await
-            .map_err(|s| Error::call("EtcdMemberList", &self.endpoint, &s))?
+            .deadline("EtcdMemberList", &self.endpoint, self.machine.clone().etcd_member_list(request))
+            .await?
             .into_inner();
         let first = response.messages.into_iter().next().unwrap_or_default();
         check_in_band("EtcdMemberList", &self.endpoint, first.metadata.as_ref())?;
@@ -87,13 +94,7 @@ impl TalosClient {
     /// EtcdStatus of one node's etcd member.
     pub async fn etcd_status(&self, node: &str) -> Result<EtcdMemberStatus, Error> {
         let request = with_node((), node)?;
-        let response = self
-            .machine
-            .clone()
-            .etcd_status(request)
-            .await
-            .map_err(|s| Error::call("EtcdStatus", node, &s))?
-            .into_inner();
+        let response = self.deadline("EtcdStatus", node, self.machine.clone().etcd_status(request)).await?.into_inner();
         let first = response.messages.into_iter().next().unwrap_or_default();
         check_in_band("EtcdStatus", node, first.metadata.as_ref())?;
         first.member_status.ok_or_else(|| Error::Call {
@@ -154,18 +155,31 @@ impl TalosClient {
     /// (1 KiB a message); errors Talos reports in-band end it with an error.
     pub async fn etcd_snapshot(&self, node: &str) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
         let request = with_node(EtcdSnapshotRequest {}, node)?;
-        let stream = self
-            .machine
-            .clone()
-            .etcd_snapshot(request)
-            .await
-            .map_err(|s| Error::call("EtcdSnapshot", node, &s))?
-            .into_inner();
+        let stream = self.deadline("EtcdSnapshot", node, self.machine.clone().etcd_snapshot(request)).await?.into_inner();
         let node = node.to_owned();
         Ok(stream.map(move |item| match item {
             Ok(data) => check_in_band("EtcdSnapshot", &node, data.metadata.as_ref()).map(|()| data.bytes),
             Err(status) => Err(Error::call("EtcdSnapshot", &node, &status)),
         }))
+    }
+}
+
+impl TalosClient {
+    async fn deadline<T>(
+        &self,
+        call: &'static str,
+        node: &str,
+        future: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<tonic::Response<T>, Error> {
+        match tokio::time::timeout(self.call_timeout, future).await {
+            Ok(result) => result.map_err(|s| Error::call(call, node, &s)),
+            Err(_) => Err(Error::Call {
+                call,
+                node: node.to_owned(),
+                code: tonic::Code::DeadlineExceeded,
+                message: format!("no answer within {:?}", self.call_timeout),
+            }),
+        }
     }
 }
 

@@ -1,0 +1,83 @@
+//! One backup attempt, with no Kubernetes in it: used by the controller and by the `snapshot` command.
+
+use std::time::Duration;
+
+use teb_pipeline::{Limits, Report, S3Sink};
+use teb_talos::TalosClient;
+
+use crate::Error;
+use crate::resolve::BackupPlan;
+
+/// The specification's key prefix.
+pub const KEY_PREFIX: &str = "talos-operator-etcd-backups";
+
+/// Knobs shared by every backup.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    /// Connecting to the Talos API (TCP + TLS).
+    pub connect_timeout: Duration,
+    /// Each S3 request, a part upload included.
+    pub request_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A stored snapshot: what the pipeline reported, and which node served it.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub report: Report,
+    pub node: String,
+}
+
+/// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-2025-10-04T11-30-00Z.db`.
+pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp) -> String {
+    format!("{KEY_PREFIX}/{controlplane}/etcd-snapshot-{}.db", at.strftime("%Y-%m-%dT%H-%M-%SZ"))
+}
+
+/// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`.
+pub async fn run(
+    plan: &BackupPlan,
+    key: &str,
+    settings: &Settings,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Outcome, Error> {
+    // Check the S3 settings before touching Talos: they are cheaper to get wrong.
+    let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
+    let talos = TalosClient::connect(&plan.talos, settings.connect_timeout).await.map_err(Error::Talos)?;
+    let chosen = talos.choose_node(&plan.talos.nodes).await.map_err(Error::Talos)?;
+    tracing::info!(node = %chosen.node, role = ?chosen.role, db_size = chosen.db_size, key, "streaming etcd snapshot");
+    let stream = talos.etcd_snapshot(&chosen.node).await.map_err(Error::Talos)?;
+    let metadata = [
+        ("cluster", plan.controlplane.clone()),
+        ("node", chosen.node.clone()),
+        ("format", "etcd-snapshot-sha256-trailer".to_owned()),
+        ("writer", concat!("talos-etcd-backup/", env!("CARGO_PKG_VERSION")).to_owned()),
+    ];
+    let report = teb_pipeline::run(stream, &sink, key, &metadata, &settings.limits, progress)
+        .await
+        .map_err(|e| Error::from_pipeline(&chosen.node, e))?;
+    Ok(Outcome { report, node: chosen.node })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_matches_the_specification() {
+        let at: jiff::Timestamp = "2025-10-04T11:30:00Z".parse().unwrap();
+        assert_eq!(
+            snapshot_key("my-controlplane", at),
+            "talos-operator-etcd-backups/my-controlplane/etcd-snapshot-2025-10-04T11-30-00Z.db"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! talos-etcd-backup: the controller, the one-shot `snapshot` command and the glue between the
+//! Kubernetes-free crates (`teb-talos`, `teb-pipeline`) and Kubernetes.
+
+pub mod controller;
+mod error;
+pub mod health;
+pub mod job;
+pub mod resolve;
+
+pub use error::Error;

@@ -1,0 +1,166 @@
+//! Turns a TalosEtcdBackup and the objects it names into plain values: a Talos target and an S3
+//! location. Every "Failed to get ..." message is born here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+use teb_api::{BundleConfig, SecretKeyRef, TalosControlPlane, TalosEtcdBackup};
+use teb_pipeline::{S3Credentials, S3Location};
+use teb_talos::{SecretsBundle, Talosconfig, Target};
+
+use crate::Error;
+
+/// Everything a backup needs, with no Kubernetes left in it.
+#[derive(Clone, Debug)]
+pub struct BackupPlan {
+    /// The TalosControlPlane's name; part of the S3 key.
+    pub controlplane: String,
+    pub talos: Target,
+    pub s3: S3Location,
+}
+
+/// Reads the control plane and the secrets `backup` names, all from the backup's namespace.
+/// Talos credentials come from `spec.talosconfigSecretRef` when set, else from the control plane's
+/// secrets bundle (minting a client certificate with only the `os:etcd:backup` role, valid for
+/// `cert_validity`), else from the `<controlplane>-talosconfig` Secret.
+pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: Duration) -> Result<BackupPlan, Error> {
+    let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
+    let spec = &backup.spec;
+    let cp_name = spec.talos_control_plane_ref.name.clone();
+    if cp_name.is_empty() {
+        return Err(Error::Spec("spec.talosControlPlaneRef.name is empty".into()));
+    }
+    let controlplane = Api::<TalosControlPlane>::namespaced(client.clone(), &namespace)
+        .get_opt(&cp_name)
+        .await
+        .map_err(|e| cp_error(&cp_name, &namespace, kube_reason(&e)))?
+        .ok_or_else(|| {
+            cp_error(&cp_name, &namespace, "not found; it must exist in the same namespace as the TalosEtcdBackup".into())
+        })?;
+    let mut secrets = Secrets::new(client, &namespace);
+    let talos = match &spec.talosconfig_secret_ref {
+        Some(reference) => talosconfig_target(&secrets.value(reference).await?, reference, &namespace)?,
+        None => talos_from_controlplane(&controlplane, &mut secrets, cert_validity).await?,
+    };
+
+    let s3 = &spec.backup_storage.s3;
+    let ca_pem = match &s3.ca_bundle {
+        Some(reference) => Some(secrets.value(reference).await?),
+        None => None,
+    };
+    let location = S3Location {
+        bucket: s3.bucket.clone(),
+        region: s3.region.clone(),
+        endpoint: s3.endpoint.clone().filter(|e| !e.trim().is_empty()),
+        insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
+        ca_pem,
+        credentials: S3Credentials {
+            access_key_id: secrets.value(&s3.access_key_id).await?,
+            secret_access_key: secrets.value(&s3.secret_access_key).await?,
+        },
+    };
+    Ok(BackupPlan { controlplane: cp_name, talos, s3: location })
+}
+
+async fn talos_from_controlplane(
+    controlplane: &TalosControlPlane,
+    secrets: &mut Secrets<'_>,
+    cert_validity: Duration,
+) -> Result<Target, Error> {
+    let name = controlplane.name_any();
+    let namespace = secrets.namespace.to_owned();
+    let status = controlplane.status.clone().unwrap_or_default();
+    let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+    if let (Some(config), Some(bundle)) = (nonempty(status.bundle_config), nonempty(status.secret_bundle)) {
+        let config: BundleConfig = serde_json::from_str(&config)
+            .map_err(|e| cp_error(&name, &namespace, format!("status.bundleConfig is not valid JSON: {e}")))?;
+        let bundle = SecretsBundle::from_yaml(&bundle).map_err(|e| cp_error(&name, &namespace, format!("status.secretBundle: {e}")))?;
+        let credentials = bundle
+            .mint_client(&[teb_talos::ROLE_ETCD_BACKUP], cert_validity)
+            .map_err(|e| cp_error(&name, &namespace, e.to_string()))?;
+        return Ok(Target { endpoints: config.talos_endpoints(), nodes: Vec::new(), credentials });
+    }
+    // The upstream operator also writes a talosconfig Secret beside the control plane.
+    let reference = SecretKeyRef { name: format!("{name}-talosconfig"), key: format!("{name}.talosconfig") };
+    match secrets.get(&reference.name).await? {
+        Some(_) => talosconfig_target(&secrets.value(&reference).await?, &reference, &namespace),
+        None => Err(cp_error(
+            &name,
+            &namespace,
+            format!(
+                "it is not ready: status.bundleConfig and status.secretBundle are empty and Secret {:?} does not exist; \
+                 wait until the control plane is ready with a valid bundle config, or set spec.talosconfigSecretRef",
+                reference.name
+            ),
+        )),
+    }
+}
+
+fn talosconfig_target(text: &str, reference: &SecretKeyRef, namespace: &str) -> Result<Target, Error> {
+    Talosconfig::from_yaml(text).and_then(|c| c.target(None)).map_err(|e| Error::Secret {
+        name: reference.name.clone(),
+        namespace: namespace.to_owned(),
+        reason: format!("key {:?}: {e}", reference.key),
+    })
+}
+
+fn cp_error(name: &str, namespace: &str, reason: String) -> Error {
+    Error::ControlPlane { name: name.to_owned(), namespace: namespace.to_owned(), reason }
+}
+
+fn kube_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => {
+            format!("forbidden ({}); check the operator's RBAC (deploy/rbac.yaml)", status.message)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Secrets of one namespace, each read once per backup.
+struct Secrets<'a> {
+    api: Api<Secret>,
+    namespace: &'a str,
+    cache: BTreeMap<String, Option<Secret>>,
+}
+
+impl<'a> Secrets<'a> {
+    fn new(client: &Client, namespace: &'a str) -> Self {
+        Secrets { api: Api::namespaced(client.clone(), namespace), namespace, cache: BTreeMap::new() }
+    }
+
+    async fn get(&mut self, name: &str) -> Result<Option<Secret>, Error> {
+        if let Some(secret) = self.cache.get(name) {
+            return Ok(secret.clone());
+        }
+        let secret = self.api.get_opt(name).await.map_err(|e| self.error(name, kube_reason(&e)))?;
+        self.cache.insert(name.to_owned(), secret.clone());
+        Ok(secret)
+    }
+
+    /// The value at `reference`, as text with surrounding whitespace (a stray newline) removed.
+    async fn value(&mut self, reference: &SecretKeyRef) -> Result<String, Error> {
+        let secret = self.get(&reference.name).await?.ok_or_else(|| {
+            self.error(&reference.name, "not found; it must exist in the same namespace as the TalosEtcdBackup".into())
+        })?;
+        let data = secret.data.unwrap_or_default();
+        let Some(bytes) = data.get(&reference.key) else {
+            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            let present = if keys.is_empty() { "it has no keys".to_owned() } else { format!("it has {}", keys.join(", ")) };
+            return Err(self.error(&reference.name, format!("key {:?} not found ({present})", reference.key)));
+        };
+        let text = String::from_utf8(bytes.0.clone())
+            .map_err(|_| self.error(&reference.name, format!("key {:?} is not UTF-8 text", reference.key)))?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(self.error(&reference.name, format!("key {:?} is empty", reference.key)));
+        }
+        Ok(text.to_owned())
+    }
+
+    fn error(&self, name: &str, reason: String) -> Error {
+        Error::Secret { name: name.to_owned(), namespace: self.namespace.to_owned(), reason }
+    }
+}
