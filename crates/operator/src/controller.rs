@@ -54,9 +54,13 @@ struct Context {
     config: Config,
 }
 
-/// Runs the controller until SIGTERM/SIGINT. `ready` turns true once the CRD has answered.
-pub async fn run(client: Client, config: Config, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let backups = Api::<TalosEtcdBackup>::all(client.clone());
+/// Runs the controller until SIGTERM/SIGINT, for every namespace or only `namespace`. `ready` turns
+/// true once the CRD has answered.
+pub async fn run(client: Client, config: Config, namespace: Option<&str>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let backups = match namespace {
+        Some(ns) => Api::<TalosEtcdBackup>::namespaced(client.clone(), ns),
+        None => Api::<TalosEtcdBackup>::all(client.clone()),
+    };
     backups.list(&ListParams::default().limit(1)).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot list TalosEtcdBackups ({e}); is the CRD installed (`talos-etcd-backup crds | kubectl apply -f -`) \

@@ -44,6 +44,9 @@ struct OperatorArgs {
     /// Kubeconfig file; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
     /// Address of /healthz and /readyz.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     health_addr: SocketAddr,
@@ -185,7 +188,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         ..controller::Config::default()
     };
     tokio::select! {
-        result = controller::run(client, config, ready) => result,
+        result = controller::run(client, config, args.namespace.as_deref(), ready) => result,
         result = health => result?.context("health endpoints"),
     }
 }

@@ -84,8 +84,8 @@ impl KubeEnv {
         let mut env = KubeEnv { server, dir, apiserver, _etcd: etcd };
         env.wait_ready().await?;
         let admin = env.admin_client().await?;
-        apply_yaml(&admin, &teb_api::crds_yaml()).await.context("applying the CRDs")?;
-        apply_yaml(&admin, RBAC_YAML).await.context("applying deploy/rbac.yaml")?;
+        apply_yaml(&admin, &teb_api::crds_yaml(), None).await.context("applying the CRDs")?;
+        apply_yaml(&admin, RBAC_YAML, None).await.context("applying deploy/rbac.yaml")?;
         env.wait_for_crds(&admin).await?;
         Ok(env)
     }
@@ -198,8 +198,9 @@ fn write_service_account_keys(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Server-side applies every document of a multi-document YAML stream, as `kubectl apply
-/// --server-side` would. Namespaced objects without a namespace go to `default`.
-pub async fn apply_yaml(client: &Client, yaml: &str) -> anyhow::Result<Vec<DynamicObject>> {
+/// --server-side` would. Namespaced objects go to `namespace` when given, else to their own
+/// namespace, else to `default`.
+pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) -> anyhow::Result<Vec<DynamicObject>> {
     use serde::Deserialize as _;
     let mut applied = Vec::new();
     for document in serde_yaml::Deserializer::from_str(yaml) {
@@ -207,14 +208,15 @@ pub async fn apply_yaml(client: &Client, yaml: &str) -> anyhow::Result<Vec<Dynam
         if value.is_null() {
             continue;
         }
-        let object: DynamicObject = serde_yaml::from_value(value)?;
+        let mut object: DynamicObject = serde_yaml::from_value(value)?;
         let types = object.types.clone().context("a document has no apiVersion/kind")?;
         let gvk = GroupVersionKind::try_from(&types)?;
         let (resource, capabilities) = discovery::pinned_kind(client, &gvk).await?;
         let name = object.metadata.name.clone().context("a document has no metadata.name")?;
         let api: Api<DynamicObject> = match capabilities.scope {
             Scope::Namespaced => {
-                let ns = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let ns = namespace.map(str::to_owned).or(object.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
+                object.metadata.namespace = Some(ns.clone());
                 Api::namespaced_with(client.clone(), &ns, &resource)
             }
             Scope::Cluster => Api::all_with(client.clone(), &resource),
@@ -223,4 +225,18 @@ pub async fn apply_yaml(client: &Client, yaml: &str) -> anyhow::Result<Vec<Dynam
         applied.push(api.patch(&name, &params, &Patch::Apply(&object)).await.with_context(|| format!("applying {} {name}", gvk.kind))?);
     }
     Ok(applied)
+}
+
+/// Creates a TalosControlPlane and then writes its status, as the upstream operator does (the status
+/// subresource ignores a status sent on create).
+pub async fn create_control_plane(client: &Client, cp: &teb_api::TalosControlPlane) -> anyhow::Result<()> {
+    let namespace = cp.metadata.namespace.clone().context("control plane has no namespace")?;
+    let name = cp.metadata.name.clone().context("control plane has no name")?;
+    let api: Api<teb_api::TalosControlPlane> = Api::namespaced(client.clone(), &namespace);
+    api.create(&PostParams::default(), cp).await?;
+    if let Some(status) = &cp.status {
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    Ok(())
 }

@@ -17,8 +17,9 @@ use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
 
-pub const ACCESS_KEY: &str = "TEBTESTACCESSKEY";
-pub const SECRET_KEY: &str = "teb-test-secret-key-0123456789";
+/// The keys of the specification's example Secret, so its YAML works unchanged against this server.
+pub const ACCESS_KEY: &str = "YOUR_ACCESS_KEY_ID";
+pub const SECRET_KEY: &str = "YOUR_SECRET_ACCESS_KEY";
 pub const REGION: &str = "us-east-1";
 
 /// Faults the server injects until told otherwise.
@@ -104,6 +105,7 @@ impl S3Server {
         let parts_received = Arc::new(AtomicU64::new(0));
         let store = FaultyStore {
             inner: s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
+            root: root.path().to_owned(),
             faults: faults.clone(),
             uploads: uploads.clone(),
             parts_received: parts_received.clone(),
@@ -237,6 +239,7 @@ async fn serve(
 /// s3s-fs with faults and a record of unfinished multipart uploads.
 struct FaultyStore {
     inner: s3s_fs::FileSystem,
+    root: std::path::PathBuf,
     faults: Arc<S3Faults>,
     uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
     parts_received: Arc<AtomicU64>,
@@ -246,6 +249,14 @@ impl FaultyStore {
     fn check(&self) -> S3Result<()> {
         if self.faults.refuse_credentials.load(Ordering::SeqCst) {
             return Err(s3_error!(AccessDenied, "credentials refused (injected fault)"));
+        }
+        Ok(())
+    }
+
+    /// s3s-fs would create a missing bucket on a multipart upload; S3 answers NoSuchBucket.
+    fn check_bucket(&self, bucket: &str) -> S3Result<()> {
+        if !self.root.join(bucket).is_dir() {
+            return Err(s3_error!(NoSuchBucket, "The specified bucket does not exist"));
         }
         Ok(())
     }
@@ -295,6 +306,7 @@ impl S3 for FaultyStore {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.check()?;
+        self.check_bucket(&req.input.bucket)?;
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let response = self.inner.create_multipart_upload(req).await?;
         if let Some(upload_id) = response.output.upload_id.clone() {

@@ -1,0 +1,369 @@
+//! End to end on the proving ground: a real kube-apiserver (RBAC on, the operator running with only
+//! its own RBAC), the Talos API emulator backed by real etcd, and an S3 server checking signatures.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use kube::Client;
+use sha2::Digest as _;
+use talos_etcd_backup::controller;
+use teb_api::conditions::{FAILED, PROGRESSING, READY};
+use teb_api::{TalosEtcdBackup, TalosEtcdBackupStatus};
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::fixtures;
+use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
+use teb_testkit::s3::S3Server;
+
+/// The specification's example Secret, unchanged.
+const SPEC_SECRET: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: my-s3-credentials
+  namespace: default
+type: Opaque
+stringData:
+  accessKeyID: "YOUR_ACCESS_KEY_ID"
+  secretAccessKey: "YOUR_SECRET_ACCESS_KEY"
+"#;
+
+/// The specification's example TalosEtcdBackup; `{extra}` adds the S3-compatible fields of its
+/// "Using S3-Compatible Storage" section.
+fn spec_backup(extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: talos.alperen.cloud/v1alpha1
+kind: TalosEtcdBackup
+metadata:
+  name: my-backup
+spec:
+  talosControlPlaneRef:
+    name: my-controlplane
+  backupStorage:
+    s3:
+      bucket: my-etcd-backups
+      region: us-west-2
+{extra}      accessKeyID:
+        name: my-s3-credentials
+        key: accessKeyID
+      secretAccessKey:
+        name: my-s3-credentials
+        key: secretAccessKey
+"#
+    )
+}
+
+fn endpoint_fields(endpoint: &str) -> String {
+    format!("      endpoint: {endpoint}\n")
+}
+
+/// A namespace with its own controller (scoped to it, running as the RBAC-limited operator user),
+/// an S3 server with the example bucket, and a Talos emulator.
+struct Scenario {
+    env: &'static KubeEnv,
+    ns: String,
+    admin: Client,
+    s3: S3Server,
+    emulator: TalosEmulator,
+    controller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.controller.abort();
+    }
+}
+
+fn test_config() -> controller::Config {
+    let mut config = controller::Config { max_attempts: 2, retry_backoff: Duration::from_millis(200), ..Default::default() };
+    config.settings.limits.part_size = 5 << 20;
+    config.settings.limits.idle_timeout = Duration::from_secs(2);
+    config.settings.request_timeout = Duration::from_secs(20);
+    config
+}
+
+impl Scenario {
+    async fn start(prefix: &str, control_planes: usize, tls: bool) -> Scenario {
+        let env = KubeEnv::shared().expect("kube environment");
+        let ns = env.namespace(prefix).await.unwrap();
+        let admin = env.admin_client().await.unwrap();
+        let s3 = if tls { S3Server::start_tls().await } else { S3Server::start().await }.unwrap();
+        s3.create_bucket("my-etcd-backups").unwrap();
+        let options = EmulatorOptions { control_planes, workers: 1, ..Default::default() };
+        let emulator = TalosEmulator::start(options).await.unwrap();
+        let controller = spawn_controller(env, &ns).await;
+        Scenario { env, ns, admin, s3, emulator, controller }
+    }
+
+    async fn restart_controller(&mut self) {
+        self.controller.abort();
+        self.controller = spawn_controller(self.env, &self.ns).await;
+    }
+
+    /// Applies YAML into the scenario's namespace, as `kubectl apply -n` would.
+    async fn apply(&self, yaml: &str) {
+        apply_yaml(&self.admin, yaml, Some(&self.ns)).await.unwrap();
+    }
+
+    /// The emulator's control plane as the upstream operator records it, named `my-controlplane`.
+    async fn control_plane_with_bundle(&self) {
+        let cp = fixtures::control_plane_with_bundle("my-controlplane", &self.ns, &self.emulator.ca, &[self.emulator.endpoint.clone()]);
+        create_control_plane(&self.admin, &cp).await.unwrap();
+    }
+
+    async fn wait_finished(&self, name: &str) -> TalosEtcdBackupStatus {
+        let api: Api<TalosEtcdBackup> = Api::namespaced(self.admin.clone(), &self.ns);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let backup = api.get(name).await.unwrap();
+            let status = backup.status.unwrap_or_default();
+            let conds = &status.conditions;
+            if teb_api::conditions::is_true(conds, READY) || teb_api::conditions::is_true(conds, FAILED) {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "backup {name} did not finish: {status:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn expect_failed(&self, name: &str, starts_with: &str, contains: &str) -> TalosEtcdBackupStatus {
+        let status = self.wait_finished(name).await;
+        let failed = condition(&status, FAILED).unwrap_or_else(|| panic!("not failed: {status:?}"));
+        assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "BackupFailed"));
+        assert!(failed.message.starts_with(starts_with), "message {:?} should start with {starts_with:?}", failed.message);
+        assert!(failed.message.contains(contains), "message {:?} should contain {contains:?}", failed.message);
+        assert!(!failed.message.contains("YOUR_SECRET_ACCESS_KEY"), "a secret leaked: {}", failed.message);
+        let progressing = condition(&status, PROGRESSING).unwrap();
+        assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "BackupCompleted"));
+        assert!(condition(&status, READY).is_none(), "no Ready condition may contradict Failed");
+        status
+    }
+
+    async fn assert_bucket_clean(&self) {
+        assert!(self.s3.objects("my-etcd-backups").await.unwrap().is_empty(), "no object may be left");
+        assert!(self.s3.unfinished_uploads().is_empty(), "no unfinished upload may be left: {:?}", self.s3.unfinished_uploads());
+    }
+}
+
+async fn spawn_controller(env: &KubeEnv, ns: &str) -> tokio::task::JoinHandle<()> {
+    let client = env.operator_client().await.unwrap();
+    let ns = ns.to_owned();
+    tokio::spawn(async move {
+        let ready = Arc::new(AtomicBool::new(false));
+        controller::run(client, test_config(), Some(&ns), ready).await.expect("controller runs");
+    })
+}
+
+fn condition<'a>(status: &'a TalosEtcdBackupStatus, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specification_flow_backs_up_a_snapshot_that_restores() {
+    let mut scenario = Scenario::start("e2e-spec", 3, false).await;
+    for i in 0..100 {
+        scenario.emulator.etcd().put(format!("/registry/pods/default/pod-{i}").as_bytes(), b"spec").await.unwrap();
+    }
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+
+    // Watch the conditions as they change.
+    let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let seen = seen.clone();
+        let stream = watcher(api.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(b)) = stream.next().await {
+                for c in b.status.map(|s| s.conditions).unwrap_or_default() {
+                    seen.lock().unwrap().push((c.type_, c.status, c.reason));
+                }
+            }
+        })
+    };
+    scenario.apply(&spec_backup(&endpoint_fields(&scenario.s3.endpoint))).await;
+    let status = scenario.wait_finished("my-backup").await;
+    watcher.abort();
+
+    let ready = condition(&status, READY).expect("Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "BackupSucceeded"), "{status:?}");
+    let progressing = condition(&status, PROGRESSING).unwrap();
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "BackupCompleted"));
+    assert!(condition(&status, FAILED).is_none());
+    assert!(seen.lock().unwrap().contains(&("Progressing".into(), "True".into(), "BackupInProgress".into())));
+    assert!(ready.observed_generation.is_some() && ready.last_transition_time.0.as_second() > 0);
+
+    // The object: at the specified key, complete, restorable.
+    let key = status.filename.clone().unwrap();
+    let prefix = "talos-operator-etcd-backups/my-controlplane/etcd-snapshot-";
+    assert!(key.starts_with(prefix) && key.ends_with("Z.db"), "{key}");
+    let stamp = &key[prefix.len()..key.len() - 3];
+    assert!(jiff::civil::DateTime::strptime("%Y-%m-%dT%H-%M-%SZ", stamp).is_ok(), "timestamp {stamp}");
+    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap(), vec![(key.clone(), status.size.unwrap() as u64)]);
+    let (bytes, metadata) = scenario.s3.get("my-etcd-backups", &key).await.unwrap();
+    let db = &bytes[..bytes.len() - 32];
+    assert_eq!(status.sha256.as_deref(), Some(hex::encode(sha2::Sha256::digest(db)).as_str()));
+    assert_eq!(metadata.get("cluster").map(String::as_str), Some("my-controlplane"));
+    assert_eq!(metadata.get("node"), status.node.as_ref());
+    assert_eq!(status.attempts, 1);
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.db");
+    std::fs::write(&file, &bytes).unwrap();
+    let restored = teb_testkit::etcd::EtcdCluster::restore(&file).await.expect("etcdctl snapshot restore");
+    assert_eq!(restored.get("/registry/pods/default/pod-77").unwrap().as_deref(), Some("spec"));
+
+    // The snapshot came from a follower, not the leader.
+    let node = status.node.clone().unwrap();
+    let served = scenario.emulator.nodes().iter().find(|n| n.address == node).unwrap();
+    let member = &scenario.emulator.etcd().members[served.etcd_member.unwrap()];
+    let member_status = member.status().await.unwrap();
+    assert_ne!(member_status.header.unwrap().member_id, member_status.leader, "a follower is preferred");
+
+    // Events for start and success.
+    let events: Api<Event> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let reasons: Vec<String> = events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.contains(&"BackupStarted".into()) && reasons.contains(&"BackupSucceeded".into()), "{reasons:?}");
+
+    // Once Ready it never runs again, also after the operator restarts.
+    scenario.restart_controller().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = api.get("my-backup").await.unwrap().status.unwrap();
+    assert_eq!(again.attempts, 1);
+    assert_eq!(again.filename.as_deref(), Some(key.as_str()));
+    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talosconfig_secret_is_used_when_the_control_plane_has_no_bundle() {
+    let scenario = Scenario::start("e2e-talosconfig", 1, false).await;
+    create_control_plane(&scenario.admin, &fixtures::control_plane("my-controlplane", &scenario.ns)).await.unwrap();
+    let talosconfig = scenario.emulator.talosconfig(&["os:etcd:backup"]).unwrap();
+    let secret = fixtures::talosconfig_secret("my-controlplane", &scenario.ns, &talosconfig);
+    Api::<Secret>::namespaced(scenario.admin.clone(), &scenario.ns).create(&PostParams::default(), &secret).await.unwrap();
+    scenario.apply(SPEC_SECRET).await;
+    scenario.apply(&spec_backup(&endpoint_fields(&scenario.s3.endpoint))).await;
+    let status = scenario.wait_finished("my-backup").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn troubleshooting_cases_fail_with_the_specified_messages() {
+    let scenario = Scenario::start("e2e-trouble", 1, false).await;
+    let extra = endpoint_fields(&scenario.s3.endpoint);
+    let named = |name: &str, extra: &str| spec_backup(extra).replace("name: my-backup", &format!("name: {name}"));
+
+    // No TalosControlPlane.
+    scenario.apply(&named("no-cp", &extra)).await;
+    scenario.expect_failed("no-cp", "Failed to get TalosControlPlane", "not found").await;
+
+    // A TalosControlPlane that is not ready (no bundle, no talosconfig Secret).
+    create_control_plane(&scenario.admin, &fixtures::control_plane("my-controlplane", &scenario.ns)).await.unwrap();
+    scenario.apply(&named("cp-not-ready", &extra)).await;
+    scenario.expect_failed("cp-not-ready", "Failed to get TalosControlPlane", "not ready").await;
+
+    // Give the control plane its bundle; now the secret is missing.
+    let cp = fixtures::control_plane_with_bundle("my-controlplane", &scenario.ns, &scenario.emulator.ca, &[scenario.emulator.endpoint.clone()]);
+    let api: Api<teb_api::TalosControlPlane> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let patch = serde_json::json!({"status": cp.status});
+    api.patch_status("my-controlplane", &Default::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    scenario.apply(&named("no-secret", &extra)).await;
+    scenario.expect_failed("no-secret", "Failed to get secret \"my-s3-credentials\"", "not found").await;
+
+    // The secret lacks a key.
+    scenario.apply(&SPEC_SECRET.replace("  secretAccessKey: \"YOUR_SECRET_ACCESS_KEY\"\n", "")).await;
+    scenario.apply(&named("missing-key", &extra)).await;
+    scenario.expect_failed("missing-key", "Failed to get secret \"my-s3-credentials\"", "key \"secretAccessKey\" not found").await;
+
+    // Wrong credentials.
+    scenario.apply(&SPEC_SECRET.replace("YOUR_SECRET_ACCESS_KEY", "wrong-secret")).await;
+    scenario.apply(&named("wrong-creds", &extra)).await;
+    let status = scenario.expect_failed("wrong-creds", "Failed to upload snapshot to S3", "SignatureDoesNotMatch").await;
+    assert_eq!(status.attempts, 1, "wrong credentials are not retried");
+
+    // A bucket that does not exist.
+    scenario.apply(SPEC_SECRET).await;
+    scenario.apply(&named("no-bucket", &extra).replace("bucket: my-etcd-backups", "bucket: no-such-bucket")).await;
+    scenario.expect_failed("no-bucket", "Failed to upload snapshot to S3", "NoSuchBucket").await;
+    scenario.assert_bucket_clean().await;
+
+    // Events say why.
+    let events: Api<Event> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let failures = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("BackupFailed"))
+        .count();
+    assert!(failures >= 6, "{failures} BackupFailed events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_s3_endpoint_needs_skip_verify_or_the_ca() {
+    let scenario = Scenario::start("e2e-tls", 1, true).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let ca_secret = fixtures::secret("s3-ca", &scenario.ns, &[("ca.crt", scenario.s3.ca_pem.as_deref().unwrap())]);
+    Api::<Secret>::namespaced(scenario.admin.clone(), &scenario.ns).create(&PostParams::default(), &ca_secret).await.unwrap();
+    let endpoint = endpoint_fields(&scenario.s3.endpoint);
+    let named = |name: &str, extra: &str| spec_backup(extra).replace("name: my-backup", &format!("name: {name}"));
+
+    scenario.apply(&named("verify", &format!("{endpoint}      insecureSkipTLSVerify: false  # Set to true for self-signed certs\n"))).await;
+    scenario.expect_failed("verify", "Failed to upload snapshot to S3", "certificate").await;
+
+    scenario.apply(&named("skip-verify", &format!("{endpoint}      insecureSkipTLSVerify: true\n"))).await;
+    assert!(condition(&scenario.wait_finished("skip-verify").await, READY).is_some());
+
+    scenario.apply(&named("with-ca", &format!("{endpoint}      caBundle:\n        name: s3-ca\n        key: ca.crt\n"))).await;
+    assert!(condition(&scenario.wait_finished("with-ca").await, READY).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_snapshots_leave_nothing_in_the_bucket() {
+    let scenario = Scenario::start("e2e-broken", 1, false).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    // Enough data for several parts, so aborting really has parts to drop.
+    let value = vec![b'x'; 512 * 1024];
+    for i in 0..24 {
+        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
+    }
+    let extra = endpoint_fields(&scenario.s3.endpoint);
+    let named = |name: &str| spec_backup(&extra).replace("name: my-backup", &format!("name: {name}"));
+
+    scenario.emulator.faults.truncate_after(7 << 20);
+    scenario.apply(&named("truncated")).await;
+    let status = scenario.expect_failed("truncated", "Failed to stream etcd snapshot", "truncated").await;
+    assert_eq!(status.attempts, 2, "a broken stream is retried");
+    assert!(scenario.s3.parts_received() > 0, "parts were uploaded, then aborted");
+    scenario.assert_bucket_clean().await;
+    scenario.emulator.faults.clear();
+
+    scenario.emulator.faults.corrupt_trailer(true);
+    scenario.apply(&named("corrupt")).await;
+    scenario.expect_failed("corrupt", "Failed to stream etcd snapshot", "corrupt").await;
+    scenario.assert_bucket_clean().await;
+    scenario.emulator.faults.clear();
+
+    scenario.emulator.faults.stall_after(3 << 20);
+    scenario.apply(&named("stalled")).await;
+    scenario.expect_failed("stalled", "Failed to stream etcd snapshot", "sent no data").await;
+    scenario.assert_bucket_clean().await;
+    scenario.emulator.faults.clear();
+
+    // A transient S3 failure of one part is absorbed; the backup succeeds.
+    scenario.s3.faults.fail_upload_part(2, 1);
+    scenario.apply(&named("flaky-s3")).await;
+    let status = scenario.wait_finished("flaky-s3").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    assert!(scenario.s3.unfinished_uploads().is_empty());
+}
