@@ -7,7 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
-        .build_server(false)
+        // The server side is only for the Talos API emulator (feature `server`).
+        .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
         .bytes(".common.Data.bytes")
         .compile_protos(&[PathBuf::from("proto/machine/machine.proto")], &includes)?;
     println!("cargo:rerun-if-changed=proto");

@@ -43,10 +43,9 @@ pub fn conditions_for(
             (PROGRESSING, "False", BACKUP_COMPLETED, "Backup finished"),
             (READY, "True", BACKUP_SUCCEEDED, message),
         ],
-        Phase::Failed => vec![
-            (PROGRESSING, "False", BACKUP_COMPLETED, "Backup finished"),
-            (FAILED, "True", BACKUP_FAILED, message),
-        ],
+        Phase::Failed => {
+            vec![(PROGRESSING, "False", BACKUP_COMPLETED, "Backup finished"), (FAILED, "True", BACKUP_FAILED, message)]
+        }
     };
     wanted
         .into_iter()
@@ -83,10 +82,7 @@ mod tests {
     #[test]
     fn each_phase_yields_exactly_the_table_rows() {
         let rows = |p: Phase| -> Vec<(String, String, String)> {
-            conditions_for(&p, "m", &[], Some(1), &at(0))
-                .into_iter()
-                .map(|c| (c.type_, c.status, c.reason))
-                .collect()
+            conditions_for(&p, "m", &[], Some(1), &at(0)).into_iter().map(|c| (c.type_, c.status, c.reason)).collect()
         };
         let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
         assert_eq!(rows(Phase::InProgress), vec![s("Progressing", "True", "BackupInProgress")]);

@@ -60,10 +60,6 @@ impl BundleConfig {
     /// Talos API endpoints as the upstream operator uses them: `clientEndpoint` when set, else the
     /// cluster name.
     pub fn talos_endpoints(&self) -> Vec<String> {
-        if self.client_endpoint.is_empty() {
-            vec![self.cluster_name.clone()]
-        } else {
-            self.client_endpoint.clone()
-        }
+        if self.client_endpoint.is_empty() { vec![self.cluster_name.clone()] } else { self.client_endpoint.clone() }
     }
 }

@@ -25,4 +25,3 @@ pub fn crds_yaml() -> String {
         })
         .collect()
 }
-

@@ -56,7 +56,12 @@ struct Context {
 
 /// Runs the controller until SIGTERM/SIGINT, for every namespace or only `namespace`. `ready` turns
 /// true once the CRD has answered.
-pub async fn run(client: Client, config: Config, namespace: Option<&str>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    namespace: Option<&str>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let backups = match namespace {
         Some(ns) => Api::<TalosEtcdBackup>::namespaced(client.clone(), ns),
         None => Api::<TalosEtcdBackup>::all(client.clone()),
@@ -68,11 +73,9 @@ pub async fn run(client: Client, config: Config, namespace: Option<&str>, ready:
         )
     })?;
     ready.store(true, Ordering::SeqCst);
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let context = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, config: config.clone() });
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let context =
+        Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, config: config.clone() });
     tracing::info!(concurrency = config.concurrency, "controller started");
     Controller::new(backups, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -110,7 +113,13 @@ async fn reconcile(backup: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
     status.start_time.get_or_insert_with(now);
     let max = ctx.config.max_attempts.max(1) as i32;
     if status.attempts == 0 {
-        ctx.event(&backup, EventType::Normal, "BackupStarted", format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name)).await;
+        ctx.event(
+            &backup,
+            EventType::Normal,
+            "BackupStarted",
+            format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name),
+        )
+        .await;
     }
     loop {
         status.attempts += 1;
@@ -150,7 +159,8 @@ async fn reconcile(backup: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
                 tokio::time::sleep(delay).await;
             }
             Err(error) => {
-                let message = if attempt > 1 { format!("{error} (after {attempt} attempts)") } else { error.to_string() };
+                let message =
+                    if attempt > 1 { format!("{error} (after {attempt} attempts)") } else { error.to_string() };
                 tracing::warn!(%namespace, %name, %error, attempt, "backup failed");
                 status.completion_time = Some(now());
                 set_phase(&mut status, Phase::Failed, message.clone());

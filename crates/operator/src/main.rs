@@ -196,14 +196,19 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
 async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let path = match args.talosconfig.clone() {
         Some(path) => path,
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is unset; pass --talosconfig")?).join(".talos/config"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is unset; pass --talosconfig")?).join(".talos/config")
+        }
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading talosconfig {}", path.display()))?;
-    let talosconfig = teb_talos::Talosconfig::from_yaml(&text).with_context(|| format!("talosconfig {}", path.display()))?;
+    let talosconfig =
+        teb_talos::Talosconfig::from_yaml(&text).with_context(|| format!("talosconfig {}", path.display()))?;
     let talos = talosconfig.target(args.context.as_deref())?;
     let cluster = args.cluster.clone().unwrap_or_else(|| args.context.clone().unwrap_or(talosconfig.context.clone()));
     let ca_pem = match &args.ca_file {
-        Some(file) => Some(std::fs::read_to_string(file).with_context(|| format!("reading CA file {}", file.display()))?),
+        Some(file) => {
+            Some(std::fs::read_to_string(file).with_context(|| format!("reading CA file {}", file.display()))?)
+        }
         None => None,
     };
     let plan = BackupPlan {
@@ -231,7 +236,8 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let ticker = show_progress.then(|| tokio::spawn(print_progress(streamed.clone(), started)));
     let counter = streamed.clone();
-    let result = job::run(&plan, &key, &args.tuning.settings(), &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
+    let result =
+        job::run(&plan, &key, &args.tuning.settings(), &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
     if let Some(ticker) = ticker {
         ticker.abort();
         eprintln!();

@@ -37,7 +37,11 @@ pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: D
         .await
         .map_err(|e| cp_error(&cp_name, &namespace, kube_reason(&e)))?
         .ok_or_else(|| {
-            cp_error(&cp_name, &namespace, "not found; it must exist in the same namespace as the TalosEtcdBackup".into())
+            cp_error(
+                &cp_name,
+                &namespace,
+                "not found; it must exist in the same namespace as the TalosEtcdBackup".into(),
+            )
         })?;
     let mut secrets = Secrets::new(client, &namespace);
     let talos = match &spec.talosconfig_secret_ref {
@@ -76,7 +80,8 @@ async fn talos_from_controlplane(
     if let (Some(config), Some(bundle)) = (nonempty(status.bundle_config), nonempty(status.secret_bundle)) {
         let config: BundleConfig = serde_json::from_str(&config)
             .map_err(|e| cp_error(&name, &namespace, format!("status.bundleConfig is not valid JSON: {e}")))?;
-        let bundle = SecretsBundle::from_yaml(&bundle).map_err(|e| cp_error(&name, &namespace, format!("status.secretBundle: {e}")))?;
+        let bundle = SecretsBundle::from_yaml(&bundle)
+            .map_err(|e| cp_error(&name, &namespace, format!("status.secretBundle: {e}")))?;
         let credentials = bundle
             .mint_client(&[teb_talos::ROLE_ETCD_BACKUP], cert_validity)
             .map_err(|e| cp_error(&name, &namespace, e.to_string()))?;
@@ -148,7 +153,8 @@ impl<'a> Secrets<'a> {
         let data = secret.data.unwrap_or_default();
         let Some(bytes) = data.get(&reference.key) else {
             let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-            let present = if keys.is_empty() { "it has no keys".to_owned() } else { format!("it has {}", keys.join(", ")) };
+            let present =
+                if keys.is_empty() { "it has no keys".to_owned() } else { format!("it has {}", keys.join(", ")) };
             return Err(self.error(&reference.name, format!("key {:?} not found ({present})", reference.key)));
         };
         let text = String::from_utf8(bytes.0.clone())

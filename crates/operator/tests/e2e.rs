@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
 use sha2::Digest as _;
 use talos_etcd_backup::controller;
 use teb_api::conditions::{FAILED, PROGRESSING, READY};
@@ -17,49 +17,7 @@ use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
 use teb_testkit::fixtures;
 use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
 use teb_testkit::s3::S3Server;
-
-/// The specification's example Secret, unchanged.
-const SPEC_SECRET: &str = r#"
-apiVersion: v1
-kind: Secret
-metadata:
-  name: my-s3-credentials
-  namespace: default
-type: Opaque
-stringData:
-  accessKeyID: "YOUR_ACCESS_KEY_ID"
-  secretAccessKey: "YOUR_SECRET_ACCESS_KEY"
-"#;
-
-/// The specification's example TalosEtcdBackup; `{extra}` adds the S3-compatible fields of its
-/// "Using S3-Compatible Storage" section.
-fn spec_backup(extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: talos.alperen.cloud/v1alpha1
-kind: TalosEtcdBackup
-metadata:
-  name: my-backup
-spec:
-  talosControlPlaneRef:
-    name: my-controlplane
-  backupStorage:
-    s3:
-      bucket: my-etcd-backups
-      region: us-west-2
-{extra}      accessKeyID:
-        name: my-s3-credentials
-        key: accessKeyID
-      secretAccessKey:
-        name: my-s3-credentials
-        key: secretAccessKey
-"#
-    )
-}
-
-fn endpoint_fields(endpoint: &str) -> String {
-    format!("      endpoint: {endpoint}\n")
-}
+use teb_testkit::spec::{SECRET_YAML as SPEC_SECRET, backup_yaml, endpoint_field};
 
 /// A namespace with its own controller (scoped to it, running as the RBAC-limited operator user),
 /// an S3 server with the example bucket, and a Talos emulator.
@@ -79,7 +37,8 @@ impl Drop for Scenario {
 }
 
 fn test_config() -> controller::Config {
-    let mut config = controller::Config { max_attempts: 2, retry_backoff: Duration::from_millis(200), ..Default::default() };
+    let mut config =
+        controller::Config { max_attempts: 2, retry_backoff: Duration::from_millis(200), ..Default::default() };
     config.settings.limits.part_size = 5 << 20;
     config.settings.limits.idle_timeout = Duration::from_secs(2);
     config.settings.request_timeout = Duration::from_secs(20);
@@ -111,7 +70,12 @@ impl Scenario {
 
     /// The emulator's control plane as the upstream operator records it, named `my-controlplane`.
     async fn control_plane_with_bundle(&self) {
-        let cp = fixtures::control_plane_with_bundle("my-controlplane", &self.ns, &self.emulator.ca, &[self.emulator.endpoint.clone()]);
+        let cp = fixtures::control_plane_with_bundle(
+            "my-controlplane",
+            &self.ns,
+            &self.emulator.ca,
+            std::slice::from_ref(&self.emulator.endpoint),
+        );
         create_control_plane(&self.admin, &cp).await.unwrap();
     }
 
@@ -134,7 +98,11 @@ impl Scenario {
         let status = self.wait_finished(name).await;
         let failed = condition(&status, FAILED).unwrap_or_else(|| panic!("not failed: {status:?}"));
         assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "BackupFailed"));
-        assert!(failed.message.starts_with(starts_with), "message {:?} should start with {starts_with:?}", failed.message);
+        assert!(
+            failed.message.starts_with(starts_with),
+            "message {:?} should start with {starts_with:?}",
+            failed.message
+        );
         assert!(failed.message.contains(contains), "message {:?} should contain {contains:?}", failed.message);
         assert!(!failed.message.contains("YOUR_SECRET_ACCESS_KEY"), "a secret leaked: {}", failed.message);
         let progressing = condition(&status, PROGRESSING).unwrap();
@@ -145,7 +113,11 @@ impl Scenario {
 
     async fn assert_bucket_clean(&self) {
         assert!(self.s3.objects("my-etcd-backups").await.unwrap().is_empty(), "no object may be left");
-        assert!(self.s3.unfinished_uploads().is_empty(), "no unfinished upload may be left: {:?}", self.s3.unfinished_uploads());
+        assert!(
+            self.s3.unfinished_uploads().is_empty(),
+            "no unfinished upload may be left: {:?}",
+            self.s3.unfinished_uploads()
+        );
     }
 }
 
@@ -158,7 +130,10 @@ async fn spawn_controller(env: &KubeEnv, ns: &str) -> tokio::task::JoinHandle<()
     })
 }
 
-fn condition<'a>(status: &'a TalosEtcdBackupStatus, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn condition<'a>(
+    status: &'a TalosEtcdBackupStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -188,7 +163,7 @@ async fn specification_flow_backs_up_a_snapshot_that_restores() {
             }
         })
     };
-    scenario.apply(&spec_backup(&endpoint_fields(&scenario.s3.endpoint))).await;
+    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
     let status = scenario.wait_finished("my-backup").await;
     watcher.abort();
 
@@ -229,7 +204,8 @@ async fn specification_flow_backs_up_a_snapshot_that_restores() {
 
     // Events for start and success.
     let events: Api<Event> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
-    let reasons: Vec<String> = events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    let reasons: Vec<String> =
+        events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
     assert!(reasons.contains(&"BackupStarted".into()) && reasons.contains(&"BackupSucceeded".into()), "{reasons:?}");
 
     // Once Ready it never runs again, also after the operator restarts.
@@ -247,9 +223,12 @@ async fn talosconfig_secret_is_used_when_the_control_plane_has_no_bundle() {
     create_control_plane(&scenario.admin, &fixtures::control_plane("my-controlplane", &scenario.ns)).await.unwrap();
     let talosconfig = scenario.emulator.talosconfig(&["os:etcd:backup"]).unwrap();
     let secret = fixtures::talosconfig_secret("my-controlplane", &scenario.ns, &talosconfig);
-    Api::<Secret>::namespaced(scenario.admin.clone(), &scenario.ns).create(&PostParams::default(), &secret).await.unwrap();
+    Api::<Secret>::namespaced(scenario.admin.clone(), &scenario.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     scenario.apply(SPEC_SECRET).await;
-    scenario.apply(&spec_backup(&endpoint_fields(&scenario.s3.endpoint))).await;
+    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
     let status = scenario.wait_finished("my-backup").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
 }
@@ -257,40 +236,49 @@ async fn talosconfig_secret_is_used_when_the_control_plane_has_no_bundle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn troubleshooting_cases_fail_with_the_specified_messages() {
     let scenario = Scenario::start("e2e-trouble", 1, false).await;
-    let extra = endpoint_fields(&scenario.s3.endpoint);
-    let named = |name: &str, extra: &str| spec_backup(extra).replace("name: my-backup", &format!("name: {name}"));
+    let extra = endpoint_field(&scenario.s3.endpoint);
 
     // No TalosControlPlane.
-    scenario.apply(&named("no-cp", &extra)).await;
+    scenario.apply(&backup_yaml("no-cp", &extra)).await;
     scenario.expect_failed("no-cp", "Failed to get TalosControlPlane", "not found").await;
 
     // A TalosControlPlane that is not ready (no bundle, no talosconfig Secret).
     create_control_plane(&scenario.admin, &fixtures::control_plane("my-controlplane", &scenario.ns)).await.unwrap();
-    scenario.apply(&named("cp-not-ready", &extra)).await;
+    scenario.apply(&backup_yaml("cp-not-ready", &extra)).await;
     scenario.expect_failed("cp-not-ready", "Failed to get TalosControlPlane", "not ready").await;
 
     // Give the control plane its bundle; now the secret is missing.
-    let cp = fixtures::control_plane_with_bundle("my-controlplane", &scenario.ns, &scenario.emulator.ca, &[scenario.emulator.endpoint.clone()]);
+    let cp = fixtures::control_plane_with_bundle(
+        "my-controlplane",
+        &scenario.ns,
+        &scenario.emulator.ca,
+        std::slice::from_ref(&scenario.emulator.endpoint),
+    );
     let api: Api<teb_api::TalosControlPlane> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
     let patch = serde_json::json!({"status": cp.status});
     api.patch_status("my-controlplane", &Default::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
-    scenario.apply(&named("no-secret", &extra)).await;
+    scenario.apply(&backup_yaml("no-secret", &extra)).await;
     scenario.expect_failed("no-secret", "Failed to get secret \"my-s3-credentials\"", "not found").await;
 
     // The secret lacks a key.
     scenario.apply(&SPEC_SECRET.replace("  secretAccessKey: \"YOUR_SECRET_ACCESS_KEY\"\n", "")).await;
-    scenario.apply(&named("missing-key", &extra)).await;
-    scenario.expect_failed("missing-key", "Failed to get secret \"my-s3-credentials\"", "key \"secretAccessKey\" not found").await;
+    scenario.apply(&backup_yaml("missing-key", &extra)).await;
+    scenario
+        .expect_failed("missing-key", "Failed to get secret \"my-s3-credentials\"", "key \"secretAccessKey\" not found")
+        .await;
 
     // Wrong credentials.
     scenario.apply(&SPEC_SECRET.replace("YOUR_SECRET_ACCESS_KEY", "wrong-secret")).await;
-    scenario.apply(&named("wrong-creds", &extra)).await;
-    let status = scenario.expect_failed("wrong-creds", "Failed to upload snapshot to S3", "SignatureDoesNotMatch").await;
+    scenario.apply(&backup_yaml("wrong-creds", &extra)).await;
+    let status =
+        scenario.expect_failed("wrong-creds", "Failed to upload snapshot to S3", "SignatureDoesNotMatch").await;
     assert_eq!(status.attempts, 1, "wrong credentials are not retried");
 
     // A bucket that does not exist.
     scenario.apply(SPEC_SECRET).await;
-    scenario.apply(&named("no-bucket", &extra).replace("bucket: my-etcd-backups", "bucket: no-such-bucket")).await;
+    scenario
+        .apply(&backup_yaml("no-bucket", &extra).replace("bucket: my-etcd-backups", "bucket: no-such-bucket"))
+        .await;
     scenario.expect_failed("no-bucket", "Failed to upload snapshot to S3", "NoSuchBucket").await;
     scenario.assert_bucket_clean().await;
 
@@ -313,17 +301,29 @@ async fn self_signed_s3_endpoint_needs_skip_verify_or_the_ca() {
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
     let ca_secret = fixtures::secret("s3-ca", &scenario.ns, &[("ca.crt", scenario.s3.ca_pem.as_deref().unwrap())]);
-    Api::<Secret>::namespaced(scenario.admin.clone(), &scenario.ns).create(&PostParams::default(), &ca_secret).await.unwrap();
-    let endpoint = endpoint_fields(&scenario.s3.endpoint);
-    let named = |name: &str, extra: &str| spec_backup(extra).replace("name: my-backup", &format!("name: {name}"));
+    Api::<Secret>::namespaced(scenario.admin.clone(), &scenario.ns)
+        .create(&PostParams::default(), &ca_secret)
+        .await
+        .unwrap();
+    let endpoint = endpoint_field(&scenario.s3.endpoint);
 
-    scenario.apply(&named("verify", &format!("{endpoint}      insecureSkipTLSVerify: false  # Set to true for self-signed certs\n"))).await;
+    scenario
+        .apply(&backup_yaml(
+            "verify",
+            &format!("{endpoint}      insecureSkipTLSVerify: false  # Set to true for self-signed certs\n"),
+        ))
+        .await;
     scenario.expect_failed("verify", "Failed to upload snapshot to S3", "certificate").await;
 
-    scenario.apply(&named("skip-verify", &format!("{endpoint}      insecureSkipTLSVerify: true\n"))).await;
+    scenario.apply(&backup_yaml("skip-verify", &format!("{endpoint}      insecureSkipTLSVerify: true\n"))).await;
     assert!(condition(&scenario.wait_finished("skip-verify").await, READY).is_some());
 
-    scenario.apply(&named("with-ca", &format!("{endpoint}      caBundle:\n        name: s3-ca\n        key: ca.crt\n"))).await;
+    scenario
+        .apply(&backup_yaml(
+            "with-ca",
+            &format!("{endpoint}      caBundle:\n        name: s3-ca\n        key: ca.crt\n"),
+        ))
+        .await;
     assert!(condition(&scenario.wait_finished("with-ca").await, READY).is_some());
 }
 
@@ -337,11 +337,10 @@ async fn broken_snapshots_leave_nothing_in_the_bucket() {
     for i in 0..24 {
         scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
     }
-    let extra = endpoint_fields(&scenario.s3.endpoint);
-    let named = |name: &str| spec_backup(&extra).replace("name: my-backup", &format!("name: {name}"));
+    let extra = endpoint_field(&scenario.s3.endpoint);
 
     scenario.emulator.faults.truncate_after(7 << 20);
-    scenario.apply(&named("truncated")).await;
+    scenario.apply(&backup_yaml("truncated", &extra)).await;
     let status = scenario.expect_failed("truncated", "Failed to stream etcd snapshot", "truncated").await;
     assert_eq!(status.attempts, 2, "a broken stream is retried");
     assert!(scenario.s3.parts_received() > 0, "parts were uploaded, then aborted");
@@ -349,20 +348,20 @@ async fn broken_snapshots_leave_nothing_in_the_bucket() {
     scenario.emulator.faults.clear();
 
     scenario.emulator.faults.corrupt_trailer(true);
-    scenario.apply(&named("corrupt")).await;
+    scenario.apply(&backup_yaml("corrupt", &extra)).await;
     scenario.expect_failed("corrupt", "Failed to stream etcd snapshot", "corrupt").await;
     scenario.assert_bucket_clean().await;
     scenario.emulator.faults.clear();
 
     scenario.emulator.faults.stall_after(3 << 20);
-    scenario.apply(&named("stalled")).await;
+    scenario.apply(&backup_yaml("stalled", &extra)).await;
     scenario.expect_failed("stalled", "Failed to stream etcd snapshot", "sent no data").await;
     scenario.assert_bucket_clean().await;
     scenario.emulator.faults.clear();
 
     // A transient S3 failure of one part is absorbed; the backup succeeds.
     scenario.s3.faults.fail_upload_part(2, 1);
-    scenario.apply(&named("flaky-s3")).await;
+    scenario.apply(&backup_yaml("flaky-s3", &extra)).await;
     let status = scenario.wait_finished("flaky-s3").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
     assert!(scenario.s3.unfinished_uploads().is_empty());

@@ -14,7 +14,9 @@ pub enum Error {
     Config(String),
     #[error("snapshot source failed after {bytes} bytes: {source}")]
     Source { bytes: u64, source: Box<dyn std::error::Error + Send + Sync> },
-    #[error("snapshot stream sent no data for {timeout:?} (after {bytes} bytes); the Talos API applies no timeout of its own")]
+    #[error(
+        "snapshot stream sent no data for {timeout:?} (after {bytes} bytes); the Talos API applies no timeout of its own"
+    )]
     IdleTimeout { timeout: Duration, bytes: u64 },
     #[error("backup did not finish within {timeout:?} (after {bytes} bytes)")]
     TotalTimeout { timeout: Duration, bytes: u64 },
@@ -36,8 +38,15 @@ impl Error {
             Error::Config(_) => false,
             Error::S3 { code, message, .. } => match code.as_deref() {
                 Some(
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "NoSuchBucket" | "InvalidBucketName"
-                    | "AuthorizationHeaderMalformed" | "PermanentRedirect" | "InvalidArgument" | "InvalidRequest",
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "NoSuchBucket"
+                    | "InvalidBucketName"
+                    | "AuthorizationHeaderMalformed"
+                    | "PermanentRedirect"
+                    | "InvalidArgument"
+                    | "InvalidRequest",
                 ) => false,
                 Some(_) => true,
                 // Without a code, certificate problems are permanent; connection trouble is not.

@@ -67,7 +67,7 @@ where
         .store
         .put_multipart_opts(&Path::from(key), options)
         .await
-        .map_err(|e| sink.error(S3Operation::CreateMultipartUpload, &e))?;
+        .map_err(|e| sink.error(S3Operation::CreateMultipartUpload, e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, limits.part_size);
     let mut verifier = TrailerVerifier::new();
 
@@ -82,7 +82,7 @@ where
 
     match verified {
         Ok(digest) => {
-            writer.finish().await.map_err(|e| sink.error(S3Operation::CompleteMultipartUpload, &e))?;
+            writer.finish().await.map_err(|e| sink.error(S3Operation::CompleteMultipartUpload, e))?;
             Ok(Report { key: key.to_owned(), size, sha256: hex::encode(digest), duration: started.elapsed() })
         }
         Err(error) => {
@@ -121,7 +121,7 @@ where
                 writer
                     .wait_for_capacity(limits.parts_in_flight)
                     .await
-                    .map_err(|e| sink.error(S3Operation::UploadPart, &e))?;
+                    .map_err(|e| sink.error(S3Operation::UploadPart, e))?;
                 writer.put(chunk);
                 progress(verifier.total());
             }

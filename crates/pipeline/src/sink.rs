@@ -78,10 +78,7 @@ impl S3Sink {
                 options = options.with_root_certificate(cert);
             }
         }
-        let store = builder
-            .with_client_options(options)
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let store = builder.with_client_options(options).build().map_err(|e| Error::Config(e.to_string()))?;
         Ok(S3Sink { store: Arc::new(store), bucket: location.bucket.clone() })
     }
 
@@ -89,8 +86,9 @@ impl S3Sink {
         &self.bucket
     }
 
-    pub(crate) fn error(&self, operation: S3Operation, e: &object_store::Error) -> Error {
-        let text = error_chain(e);
+    pub(crate) fn error(&self, operation: S3Operation, e: object_store::Error) -> Error {
+        // The useful part (a TLS problem, the S3 error body) often sits in a source of the error.
+        let text = format!("{:#}", anyhow::Error::new(e));
         Error::S3 {
             operation,
             bucket: self.bucket.clone(),
@@ -106,20 +104,6 @@ fn xml_tag(text: &str, tag: &str) -> Option<String> {
     let start = text.find(&open)? + open.len();
     let len = text[start..].find(&format!("</{tag}>"))?;
     Some(text[start..start + len].to_owned())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

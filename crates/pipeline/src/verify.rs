@@ -45,7 +45,7 @@ impl TrailerVerifier {
     pub fn finish(self) -> Result<[u8; 32], Error> {
         let db_len = self.total.saturating_sub(TRAILER as u64);
         // bbolt databases are whole pages; a stream cut short almost never lands on one.
-        if self.total <= TRAILER as u64 || db_len % 512 != 0 {
+        if self.total <= TRAILER as u64 || !db_len.is_multiple_of(512) {
             return Err(Error::Truncated { bytes: self.total });
         }
         let actual: [u8; 32] = self.hasher.finalize().into();

@@ -50,7 +50,7 @@ impl TalosClient {
             let (uri, host) = endpoint_uri(endpoint)?;
             let channel = Endpoint::from_shared(uri)
                 .and_then(|e| e.tls_config(tls.clone().domain_name(host)))
-                .map_err(|e| Error::Endpoint { endpoint: endpoint.clone(), reason: error_chain(&e) })?
+                .map_err(|e| Error::Endpoint { endpoint: endpoint.clone(), reason: chain(e) })?
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
@@ -62,7 +62,7 @@ impl TalosClient {
                     let machine = MachineServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
                     return Ok(TalosClient { machine, endpoint: endpoint.clone(), call_timeout: DEFAULT_CALL_TIMEOUT });
                 }
-                Err(e) => failures.push(format!("{endpoint}: {}", error_chain(&e))),
+                Err(e) => failures.push(format!("{endpoint}: {}", chain(e))),
             }
         }
         Err(Error::Connect { endpoints: target.endpoints.join(", "), reason: failures.join("; ") })
@@ -153,9 +153,13 @@ impl TalosClient {
 
     /// Starts an etcd snapshot on `node`. The stream yields the snapshot's bytes as Talos sends them
     /// (1 KiB a message); errors Talos reports in-band end it with an error.
-    pub async fn etcd_snapshot(&self, node: &str) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+    pub async fn etcd_snapshot(
+        &self,
+        node: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
         let request = with_node(EtcdSnapshotRequest {}, node)?;
-        let stream = self.deadline("EtcdSnapshot", node, self.machine.clone().etcd_snapshot(request)).await?.into_inner();
+        let stream =
+            self.deadline("EtcdSnapshot", node, self.machine.clone().etcd_snapshot(request)).await?.into_inner();
         let node = node.to_owned();
         Ok(stream.map(move |item| match item {
             Ok(data) => check_in_band("EtcdSnapshot", &node, data.metadata.as_ref()).map(|()| data.bytes),
@@ -181,6 +185,12 @@ impl TalosClient {
             }),
         }
     }
+}
+
+/// An error with its sources: tonic keeps the cause (a refused certificate, a refused connection)
+/// in a source of its "transport error".
+fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 /// One-to-many proxying reports a node's failure inside a message rather than as the call's status.
@@ -239,20 +249,6 @@ fn split_host_port(authority: &str) -> (&str, Option<&str>) {
         Some((host, port)) if !host.contains(':') => (host, Some(port)),
         _ => (authority, None),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

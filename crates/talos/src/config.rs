@@ -138,10 +138,7 @@ impl SecretsBundle {
     /// Mints a client certificate signed by the bundle's OS CA, carrying `roles` in Subject O and
     /// ExtKeyUsage exactly ClientAuth, valid from a minute ago for `validity`.
     pub fn mint_client(&self, roles: &[&str], validity: Duration) -> Result<Credentials, Error> {
-        use rcgen::{
-            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-            KeyUsagePurpose,
-        };
+        use rcgen::{Issuer, KeyPair};
         let ca_pem = decode_pem(&self.certs.os.crt).map_err(|r| Error::SecretsBundle(format!("certs.os.crt: {r}")))?;
         if self.certs.os.key.is_empty() {
             return Err(Error::SecretsBundle("certs.os.key is empty".into()));
@@ -155,20 +152,26 @@ impl SecretsBundle {
             .map_err(|e| Error::SecretsBundle(format!("certs.os.crt is not a usable CA certificate: {e}")))?;
         // Talos's OS CA is Ed25519 by default; an Ed25519 client key matches what talosctl mints.
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| Error::Mint(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        for role in roles {
-            dn.push(DnType::OrganizationName, *role);
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut params = client_certificate_params(roles);
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
         params.not_after = now + validity;
         let cert = params.signed_by(&key, &issuer).map_err(|e| Error::Mint(e.to_string()))?;
         Ok(Credentials { ca_pem, crt_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// A Talos client certificate's parameters, as talosctl mints them: `roles` in Subject O, KeyUsage
+/// DigitalSignature, ExtKeyUsage exactly ClientAuth.
+pub fn client_certificate_params(roles: &[&str]) -> rcgen::CertificateParams {
+    use rcgen::{DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    let mut params = rcgen::CertificateParams::default();
+    for role in roles {
+        params.distinguished_name.push(DnType::OrganizationName, *role);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
 }
 
 /// Talos writes Ed25519 keys as PKCS#8 under the non-standard label `ED25519 PRIVATE KEY`; rustls and

@@ -7,7 +7,9 @@ mod config;
 mod error;
 
 pub use client::{ChosenNode, MemberRole, TalosClient};
-pub use config::{Credentials, SecretsBundle, Talosconfig, TalosContext, Target, normalize_key_pem};
+pub use config::{
+    Credentials, SecretsBundle, TalosContext, Talosconfig, Target, client_certificate_params, normalize_key_pem,
+};
 pub use error::Error;
 
 /// Generated from the trimmed Talos protos in `proto/` (wire-compatible with apid).

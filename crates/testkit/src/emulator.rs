@@ -17,15 +17,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::etcd::{EtcdCluster, EtcdOptions};
-use crate::fixtures::OsCa;
-use crate::proto::common::{Data, Metadata};
-use crate::proto::etcd::{
+use crate::etcd_proto::{
     MemberListRequest, SnapshotRequest, StatusRequest, cluster_client::ClusterClient,
     maintenance_client::MaintenanceClient,
 };
-use crate::proto::google::rpc;
-use crate::proto::machine::machine_service_server::{MachineService, MachineServiceServer};
-use crate::proto::machine::*;
+use crate::fixtures::OsCa;
+use teb_talos::proto::common::{Data, Metadata};
+use teb_talos::proto::google::rpc;
+use teb_talos::proto::machine::machine_service_server::{MachineService, MachineServiceServer};
+use teb_talos::proto::machine::*;
 
 /// Talos streams snapshots one KiB a message.
 pub const CHUNK: usize = 1024;
@@ -150,7 +150,11 @@ impl TalosEmulator {
         let etcd = EtcdCluster::start(options.control_planes, &options.etcd).await?;
         let ca = OsCa::generate()?;
         let mut nodes: Vec<Node> = (0..options.control_planes)
-            .map(|i| Node { address: format!("127.0.10.{}", i + 1), hostname: format!("cp-{}", i + 1), etcd_member: Some(i) })
+            .map(|i| Node {
+                address: format!("127.0.10.{}", i + 1),
+                hostname: format!("cp-{}", i + 1),
+                etcd_member: Some(i),
+            })
             .collect();
         nodes.extend((0..options.workers).map(|i| Node {
             address: format!("127.0.20.{}", i + 1),
@@ -186,7 +190,7 @@ impl TalosEmulator {
 
     /// A talosconfig for a client holding `roles`, pointing at this emulator.
     pub fn talosconfig(&self, roles: &[&str]) -> anyhow::Result<String> {
-        self.ca.talosconfig("emulator", &[self.endpoint.clone()], &[], roles)
+        self.ca.talosconfig("emulator", std::slice::from_ref(&self.endpoint), &[], roles)
     }
 
     /// The etcd restored by `Bootstrap{recover_etcd: true}`, if any.
@@ -200,7 +204,8 @@ fn server_tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Res
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
-    let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let webpki =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(Arc::new(TalosClientVerifier { inner: webpki }))
@@ -312,13 +317,10 @@ impl Emulator {
     fn authorize<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
         let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
         let first = certs.first().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(first).map_err(|_| Status::unauthenticated("bad client certificate"))?;
-        let roles: Vec<String> = cert
-            .subject()
-            .iter_organization()
-            .filter_map(|o| o.as_str().ok().map(str::to_owned))
-            .collect();
+        let (_, cert) = x509_parser::parse_x509_certificate(first)
+            .map_err(|_| Status::unauthenticated("bad client certificate"))?;
+        let roles: Vec<String> =
+            cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
         if roles.iter().any(|r| allowed_roles(rpc).contains(&r.as_str())) {
             Ok(())
         } else {
@@ -353,7 +355,9 @@ impl Emulator {
         // An unreachable node in one-to-many mode is reported in-band, like any other node error.
         Ok(Route::Many(
             many.iter()
-                .map(|name| find(name).unwrap_or(Node { address: name.clone(), hostname: name.clone(), etcd_member: None }))
+                .map(|name| {
+                    find(name).unwrap_or(Node { address: name.clone(), hostname: name.clone(), etcd_member: None })
+                })
                 .collect(),
         ))
     }
@@ -389,10 +393,8 @@ impl Emulator {
 
     async fn members_of(&self, node: &Node) -> Result<Vec<EtcdMember>, Status> {
         let member = self.member(node, "etcd members")?;
-        let list = ClusterClient::new(self.etcd_channel(member).await?)
-            .member_list(MemberListRequest {})
-            .await?
-            .into_inner();
+        let list =
+            ClusterClient::new(self.etcd_channel(member).await?).member_list(MemberListRequest {}).await?.into_inner();
         // Report members as Talos does: by their node's address and hostname.
         Ok(list
             .members
@@ -405,7 +407,8 @@ impl Emulator {
                     .iter()
                     .position(|em| em.name == m.name)
                     .and_then(|i| self.state.nodes.iter().find(|n| n.etcd_member == Some(i)));
-                let (address, hostname) = node.map_or((m.name.clone(), m.name.clone()), |n| (n.address.clone(), n.hostname.clone()));
+                let (address, hostname) =
+                    node.map_or((m.name.clone(), m.name.clone()), |n| (n.address.clone(), n.hostname.clone()));
                 EtcdMember {
                     id: m.id,
                     hostname,
@@ -418,7 +421,12 @@ impl Emulator {
     }
 
     /// Streams one node's snapshot into `tx`, in Talos's 1 KiB messages, applying the faults.
-    async fn stream_snapshot(&self, node: &Node, hostname: Option<&str>, tx: &mpsc::Sender<Result<Data, Status>>) -> Result<(), Status> {
+    async fn stream_snapshot(
+        &self,
+        node: &Node,
+        hostname: Option<&str>,
+        tx: &mpsc::Sender<Result<Data, Status>>,
+    ) -> Result<(), Status> {
         let member = self.member(node, "etcd snapshot")?;
         let faults = &self.state.faults;
         if faults.unavailable.load(Ordering::SeqCst) {
@@ -581,7 +589,9 @@ impl MachineService for Emulator {
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
         let mut stream = request.into_inner();
         while let Some(data) = stream.message().await? {
-            tokio::io::AsyncWriteExt::write_all(&mut file, &data.bytes).await.map_err(|e| Status::internal(e.to_string()))?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &data.bytes)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Status::internal(e.to_string()))?;
         *self.state.recovered_snapshot.lock().expect("recover lock") = Some(path);

@@ -8,10 +8,10 @@ use anyhow::Context as _;
 use tonic::transport::Channel;
 
 use crate::assets::assets;
-use crate::process::ChildProcess;
-use crate::proto::etcd::{
+use crate::etcd_proto::{
     PutRequest, StatusRequest, StatusResponse, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
+use crate::process::ChildProcess;
 
 /// One member of a cluster.
 pub struct EtcdMember {
@@ -95,7 +95,8 @@ impl EtcdCluster {
             "etcdctl snapshot restore failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let member = start_member(name, client, peer, &data_dir, &initial_cluster, &EtcdOptions::default(), dir.path())?;
+        let member =
+            start_member(name, client, peer, &data_dir, &initial_cluster, &EtcdOptions::default(), dir.path())?;
         let cluster = EtcdCluster { members: vec![member], _dir: dir };
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(cluster)
@@ -169,7 +170,7 @@ fn start_member(
         command.arg(format!("--quota-backend-bytes={quota}"));
     }
     let log = log_dir.join(format!("{name}.log"));
-    let process = ChildProcess::spawn(&format!("etcd {name}"), command, &log)
-        .with_context(|| format!("starting etcd {name}"))?;
+    let process =
+        ChildProcess::spawn(&format!("etcd {name}"), command, &log).with_context(|| format!("starting etcd {name}"))?;
     Ok(EtcdMember { name: name.to_owned(), client_url, peer_url, data_dir: data_dir.to_owned(), process })
 }

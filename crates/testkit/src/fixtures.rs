@@ -6,8 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Secret;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use teb_api::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 use teb_talos::{Credentials, Talosconfig};
@@ -31,13 +30,7 @@ impl OsCa {
     /// exactly `[ClientAuth]`).
     pub fn client(&self, roles: &[&str], ekus: &[ExtendedKeyUsagePurpose]) -> anyhow::Result<Credentials> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        for role in roles {
-            dn.push(DnType::OrganizationName, *role);
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let mut params = teb_talos::client_certificate_params(roles);
         params.extended_key_usages = ekus.to_vec();
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Credentials { ca_pem: self.cert_pem.clone(), crt_pem: cert.pem(), key_pem: key.serialize_pem() })
@@ -70,13 +63,22 @@ impl OsCa {
     }
 
     /// A talosconfig for a client with `roles`.
-    pub fn talosconfig(&self, context: &str, endpoints: &[String], nodes: &[String], roles: &[&str]) -> anyhow::Result<String> {
+    pub fn talosconfig(
+        &self,
+        context: &str,
+        endpoints: &[String],
+        nodes: &[String],
+        roles: &[&str],
+    ) -> anyhow::Result<String> {
         let creds = self.client(roles, &[ExtendedKeyUsagePurpose::ClientAuth])?;
         Ok(Talosconfig::single(context, endpoints.to_vec(), nodes.to_vec(), &creds).to_yaml())
     }
 }
 
-fn self_signed_ca(org: &str, alg: &'static rcgen::SignatureAlgorithm) -> anyhow::Result<(String, KeyPair, CertificateParams)> {
+fn self_signed_ca(
+    org: &str,
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> anyhow::Result<(String, KeyPair, CertificateParams)> {
     let key = KeyPair::generate_for(alg)?;
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::OrganizationName, org);
@@ -98,7 +100,10 @@ pub fn tls_server_config(sans: &[&str]) -> anyhow::Result<(rustls::ServerConfig,
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))?;
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((config, ca_pem))
 }

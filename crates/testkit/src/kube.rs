@@ -149,9 +149,12 @@ impl KubeEnv {
         let crds = Api::<CustomResourceDefinition>::all(admin.clone());
         for name in ["talosetcdbackups.talos.alperen.cloud", "taloscontrolplanes.talos.alperen.cloud"] {
             let cond = kube::runtime::conditions::is_crd_established();
-            tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(crds.clone(), name, cond))
-                .await
-                .with_context(|| format!("CRD {name} not established"))??;
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                kube::runtime::wait::await_condition(crds.clone(), name, cond),
+            )
+            .await
+            .with_context(|| format!("CRD {name} not established"))??;
         }
         Ok(())
     }
@@ -215,14 +218,21 @@ pub async fn apply_yaml(client: &Client, yaml: &str, namespace: Option<&str>) ->
         let name = object.metadata.name.clone().context("a document has no metadata.name")?;
         let api: Api<DynamicObject> = match capabilities.scope {
             Scope::Namespaced => {
-                let ns = namespace.map(str::to_owned).or(object.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
+                let ns = namespace
+                    .map(str::to_owned)
+                    .or(object.metadata.namespace.clone())
+                    .unwrap_or_else(|| "default".into());
                 object.metadata.namespace = Some(ns.clone());
                 Api::namespaced_with(client.clone(), &ns, &resource)
             }
             Scope::Cluster => Api::all_with(client.clone(), &resource),
         };
         let params = PatchParams::apply("teb-testkit").force();
-        applied.push(api.patch(&name, &params, &Patch::Apply(&object)).await.with_context(|| format!("applying {} {name}", gvk.kind))?);
+        applied.push(
+            api.patch(&name, &params, &Patch::Apply(&object))
+                .await
+                .with_context(|| format!("applying {} {name}", gvk.kind))?,
+        );
     }
     Ok(applied)
 }

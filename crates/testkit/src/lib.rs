@@ -18,22 +18,11 @@ pub mod fixtures;
 pub mod kube;
 pub mod process;
 pub mod s3;
+pub mod spec;
 
-pub(crate) mod proto {
-    pub mod google {
-        pub mod rpc {
-            tonic::include_proto!("google.rpc");
-        }
-    }
-    pub mod common {
-        tonic::include_proto!("common");
-    }
-    pub mod machine {
-        tonic::include_proto!("machine");
-    }
-    pub mod etcd {
-        tonic::include_proto!("etcdserverpb");
-    }
+/// etcd's v3 API, trimmed to what the emulator and tests use.
+pub(crate) mod etcd_proto {
+    tonic::include_proto!("etcdserverpb");
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for test servers).

@@ -25,9 +25,8 @@ impl ChildProcess {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {name} ({:?}): {e}", command.get_program()))?;
+        let child =
+            command.spawn().map_err(|e| anyhow::anyhow!("cannot start {name} ({:?}): {e}", command.get_program()))?;
         Ok(ChildProcess { child, name: name.to_owned() })
     }
 

@@ -163,11 +163,7 @@ impl S3Server {
     pub async fn objects(&self, bucket: &str) -> anyhow::Result<Vec<(String, u64)>> {
         use futures::TryStreamExt as _;
         let client = self.client(bucket)?;
-        let mut listed: Vec<_> = client
-            .list(None)
-            .map_ok(|m| (m.location.to_string(), m.size))
-            .try_collect()
-            .await?;
+        let mut listed: Vec<_> = client.list(None).map_ok(|m| (m.location.to_string(), m.size)).try_collect().await?;
         listed.sort();
         Ok(listed)
     }
@@ -360,7 +356,11 @@ impl S3 for FaultyStore {
             .expect("uploads lock")
             .values()
             .filter(|u| u.bucket == bucket)
-            .map(|u| MultipartUpload { key: Some(u.key.clone()), upload_id: Some(u.upload_id.clone()), ..Default::default() })
+            .map(|u| MultipartUpload {
+                key: Some(u.key.clone()),
+                upload_id: Some(u.upload_id.clone()),
+                ..Default::default()
+            })
             .collect();
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(bucket),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rcgen::ExtendedKeyUsagePurpose as Eku;
-use teb_talos::{Credentials, Talosconfig, TalosClient, Target};
+use teb_talos::{Credentials, TalosClient, Talosconfig, Target};
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
 use teb_testkit::fixtures::OsCa;
 
@@ -49,7 +49,11 @@ fn code(e: &teb_talos::Error) -> Option<tonic::Code> {
 async fn etcd_backup_role_snapshot_restores_with_etcdctl() {
     let emulator = emulator().await;
     for i in 0..50 {
-        emulator.etcd().put(format!("/registry/test/key-{i}").as_bytes(), format!("value-{i}").as_bytes()).await.unwrap();
+        emulator
+            .etcd()
+            .put(format!("/registry/test/key-{i}").as_bytes(), format!("value-{i}").as_bytes())
+            .await
+            .unwrap();
     }
     let client = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
     let chosen = client.choose_node(&[]).await.unwrap();

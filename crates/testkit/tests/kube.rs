@@ -9,28 +9,7 @@ use teb_api::TalosEtcdBackup;
 use teb_testkit::kube::KubeEnv;
 
 fn backup(name: &str) -> TalosEtcdBackup {
-    serde_yaml::from_str(&format!(
-        r#"
-apiVersion: talos.alperen.cloud/v1alpha1
-kind: TalosEtcdBackup
-metadata:
-  name: {name}
-spec:
-  talosControlPlaneRef:
-    name: my-controlplane
-  backupStorage:
-    s3:
-      bucket: my-etcd-backups
-      region: us-west-2
-      accessKeyID:
-        name: my-s3-credentials
-        key: accessKeyID
-      secretAccessKey:
-        name: my-s3-credentials
-        key: secretAccessKey
-"#
-    ))
-    .unwrap()
+    serde_yaml::from_str(&teb_testkit::spec::backup_yaml(name, "")).unwrap()
 }
 
 #[tokio::test]
@@ -41,7 +20,8 @@ async fn stores_crds_and_serves_watches() {
     let api: Api<TalosEtcdBackup> = Api::namespaced(admin, &ns);
     let mut events = watcher(api.clone(), watcher::Config::default()).applied_objects().boxed();
     api.create(&PostParams::default(), &backup("watched")).await.unwrap();
-    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), events.try_next()).await.unwrap().unwrap().unwrap();
+    let seen =
+        tokio::time::timeout(std::time::Duration::from_secs(20), events.try_next()).await.unwrap().unwrap().unwrap();
     assert_eq!(seen.metadata.name.as_deref(), Some("watched"));
     assert_eq!(seen.spec.backup_storage.s3.bucket, "my-etcd-backups");
 }

@@ -1,0 +1,46 @@
+//! The specification's example YAML, verbatim, for tests and the demo.
+
+/// "1. Create S3 Credentials Secret". The test S3 server accepts exactly these keys.
+pub const SECRET_YAML: &str = r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: my-s3-credentials
+  namespace: default
+type: Opaque
+stringData:
+  accessKeyID: "YOUR_ACCESS_KEY_ID"
+  secretAccessKey: "YOUR_SECRET_ACCESS_KEY"
+"#;
+
+/// "2. Create TalosEtcdBackup Resource".
+pub const BACKUP_YAML: &str = r#"apiVersion: talos.alperen.cloud/v1alpha1
+kind: TalosEtcdBackup
+metadata:
+  name: my-backup
+spec:
+  talosControlPlaneRef:
+    name: my-controlplane
+  backupStorage:
+    s3:
+      bucket: my-etcd-backups
+      region: us-west-2
+      accessKeyID:
+        name: my-s3-credentials
+        key: accessKeyID
+      secretAccessKey:
+        name: my-s3-credentials
+        key: secretAccessKey
+"#;
+
+/// [`BACKUP_YAML`] named `name`, with `s3_fields` (lines indented six spaces, such as the
+/// `endpoint:` and `insecureSkipTLSVerify:` of "Using S3-Compatible Storage") added under `s3:`.
+pub fn backup_yaml(name: &str, s3_fields: &str) -> String {
+    BACKUP_YAML
+        .replace("name: my-backup", &format!("name: {name}"))
+        .replace("      region: us-west-2\n", &format!("      region: us-west-2\n{s3_fields}"))
+}
+
+/// The `endpoint:` line of "Using S3-Compatible Storage".
+pub fn endpoint_field(endpoint: &str) -> String {
+    format!("      endpoint: {endpoint}\n")
+}
