@@ -1,0 +1,67 @@
+//! The `snapshot` command: one backup outside Kubernetes, from a talosconfig into S3.
+
+use std::process::Command;
+
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+
+fn command(talosconfig: &std::path::Path, s3: &S3Server) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+    command
+        .arg("snapshot")
+        .arg("--talosconfig")
+        .arg(talosconfig)
+        .args(["--bucket", "backups", "--endpoint", &s3.endpoint, "--cluster", "demo"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("RUST_LOG");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_command_uploads_a_verified_snapshot() {
+    let emulator = TalosEmulator::start(EmulatorOptions::default()).await.unwrap();
+    emulator.etcd().put(b"/cli/key", b"value").await.unwrap();
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let talosconfig = dir.path().join("talosconfig");
+    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+
+    let output = tokio::task::spawn_blocking(move || command(&talosconfig, &s3).output().map(|o| (o, s3)))
+        .await
+        .unwrap()
+        .unwrap();
+    let (output, s3) = output;
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = summary["key"].as_str().unwrap();
+    assert!(key.starts_with("talos-operator-etcd-backups/demo/etcd-snapshot-"), "{key}");
+    let objects = s3.objects("backups").await.unwrap();
+    assert_eq!(objects, vec![(key.to_owned(), summary["size"].as_u64().unwrap())]);
+    assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // No secret in what the command printed.
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!printed.contains(SECRET_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_command_explains_bad_input() {
+    let s3 = S3Server::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-talosconfig");
+    let output = command(&missing, &s3).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reading talosconfig") && stderr.contains("no-such-talosconfig"), "{stderr}");
+
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "context: x\ncontexts: {}\n").unwrap();
+    let output = command(&garbage, &s3).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("context \"x\" not found"), "{stderr}");
+
+    let output = command(&garbage, &s3).args(["--idle-timeout", "soon"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not a duration like 90s"), "{stderr}");
+}
