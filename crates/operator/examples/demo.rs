@@ -21,7 +21,9 @@ use teb_testkit::{fixtures, spec};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
-    step("Starting etcd + kube-apiserver (RBAC on), an S3 server and the Talos API emulator (3 control planes, 1 worker)");
+    step(
+        "Starting etcd + kube-apiserver (RBAC on), an S3 server and the Talos API emulator (3 control planes, 1 worker)",
+    );
     let env = KubeEnv::start().await?;
     let s3 = S3Server::start().await?;
     s3.create_bucket("my-etcd-backups")?;
@@ -35,7 +37,12 @@ async fn main() -> anyhow::Result<()> {
 
     let admin = env.admin_client().await?;
     step("Creating TalosControlPlane my-controlplane as the upstream operator leaves it (bundleConfig + secretBundle)");
-    let cp = fixtures::control_plane_with_bundle("my-controlplane", "default", &emulator.ca, std::slice::from_ref(&emulator.endpoint));
+    let cp = fixtures::control_plane_with_bundle(
+        "my-controlplane",
+        "default",
+        &emulator.ca,
+        std::slice::from_ref(&emulator.endpoint),
+    );
     create_control_plane(&admin, &cp).await?;
 
     step("Starting the operator with the permissions of deploy/rbac.yaml only");
@@ -60,8 +67,11 @@ async fn main() -> anyhow::Result<()> {
     let mut last = String::new();
     let status = loop {
         let status = api.get("my-backup").await?.status.unwrap_or_default();
-        let now: Vec<String> =
-            status.conditions.iter().map(|c| format!("{}={} ({}): {}", c.type_, c.status, c.reason, c.message)).collect();
+        let now: Vec<String> = status
+            .conditions
+            .iter()
+            .map(|c| format!("{}={} ({}): {}", c.type_, c.status, c.reason, c.message))
+            .collect();
         let now = now.join("\n  ");
         if now != last && !now.is_empty() {
             println!("  {now}");

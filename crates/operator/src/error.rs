@@ -1,5 +1,6 @@
 /// Why a backup failed. Each message starts with the specification's troubleshooting phrase, then
-/// says what to fix; none carries a secret.
+/// says what to fix; none carries a secret. Inner errors are part of the message, not `source()`s, so
+/// nothing is printed twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Failed to get TalosControlPlane {name:?} in namespace {namespace:?}: {reason}")]
@@ -7,15 +8,15 @@ pub enum Error {
     #[error("Failed to get secret {name:?} in namespace {namespace:?}: {reason}")]
     Secret { name: String, namespace: String, reason: String },
     #[error("Failed to reach the Talos API: {0}")]
-    Talos(#[source] teb_talos::Error),
-    #[error("Failed to stream etcd snapshot from node {node}: {source}; the upload was aborted")]
-    Snapshot { node: String, source: teb_pipeline::Error },
+    Talos(teb_talos::Error),
+    #[error("Failed to stream etcd snapshot from node {node}: {cause}; the upload was aborted")]
+    Snapshot { node: String, cause: teb_pipeline::Error },
     #[error("Failed to upload snapshot to S3: {0}")]
-    Upload(#[source] teb_pipeline::Error),
+    Upload(teb_pipeline::Error),
     #[error("Invalid spec: {0}")]
     Spec(String),
     #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
+    Kube(kube::Error),
 }
 
 impl Error {
@@ -23,7 +24,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Talos(e) => e.is_transient(),
-            Error::Snapshot { source, .. } | Error::Upload(source) => source.is_transient(),
+            Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
             Error::Kube(_) => true,
             Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) => false,
         }
@@ -34,9 +35,15 @@ impl Error {
         use teb_pipeline::Error as P;
         match e {
             P::Source { .. } | P::IdleTimeout { .. } | P::Truncated { .. } | P::ChecksumMismatch { .. } => {
-                Error::Snapshot { node: node.to_owned(), source: e }
+                Error::Snapshot { node: node.to_owned(), cause: e }
             }
             P::TotalTimeout { .. } | P::S3 { .. } | P::Config(_) => Error::Upload(e),
         }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e)
     }
 }

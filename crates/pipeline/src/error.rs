@@ -12,8 +12,9 @@ pub enum S3Operation {
 pub enum Error {
     #[error("invalid S3 configuration: {0}")]
     Config(String),
-    #[error("snapshot source failed after {bytes} bytes: {source}")]
-    Source { bytes: u64, source: Box<dyn std::error::Error + Send + Sync> },
+    // `cause` rather than `source`: its text is already in this message.
+    #[error("snapshot source failed after {bytes} bytes: {cause}")]
+    Source { bytes: u64, cause: Box<dyn std::error::Error + Send + Sync> },
     #[error(
         "snapshot stream sent no data for {timeout:?} (after {bytes} bytes); the Talos API applies no timeout of its own"
     )]

@@ -114,7 +114,7 @@ where
             .map_err(|_| Error::IdleTimeout { timeout: limits.idle_timeout, bytes: verifier.total() })?;
         match next {
             None => return Ok(()),
-            Some(Err(e)) => return Err(Error::Source { bytes: verifier.total(), source: Box::new(e) }),
+            Some(Err(e)) => return Err(Error::Source { bytes: verifier.total(), cause: Box::new(e) }),
             Some(Ok(chunk)) => {
                 verifier.update(&chunk);
                 // Back-pressure: the source waits while the permitted parts are uploading.

@@ -87,14 +87,16 @@ impl S3Sink {
     }
 
     pub(crate) fn error(&self, operation: S3Operation, e: object_store::Error) -> Error {
-        // The useful part (a TLS problem, the S3 error body) often sits in a source of the error.
-        let text = format!("{:#}", anyhow::Error::new(e));
-        Error::S3 {
-            operation,
-            bucket: self.bucket.clone(),
-            code: xml_tag(&text, "Code"),
-            message: xml_tag(&text, "Message").unwrap_or(text),
-        }
+        // object_store repeats itself down its source chain; what matters is the S3 error in the
+        // response body when there is one, else the root cause (refused connection, bad certificate).
+        let e = anyhow::Error::new(e);
+        let full = format!("{e:#}");
+        let code = xml_tag(&full, "Code");
+        let message = xml_tag(&full, "Message").unwrap_or_else(|| {
+            let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+            causes[causes.len().saturating_sub(2)..].join(": ")
+        });
+        Error::S3 { operation, bucket: self.bucket.clone(), code, message }
     }
 }
 

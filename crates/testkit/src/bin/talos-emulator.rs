@@ -1,0 +1,66 @@
+//! The Talos API emulator as a program: a real etcd cluster behind Talos's machine API, for trying the
+//! operator or the `snapshot` command by hand.
+//!
+//! `talos-emulator --out /tmp/talos` writes `talosconfig` (os:admin), `talosconfig-etcd-backup`
+//! (os:etcd:backup) and `secrets.yaml` (the cluster's secrets bundle) there, then serves until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::etcd::EtcdOptions;
+
+#[derive(Parser)]
+#[command(version, about = "Talos machine API emulator backed by a real etcd cluster")]
+struct Args {
+    /// Listen address; loopback only.
+    #[arg(long, default_value = "127.0.0.1:50000")]
+    listen: SocketAddr,
+    /// Control-plane nodes (one etcd member each).
+    #[arg(long, default_value_t = 3)]
+    control_planes: usize,
+    /// Worker nodes (no etcd).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// etcd's --quota-backend-bytes, for large databases.
+    #[arg(long)]
+    quota_backend_bytes: Option<u64>,
+    /// Folder for the generated talosconfig files and secrets bundle.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.listen.ip().is_loopback(), "--listen must be a loopback address, got {}", args.listen);
+    let options = EmulatorOptions {
+        control_planes: args.control_planes,
+        workers: args.workers,
+        etcd: EtcdOptions { quota_backend_bytes: args.quota_backend_bytes },
+        listen: args.listen.to_string(),
+    };
+    let emulator = TalosEmulator::start(options).await?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let admin = write("talosconfig", emulator.talosconfig(&["os:admin"])?)?;
+    let backup = write("talosconfig-etcd-backup", emulator.talosconfig(&["os:etcd:backup"])?)?;
+    let bundle = write("secrets.yaml", emulator.ca.secrets_bundle_yaml())?;
+    println!("Talos API emulator on {}", emulator.endpoint);
+    for node in emulator.nodes() {
+        let role = if node.etcd_member.is_some() { "controlplane" } else { "worker" };
+        println!("  node {} ({}, {role})", node.address, node.hostname);
+    }
+    println!("  etcd members: {}", emulator.etcd().client_urls().join(", "));
+    println!("  talosconfig (os:admin):       {}", admin.display());
+    println!("  talosconfig (os:etcd:backup): {}", backup.display());
+    println!("  secrets bundle:               {}", bundle.display());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
