@@ -21,7 +21,7 @@ pub mod s3;
 pub mod spec;
 
 /// etcd's v3 API, trimmed to what the emulator and tests use.
-pub(crate) mod etcd_proto {
+pub mod etcd_proto {
     tonic::include_proto!("etcdserverpb");
 }
 
