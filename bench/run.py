@@ -12,6 +12,7 @@ Every process is measured from outside: wall time, CPU seconds and peak RSS (wai
 local storage (/proc/PID/io write_bytes, read before the process is reaped).
 """
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -38,6 +39,24 @@ def proc_io(pid):
         return {}
 
 
+def cpu_seconds(pids):
+    """utime + stime of the processes and their children (by /proc/PID/task/*/children)."""
+    total, seen, todo = 0.0, set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in os.listdir(f"/proc/{pid}/task"):
+                todo += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        except OSError:
+            pass
+    return total
+
+
 def proc_rss(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -57,9 +76,22 @@ class Run:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
         self.samples = []
+        self.progress = []  # (seconds, bytes streamed) parsed from `--progress always`
+        self.stderr_chunks = []
         self.result = None
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
+        self.reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.reader.start()
+
+    def _read_stderr(self):
+        while chunk := self.proc.stderr.read1(65536):
+            self.stderr_chunks.append(chunk)
+            if self.sample:
+                for part in chunk.decode(errors="replace").split("\r"):
+                    fields = part.split()
+                    if len(fields) > 2 and fields[1] == "MiB" and fields[2] == "streamed":
+                        self.progress.append((time.monotonic() - self.started, float(fields[0]) * MiB))
 
     def _watch(self):
         pid, io = self.proc.pid, {}
@@ -67,7 +99,7 @@ class Run:
             done = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             io = proc_io(pid) or io
             if self.sample:
-                self.samples.append((time.monotonic() - self.started, proc_rss(pid), io.get("rchar", 0)))
+                self.samples.append((time.monotonic() - self.started, proc_rss(pid)))
             if done is not None:
                 break
             time.sleep(0.1)
@@ -83,7 +115,8 @@ class Run:
 
     def wait(self):
         out = self.proc.stdout.read() if self.proc.stdout and not self.proc.stdout.closed else b""
-        err = self.proc.stderr.read()
+        self.reader.join()
+        err = b"".join(self.stderr_chunks)
         self.thread.join()
         if self.result["exit"] != 0:
             sys.exit(f"{self.name} failed ({self.result['exit']}):\n{err.decode(errors='replace')[-3000:]}")
@@ -116,6 +149,7 @@ def main():
     emulator_bin = os.path.join(args.bin, "talos-emulator")
 
     s3 = subprocess.Popen([teb_bench, "s3-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    atexit.register(s3.kill)
     endpoint = s3.stdout.readline().decode().strip()
     env = dict(os.environ, AWS_ACCESS_KEY_ID="YOUR_ACCESS_KEY_ID", AWS_SECRET_ACCESS_KEY="YOUR_SECRET_ACCESS_KEY",
                RUST_LOG="warn", RUST_BACKTRACE="0",
@@ -135,6 +169,7 @@ def main():
         emu = subprocess.Popen([emulator_bin, "--listen", "127.0.0.1:0", "--control-planes", "1", "--workers", "0",
                                 "--quota-backend-bytes", str(2 * size + (2 << 30)), "--out", work],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        atexit.register(emu.kill)  # also when a measured command fails and the run stops early
         lines = [emu.stdout.readline().decode() for _ in range(6)]
         etcd_url = next(l.split(": ")[1].strip() for l in lines if "etcd members" in l)
         talosconfig = os.path.join(work, "talosconfig-etcd-backup")
@@ -142,17 +177,30 @@ def main():
         print(f"   filled etcd to {fill['db_size']} bytes in {fill['seconds']:.0f}s", flush=True)
 
         row = {"size": size, "label": label, "db_size": fill["db_size"]}
-        r = run("source", [teb_bench, "source", "--talosconfig", talosconfig], env=env)
+        env_cpu = lambda: (cpu_seconds([emu.pid]), cpu_seconds([s3.pid]))
+
+        def measured(name, cmd):
+            before = env_cpu()
+            r = run(name, cmd, env=env)
+            after = env_cpu()
+            r["talos_emulator_and_etcd_cpu_s"] = after[0] - before[0]
+            r["s3_server_cpu_s"] = after[1] - before[1]
+            return r
+
+        r = measured("source", [teb_bench, "source", "--talosconfig", talosconfig])
         row["source"] = dict(r, **last_json(r["stdout"]))
         snapshot_bytes = row["source"]["bytes"]
-        r = run("sink", [teb_bench, "sink", "--endpoint", endpoint, "--bucket", "bench", "--bytes", str(snapshot_bytes)], env=env)
+        r = measured("sink", [teb_bench, "sink", "--endpoint", endpoint, "--bucket", "bench", "--bytes", str(snapshot_bytes)])
         row["sink"] = dict(r, **last_json(r["stdout"]))
+        before = env_cpu()
         full = Run("full", [teb, "snapshot", "--talosconfig", talosconfig, "--bucket", "bench", "--endpoint", endpoint,
-                            "--key", "bench/full.db", "--progress", "never"], env=env, sample=True)
+                            "--key", "bench/full.db", "--progress", "always"], env=env, sample=True)
         r = full.wait()
+        after = env_cpu()
+        r["talos_emulator_and_etcd_cpu_s"], r["s3_server_cpu_s"] = after[0] - before[0], after[1] - before[1]
         row["full"] = dict(r, **last_json(r["stdout"]))
         row["full"]["mb_per_s"] = row["full"]["size"] / 1e6 / row["full"]["seconds"]
-        row["full_samples"] = full.samples
+        row["full_samples"] = {"rss": full.samples, "progress": full.progress}
 
         snap = os.path.join(work, "two-step.db")
         save = run("etcdctl", [args.etcdctl, "--endpoints", etcd_url, "snapshot", "save", snap], env=env)
@@ -211,12 +259,13 @@ def plot(row, path):
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
-    samples = row["full_samples"]
-    t = [s[0] for s in samples]
-    rss = [s[1] / MiB for s in samples]
-    rate = [0.0] + [max(0.0, (b[2] - a[2]) / 1e6 / (b[0] - a[0])) for a, b in zip(samples, samples[1:]) if b[0] > a[0]]
+    t = [s[0] for s in row["full_samples"]["rss"]]
+    rss = [s[1] / MiB for s in row["full_samples"]["rss"]]
+    progress = row["full_samples"]["progress"]
+    pt = [b[0] for a, b in zip(progress, progress[1:])]
+    rate = [max(0.0, (b[1] - a[1]) / 1e6 / (b[0] - a[0])) for a, b in zip(progress, progress[1:])]
     fig, ax1 = plt.subplots(figsize=(9, 4.5))
-    ax1.plot(t[:len(rate)], rate, color="tab:blue", label="received from Talos API (MB/s)")
+    ax1.plot(pt, rate, color="tab:blue", label="streamed (MB/s)")
     ax1.set_xlabel("seconds")
     ax1.set_ylabel("MB/s", color="tab:blue")
     ax2 = ax1.twinx()
@@ -256,6 +305,15 @@ def write_report(results, args):
         rc = row["rcat"]["rclone"]
         lines.append(f"| {row['label']} | Talos client \\| rclone rcat (rclone's figures) | {row['rcat']['mb_per_s']:.0f} | "
                      f"{row['rcat']['wall_s']:.1f} | {rc['cpu_s']:.1f} | {mb(rc['peak_rss'])} | {rc['disk_write']} |")
+    lines += ["", "## Where the CPU goes (2 cores shared by every process)", "",
+              "| size | path | client CPU s | Talos emulator + etcd CPU s | S3 server CPU s | all CPU s ÷ (2 × wall) |",
+              "|---|---|---:|---:|---:|---:|"]
+    for row in results:
+        for name, key in (("source alone", "source"), ("sink alone", "sink"), ("full", "full")):
+            r = row[key]
+            busy = (r["cpu_s"] + r["talos_emulator_and_etcd_cpu_s"] + r["s3_server_cpu_s"]) / (2 * r["wall_s"])
+            lines.append(f"| {row['label']} | {name} | {r['cpu_s']:.1f} | {r['talos_emulator_and_etcd_cpu_s']:.1f} | "
+                         f"{r['s3_server_cpu_s']:.1f} | {busy:.2f} |")
     small, large = results[0], results[-1]
     lines += ["", "## Ratios", "", "| ratio | value | target |", "|---|---:|---|"]
     for row in results:

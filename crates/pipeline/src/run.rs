@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, ObjectStore as _, PutMultipartOptions, WriteMultipart};
@@ -108,22 +108,35 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let mut source = std::pin::pin!(source);
+    // Talos sends 1 KiB messages. Copying them into one contiguous buffer per part costs a memcpy but
+    // makes each part one allocation (memory is exactly part_size per buffer, and no part pins the
+    // gRPC decode buffers its slices came from) and one large write on upload.
+    let mut part = BytesMut::with_capacity(limits.part_size);
     loop {
         let next = tokio::time::timeout(limits.idle_timeout, source.next())
             .await
             .map_err(|_| Error::IdleTimeout { timeout: limits.idle_timeout, bytes: verifier.total() })?;
         match next {
-            None => return Ok(()),
+            None => {
+                if !part.is_empty() {
+                    writer.put(part.freeze());
+                }
+                return Ok(());
+            }
             Some(Err(e)) => return Err(Error::Source { bytes: verifier.total(), cause: Box::new(e) }),
             Some(Ok(chunk)) => {
                 verifier.update(&chunk);
-                // Back-pressure: the source waits while the permitted parts are uploading.
-                writer
-                    .wait_for_capacity(limits.parts_in_flight)
-                    .await
-                    .map_err(|e| sink.error(S3Operation::UploadPart, e))?;
-                writer.put(chunk);
+                part.extend_from_slice(&chunk);
                 progress(verifier.total());
+                if part.len() >= limits.part_size {
+                    // Back-pressure: the source waits while the permitted parts are uploading.
+                    writer
+                        .wait_for_capacity(limits.parts_in_flight)
+                        .await
+                        .map_err(|e| sink.error(S3Operation::UploadPart, e))?;
+                    writer.put(part.split().freeze());
+                    part.reserve(limits.part_size);
+                }
             }
         }
     }

@@ -53,6 +53,9 @@ impl TalosClient {
                 .map_err(|e| Error::Endpoint { endpoint: endpoint.clone(), reason: chain(e) })?
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
+                // Larger HTTP/2 windows let Talos keep streaming without waiting for window updates.
+                .initial_stream_window_size(Some(2 << 20))
+                .initial_connection_window_size(Some(4 << 20))
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .connect()
