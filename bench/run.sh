@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for the benchmark: installs etcd, rclone and matplotlib, builds release binaries, runs
 # bench/run.py (sizes default to 256M,1G,4G; e.g. `bench/run.sh --sizes 256M,1G`), and writes
-# docs/benchmarks.md, docs/benchmarks-largest.png and bench/results.json.
+# docs/benchmarks.md, docs/benchmarks-largest.png, bench/results.json and bench/scale.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 assets="$(bash scripts/setup-test-assets.sh | tail -n 1)"
@@ -9,5 +9,7 @@ if ! command -v rclone >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone
 fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
-cargo build -j2 --release -p talos-etcd-backup -p teb-testkit --bins
-exec python3 bench/run.py --etcdctl "$assets/etcdctl" "$@"
+cargo build -j2 --release -p talos-etcd-backup -p teb-testkit --bins --example scale
+# Scale on the real apiserver: 50 backups at once, then a restart with 1,050 finished ones.
+KUBEBUILDER_ASSETS="$assets" target/release/examples/scale | tee bench/scale.json
+python3 bench/run.py --etcdctl "$assets/etcdctl" "$@"

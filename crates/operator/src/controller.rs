@@ -95,7 +95,16 @@ fn error_policy(_backup: Arc<TalosEtcdBackup>, error: &Error, _ctx: Arc<Context>
     Action::requeue(Duration::from_secs(15))
 }
 
-async fn reconcile(backup: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let api = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace);
+    // Decide from a fresh read, not the cache: our own status patches re-trigger reconciles, and the
+    // cache may not yet hold the Ready status a just-finished run wrote. Running again would store a
+    // second snapshot.
+    let Some(backup) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
     let previous = backup.status.clone().unwrap_or_default();
     let generation = backup.metadata.generation;
     let done = conditions::is_true(&previous.conditions, READY)
@@ -106,9 +115,6 @@ async fn reconcile(backup: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
     // A failed backup whose spec changed starts over; an interrupted one resumes its attempt count.
     let mut status =
         if conditions::is_true(&previous.conditions, FAILED) { TalosEtcdBackupStatus::default() } else { previous };
-    let namespace = backup.namespace().unwrap_or_default();
-    let name = backup.name_any();
-    let api = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace);
     status.observed_generation = generation;
     status.start_time.get_or_insert_with(now);
     let max = ctx.config.max_attempts.max(1) as i32;
