@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
     let admin = env.admin_client().await?;
     let s3 = S3Server::start().await?;
     s3.create_bucket("my-etcd-backups")?;
-    let emulator = TalosEmulator::start(EmulatorOptions { control_planes: 3, workers: 0, ..Default::default() }).await?;
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 3, workers: 0, ..Default::default() }).await?;
     for i in 0..500 {
         emulator.etcd().put(format!("/scale/{i}").as_bytes(), &[b'x'; 4096]).await?;
     }
@@ -69,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
         if ready == BACKUPS {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {ready} of {BACKUPS} Ready after 10 minutes");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {ready} of {BACKUPS} Ready after 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let all_ready = started.elapsed();
@@ -154,6 +158,8 @@ fn stop(operator: &mut Child) {
 fn vm_hwm(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .map_or(0, |kib: u64| kib * 1024)
 }

@@ -124,10 +124,17 @@ async fn source(talosconfig: &PathBuf, to_stdout: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sink(endpoint: &str, bucket: &str, total: u64, part_size_mib: usize, parts_in_flight: usize) -> anyhow::Result<()> {
+async fn sink(
+    endpoint: &str,
+    bucket: &str,
+    total: u64,
+    part_size_mib: usize,
+    parts_in_flight: usize,
+) -> anyhow::Result<()> {
     const CHUNK: usize = 1024;
     let db_len = (total.saturating_sub(32) / 4096 * 4096) as usize;
-    let block: Bytes = (0..1usize << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect::<Vec<u8>>().into();
+    let block: Bytes =
+        (0..1usize << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect::<Vec<u8>>().into();
     // The trailer is computed before timing: the sink, not the generator, is measured.
     let mut hasher = sha2::Sha256::new();
     for offset in (0..db_len).step_by(block.len()) {
