@@ -11,9 +11,6 @@ pub use backup::{
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 
-/// API group shared by every resource of this project and of the upstream Talos operator.
-pub const GROUP: &str = "talos.alperen.cloud";
-
 /// The CRDs of this project as one multi-document YAML stream, as `talos-etcd-backup crds` prints it.
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;

@@ -82,10 +82,6 @@ impl S3Sink {
         Ok(S3Sink { store: Arc::new(store), bucket: location.bucket.clone() })
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     pub(crate) fn error(&self, operation: S3Operation, e: object_store::Error) -> Error {
         // object_store repeats itself down its source chain; what matters is the S3 error in the
         // response body when there is one, else the root cause (refused connection, bad certificate).

@@ -10,7 +10,7 @@ use crate::proto::machine::{EtcdMember, EtcdMemberListRequest, EtcdMemberStatus,
 use crate::{DEFAULT_PORT, Error, Target, normalize_key_pem};
 
 /// Talos applies no deadline of its own; a unary call (or a snapshot's first answer) gets this long.
-const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Talos caps gRPC messages at 32 MiB; so do we.
 const MAX_MESSAGE_SIZE: usize = 32 << 20;
@@ -20,7 +20,6 @@ const MAX_MESSAGE_SIZE: usize = 32 << 20;
 pub struct TalosClient {
     machine: MachineServiceClient<Channel>,
     endpoint: String,
-    call_timeout: Duration,
 }
 
 /// Whether the chosen member was following or leading when it was chosen.
@@ -63,23 +62,12 @@ impl TalosClient {
             match channel {
                 Ok(channel) => {
                     let machine = MachineServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
-                    return Ok(TalosClient { machine, endpoint: endpoint.clone(), call_timeout: DEFAULT_CALL_TIMEOUT });
+                    return Ok(TalosClient { machine, endpoint: endpoint.clone() });
                 }
                 Err(e) => failures.push(format!("{endpoint}: {}", chain(e))),
             }
         }
         Err(Error::Connect { endpoints: target.endpoints.join(", "), reason: failures.join("; ") })
-    }
-
-    /// Bounds each unary call, and the wait for a snapshot stream to open.
-    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
-        self
-    }
-
-    /// The endpoint this client is connected to.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     /// The etcd members as the endpoint node sees them.
@@ -178,13 +166,13 @@ impl TalosClient {
         node: &str,
         future: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<tonic::Response<T>, Error> {
-        match tokio::time::timeout(self.call_timeout, future).await {
+        match tokio::time::timeout(CALL_TIMEOUT, future).await {
             Ok(result) => result.map_err(|s| Error::call(call, node, &s)),
             Err(_) => Err(Error::Call {
                 call,
                 node: node.to_owned(),
                 code: tonic::Code::DeadlineExceeded,
-                message: format!("no answer within {:?}", self.call_timeout),
+                message: format!("no answer within {CALL_TIMEOUT:?}"),
             }),
         }
     }

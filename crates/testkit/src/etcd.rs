@@ -1,6 +1,6 @@
 //! Real etcd clusters on loopback ports.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,16 +17,11 @@ use crate::process::ChildProcess;
 pub struct EtcdMember {
     pub name: String,
     pub client_url: String,
-    pub peer_url: String,
-    pub data_dir: PathBuf,
-    process: ChildProcess,
+    /// Held so that dropping the member stops the process.
+    _process: ChildProcess,
 }
 
 impl EtcdMember {
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
     /// A gRPC channel to this member.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
         Ok(Channel::from_shared(self.client_url.clone())?.connect().await?)
@@ -172,5 +167,5 @@ fn start_member(
     let log = log_dir.join(format!("{name}.log"));
     let process =
         ChildProcess::spawn(&format!("etcd {name}"), command, &log).with_context(|| format!("starting etcd {name}"))?;
-    Ok(EtcdMember { name: name.to_owned(), client_url, peer_url, data_dir: data_dir.to_owned(), process })
+    Ok(EtcdMember { name: name.to_owned(), client_url, _process: process })
 }

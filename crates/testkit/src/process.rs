@@ -30,10 +30,6 @@ impl ChildProcess {
         Ok(ChildProcess { child, name: name.to_owned() })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Fails if the process has exited (it should be serving).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {
