@@ -65,3 +65,31 @@ async fn snapshot_command_explains_bad_input() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a duration like 90s"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_timeout_bounds_a_slow_backup_and_leaves_nothing() {
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    // About 400 KiB of data: some 25 s at 16 KiB/s, far past the 2 s limit.
+    for i in 0..100 {
+        emulator.etcd().put(format!("/slow/{i}").as_bytes(), &[b's'; 4096]).await.unwrap();
+    }
+    emulator.faults.limit_bandwidth(16 * 1024);
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let talosconfig = dir.path().join("talosconfig");
+    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+
+    let (output, s3) = tokio::task::spawn_blocking(move || {
+        let output = command(&talosconfig, &s3).args(["--total-timeout", "2s"]).output().unwrap();
+        (output, s3)
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("did not finish within 2s"), "{stderr}");
+    assert!(s3.objects("backups").await.unwrap().is_empty());
+    assert!(s3.unfinished_uploads().is_empty(), "{:?}", s3.unfinished_uploads());
+}
