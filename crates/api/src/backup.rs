@@ -35,7 +35,7 @@ pub struct TalosEtcdBackupSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct TalosControlPlaneRef {
     /// Name of the TalosControlPlane.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
 }
 
@@ -48,15 +48,18 @@ pub struct BackupStorage {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Storage {
-    /// Bucket name; the bucket must exist.
-    #[schemars(length(min = 1))]
+    /// Bucket name, following S3's naming rules (3 to 63 lowercase letters, digits, dots and hyphens);
+    /// the bucket must exist.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"))]
     pub bucket: String,
     /// Region of the bucket, for example `us-west-2`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
     pub region: String,
     /// Custom endpoint URL for S3-compatible storage (MinIO, Ceph, ...), for example
-    /// `https://minio.example.com`. Path-style requests are used when it is set.
+    /// `https://minio.example.com`: scheme, host and optional port, no path. Path-style requests are
+    /// used when it is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s/?#@]+/?$"))]
     pub endpoint: Option<String>,
     /// Skip TLS certificate verification of the endpoint. Default false.
     #[serde(rename = "insecureSkipTLSVerify", default, skip_serializing_if = "Option::is_none")]
@@ -76,12 +79,17 @@ pub struct S3Storage {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretKeyRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub name: String,
     /// Key within the Secret's data.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY))]
     pub key: String,
 }
+
+/// Kubernetes object names (RFC 1123 subdomains), as the API server checks them.
+pub const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Keys of a Secret's data, as the API server checks them.
+pub const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

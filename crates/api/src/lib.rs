@@ -4,10 +4,11 @@
 mod backup;
 pub mod conditions;
 mod controlplane;
+pub mod validate;
 
 pub use backup::{
-    BackupStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec,
-    TalosEtcdBackupStatus,
+    BackupStorage, DNS_SUBDOMAIN, S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup,
+    TalosEtcdBackupSpec, TalosEtcdBackupStatus,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 

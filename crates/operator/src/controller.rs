@@ -22,8 +22,11 @@ use crate::{Error, resolve};
 /// Field manager of the status this controller writes.
 pub const MANAGER: &str = "talos-etcd-backup";
 
+/// Called at the start of each backup attempt, before anything else; tests use it to inject faults.
+pub type AttemptHook = Arc<dyn Fn(&TalosEtcdBackup) + Send + Sync>;
+
 /// How the controller runs backups.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub settings: Settings,
     /// Attempts per backup for transient failures (network, throttling, a broken stream).
@@ -34,6 +37,7 @@ pub struct Config {
     pub concurrency: u16,
     /// Lifetime of the Talos client certificates minted from a control plane's secrets bundle.
     pub cert_validity: Duration,
+    pub attempt_hook: Option<AttemptHook>,
 }
 
 impl Default for Config {
@@ -44,6 +48,7 @@ impl Default for Config {
             retry_backoff: Duration::from_secs(10),
             concurrency: 4,
             cert_validity: Duration::from_secs(3600),
+            attempt_hook: None,
         }
     }
 }
@@ -80,7 +85,7 @@ pub async fn run(
     Controller::new(backups, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
+        .run(|backup, ctx| crate::isolate(reconcile(backup, ctx)), error_policy, context)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "reconcile failed");
@@ -133,7 +138,7 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
         patch_status(&api, &name, &status).await?;
         tracing::info!(%namespace, %name, attempt, "backup attempt started");
-        match attempt_backup(&backup, &ctx).await {
+        match crate::isolate(attempt_backup(&backup, &ctx)).await {
             Ok(outcome) => {
                 let report = &outcome.report;
                 status.filename = Some(report.key.clone());
@@ -152,6 +157,9 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
                 set_phase(&mut status, Phase::Succeeded, message.clone());
                 patch_status(&api, &name, &status).await?;
                 tracing::info!(%namespace, %name, key = %report.key, size = report.size, "backup succeeded");
+                if let Some(because) = outcome.unchecked_because {
+                    ctx.event(&backup, EventType::Warning, "NodeHealthUnchecked", because).await;
+                }
                 ctx.event(&backup, EventType::Normal, "BackupSucceeded", message).await;
                 return Ok(Action::await_change());
             }
@@ -179,6 +187,9 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn attempt_backup(backup: &TalosEtcdBackup, ctx: &Context) -> Result<job::Outcome, Error> {
+    if let Some(hook) = &ctx.config.attempt_hook {
+        hook(backup);
+    }
     let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
     let key = job::snapshot_key(&plan.controlplane, jiff::Timestamp::now());
     job::run(&plan, &key, &ctx.config.settings, &|_| {}).await

@@ -17,6 +17,9 @@ pub enum Error {
     Spec(String),
     #[error("Kubernetes API error: {0}")]
     Kube(kube::Error),
+    /// A panic caught in one backup: a bug, reported on that backup instead of ending the process.
+    #[error("Internal error (a bug in talos-etcd-backup; please report it): {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -26,7 +29,7 @@ impl Error {
             Error::Talos(e) => e.is_transient(),
             Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
             Error::Kube(_) => true,
-            Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) => false,
+            Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) | Error::Internal(_) => false,
         }
     }
 
@@ -37,7 +40,24 @@ impl Error {
             P::Source { .. } | P::IdleTimeout { .. } | P::Truncated { .. } | P::ChecksumMismatch { .. } => {
                 Error::Snapshot { node: node.to_owned(), cause: e }
             }
-            P::TotalTimeout { .. } | P::S3 { .. } | P::Config(_) => Error::Upload(e),
+            P::TotalTimeout { .. } | P::S3 { .. } | P::Invalid { .. } | P::Config(_) => Error::Upload(e),
+        }
+    }
+}
+
+/// Runs `future`, turning a panic inside it into [`Error::Internal`], so that one backup's bug never
+/// takes down the process (and with it every other backup).
+pub async fn isolate<T>(future: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(Error::Internal(message))
         }
     }
 }
@@ -45,5 +65,18 @@ impl Error {
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
         Error::Kube(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error() {
+        let err = isolate(async { if true { panic!("boom {}", 7) } else { Ok(()) } }).await.unwrap_err();
+        assert!(matches!(&err, Error::Internal(m) if m == "boom 7"), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(isolate(async { Ok::<_, Error>(3) }).await.unwrap(), 3);
     }
 }

@@ -36,6 +36,8 @@ impl Default for Settings {
 pub struct Outcome {
     pub report: Report,
     pub node: String,
+    /// Why the node's etcd health was not checked before the snapshot, when it was not.
+    pub unchecked_because: Option<String>,
 }
 
 /// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-2025-10-04T11-30-00Z.db`.
@@ -54,8 +56,11 @@ pub async fn run(
     let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
     let talos = TalosClient::connect(&plan.talos, settings.connect_timeout).await.map_err(Error::Talos)?;
     let chosen = talos.choose_node(&plan.talos.nodes).await.map_err(Error::Talos)?;
+    if let Some(because) = &chosen.unchecked_because {
+        tracing::warn!(node = %chosen.node, reason = %because, "etcd health not checked");
+    }
     tracing::info!(node = %chosen.node, role = ?chosen.role, db_size = chosen.db_size, key, "streaming etcd snapshot");
-    let stream = talos.etcd_snapshot(&chosen.node).await.map_err(Error::Talos)?;
+    let stream = talos.etcd_snapshot_of(&chosen).await.map_err(Error::Talos)?;
     let metadata = [
         ("cluster", plan.controlplane.clone()),
         ("node", chosen.node.clone()),
@@ -65,7 +70,7 @@ pub async fn run(
     let report = teb_pipeline::run(stream, &sink, key, &metadata, &settings.limits, progress)
         .await
         .map_err(|e| Error::from_pipeline(&chosen.node, e))?;
-    Ok(Outcome { report, node: chosen.node })
+    Ok(Outcome { report, node: chosen.node, unchecked_because: chosen.unchecked_because })
 }
 
 #[cfg(test)]

@@ -7,4 +7,4 @@ pub mod health;
 pub mod job;
 pub mod resolve;
 
-pub use error::Error;
+pub use error::{Error, isolate};

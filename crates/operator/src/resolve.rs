@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use teb_api::{BundleConfig, SecretKeyRef, TalosControlPlane, TalosEtcdBackup};
-use teb_pipeline::{S3Credentials, S3Location};
+use teb_api::{BundleConfig, SecretKeyRef, TalosControlPlane, TalosEtcdBackup, TalosEtcdBackupSpec};
+use teb_pipeline::{S3Credentials, S3Location, validate};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
 
 use crate::Error;
@@ -28,10 +28,8 @@ pub struct BackupPlan {
 pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: Duration) -> Result<BackupPlan, Error> {
     let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
     let spec = &backup.spec;
+    validate_spec(spec)?;
     let cp_name = spec.talos_control_plane_ref.name.clone();
-    if cp_name.is_empty() {
-        return Err(Error::Spec("spec.talosControlPlaneRef.name is empty".into()));
-    }
     let controlplane = Api::<TalosControlPlane>::namespaced(client.clone(), &namespace)
         .get_opt(&cp_name)
         .await
@@ -51,21 +49,48 @@ pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: D
 
     let s3 = &spec.backup_storage.s3;
     let ca_pem = match &s3.ca_bundle {
-        Some(reference) => Some(secrets.value(reference).await?),
+        Some(reference) => Some(secrets.checked_value(reference, validate::ca_bundle).await?),
         None => None,
     };
     let location = S3Location {
         bucket: s3.bucket.clone(),
         region: s3.region.clone(),
-        endpoint: s3.endpoint.clone().filter(|e| !e.trim().is_empty()),
+        endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
         insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
         ca_pem,
         credentials: S3Credentials {
-            access_key_id: secrets.value(&s3.access_key_id).await?,
-            secret_access_key: secrets.value(&s3.secret_access_key).await?,
+            access_key_id: secrets.checked_value(&s3.access_key_id, validate::access_key_id).await?,
+            secret_access_key: secrets.checked_value(&s3.secret_access_key, validate::secret_access_key).await?,
         },
     };
     Ok(BackupPlan { controlplane: cp_name, talos, s3: location })
+}
+
+/// Every field of `spec` checked before any I/O, each error naming the field. The CRD schema rejects
+/// most of this at apply time; objects created against an older CRD get here.
+pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
+    let field =
+        |path: &str, result: Result<(), String>| result.map_err(|reason| Error::Spec(format!("{path}: {reason}")));
+    field("spec.talosControlPlaneRef.name", teb_api::validate::object_name(&spec.talos_control_plane_ref.name))?;
+    let s3 = &spec.backup_storage.s3;
+    field("spec.backupStorage.s3.bucket", validate::bucket(&s3.bucket))?;
+    field("spec.backupStorage.s3.region", validate::region(&s3.region))?;
+    if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        field("spec.backupStorage.s3.endpoint", validate::endpoint(endpoint))?;
+    }
+    let references = [
+        ("spec.backupStorage.s3.accessKeyID", Some(&s3.access_key_id)),
+        ("spec.backupStorage.s3.secretAccessKey", Some(&s3.secret_access_key)),
+        ("spec.backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
+        ("spec.talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
+    ];
+    for (path, reference) in references {
+        if let Some(reference) = reference {
+            field(&format!("{path}.name"), teb_api::validate::object_name(&reference.name))?;
+            field(&format!("{path}.key"), teb_api::validate::secret_key(&reference.key))?;
+        }
+    }
+    Ok(())
 }
 
 async fn talos_from_controlplane(
@@ -164,6 +189,17 @@ impl<'a> Secrets<'a> {
             return Err(self.error(&reference.name, format!("key {:?} is empty", reference.key)));
         }
         Ok(text.to_owned())
+    }
+
+    /// The value at `reference`, checked by `check` (whose message never quotes the value).
+    async fn checked_value(
+        &mut self,
+        reference: &SecretKeyRef,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Result<String, Error> {
+        let value = self.value(reference).await?;
+        check(&value).map_err(|reason| self.error(&reference.name, format!("key {:?}: {reason}", reference.key)))?;
+        Ok(value)
     }
 
     fn error(&self, name: &str, reason: String) -> Error {

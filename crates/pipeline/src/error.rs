@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::S3Field;
+
 /// The S3 request that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum S3Operation {
@@ -10,6 +12,8 @@ pub enum S3Operation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("invalid S3 {field}: {reason}")]
+    Invalid { field: S3Field, reason: String },
     #[error("invalid S3 configuration: {0}")]
     Config(String),
     // `cause` rather than `source`: its text is already in this message.
@@ -36,7 +40,7 @@ impl Error {
     /// broken stream. Wrong credentials, a missing bucket or bad configuration are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Config(_) => false,
+            Error::Invalid { .. } | Error::Config(_) => false,
             Error::S3 { code, message, .. } => match code.as_deref() {
                 Some(
                     "AccessDenied"

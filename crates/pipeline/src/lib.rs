@@ -8,9 +8,11 @@
 mod error;
 mod run;
 mod sink;
+pub mod validate;
 mod verify;
 
 pub use error::{Error, S3Operation};
 pub use run::{Limits, Report, run};
 pub use sink::{S3Credentials, S3Location, S3Sink};
+pub use validate::S3Field;
 pub use verify::TrailerVerifier;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
-use crate::{Error, S3Operation};
+use crate::{Error, S3Field, S3Operation};
 
 /// S3 access keys. Debug output never shows them.
 #[derive(Clone)]
@@ -41,8 +41,10 @@ pub struct S3Sink {
 }
 
 impl S3Sink {
-    /// `request_timeout` bounds each S3 request, a part upload included.
+    /// `request_timeout` bounds each S3 request, a part upload included. The location is validated
+    /// first: nothing unchecked reaches the S3 client.
     pub fn new(location: &S3Location, request_timeout: Duration) -> Result<Self, Error> {
+        location.validate()?;
         let mut options = ClientOptions::new()
             .with_timeout(request_timeout)
             .with_connect_timeout(Duration::from_secs(10))
@@ -60,20 +62,12 @@ impl S3Sink {
             });
         if let Some(endpoint) = location.endpoint.as_deref() {
             let url = endpoint.trim_end_matches('/');
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(Error::Config(format!(
-                    "endpoint {endpoint:?} must be a URL starting with https:// or http://"
-                )));
-            }
             options = options.with_allow_http(url.starts_with("http://"));
             builder = builder.with_endpoint(url).with_virtual_hosted_style_request(false);
         }
         if let Some(pem) = location.ca_pem.as_deref() {
             let certs = Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| Error::Config(format!("CA bundle is not valid PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(Error::Config("CA bundle holds no PEM certificate".into()));
-            }
+                .map_err(|e| Error::Invalid { field: S3Field::CaBundle, reason: e.to_string() })?;
             for cert in certs {
                 options = options.with_root_certificate(cert);
             }
@@ -126,7 +120,7 @@ mod tests {
     #[test]
     fn endpoints_must_be_urls() {
         let location = S3Location {
-            bucket: "b".into(),
+            bucket: "my-backups".into(),
             region: "us-east-1".into(),
             endpoint: Some("minio.example.com".into()),
             insecure_skip_tls_verify: false,
@@ -134,6 +128,6 @@ mod tests {
             credentials: S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() },
         };
         let err = S3Sink::new(&location, Duration::from_secs(1)).unwrap_err();
-        assert!(err.to_string().contains("must be a URL starting with https://"), "{err}");
+        assert!(err.to_string().starts_with("invalid S3 endpoint: \"minio.example.com\""), "{err}");
     }
 }

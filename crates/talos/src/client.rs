@@ -27,14 +27,21 @@ pub struct TalosClient {
 pub enum MemberRole {
     Follower,
     Leader,
+    /// Its etcd health could not be checked (see [`ChosenNode::unchecked_because`]).
+    Unchecked,
 }
 
 /// The node chosen to serve a snapshot, and what EtcdStatus said of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChosenNode {
+    /// The node's address (or the endpoint's host when the endpoint node serves the snapshot).
     pub node: String,
+    /// Whether calls name the node with `node` metadata; otherwise the endpoint node serves them.
+    pub targeted: bool,
     pub role: MemberRole,
     pub db_size: i64,
+    /// Why etcd health was not checked before choosing, when it was not.
+    pub unchecked_because: Option<String>,
 }
 
 impl TalosClient {
@@ -48,15 +55,16 @@ impl TalosClient {
         for endpoint in &target.endpoints {
             let (uri, host) = endpoint_uri(endpoint)?;
             let channel = Endpoint::from_shared(uri)
-                .and_then(|e| e.tls_config(tls.clone().domain_name(host)))
+                .and_then(|e| e.tls_config(tls.clone().domain_name(host.clone())))
                 .map_err(|e| Error::Endpoint { endpoint: endpoint.clone(), reason: chain(e) })?
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
                 // Larger HTTP/2 windows let Talos keep streaming without waiting for window updates.
                 .initial_stream_window_size(Some(2 << 20))
                 .initial_connection_window_size(Some(4 << 20))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(20))
+                // No HTTP/2 keepalive pings: apid (grpc-go with its default policy) allows one ping per
+                // five minutes and drops the connection after three early ones, which is what happens
+                // while back-pressure from S3 pauses reading. The idle timeout catches dead streams.
                 .connect()
                 .await;
             match channel {
@@ -64,10 +72,12 @@ impl TalosClient {
                     let machine = MachineServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_SIZE);
                     return Ok(TalosClient { machine, endpoint: endpoint.clone() });
                 }
-                Err(e) => failures.push(format!("{endpoint}: {}", chain(e))),
+                Err(e) => failures.push(connect_failure(endpoint, &host, &chain(e))),
             }
         }
-        Err(Error::Connect { endpoints: target.endpoints.join(", "), reason: failures.join("; ") })
+        let certificate = failures.iter().all(|(_, certificate)| *certificate);
+        let reason = failures.into_iter().map(|(reason, _)| reason).collect::<Vec<_>>().join("; ");
+        Err(Error::Connect { endpoints: target.endpoints.join(", "), reason, certificate })
     }
 
     /// The etcd members as the endpoint node sees them.
@@ -99,6 +109,10 @@ impl TalosClient {
     /// Picks the node to snapshot: a healthy follower if there is one (a snapshot puts load on the
     /// member, and the leader has the most to do), otherwise any healthy member. Candidates are the
     /// etcd members the endpoint reports (by the host of their peer URL), then `extra` nodes.
+    ///
+    /// Talos before 1.9.6 and 1.10.0 let `os:etcd:backup` call only EtcdSnapshot. When EtcdMemberList
+    /// or EtcdStatus is refused with PermissionDenied, the first of `extra` is chosen (the
+    /// talosconfig's nodes), else the endpoint node itself, unchecked; the reason is recorded.
     pub async fn choose_node(&self, extra: &[String]) -> Result<ChosenNode, Error> {
         let mut candidates: Vec<String> = Vec::new();
         let mut problems = Vec::new();
@@ -110,7 +124,8 @@ impl TalosClient {
                     }
                 }
             }
-            Err(e) => problems.push(e.to_string()),
+            Err(e) if e.is_permission_denied() => return Ok(self.unchecked(extra, &e)),
+            Err(e) => problems.push(e),
         }
         for node in extra {
             if !candidates.contains(node) {
@@ -118,28 +133,56 @@ impl TalosClient {
             }
         }
         let mut leader = None;
+        let checked = |node: String, role, status: &EtcdMemberStatus| ChosenNode {
+            node,
+            targeted: true,
+            role,
+            db_size: status.db_size,
+            unchecked_because: None,
+        };
         for node in candidates {
             match self.etcd_status(&node).await {
                 Ok(status) if !status.errors.is_empty() => {
-                    problems.push(format!("{node}: etcd reports errors: {}", status.errors.join("; ")));
+                    problems
+                        .push(Error::Unhealthy(format!("{node}: etcd reports errors: {}", status.errors.join("; "))));
                 }
-                Ok(status) if status.is_learner => problems.push(format!("{node}: member is a learner")),
+                Ok(status) if status.is_learner => {
+                    problems.push(Error::Unhealthy(format!("{node}: member is a learner")))
+                }
                 Ok(status) if status.member_id != status.leader => {
-                    return Ok(ChosenNode { node, role: MemberRole::Follower, db_size: status.db_size });
+                    return Ok(checked(node, MemberRole::Follower, &status));
                 }
                 Ok(status) => {
-                    leader.get_or_insert(ChosenNode { node, role: MemberRole::Leader, db_size: status.db_size });
+                    leader.get_or_insert(checked(node, MemberRole::Leader, &status));
                 }
-                Err(e) => problems.push(e.to_string()),
+                Err(e) if e.is_permission_denied() => return Ok(self.unchecked(extra, &e)),
+                Err(e) => problems.push(e),
             }
         }
         leader.ok_or_else(|| {
-            if problems.is_empty() {
-                Error::NoHealthyMember("the endpoint reports no etcd members and no nodes are configured".into())
+            // Worth another attempt only if every problem may go away by itself.
+            let transient = problems.iter().all(Error::is_transient);
+            let reason = if problems.is_empty() {
+                "the endpoint reports no etcd members and no nodes are configured".to_owned()
             } else {
-                Error::NoHealthyMember(problems.join("; "))
-            }
+                problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            };
+            Error::NoHealthyMember { reason, transient }
         })
+    }
+
+    /// The node to snapshot when etcd health cannot be asked for.
+    fn unchecked(&self, extra: &[String], refused: &Error) -> ChosenNode {
+        let (node, targeted) = match extra.first() {
+            Some(node) => (node.clone(), true),
+            None => (endpoint_uri(&self.endpoint).map_or_else(|_| self.endpoint.clone(), |(_, host)| host), false),
+        };
+        let because = format!(
+            "{refused}; the client certificate's role may not read etcd health (Talos before 1.9.6 and 1.10.0 allow \
+             os:etcd:backup only EtcdSnapshot), so {} was chosen without checking it",
+            if targeted { format!("node {node} of the talosconfig") } else { format!("the endpoint node {node}") }
+        );
+        ChosenNode { node, targeted, role: MemberRole::Unchecked, db_size: 0, unchecked_because: Some(because) }
     }
 
     /// Starts an etcd snapshot on `node`. The stream yields the snapshot's bytes as Talos sends them
@@ -148,7 +191,27 @@ impl TalosClient {
         &self,
         node: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
-        let request = with_node(EtcdSnapshotRequest {}, node)?;
+        self.snapshot(with_node(EtcdSnapshotRequest {}, node)?, node).await
+    }
+
+    /// Starts an etcd snapshot on the node [`choose_node`](Self::choose_node) chose.
+    pub async fn etcd_snapshot_of(
+        &self,
+        chosen: &ChosenNode,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+        let request = if chosen.targeted {
+            with_node(EtcdSnapshotRequest {}, &chosen.node)?
+        } else {
+            tonic::Request::new(EtcdSnapshotRequest {})
+        };
+        self.snapshot(request, &chosen.node).await
+    }
+
+    async fn snapshot(
+        &self,
+        request: tonic::Request<EtcdSnapshotRequest>,
+        node: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
         let stream =
             self.deadline("EtcdSnapshot", node, self.machine.clone().etcd_snapshot(request)).await?.into_inner();
         let node = node.to_owned();
@@ -182,6 +245,22 @@ impl TalosClient {
 /// in a source of its "transport error".
 fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
     format!("{:#}", anyhow::Error::new(e))
+}
+
+/// A failed connection's reason, and whether it was the server's certificate (not worth retrying).
+/// A name missing from apid's certificate gets a hint: apid's certificate names only the node's
+/// addresses, 127.0.0.1, its hostname and `machine.certSANs`.
+fn connect_failure(endpoint: &str, host: &str, reason: &str) -> (String, bool) {
+    if reason.contains("not valid for name") || reason.contains("NotValidForName") {
+        let hint = format!(
+            "{endpoint}: the Talos API certificate does not name {host:?} ({reason}); add {host:?} to machine.certSANs \
+             in the machine configuration of the control-plane nodes, or use a node's IP address as the endpoint"
+        );
+        (hint, true)
+    } else {
+        let certificate = reason.contains("invalid peer certificate") || reason.contains("UnknownIssuer");
+        (format!("{endpoint}: {reason}"), certificate)
+    }
 }
 
 /// One-to-many proxying reports a node's failure inside a message rather than as the call's status.

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{Error, mint};
 
 /// PEM material for mTLS with apid. Debug output never shows the key.
 #[derive(Clone)]
@@ -100,15 +100,16 @@ impl Talosconfig {
         let field = |value: &str, what: &str| {
             decode_pem(value).map_err(|reason| Error::Talosconfig(format!("context {name:?}: {what}: {reason}")))
         };
-        Ok(Target {
-            endpoints: ctx.endpoints.clone(),
-            nodes: ctx.nodes.clone(),
-            credentials: Credentials {
-                ca_pem: field(&ctx.ca, "ca")?,
-                crt_pem: field(&ctx.crt, "crt")?,
-                key_pem: normalize_key_pem(&field(&ctx.key, "key")?),
-            },
-        })
+        let credentials = Credentials {
+            ca_pem: field(&ctx.ca, "ca")?,
+            crt_pem: field(&ctx.crt, "crt")?,
+            key_pem: normalize_key_pem(&field(&ctx.key, "key")?),
+        };
+        let key = rcgen::KeyPair::from_pem(&credentials.key_pem)
+            .map_err(|e| Error::Talosconfig(format!("context {name:?}: key is not a usable private key: {e}")))?;
+        mint::check_key_matches(&credentials.crt_pem, &key)
+            .map_err(|r| Error::Talosconfig(format!("context {name:?}: key does not match crt: {r}")))?;
+        Ok(Target { endpoints: ctx.endpoints.clone(), nodes: ctx.nodes.clone(), credentials })
     }
 }
 
@@ -136,9 +137,10 @@ impl SecretsBundle {
     }
 
     /// Mints a client certificate signed by the bundle's OS CA, carrying `roles` in Subject O and
-    /// ExtKeyUsage exactly ClientAuth, valid from a minute ago for `validity`.
+    /// ExtKeyUsage exactly ClientAuth, valid from a minute ago for `validity`; its key is of the CA's
+    /// type, as talosctl mints them.
     pub fn mint_client(&self, roles: &[&str], validity: Duration) -> Result<Credentials, Error> {
-        use rcgen::{Issuer, KeyPair};
+        use rcgen::{ExtendedKeyUsagePurpose, Issuer, KeyPair};
         let ca_pem = decode_pem(&self.certs.os.crt).map_err(|r| Error::SecretsBundle(format!("certs.os.crt: {r}")))?;
         if self.certs.os.key.is_empty() {
             return Err(Error::SecretsBundle("certs.os.key is empty".into()));
@@ -148,30 +150,13 @@ impl SecretsBundle {
         );
         let ca_key = KeyPair::from_pem(&ca_key_pem)
             .map_err(|e| Error::SecretsBundle(format!("certs.os.key is not a usable private key: {e}")))?;
+        mint::check_key_matches(&ca_pem, &ca_key)
+            .map_err(|r| Error::SecretsBundle(format!("certs.os.key does not match certs.os.crt: {r}")))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
             .map_err(|e| Error::SecretsBundle(format!("certs.os.crt is not a usable CA certificate: {e}")))?;
-        // Talos's OS CA is Ed25519 by default; an Ed25519 client key matches what talosctl mints.
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| Error::Mint(e.to_string()))?;
-        let mut params = client_certificate_params(roles);
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after = now + validity;
-        let cert = params.signed_by(&key, &issuer).map_err(|e| Error::Mint(e.to_string()))?;
-        Ok(Credentials { ca_pem, crt_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let minted = mint::mint_client_certificate(&issuer, roles, &[ExtendedKeyUsagePurpose::ClientAuth], validity)?;
+        Ok(Credentials { ca_pem, crt_pem: minted.crt_pem, key_pem: minted.key_pem })
     }
-}
-
-/// A Talos client certificate's parameters, as talosctl mints them: `roles` in Subject O, KeyUsage
-/// DigitalSignature, ExtKeyUsage exactly ClientAuth.
-pub fn client_certificate_params(roles: &[&str]) -> rcgen::CertificateParams {
-    use rcgen::{DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
-    let mut params = rcgen::CertificateParams::default();
-    for role in roles {
-        params.distinguished_name.push(DnType::OrganizationName, *role);
-    }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params
 }
 
 /// Talos writes Ed25519 keys as PKCS#8 under the non-standard label `ED25519 PRIVATE KEY`; rustls and

@@ -5,12 +5,12 @@
 mod client;
 mod config;
 mod error;
+mod mint;
 
 pub use client::{ChosenNode, MemberRole, TalosClient};
-pub use config::{
-    Credentials, SecretsBundle, TalosContext, Talosconfig, Target, client_certificate_params, normalize_key_pem,
-};
+pub use config::{Credentials, SecretsBundle, TalosContext, Talosconfig, Target, normalize_key_pem};
 pub use error::Error;
+pub use mint::{MintedClient, mint_client_certificate};
 
 /// Generated from the trimmed Talos protos in `proto/` (wire-compatible with apid).
 pub mod proto {

@@ -21,7 +21,8 @@ use crate::etcd_proto::{
     MemberListRequest, SnapshotRequest, StatusRequest, cluster_client::ClusterClient,
     maintenance_client::MaintenanceClient,
 };
-use crate::fixtures::OsCa;
+use crate::fixtures::{CaKeyType, OsCa};
+use crate::ping_policy::PingPolicy;
 use teb_talos::proto::common::{Data, Metadata};
 use teb_talos::proto::google::rpc;
 use teb_talos::proto::machine::machine_service_server::{MachineService, MachineServiceServer};
@@ -30,13 +31,63 @@ use teb_talos::proto::machine::*;
 /// Talos streams snapshots one KiB a message.
 pub const CHUNK: usize = 1024;
 
-/// Roles allowed to call each RPC (Talos's authorization table).
-fn allowed_roles(rpc: &str) -> &'static [&'static str] {
-    match rpc {
-        "EtcdSnapshot" => &["os:admin", "os:operator", "os:etcd:backup"],
-        "EtcdStatus" | "EtcdMemberList" => &["os:admin", "os:operator", "os:reader", "os:etcd:backup"],
-        "Version" => &["os:admin", "os:operator", "os:reader"],
-        _ => &["os:admin"],
+/// The Talos release whose behaviour the emulator follows where releases differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TalosVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl TalosVersion {
+    pub const V1_10_0: TalosVersion = TalosVersion { major: 1, minor: 10, patch: 0 };
+    pub const V1_11_0: TalosVersion = TalosVersion { major: 1, minor: 11, patch: 0 };
+
+    /// "relax etcd APIs RBAC" (siderolabs/talos#10821) let os:etcd:backup (and os:reader) call
+    /// EtcdStatus, EtcdMemberList and EtcdAlarmList from 1.9.6, 1.10.1 and 1.11.0 on.
+    fn etcd_backup_reads_etcd(self) -> bool {
+        match (self.major, self.minor) {
+            (1, 9) => self.patch >= 6,
+            (1, 10) => self.patch >= 1,
+            (1, minor) => minor >= 11,
+            (major, _) => major > 1,
+        }
+    }
+
+    /// Roles allowed to call each RPC (Talos's authorization table, machined.go's `rules`).
+    fn allowed_roles(self, rpc: &str) -> &'static [&'static str] {
+        match rpc {
+            "EtcdSnapshot" => &["os:admin", "os:operator", "os:etcd:backup"],
+            "EtcdStatus" | "EtcdMemberList" if self.etcd_backup_reads_etcd() => {
+                &["os:admin", "os:operator", "os:reader", "os:etcd:backup"]
+            }
+            "EtcdStatus" => &["os:admin", "os:operator"],
+            "EtcdMemberList" => &["os:admin", "os:operator", "os:reader"],
+            "Version" => &["os:admin", "os:operator", "os:reader"],
+            _ => &["os:admin"],
+        }
+    }
+}
+
+impl std::fmt::Display for TalosVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl std::str::FromStr for TalosVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<u32> = s
+            .trim_start_matches('v')
+            .split('.')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("{s:?} is not a Talos version like 1.10.0"))?;
+        match parts[..] {
+            [major, minor, patch] => Ok(TalosVersion { major, minor, patch }),
+            _ => Err(format!("{s:?} is not a Talos version like 1.10.0")),
+        }
     }
 }
 
@@ -111,15 +162,30 @@ pub struct EmulatorOptions {
     pub etcd: EtcdOptions,
     /// Listen address; `127.0.0.1:0` picks a free port.
     pub listen: String,
+    /// The release whose role table applies (default 1.11.0).
+    pub talos_version: TalosVersion,
+    /// The OS CA's key type (default Ed25519).
+    pub ca_key: CaKeyType,
+    /// `machine.certSANs`: extra names and addresses in the apid certificate.
+    pub cert_sans: Vec<String>,
 }
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
-        EmulatorOptions { control_planes: 3, workers: 1, etcd: EtcdOptions::default(), listen: "127.0.0.1:0".into() }
+        EmulatorOptions {
+            control_planes: 3,
+            workers: 1,
+            etcd: EtcdOptions::default(),
+            listen: "127.0.0.1:0".into(),
+            talos_version: TalosVersion::V1_11_0,
+            ca_key: CaKeyType::default(),
+            cert_sans: Vec::new(),
+        }
     }
 }
 
 struct State {
+    version: TalosVersion,
     nodes: Vec<Node>,
     etcd: EtcdCluster,
     faults: Arc<TalosFaults>,
@@ -148,7 +214,7 @@ impl TalosEmulator {
     pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(options.control_planes > 0, "at least one control plane is needed");
         let etcd = EtcdCluster::start(options.control_planes, &options.etcd).await?;
-        let ca = OsCa::generate()?;
+        let ca = OsCa::generate_with(options.ca_key)?;
         let mut nodes: Vec<Node> = (0..options.control_planes)
             .map(|i| Node {
                 address: format!("127.0.10.{}", i + 1),
@@ -163,12 +229,15 @@ impl TalosEmulator {
         }));
         let listener = TcpListener::bind(&options.listen).await?;
         let endpoint = listener.local_addr()?.to_string();
-        let mut sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        sans.extend(nodes.iter().flat_map(|n| [n.address.clone(), n.hostname.clone()]));
+        // apid's certificate as Talos issues it for the endpoint node: machine.certSANs, the node's
+        // addresses, 127.0.0.1 and its hostname; no "localhost", no other node's names.
+        let mut sans = options.cert_sans.clone();
+        sans.extend([nodes[0].address.clone(), "127.0.0.1".to_owned(), nodes[0].hostname.clone()]);
         let (cert_pem, key_pem) = ca.server(&sans.iter().map(String::as_str).collect::<Vec<_>>())?;
         let tls = server_tls_config(&ca.cert_pem, &cert_pem, &key_pem)?;
         let faults = Arc::new(TalosFaults::new());
         let state = Arc::new(State {
+            version: options.talos_version,
             nodes,
             etcd,
             faults: faults.clone(),
@@ -280,7 +349,8 @@ impl ClientCertVerifier for TalosClientVerifier {
 
 async fn serve(listener: TcpListener, tls: rustls::ServerConfig, emulator: Emulator) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let (tx, rx) = mpsc::channel::<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>(16);
+    type Connection = PingPolicy<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+    let (tx, rx) = mpsc::channel::<Result<Connection, std::io::Error>>(16);
     tokio::spawn(async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else { continue };
@@ -289,7 +359,7 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, emulator: Emula
             // Handshakes run apart so a refused or slow client does not hold up the others.
             tokio::spawn(async move {
                 if let Ok(stream) = acceptor.accept(socket).await {
-                    let _ = tx.send(Ok(stream)).await;
+                    let _ = tx.send(Ok(PingPolicy::new(stream))).await;
                 }
             });
         }
@@ -321,7 +391,7 @@ impl Emulator {
             .map_err(|_| Status::unauthenticated("bad client certificate"))?;
         let roles: Vec<String> =
             cert.subject().iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
-        if roles.iter().any(|r| allowed_roles(rpc).contains(&r.as_str())) {
+        if roles.iter().any(|r| self.state.version.allowed_roles(rpc).contains(&r.as_str())) {
             Ok(())
         } else {
             Err(Status::permission_denied("not authorized"))
@@ -329,11 +399,12 @@ impl Emulator {
     }
 
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        // apid dials the node as named; on loopback no hostname resolves, so only addresses route.
         let find = |name: &str| {
             self.state
                 .nodes
                 .iter()
-                .find(|n| n.address == name || n.hostname == name)
+                .find(|n| n.address == name)
                 .cloned()
                 .ok_or_else(|| Status::unavailable(format!("connection error: desc = \"transport: error while dialing: dial tcp {name}:50000: connect: no route to host\"")))
         };
@@ -353,10 +424,13 @@ impl Emulator {
             return Ok(Route::One(self.state.nodes[0].clone()));
         }
         // An unreachable node in one-to-many mode is reported in-band, like any other node error.
+        // apid's one-to-many proxy labels each answer with the target as the client named it.
         Ok(Route::Many(
             many.iter()
                 .map(|name| {
-                    find(name).unwrap_or(Node { address: name.clone(), hostname: name.clone(), etcd_member: None })
+                    let node =
+                        find(name).unwrap_or(Node { address: name.clone(), hostname: name.clone(), etcd_member: None });
+                    Node { hostname: name.clone(), ..node }
                 })
                 .collect(),
         ))
@@ -652,7 +726,7 @@ impl MachineService for Emulator {
         let route = self.route(&request)?;
         let version = |_node: Node| async move {
             Ok(VersionInfo {
-                tag: "v1.11.0-emulator".into(),
+                tag: self.state.version.to_string(),
                 sha: "0000000".into(),
                 built: String::new(),
                 go_version: String::new(),

@@ -1,6 +1,7 @@
 //! PKI and objects in the shapes Talos, talosctl and the upstream operator write.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -11,34 +12,67 @@ use rcgen::{
 use teb_api::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 use teb_talos::{Credentials, Talosconfig};
 
-/// A Talos OS CA (Ed25519, as Talos generates by default).
+/// The key type of an OS CA: Ed25519 is Talos's default; Talos 1.11 in FIPS mode made ECDSA P-256 CAs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CaKeyType {
+    #[default]
+    Ed25519,
+    EcdsaP256,
+}
+
+impl CaKeyType {
+    fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            CaKeyType::Ed25519 => &rcgen::PKCS_ED25519,
+            CaKeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        }
+    }
+}
+
+impl std::str::FromStr for CaKeyType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ed25519" => Ok(CaKeyType::Ed25519),
+            "ecdsa" | "ecdsa-p256" => Ok(CaKeyType::EcdsaP256),
+            other => Err(format!("unknown CA key type {other:?}: ed25519 or ecdsa-p256")),
+        }
+    }
+}
+
+/// A Talos OS CA.
 pub struct OsCa {
     pub cert_pem: String,
-    /// The key as Talos writes it: PKCS#8 under the label `ED25519 PRIVATE KEY`.
+    /// The key as Talos writes it (an Ed25519 key as PKCS#8 under the label `ED25519 PRIVATE KEY`).
     pub key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl OsCa {
+    /// An Ed25519 CA, as Talos generates by default.
     pub fn generate() -> anyhow::Result<Self> {
-        let (cert_pem, key, params) = self_signed_ca("talos", &rcgen::PKCS_ED25519)?;
-        let key_pem = key.serialize_pem().replace("PRIVATE KEY", "ED25519 PRIVATE KEY");
+        Self::generate_with(CaKeyType::Ed25519)
+    }
+
+    pub fn generate_with(key_type: CaKeyType) -> anyhow::Result<Self> {
+        let (cert_pem, key, params) = self_signed_ca("talos", key_type.algorithm())?;
+        let key_pem = match key_type {
+            CaKeyType::Ed25519 => key.serialize_pem().replace("PRIVATE KEY", "ED25519 PRIVATE KEY"),
+            CaKeyType::EcdsaP256 => key.serialize_pem(),
+        };
         Ok(OsCa { cert_pem, key_pem, issuer: Issuer::new(params, key) })
     }
 
     /// A client certificate with `roles` in Subject O and the given ExtKeyUsages (Talos accepts only
-    /// exactly `[ClientAuth]`).
+    /// exactly `[ClientAuth]`), minted the way the operator mints them.
     pub fn client(&self, roles: &[&str], ekus: &[ExtendedKeyUsagePurpose]) -> anyhow::Result<Credentials> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-        let mut params = teb_talos::client_certificate_params(roles);
-        params.extended_key_usages = ekus.to_vec();
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Credentials { ca_pem: self.cert_pem.clone(), crt_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let minted = teb_talos::mint_client_certificate(&self.issuer, roles, ekus, Duration::from_secs(86_400))?;
+        Ok(Credentials { ca_pem: self.cert_pem.clone(), crt_pem: minted.crt_pem, key_pem: minted.key_pem })
     }
 
     /// An apid server certificate for `sans` (IP addresses and host names).
     pub fn server(&self, sans: &[&str]) -> anyhow::Result<(String, String)> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let key = KeyPair::generate_for(self.issuer.key().algorithm())?;
         let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer)?;

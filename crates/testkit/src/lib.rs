@@ -16,6 +16,7 @@ pub mod emulator;
 pub mod etcd;
 pub mod fixtures;
 pub mod kube;
+pub mod ping_policy;
 pub mod process;
 pub mod s3;
 pub mod spec;

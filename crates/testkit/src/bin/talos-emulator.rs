@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
 use teb_testkit::etcd::EtcdOptions;
+use teb_testkit::fixtures::CaKeyType;
 
 #[derive(Parser)]
 #[command(version, about = "Talos machine API emulator backed by a real etcd cluster")]
@@ -27,6 +28,15 @@ struct Args {
     /// etcd's --quota-backend-bytes, for large databases.
     #[arg(long)]
     quota_backend_bytes: Option<u64>,
+    /// Talos release whose role table applies (1.10.0 has the old one: os:etcd:backup may only snapshot).
+    #[arg(long, default_value = "1.11.0")]
+    talos_version: TalosVersion,
+    /// OS CA key type: ed25519 (Talos's default) or ecdsa-p256 (FIPS mode).
+    #[arg(long, default_value = "ed25519")]
+    ca_key: CaKeyType,
+    /// Extra names and addresses in the apid certificate (machine.certSANs); repeatable.
+    #[arg(long = "cert-san")]
+    cert_sans: Vec<String>,
     /// Folder for the generated talosconfig files and secrets bundle.
     #[arg(long)]
     out: PathBuf,
@@ -41,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         workers: args.workers,
         etcd: EtcdOptions { quota_backend_bytes: args.quota_backend_bytes },
         listen: args.listen.to_string(),
+        talos_version: args.talos_version,
+        ca_key: args.ca_key,
+        cert_sans: args.cert_sans.clone(),
     };
     let emulator = TalosEmulator::start(options).await?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -52,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = write("talosconfig", emulator.talosconfig(&["os:admin"])?)?;
     let backup = write("talosconfig-etcd-backup", emulator.talosconfig(&["os:etcd:backup"])?)?;
     let bundle = write("secrets.yaml", emulator.ca.secrets_bundle_yaml())?;
-    println!("Talos API emulator on {}", emulator.endpoint);
+    println!("Talos API emulator ({}) on {}", args.talos_version, emulator.endpoint);
     for node in emulator.nodes() {
         let role = if node.etcd_member.is_some() { "controlplane" } else { "worker" };
         println!("  node {} ({}, {role})", node.address, node.hostname);
