@@ -6,11 +6,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use rcgen::ExtendedKeyUsagePurpose as Eku;
 use teb_talos::{Credentials, TalosClient, Talosconfig, Target};
-use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
+use teb_testkit::fixtures::CaKeyType;
 use teb_testkit::fixtures::OsCa;
 
 async fn emulator() -> TalosEmulator {
     TalosEmulator::start(EmulatorOptions::default()).await.expect("emulator starts")
+}
+
+async fn emulator_with(options: EmulatorOptions) -> TalosEmulator {
+    TalosEmulator::start(options).await.expect("emulator starts")
 }
 
 fn target(emulator: &TalosEmulator, credentials: Credentials) -> Target {
@@ -149,11 +154,12 @@ async fn one_to_many_routing_reports_errors_in_band() {
     request.metadata_mut().insert("nodes", format!("{},{}", cp.address, worker.address).parse().unwrap());
     let response = machine.etcd_status(request).await.expect("the call itself succeeds").into_inner();
     assert_eq!(response.messages.len(), 2);
+    // apid labels each answer with the target as the client named it (the address it dialled).
     let ok = response.messages[0].metadata.as_ref().unwrap();
-    assert_eq!(ok.hostname, cp.hostname);
+    assert_eq!(ok.hostname, cp.address);
     assert!(ok.error.is_empty() && response.messages[0].member_status.is_some());
     let failed = response.messages[1].metadata.as_ref().unwrap();
-    assert_eq!(failed.hostname, worker.hostname);
+    assert_eq!(failed.hostname, worker.address);
     assert!(failed.error.contains("only available on control plane nodes"), "{failed:?}");
     assert_eq!(failed.status.as_ref().unwrap().code, tonic::Code::Unimplemented as i32);
 
@@ -165,15 +171,20 @@ async fn one_to_many_routing_reports_errors_in_band() {
     while let Some(data) = stream.message().await.expect("stream ends OK") {
         let md = data.metadata.clone().unwrap();
         if md.error.is_empty() {
-            assert_eq!(md.hostname, cp.hostname);
+            assert_eq!(md.hostname, cp.address);
             from_cp += data.bytes.len();
         }
         last = Some(md);
     }
     assert_eq!(from_cp % 512, 32);
     let last = last.unwrap();
-    assert_eq!(last.hostname, worker.hostname);
+    assert_eq!(last.hostname, worker.address);
     assert!(!last.error.is_empty());
+
+    // A hostname does not route: apid dials what it is given, and no node's hostname resolves here.
+    let client = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
+    let err = client.etcd_status(&cp.hostname).await.expect_err("hostnames do not resolve");
+    assert_eq!(code(&err), Some(tonic::Code::Unavailable), "{err}");
 }
 
 #[tokio::test]
@@ -189,19 +200,30 @@ async fn raw_machine(
     emulator: &TalosEmulator,
     role: &str,
 ) -> teb_talos::proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel> {
-    let creds = role_target(emulator, &[role]).credentials;
+    raw_machine_with(emulator, &[role], None).await.unwrap()
+}
+
+/// [`raw_machine`] for `roles`, with HTTP/2 keepalive pings every `ping_every` when given.
+async fn raw_machine_with(
+    emulator: &TalosEmulator,
+    roles: &[&str],
+    ping_every: Option<Duration>,
+) -> Result<
+    teb_talos::proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    let creds = role_target(emulator, roles).credentials;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&creds.ca_pem))
         .identity(tonic::transport::Identity::from_pem(&creds.crt_pem, &creds.key_pem))
         .domain_name("127.0.0.1");
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", emulator.endpoint))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", emulator.endpoint))?
+        .tls_config(tls)?
+        .http2_keep_alive_interval(ping_every.unwrap_or(Duration::from_secs(3600)))
+        .keep_alive_while_idle(ping_every.is_some())
         .connect()
-        .await
-        .unwrap();
-    teb_talos::proto::machine::machine_service_client::MachineServiceClient::new(channel)
+        .await?;
+    Ok(teb_talos::proto::machine::machine_service_client::MachineServiceClient::new(channel))
 }
 
 #[tokio::test]
@@ -276,4 +298,144 @@ async fn recover_and_bootstrap_restore_a_snapshot() {
         .expect("Bootstrap recovers etcd");
     let value = emulator.with_restored(|etcd| etcd.unwrap().get("/restore/me").unwrap()).await;
     assert_eq!(value.as_deref(), Some("yes"));
+}
+
+#[tokio::test]
+async fn talos_1_10_0_refuses_etcd_reads_to_the_backup_role_and_the_client_falls_back() {
+    let emulator = emulator_with(EmulatorOptions {
+        talos_version: TalosVersion::V1_10_0,
+        control_planes: 1,
+        ..Default::default()
+    })
+    .await;
+    let node = emulator.nodes()[0].address.clone();
+    let backup = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
+    // Talos 1.10.0's table: os:etcd:backup may only snapshot; os:reader may list members, not read status.
+    for err in [backup.etcd_status(&node).await.unwrap_err(), backup.etcd_members().await.unwrap_err()] {
+        assert_eq!(code(&err), Some(tonic::Code::PermissionDenied), "{err}");
+        assert!(!err.is_transient(), "a refused role is not retried: {err}");
+    }
+    let reader = client(&role_target(&emulator, &["os:reader"])).await.unwrap();
+    reader.etcd_members().await.expect("os:reader may list members on 1.10.0");
+    assert_eq!(code(&reader.etcd_status(&node).await.unwrap_err()), Some(tonic::Code::PermissionDenied));
+
+    // The client snapshots the endpoint node itself, without `node` metadata, and says why.
+    let chosen = backup.choose_node(&[]).await.expect("falls back instead of failing");
+    assert_eq!(chosen.role, teb_talos::MemberRole::Unchecked);
+    assert!(!chosen.targeted);
+    assert_eq!(chosen.node, "127.0.0.1");
+    assert!(chosen.unchecked_because.as_deref().unwrap().contains("PermissionDenied"), "{chosen:?}");
+    let mut stream = Box::pin(backup.etcd_snapshot_of(&chosen).await.unwrap());
+    let mut len = 0;
+    while let Some(chunk) = stream.next().await {
+        len += chunk.unwrap().len();
+    }
+    assert_eq!(len % 512, 32);
+
+    // The talosconfig's nodes come first when there are some.
+    let chosen = backup.choose_node(std::slice::from_ref(&node)).await.unwrap();
+    assert!(chosen.targeted && chosen.node == node, "{chosen:?}");
+    // The version answer names the release.
+    let version = raw_machine(&emulator, "os:admin").await.version(()).await.unwrap().into_inner();
+    assert_eq!(version.messages[0].version.as_ref().unwrap().tag, "v1.10.0");
+}
+
+#[tokio::test]
+async fn every_role_of_a_certificate_counts() {
+    let emulator = emulator_with(EmulatorOptions { control_planes: 1, ..Default::default() }).await;
+    // os:reader alone may not snapshot; os:etcd:backup alone may not call Version. Both in one certificate
+    // (two O values, as talosctl writes them) may do both.
+    let mut machine = raw_machine_with(&emulator, &["os:reader", "os:etcd:backup"], None).await.unwrap();
+    machine.version(()).await.expect("os:reader's Version");
+    let client = client(&role_target(&emulator, &["os:reader", "os:etcd:backup"])).await.unwrap();
+    let node = emulator.nodes()[0].address.clone();
+    let (bytes, _) = drain(&client, &node).await.expect("os:etcd:backup's EtcdSnapshot");
+    assert_eq!(bytes.len() % 512, 32);
+}
+
+#[tokio::test]
+async fn an_ecdsa_os_ca_mints_ecdsa_clients_that_snapshot() {
+    let emulator =
+        emulator_with(EmulatorOptions { ca_key: CaKeyType::EcdsaP256, control_planes: 1, ..Default::default() }).await;
+    let bundle = teb_talos::SecretsBundle::from_yaml(&emulator.ca.secrets_bundle_yaml()).unwrap();
+    let credentials = bundle.mint_client(&["os:etcd:backup"], Duration::from_secs(600)).unwrap();
+    assert!(credentials.key_pem.contains("PRIVATE KEY"));
+    let key = rcgen::KeyPair::from_pem(&credentials.key_pem).unwrap();
+    assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256, "the client key follows the CA's type");
+    let client = client(&target(&emulator, credentials)).await.unwrap();
+    let chosen = client.choose_node(&[]).await.unwrap();
+    let (bytes, _) = drain(&client, &chosen.node).await.unwrap();
+    assert_eq!(bytes.len() % 512, 32);
+}
+
+#[tokio::test]
+async fn an_endpoint_name_missing_from_the_certificate_is_explained() {
+    let port = |e: &TalosEmulator| e.endpoint.rsplit_once(':').unwrap().1.to_owned();
+    let emulator = emulator_with(EmulatorOptions { control_planes: 1, ..Default::default() }).await;
+    let mut by_name = role_target(&emulator, &["os:etcd:backup"]);
+    by_name.endpoints = vec![format!("localhost:{}", port(&emulator))];
+    let err = client(&by_name).await.expect_err("apid's certificate does not name localhost");
+    let text = err.to_string();
+    assert!(text.contains("does not name \"localhost\"") && text.contains("machine.certSANs"), "{text}");
+    assert!(!err.is_transient(), "a certificate that does not fit is not retried");
+
+    // With the name in machine.certSANs it connects.
+    let emulator =
+        emulator_with(EmulatorOptions { control_planes: 1, cert_sans: vec!["localhost".into()], ..Default::default() })
+            .await;
+    let mut by_name = role_target(&emulator, &["os:etcd:backup"]);
+    by_name.endpoints = vec![format!("localhost:{}", port(&emulator))];
+    client(&by_name).await.unwrap().choose_node(&[]).await.expect("connects by name");
+}
+
+/// Enough etcd data that a paused reader fills the HTTP/2 windows and Talos has to wait.
+async fn fill(emulator: &TalosEmulator, mib: usize) {
+    let value = vec![b'k'; 512 * 1024];
+    for i in 0..mib * 2 {
+        emulator.etcd().put(format!("/fill/{i}").as_bytes(), &value).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn clients_that_ping_often_while_paused_are_cut_off_like_grpc_go_does() {
+    let emulator = emulator_with(EmulatorOptions { control_planes: 1, ..Default::default() }).await;
+    fill(&emulator, 8).await;
+    let node = emulator.nodes()[0].address.clone();
+    let mut machine = raw_machine_with(&emulator, &["os:etcd:backup"], Some(Duration::from_secs(1))).await.unwrap();
+    let mut request = tonic::Request::new(teb_talos::proto::machine::EtcdSnapshotRequest {});
+    request.metadata_mut().insert("node", node.parse().unwrap());
+    let mut stream = machine.etcd_snapshot(request).await.unwrap().into_inner();
+    stream.message().await.unwrap().expect("first chunk");
+    // Paused: pings every second strike; the third strike ends the connection.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut result = Ok(());
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                result = Err(status);
+                break;
+            }
+        }
+    }
+    assert!(result.is_err(), "the connection should have been closed for too many pings");
+}
+
+#[tokio::test]
+async fn the_talos_client_survives_a_long_pause_in_reading() {
+    let emulator = emulator_with(EmulatorOptions { control_planes: 1, ..Default::default() }).await;
+    fill(&emulator, 8).await;
+    let client = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
+    let node = emulator.nodes()[0].address.clone();
+    let mut stream = Box::pin(client.etcd_snapshot(&node).await.unwrap());
+    let mut bytes = stream.next().await.unwrap().unwrap().to_vec();
+    // Longer than it took grpc-go to drop a client pinging every 30 s (the 4th ping, at 120 s).
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.expect("the stream survives the pause"));
+    }
+    let mut verifier = teb_pipeline::TrailerVerifier::new();
+    verifier.update(&bytes);
+    verifier.finish().expect("the whole snapshot arrived");
 }
