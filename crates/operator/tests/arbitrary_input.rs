@@ -1,0 +1,177 @@
+//! Arbitrary strings (whitespace, control characters, unicode, very long values) in every field a user
+//! controls: the spec, the Secret values, the talosconfig, the secrets bundle and the bundleConfig.
+//! Nothing may panic; every bad value ends in an error, and no error carries a secret. S3 settings
+//! that pass validation go to a real S3 server on loopback, since the S3 client is where values used
+//! to panic.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sha2::Digest as _;
+use talos_etcd_backup::resolve::validate_spec;
+use teb_api::{BackupStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackupSpec};
+use teb_pipeline::{Limits, S3Credentials, S3Location, S3Sink};
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+
+/// Strings a user could paste: arbitrary unicode, ASCII with control characters, near-valid names,
+/// valid values with a stray space or line break, and very long ones.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[ -~\t\n\r\u{0}\u{1}\u{7f}]{0,40}",
+        "[a-zA-Z0-9._-]{0,70}",
+        prop::sample::select(vec!["my-etcd-backups", "us-west-2", "accessKeyID", "my-controlplane"])
+            .prop_flat_map(|v| prop::sample::select(vec![" ", "\n", "\t", "\r\n", "\u{0}", "é", ""])
+                .prop_map(move |s| format!("{v}{s}"))),
+        prop::collection::vec(any::<char>(), 300..3000).prop_map(String::from_iter),
+    ]
+}
+
+fn reference() -> impl Strategy<Value = SecretKeyRef> {
+    (text(), text()).prop_map(|(name, key)| SecretKeyRef { name, key })
+}
+
+fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
+    (text(), text(), text(), proptest::option::of(text()), reference(), reference(), proptest::option::of(reference()))
+        .prop_map(|(cp, bucket, region, endpoint, access, secret, talosconfig)| TalosEtcdBackupSpec {
+            talos_control_plane_ref: TalosControlPlaneRef { name: cp },
+            backup_storage: BackupStorage {
+                s3: S3Storage {
+                    bucket,
+                    region,
+                    endpoint,
+                    insecure_skip_tls_verify: None,
+                    access_key_id: access,
+                    secret_access_key: secret,
+                    ca_bundle: None,
+                },
+            },
+            talosconfig_secret_ref: talosconfig,
+        })
+}
+
+/// One runtime and one S3 server (bucket `my-etcd-backups`) for every case.
+fn proving_ground() -> &'static (tokio::runtime::Runtime, S3Server, TalosEmulator) {
+    static GROUND: OnceLock<(tokio::runtime::Runtime, S3Server, TalosEmulator)> = OnceLock::new();
+    GROUND.get_or_init(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (s3, emulator) = runtime.block_on(async {
+            let s3 = S3Server::start().await.unwrap();
+            s3.create_bucket("my-etcd-backups").unwrap();
+            let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+            (s3, TalosEmulator::start(options).await.unwrap())
+        });
+        (runtime, s3, emulator)
+    })
+}
+
+/// A tiny but valid snapshot: one 512-byte page and its SHA-256 trailer.
+fn snapshot() -> Vec<u8> {
+    let db = vec![7u8; 512];
+    [db.clone(), sha2::Sha256::digest(&db).to_vec()].concat()
+}
+
+/// `public`: values the message may quote (bucket, region, endpoint); a secret that happens to equal
+/// one of them is not a leak.
+fn assert_no_secret(message: &str, secrets: &[&str], public: &[&str]) {
+    let shown_anyway = |secret: &str| public.iter().any(|p| p.contains(secret));
+    for secret in secrets.iter().filter(|s| s.trim().len() >= 6 && !shown_anyway(s.trim())) {
+        assert!(!message.contains(secret.trim()), "a secret leaked into {message:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn spec_validation_never_panics_and_names_the_field(spec in spec()) {
+        if let Err(e) = validate_spec(&spec) {
+            let message = e.to_string();
+            prop_assert!(message.starts_with("Invalid spec: spec."), "{}", message);
+        }
+    }
+
+    #[test]
+    fn talos_parsers_never_panic_nor_echo_keys(endpoint in text(), node in text(), key in text(), garbage in text()) {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let _ = teb_talos::Talosconfig::from_yaml(&garbage).and_then(|c| c.target(None));
+        let talosconfig = format!(
+            "context: a\ncontexts:\n  a:\n    endpoints: [{endpoint:?}]\n    nodes: [{node:?}]\n    ca: {}\n    crt: {key:?}\n    key: {}\n",
+            b64(&garbage), b64(&key)
+        );
+        if let Err(e) = teb_talos::Talosconfig::from_yaml(&talosconfig).and_then(|c| c.target(None)) {
+            assert_no_secret(&e.to_string(), &[&key, &b64(&key)], &[&endpoint, &node, &garbage]);
+        }
+        let bundle = format!("certs:\n  os:\n    crt: {}\n    key: {}\n", b64(&garbage), b64(&key));
+        if let Err(e) = teb_talos::SecretsBundle::from_yaml(&bundle).and_then(|b| b.mint_client(&["os:etcd:backup"], Duration::from_secs(60))) {
+            assert_no_secret(&e.to_string(), &[&key, &b64(&key)], &[&endpoint, &node, &garbage]);
+        }
+        let config = serde_json::json!({"clusterName": garbage, "clientEndpoint": [endpoint]}).to_string();
+        if let Ok(config) = serde_json::from_str::<teb_api::BundleConfig>(&config) {
+            prop_assert!(!config.talos_endpoints().is_empty());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn s3_settings_never_panic_the_upload(
+        bucket in prop_oneof![text(), Just("my-etcd-backups".to_owned())],
+        region in prop_oneof![text(), Just("us-west-2".to_owned())],
+        scheme in prop::sample::select(vec!["http://", "http://", "https://", "", "ftp://", "http:/"]),
+        suffix in prop_oneof![text(), Just(String::new()), Just("/".to_owned())],
+        access in prop_oneof![text(), Just(ACCESS_KEY.to_owned())],
+        secret in prop_oneof![text(), Just(SECRET_KEY.to_owned())],
+    ) {
+        let (runtime, s3, _) = proving_ground();
+        // The host stays 127.0.0.1 whatever the suffix, or the case is not sent anywhere.
+        let endpoint = format!("{scheme}{}{suffix}", s3.endpoint.trim_start_matches("http://"));
+        let public = [bucket.clone(), region.clone(), endpoint.clone()];
+        let public: Vec<&str> = public.iter().map(String::as_str).collect();
+        let location = S3Location {
+            bucket,
+            region,
+            endpoint: Some(endpoint.clone()),
+            insecure_skip_tls_verify: false,
+            ca_pem: None,
+            credentials: S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() },
+        };
+        let sink = match S3Sink::new(&location, Duration::from_secs(5)) {
+            Ok(sink) => sink,
+            Err(e) => {
+                assert_no_secret(&e.to_string(), &[&secret], &public);
+                return Ok(());
+            }
+        };
+        let uri: http::Uri = endpoint.parse().expect("a validated endpoint parses");
+        prop_assume!(uri.host() == Some("127.0.0.1"));
+        let limits = Limits { idle_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(20), ..Limits::default() };
+        let source = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(snapshot()))]);
+        let key = "talos-operator-etcd-backups/fuzz/etcd-snapshot.db";
+        let result = runtime.block_on(teb_pipeline::run(source, &sink, key, &[], &limits, &|_| {}));
+        if let Err(e) = result {
+            assert_no_secret(&e.to_string(), &[&secret], &public);
+        }
+        prop_assert!(s3.unfinished_uploads().is_empty());
+    }
+
+    #[test]
+    fn node_names_never_panic_the_talos_client(node in text()) {
+        let (runtime, _, emulator) = proving_ground();
+        let target = teb_talos::Talosconfig::from_yaml(&emulator.talosconfig(&["os:etcd:backup"]).unwrap())
+            .unwrap()
+            .target(None)
+            .unwrap();
+        // Calls go to the emulator on loopback; the node name is only request metadata.
+        runtime.block_on(async {
+            let client = teb_talos::TalosClient::connect(&target, Duration::from_secs(5)).await.unwrap();
+            let _ = client.etcd_status(&node).await;
+            let _ = client.choose_node(std::slice::from_ref(&node)).await;
+        });
+    }
+}
