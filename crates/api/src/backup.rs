@@ -101,6 +101,11 @@ pub struct TalosEtcdBackupStatus {
     /// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-<timestamp>.db`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// The key the running attempt writes, recorded before its upload starts so that an attempt cut
+    /// off after its upload completed (the status could not be written) is recognised instead of
+    /// being uploaded again. Cleared when the backup finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_key: Option<String>,
     /// Size of the stored snapshot in bytes (database plus its 32-byte SHA-256 trailer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,

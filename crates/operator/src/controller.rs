@@ -132,37 +132,28 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         )
         .await;
     }
+    // An attempt cut off after its upload completed (its Ready status could not be written) left the
+    // backup in the bucket: record it rather than store a second copy nobody would point at.
+    if let Some(key) = status.attempt_key.clone() {
+        match crate::isolate(find_stored(&backup, &ctx, &key)).await {
+            Ok(Some(outcome)) => {
+                tracing::info!(%namespace, %name, %key, "found the snapshot an interrupted attempt stored");
+                return succeed(&api, &backup, &ctx, status, outcome).await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%namespace, %name, %error, "cannot look for an earlier attempt's snapshot"),
+        }
+    }
     loop {
         status.attempts += 1;
         let attempt = status.attempts;
+        let key = job::snapshot_key(&backup.spec.talos_control_plane_ref.name, jiff::Timestamp::now());
+        status.attempt_key = Some(key.clone());
         set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
         patch_status(&api, &name, &status).await?;
-        tracing::info!(%namespace, %name, attempt, "backup attempt started");
-        match crate::isolate(attempt_backup(&backup, &ctx)).await {
-            Ok(outcome) => {
-                let report = &outcome.report;
-                status.filename = Some(report.key.clone());
-                status.size = Some(report.size as i64);
-                status.sha256 = Some(report.sha256.clone());
-                status.node = Some(outcome.node.clone());
-                status.completion_time = Some(now());
-                let message = format!(
-                    "Snapshot of {} bytes from node {} stored in bucket {:?} at {} ({:.1} s)",
-                    report.size,
-                    outcome.node,
-                    backup.spec.backup_storage.s3.bucket,
-                    report.key,
-                    report.duration.as_secs_f64()
-                );
-                set_phase(&mut status, Phase::Succeeded, message.clone());
-                patch_status(&api, &name, &status).await?;
-                tracing::info!(%namespace, %name, key = %report.key, size = report.size, "backup succeeded");
-                if let Some(because) = outcome.unchecked_because {
-                    ctx.event(&backup, EventType::Warning, "NodeHealthUnchecked", because).await;
-                }
-                ctx.event(&backup, EventType::Normal, "BackupSucceeded", message).await;
-                return Ok(Action::await_change());
-            }
+        tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
+        match crate::isolate(attempt_backup(&backup, &ctx, &key)).await {
+            Ok(outcome) => return succeed(&api, &backup, &ctx, status, outcome).await,
             Err(error) if error.is_transient() && attempt < max => {
                 let delay = backoff(ctx.config.retry_backoff, attempt);
                 let message = format!("Attempt {attempt} of {max} failed: {error}; retrying in {}s", delay.as_secs());
@@ -177,6 +168,7 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
                     if attempt > 1 { format!("{error} (after {attempt} attempts)") } else { error.to_string() };
                 tracing::warn!(%namespace, %name, %error, attempt, "backup failed");
                 status.completion_time = Some(now());
+                status.attempt_key = None;
                 set_phase(&mut status, Phase::Failed, message.clone());
                 patch_status(&api, &name, &status).await?;
                 ctx.event(&backup, EventType::Warning, "BackupFailed", message).await;
@@ -186,13 +178,50 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
     }
 }
 
-async fn attempt_backup(backup: &TalosEtcdBackup, ctx: &Context) -> Result<job::Outcome, Error> {
+/// Records a stored snapshot: Ready, with its key, size, SHA-256 and node.
+async fn succeed(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    mut status: TalosEtcdBackupStatus,
+    outcome: job::Outcome,
+) -> Result<Action, Error> {
+    let report = &outcome.report;
+    status.filename = Some(report.key.clone());
+    status.size = Some(report.size as i64);
+    status.sha256 = Some(report.sha256.clone());
+    status.node = Some(outcome.node.clone());
+    status.completion_time = Some(now());
+    status.attempt_key = None;
+    let message = format!(
+        "Snapshot of {} bytes from node {} stored in bucket {:?} at {} ({:.1} s)",
+        report.size,
+        outcome.node,
+        backup.spec.backup_storage.s3.bucket,
+        report.key,
+        report.duration.as_secs_f64()
+    );
+    set_phase(&mut status, Phase::Succeeded, message.clone());
+    patch_status(api, &backup.name_any(), &status).await?;
+    tracing::info!(name = %backup.name_any(), key = %report.key, size = report.size, "backup succeeded");
+    if let Some(because) = outcome.unchecked_because {
+        ctx.event(backup, EventType::Warning, "NodeHealthUnchecked", because).await;
+    }
+    ctx.event(backup, EventType::Normal, "BackupSucceeded", message).await;
+    Ok(Action::await_change())
+}
+
+async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<Option<job::Outcome>, Error> {
+    let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
+    job::find_stored(&plan, key, &ctx.config.settings).await
+}
+
+async fn attempt_backup(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<job::Outcome, Error> {
     if let Some(hook) = &ctx.config.attempt_hook {
         hook(backup);
     }
     let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
-    let key = job::snapshot_key(&plan.controlplane, jiff::Timestamp::now());
-    job::run(&plan, &key, &ctx.config.settings, &|_| {}).await
+    job::run(&plan, key, &ctx.config.settings, &|_| {}).await
 }
 
 fn set_phase(status: &mut TalosEtcdBackupStatus, phase: Phase, message: String) {

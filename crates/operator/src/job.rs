@@ -45,6 +45,25 @@ pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp) -> String {
     format!("{KEY_PREFIX}/{controlplane}/etcd-snapshot-{}.db", at.strftime("%Y-%m-%dT%H-%M-%SZ"))
 }
 
+/// The object format this writer records in the object's metadata.
+const FORMAT: &str = "etcd-snapshot-sha256-trailer";
+
+/// A snapshot an earlier, interrupted attempt stored at `key` (its upload completed, but its status
+/// was never written), recognised by the metadata this writer records. Finding it keeps a retry from
+/// storing a second copy.
+pub async fn find_stored(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Option<Outcome>, Error> {
+    let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
+    let Some(stored) = sink.stored(key).await.map_err(Error::Upload)? else {
+        return Ok(None);
+    };
+    if stored.metadata.get("format").map(String::as_str) != Some(FORMAT) {
+        return Ok(None);
+    }
+    let report = Report { key: key.to_owned(), size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
+    let node = stored.metadata.get("node").cloned().unwrap_or_default();
+    Ok(Some(Outcome { report, node, unchecked_because: None }))
+}
+
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`.
 pub async fn run(
     plan: &BackupPlan,
@@ -64,7 +83,7 @@ pub async fn run(
     let metadata = [
         ("cluster", plan.controlplane.clone()),
         ("node", chosen.node.clone()),
-        ("format", "etcd-snapshot-sha256-trailer".to_owned()),
+        ("format", FORMAT.to_owned()),
         ("writer", concat!("talos-etcd-backup/", env!("CARGO_PKG_VERSION")).to_owned()),
     ];
     let report = teb_pipeline::run(stream, &sink, key, &metadata, &settings.limits, progress)

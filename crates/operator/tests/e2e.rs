@@ -509,3 +509,64 @@ fn base64_encode(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
+    use talos_etcd_backup::job;
+    use talos_etcd_backup::resolve::BackupPlan;
+    let mut scenario = Scenario::start_with(
+        "e2e-interrupted",
+        EmulatorOptions { control_planes: 1, ..Default::default() },
+        false,
+        test_config(),
+    )
+    .await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+
+    // An attempt that uploaded its snapshot, then lost the API server before it could write Ready:
+    // the object is in the bucket and the status still says the attempt is running at that key.
+    scenario.controller.abort();
+    let key = job::snapshot_key("my-controlplane", jiff::Timestamp::now());
+    let plan = BackupPlan {
+        controlplane: "my-controlplane".into(),
+        talos: teb_talos::Talosconfig::from_yaml(&scenario.emulator.talosconfig(&["os:etcd:backup"]).unwrap())
+            .unwrap()
+            .target(None)
+            .unwrap(),
+        s3: teb_pipeline::S3Location {
+            bucket: "my-etcd-backups".into(),
+            region: "us-west-2".into(),
+            endpoint: Some(scenario.s3.endpoint.clone()),
+            insecure_skip_tls_verify: false,
+            ca_pem: None,
+            credentials: teb_pipeline::S3Credentials {
+                access_key_id: teb_testkit::s3::ACCESS_KEY.into(),
+                secret_access_key: teb_testkit::s3::SECRET_KEY.into(),
+            },
+        },
+    };
+    let stored = job::run(&plan, &key, &job::Settings::default(), &|_| {}).await.unwrap();
+    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
+    let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    // Written as the operator writes status (server-side apply, its field manager).
+    let interrupted = serde_json::json!({"apiVersion": "talos.alperen.cloud/v1alpha1", "kind": "TalosEtcdBackup", "status": {
+        "attempts": 1,
+        "attemptKey": key,
+        "conditions": [{"type": "Progressing", "status": "True", "reason": "BackupInProgress",
+            "message": "Backup attempt 1 of 2 in progress", "lastTransitionTime": "2025-10-04T11:30:00Z"}],
+    }});
+    let params = kube::api::PatchParams::apply(controller::MANAGER).force();
+    api.patch_status("my-backup", &params, &kube::api::Patch::Apply(&interrupted)).await.unwrap();
+
+    scenario.restart_controller().await;
+    let status = scenario.wait_finished("my-backup").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    assert_eq!(status.filename.as_deref(), Some(key.as_str()));
+    assert_eq!(status.sha256.as_deref(), Some(stored.report.sha256.as_str()));
+    assert_eq!(status.size, Some(stored.report.size as i64));
+    assert_eq!(status.node.as_deref(), Some(stored.node.as_str()));
+    assert_eq!(status.attempts, 1, "no new attempt");
+    assert_eq!(status.attempt_key, None);
+    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1, "no second object");
+}

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,17 @@ pub struct S3Location {
     /// Extra PEM CA certificates to trust for the endpoint.
     pub ca_pem: Option<String>,
     pub credentials: S3Credentials,
+}
+
+/// A snapshot found in the bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// Bytes stored: database plus trailer.
+    pub size: u64,
+    /// Hex SHA-256 of the database, from the trailer.
+    pub sha256: String,
+    /// The object's user metadata (`cluster`, `node`, `format`, `writer`).
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Where snapshots go: one bucket of an S3-compatible store.
@@ -74,6 +86,33 @@ impl S3Sink {
         }
         let store = builder.with_client_options(options).build().map_err(|e| Error::Config(e.to_string()))?;
         Ok(S3Sink { store: Arc::new(store), bucket: location.bucket.clone() })
+    }
+
+    /// The snapshot stored at `key` by a completed upload, if there is one: its size, the SHA-256 its
+    /// trailer carries (checked when it was uploaded; the upload completes only then) and its user
+    /// metadata. One ranged GET of the last 32 bytes.
+    pub async fn stored(&self, key: &str) -> Result<Option<StoredSnapshot>, Error> {
+        use object_store::{Attribute, GetOptions, GetRange, ObjectStore as _};
+        let options = GetOptions { range: Some(GetRange::Suffix(32)), ..Default::default() };
+        let result = match self.store.get_opts(&object_store::path::Path::from(key), options).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error(S3Operation::GetObject, e)),
+            Ok(result) => result,
+        };
+        let size = result.meta.size;
+        let metadata: BTreeMap<String, String> = result
+            .attributes
+            .iter()
+            .filter_map(|(attribute, value)| match attribute {
+                Attribute::Metadata(name) => Some((name.to_string(), value.to_string())),
+                _ => None,
+            })
+            .collect();
+        let trailer = result.bytes().await.map_err(|e| self.error(S3Operation::GetObject, e))?;
+        if trailer.len() != 32 {
+            return Ok(None);
+        }
+        Ok(Some(StoredSnapshot { size, sha256: hex::encode(trailer), metadata }))
     }
 
     pub(crate) fn error(&self, operation: S3Operation, e: object_store::Error) -> Error {
