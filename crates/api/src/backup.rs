@@ -75,6 +75,16 @@ pub struct S3Storage {
     pub ca_bundle: Option<SecretKeyRef>,
 }
 
+/// A multipart upload, as S3 names it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadRecord {
+    /// The object key the upload writes.
+    pub key: String,
+    /// S3's upload ID.
+    pub upload_id: String,
+}
+
 /// A key of a Secret in the same namespace as the object that names it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretKeyRef {
@@ -106,6 +116,11 @@ pub struct TalosEtcdBackupStatus {
     /// being uploaded again. Cleared when the backup finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_key: Option<String>,
+    /// Multipart uploads started and neither completed nor aborted yet: the running attempt's (recorded
+    /// before its first part is sent) and any whose abort could not reach S3. The operator aborts them
+    /// when it next runs (after a crash, too) and keeps retrying until S3 takes the abort.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfinished_uploads: Vec<UploadRecord>,
     /// Size of the stored snapshot in bytes (database plus its 32-byte SHA-256 trailer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,

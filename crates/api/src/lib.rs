@@ -8,7 +8,7 @@ pub mod validate;
 
 pub use backup::{
     BackupStorage, DNS_SUBDOMAIN, S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup,
-    TalosEtcdBackupSpec, TalosEtcdBackupStatus,
+    TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 

@@ -14,7 +14,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use teb_api::conditions::{self, FAILED, Phase, READY};
-use teb_api::{TalosEtcdBackup, TalosEtcdBackupStatus};
+use teb_api::{TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
+use teb_pipeline::UploadRef;
 
 use crate::job::{self, Settings};
 use crate::{Error, resolve};
@@ -37,6 +38,8 @@ pub struct Config {
     pub concurrency: u16,
     /// Lifetime of the Talos client certificates minted from a control plane's secrets bundle.
     pub cert_validity: Duration,
+    /// Wait between tries to abort an upload S3 could not abort (while it was unreachable).
+    pub abort_retry: Duration,
     pub attempt_hook: Option<AttemptHook>,
 }
 
@@ -48,6 +51,7 @@ impl Default for Config {
             retry_backoff: Duration::from_secs(10),
             concurrency: 4,
             cert_validity: Duration::from_secs(3600),
+            abort_retry: Duration::from_secs(60),
             attempt_hook: None,
         }
     }
@@ -115,11 +119,17 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
     let done = conditions::is_true(&previous.conditions, READY)
         || (conditions::is_true(&previous.conditions, FAILED) && previous.observed_generation == generation);
     if done {
-        return Ok(Action::await_change());
+        // Finished, but an abort could not reach S3 then: keep trying until it does.
+        let mut status = previous;
+        abort_unfinished(&api, &backup, &ctx, &mut status).await?;
+        return Ok(ctx.after_finish(&status));
     }
     // A failed backup whose spec changed starts over; an interrupted one resumes its attempt count.
-    let mut status =
-        if conditions::is_true(&previous.conditions, FAILED) { TalosEtcdBackupStatus::default() } else { previous };
+    let mut status = if conditions::is_true(&previous.conditions, FAILED) {
+        TalosEtcdBackupStatus { unfinished_uploads: previous.unfinished_uploads, ..Default::default() }
+    } else {
+        previous
+    };
     status.observed_generation = generation;
     status.start_time.get_or_insert_with(now);
     let max = ctx.config.max_attempts.max(1) as i32;
@@ -138,12 +148,16 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         match crate::isolate(find_stored(&backup, &ctx, &key)).await {
             Ok(Some(outcome)) => {
                 tracing::info!(%namespace, %name, %key, "found the snapshot an interrupted attempt stored");
+                // Its upload is complete: S3 no longer knows it, so this only clears the record.
+                abort_unfinished(&api, &backup, &ctx, &mut status).await?;
                 return succeed(&api, &backup, &ctx, status, outcome).await;
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%namespace, %name, %error, "cannot look for an earlier attempt's snapshot"),
         }
     }
+    // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
+    abort_unfinished(&api, &backup, &ctx, &mut status).await?;
     loop {
         status.attempts += 1;
         let attempt = status.attempts;
@@ -152,7 +166,12 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
         patch_status(&api, &name, &status).await?;
         tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
-        match crate::isolate(attempt_backup(&backup, &ctx, &key)).await {
+        let result = crate::isolate(attempt_backup(&api, &backup, &ctx, &key, &mut status)).await;
+        if result.is_err() {
+            // The pipeline aborted its upload already; this confirms it (or keeps it for later).
+            abort_unfinished(&api, &backup, &ctx, &mut status).await?;
+        }
+        match result {
             Ok(outcome) => return succeed(&api, &backup, &ctx, status, outcome).await,
             Err(error) if error.is_transient() && attempt < max => {
                 let delay = backoff(ctx.config.retry_backoff, attempt);
@@ -172,10 +191,56 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
                 set_phase(&mut status, Phase::Failed, message.clone());
                 patch_status(&api, &name, &status).await?;
                 ctx.event(&backup, EventType::Warning, "BackupFailed", message).await;
-                return Ok(Action::await_change());
+                return Ok(ctx.after_finish(&status));
             }
         }
     }
+}
+
+/// Aborts the uploads `status` records as unfinished and writes the status when that changed it.
+/// Those S3 could not abort stay recorded (and get an event) for the next try.
+async fn abort_unfinished(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    status: &mut TalosEtcdBackupStatus,
+) -> Result<(), Error> {
+    if status.unfinished_uploads.is_empty() {
+        return Ok(());
+    }
+    let left = crate::isolate(async {
+        let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
+        let uploads: Vec<UploadRef> = status
+            .unfinished_uploads
+            .iter()
+            .map(|u| UploadRef { key: u.key.clone(), upload_id: u.upload_id.clone() })
+            .collect();
+        job::abort_uploads(&plan, &uploads, &ctx.config.settings).await
+    })
+    .await;
+    let left = match left {
+        Ok(left) => left,
+        Err(error) => {
+            tracing::warn!(name = %backup.name_any(), %error, "cannot abort unfinished uploads now");
+            return Ok(());
+        }
+    };
+    for (upload, error) in &left {
+        let message = format!(
+            "Cannot abort the unfinished multipart upload of {} ({error}); retrying every {}s",
+            upload.key,
+            ctx.config.abort_retry.as_secs()
+        );
+        tracing::warn!(name = %backup.name_any(), key = %upload.key, %error, "abort failed");
+        ctx.event(backup, EventType::Warning, "UploadAbortFailed", message).await;
+    }
+    let still: Vec<UploadRecord> =
+        left.into_iter().map(|(u, _)| UploadRecord { key: u.key, upload_id: u.upload_id }).collect();
+    if still != status.unfinished_uploads {
+        status.unfinished_uploads = still;
+        patch_status(api, &backup.name_any(), status).await?;
+    }
+    Ok(())
 }
 
 /// Records a stored snapshot: Ready, with its key, size, SHA-256 and node.
@@ -216,12 +281,31 @@ async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Resu
     job::find_stored(&plan, key, &ctx.config.settings).await
 }
 
-async fn attempt_backup(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<job::Outcome, Error> {
+/// One attempt. Its upload is recorded in the status before the first part is sent, so that a crash
+/// leaves it findable; it leaves the record once completed.
+async fn attempt_backup(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    key: &str,
+    status: &mut TalosEtcdBackupStatus,
+) -> Result<job::Outcome, Error> {
     if let Some(hook) = &ctx.config.attempt_hook {
         hook(backup);
     }
     let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
-    job::run(&plan, key, &ctx.config.settings, &|_| {}).await
+    let prepared = job::prepare(&plan, key, &ctx.config.settings).await?;
+    let upload = &prepared.upload;
+    status.unfinished_uploads.push(UploadRecord { key: upload.key.clone(), upload_id: upload.upload_id.clone() });
+    if let Err(error) = patch_status(api, &backup.name_any(), status).await {
+        prepared.abandon().await;
+        status.unfinished_uploads.pop();
+        return Err(error);
+    }
+    let upload_id = upload.upload_id.clone();
+    let outcome = prepared.stream(&|_| {}).await?;
+    status.unfinished_uploads.retain(|u| u.upload_id != upload_id);
+    Ok(outcome)
 }
 
 fn set_phase(status: &mut TalosEtcdBackupStatus, phase: Phase, message: String) {
@@ -240,6 +324,15 @@ async fn patch_status(api: &Api<TalosEtcdBackup>, name: &str, status: &TalosEtcd
 }
 
 impl Context {
+    /// What a finished backup waits for: nothing, or the next try at aborting what S3 could not abort.
+    fn after_finish(&self, status: &TalosEtcdBackupStatus) -> Action {
+        if status.unfinished_uploads.is_empty() {
+            Action::await_change()
+        } else {
+            Action::requeue(self.config.abort_retry)
+        }
+    }
+
     /// Events are best effort: a refused event must not fail a backup.
     async fn event(&self, backup: &TalosEtcdBackup, type_: EventType, reason: &str, note: String) {
         let mut note = note;

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use teb_pipeline::{Limits, Report, S3Sink};
-use teb_talos::TalosClient;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use teb_pipeline::{Limits, Report, S3Sink, UploadRef};
+use teb_talos::{ChosenNode, TalosClient};
 
 use crate::Error;
 use crate::resolve::BackupPlan;
@@ -71,6 +73,22 @@ pub async fn run(
     settings: &Settings,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Outcome, Error> {
+    prepare(plan, key, settings).await?.stream(progress).await
+}
+
+/// A backup ready to stream: the node chosen, its snapshot stream open, the upload created. The
+/// controller records [`Prepared::upload`] before streaming, so that a crash leaves it findable.
+pub struct Prepared {
+    pub upload: UploadRef,
+    sink: S3Sink,
+    snapshot: BoxStream<'static, Result<bytes::Bytes, teb_talos::Error>>,
+    chosen: ChosenNode,
+    limits: Limits,
+}
+
+/// Everything before the first byte: S3 settings, Talos connection, node choice, snapshot stream, and
+/// last (so that nothing before it leaves an upload behind) the multipart upload.
+pub async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Prepared, Error> {
     // Check the S3 settings before touching Talos: they are cheaper to get wrong.
     let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
     let talos = TalosClient::connect(&plan.talos, settings.connect_timeout).await.map_err(Error::Talos)?;
@@ -79,17 +97,50 @@ pub async fn run(
         tracing::warn!(node = %chosen.node, reason = %because, "etcd health not checked");
     }
     tracing::info!(node = %chosen.node, role = ?chosen.role, db_size = chosen.db_size, key, "streaming etcd snapshot");
-    let stream = talos.etcd_snapshot_of(&chosen).await.map_err(Error::Talos)?;
+    let snapshot = talos.etcd_snapshot_of(&chosen).await.map_err(Error::Talos)?.boxed();
     let metadata = [
         ("cluster", plan.controlplane.clone()),
         ("node", chosen.node.clone()),
         ("format", FORMAT.to_owned()),
         ("writer", concat!("talos-etcd-backup/", env!("CARGO_PKG_VERSION")).to_owned()),
     ];
-    let report = teb_pipeline::run(stream, &sink, key, &metadata, &settings.limits, progress)
-        .await
-        .map_err(|e| Error::from_pipeline(&chosen.node, e))?;
-    Ok(Outcome { report, node: chosen.node, unchecked_because: chosen.unchecked_because })
+    let upload = sink.create_upload(key, &metadata).await.map_err(Error::Upload)?;
+    Ok(Prepared { upload, sink, snapshot, chosen, limits: settings.limits.clone() })
+}
+
+impl Prepared {
+    /// Gives the backup up before streaming: aborts the upload (best effort).
+    pub async fn abandon(self) {
+        if let Err(e) = self.sink.abort_upload(&self.upload).await {
+            tracing::warn!(key = %self.upload.key, error = %e, "aborting the multipart upload failed");
+        }
+    }
+
+    /// Streams the snapshot into the upload; completes it only when the trailer matched, aborts it
+    /// otherwise.
+    pub async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
+        let node = self.chosen.node;
+        let report = teb_pipeline::run(self.snapshot, &self.sink, &self.upload, &self.limits, progress)
+            .await
+            .map_err(|e| Error::from_pipeline(&node, e))?;
+        Ok(Outcome { report, node, unchecked_because: self.chosen.unchecked_because })
+    }
+}
+
+/// Aborts uploads recorded by earlier attempts; returns those S3 could not abort, with why.
+pub async fn abort_uploads(
+    plan: &BackupPlan,
+    uploads: &[UploadRef],
+    settings: &Settings,
+) -> Result<Vec<(UploadRef, Error)>, Error> {
+    let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
+    let mut left = Vec::new();
+    for upload in uploads {
+        if let Err(e) = sink.abort_upload(upload).await {
+            left.push((upload.clone(), Error::Upload(e)));
+        }
+    }
+    Ok(left)
 }
 
 #[cfg(test)]

@@ -153,7 +153,10 @@ proptest! {
         let limits = Limits { idle_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(20), ..Limits::default() };
         let source = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(snapshot()))]);
         let key = "talos-operator-etcd-backups/fuzz/etcd-snapshot.db";
-        let result = runtime.block_on(teb_pipeline::run(source, &sink, key, &[], &limits, &|_| {}));
+        let result = runtime.block_on(async {
+            let upload = sink.create_upload(key, &[]).await?;
+            teb_pipeline::run(source, &sink, &upload, &limits, &|_| {}).await
+        });
         if let Err(e) = result {
             assert_no_secret(&e.to_string(), &[&secret], &public);
         }

@@ -570,3 +570,45 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     assert_eq!(status.attempt_key, None);
     assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1, "no second object");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_s3_could_not_abort_is_aborted_once_s3_takes_it() {
+    let mut config = test_config();
+    config.abort_retry = Duration::from_secs(1);
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-abort-later", options, false, config).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let value = vec![b'x'; 512 * 1024];
+    for i in 0..16 {
+        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
+    }
+    // Each attempt uploads a part, then the stream turns out truncated; S3 refuses the aborts.
+    scenario.emulator.faults.truncate_after(6 << 20);
+    scenario.s3.faults.fail_aborts(true);
+    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
+    let status = scenario.expect_failed("my-backup", "Failed to stream etcd snapshot", "truncated").await;
+    assert_eq!(status.attempts, 2);
+    let recorded: Vec<String> = status.unfinished_uploads.iter().map(|u| u.upload_id.clone()).collect();
+    let mut pending: Vec<String> = scenario.s3.unfinished_uploads().into_iter().map(|u| u.upload_id).collect();
+    pending.sort();
+    let mut sorted = recorded.clone();
+    sorted.sort();
+    assert_eq!(sorted, pending, "the status records exactly the uploads S3 still holds");
+    assert_eq!(recorded.len(), 2);
+    assert!(scenario.event_reasons().await.contains(&"UploadAbortFailed".to_owned()));
+
+    // S3 takes aborts again: the operator aborts both and clears the record.
+    scenario.s3.faults.fail_aborts(false);
+    let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api.get("my-backup").await.unwrap().status.unwrap();
+        if status.unfinished_uploads.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "uploads still recorded: {:?}", status.unfinished_uploads);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    scenario.assert_bucket_clean().await;
+}

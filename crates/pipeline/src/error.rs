@@ -8,6 +8,7 @@ pub enum S3Operation {
     CreateMultipartUpload,
     UploadPart,
     CompleteMultipartUpload,
+    AbortMultipartUpload,
     GetObject,
 }
 

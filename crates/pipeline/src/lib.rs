@@ -12,7 +12,7 @@ pub mod validate;
 mod verify;
 
 pub use error::{Error, S3Operation};
-pub use run::{Limits, Report, run};
+pub use run::{Limits, Report, UploadRef, run};
 pub use sink::{S3Credentials, S3Location, S3Sink, StoredSnapshot};
 pub use validate::S3Field;
 pub use verify::TrailerVerifier;

@@ -2,8 +2,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use object_store::multipart::{MultipartStore as _, PartId};
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStore as _, PutMultipartOptions, WriteMultipart};
+use object_store::{Attribute, Attributes, PutMultipartOptions, PutPayload};
+use tokio::task::JoinSet;
 
 use crate::{Error, S3Operation, S3Sink, TrailerVerifier};
 
@@ -42,14 +44,49 @@ pub struct Report {
     pub duration: Duration,
 }
 
-/// Streams `source` into `key` of the sink's bucket, verifying the snapshot trailer on the way.
-/// `metadata` becomes the object's user metadata (`x-amz-meta-*`). `progress` is told the byte count
-/// after each chunk.
+/// A multipart upload as S3 names it: recorded before any part is sent, so that one left unfinished
+/// (by a crash, or by an abort S3 could not take) can be aborted later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRef {
+    pub key: String,
+    pub upload_id: String,
+}
+
+impl S3Sink {
+    /// Starts a multipart upload at `key`. `metadata` becomes the object's user metadata
+    /// (`x-amz-meta-*`).
+    pub async fn create_upload(&self, key: &str, metadata: &[(&str, String)]) -> Result<UploadRef, Error> {
+        let mut attributes = Attributes::new();
+        for (name, value) in metadata {
+            attributes.insert(Attribute::Metadata(name.to_string().into()), value.clone().into());
+        }
+        let options = PutMultipartOptions { attributes, ..Default::default() };
+        let upload_id = self
+            .store
+            .create_multipart_opts(&Path::from(key), options)
+            .await
+            .map_err(|e| self.error(S3Operation::CreateMultipartUpload, e))?;
+        Ok(UploadRef { key: key.to_owned(), upload_id })
+    }
+
+    /// Aborts `upload`, dropping its parts. An upload S3 no longer knows (completed, or aborted
+    /// already) counts as aborted.
+    pub async fn abort_upload(&self, upload: &UploadRef) -> Result<(), Error> {
+        match self.store.abort_multipart(&Path::from(upload.key.as_str()), &upload.upload_id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(S3Operation::AbortMultipartUpload, e)),
+        }
+    }
+}
+
+/// Streams `source` into `upload`, verifying the snapshot trailer on the way, and completes the
+/// upload only when the trailer matched. On any failure the upload is aborted (best effort: the
+/// caller, which recorded it, can abort it again later). `progress` is told the byte count after
+/// each chunk.
 pub async fn run<S, E>(
     source: S,
     sink: &S3Sink,
-    key: &str,
-    metadata: &[(&str, String)],
+    upload: &UploadRef,
     limits: &Limits,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Report, Error>
@@ -58,48 +95,99 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let mut attributes = Attributes::new();
-    for (name, value) in metadata {
-        attributes.insert(Attribute::Metadata(name.to_string().into()), value.clone().into());
-    }
-    let options = PutMultipartOptions { attributes, ..Default::default() };
-    let upload = sink
-        .store
-        .put_multipart_opts(&Path::from(key), options)
-        .await
-        .map_err(|e| sink.error(S3Operation::CreateMultipartUpload, e))?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, limits.part_size);
+    let mut parts = Parts::new(sink, upload);
     let mut verifier = TrailerVerifier::new();
-
-    let streamed = tokio::time::timeout(
-        limits.total_timeout,
-        stream_into(source, &mut writer, &mut verifier, sink, limits, progress),
-    )
-    .await
-    .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
+    let streamed =
+        tokio::time::timeout(limits.total_timeout, stream_into(source, &mut parts, &mut verifier, limits, progress))
+            .await
+            .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
     let size = verifier.total();
-    let verified = streamed.and_then(|()| verifier.finish());
-
-    match verified {
+    let completed = match streamed.and_then(|()| verifier.finish()) {
+        Ok(digest) => parts.complete().await.map(|()| digest),
+        Err(error) => Err(error),
+    };
+    match completed {
         Ok(digest) => {
-            writer.finish().await.map_err(|e| sink.error(S3Operation::CompleteMultipartUpload, e))?;
-            Ok(Report { key: key.to_owned(), size, sha256: hex::encode(digest), duration: started.elapsed() })
+            Ok(Report { key: upload.key.clone(), size, sha256: hex::encode(digest), duration: started.elapsed() })
         }
         Err(error) => {
             // Abort so that no part lingers in the bucket (and no object appears at the key).
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(key, error = %abort, "aborting the multipart upload failed; a bucket lifecycle rule for incomplete uploads will clean it up");
+            parts.cancel();
+            if let Err(abort) = sink.abort_upload(upload).await {
+                tracing::warn!(key = %upload.key, error = %abort, "aborting the multipart upload failed");
             }
             Err(error)
         }
     }
 }
 
+/// The parts of one upload: at most `parts_in_flight` uploading at once, their ids kept in order.
+struct Parts<'a> {
+    sink: &'a S3Sink,
+    upload: &'a UploadRef,
+    path: Path,
+    running: JoinSet<Result<(usize, PartId), object_store::Error>>,
+    done: Vec<Option<PartId>>,
+}
+
+impl<'a> Parts<'a> {
+    fn new(sink: &'a S3Sink, upload: &'a UploadRef) -> Self {
+        let path = Path::from(upload.key.as_str());
+        Parts { sink, upload, path, running: JoinSet::new(), done: Vec::new() }
+    }
+
+    /// Uploads `data` as the next part, once fewer than `in_flight` parts are uploading
+    /// (back-pressure: the source waits meanwhile).
+    async fn put(&mut self, data: Bytes, in_flight: usize) -> Result<(), Error> {
+        while self.running.len() >= in_flight.max(1) {
+            self.join_one().await?;
+        }
+        let index = self.done.len();
+        self.done.push(None);
+        let store = self.sink.store.clone();
+        let (path, id) = (self.path.clone(), self.upload.upload_id.clone());
+        self.running.spawn(async move {
+            let part = store.put_part(&path, &id, index, PutPayload::from(data)).await?;
+            Ok((index, part))
+        });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), Error> {
+        let failed = |e| self.sink.error(S3Operation::UploadPart, e);
+        match self.running.join_next().await {
+            Some(Ok(Ok((index, part)))) => {
+                self.done[index] = Some(part);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(failed(e)),
+            Some(Err(join)) => Err(failed(object_store::Error::JoinError { source: join })),
+            None => Ok(()),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<(), Error> {
+        while !self.running.is_empty() {
+            self.join_one().await?;
+        }
+        let parts: Vec<PartId> = std::mem::take(&mut self.done).into_iter().flatten().collect();
+        self.sink
+            .store
+            .complete_multipart(&self.path, &self.upload.upload_id, parts)
+            .await
+            .map_err(|e| self.sink.error(S3Operation::CompleteMultipartUpload, e))?;
+        Ok(())
+    }
+
+    fn cancel(&mut self) {
+        self.running.abort_all();
+    }
+}
+
 async fn stream_into<S, E>(
     source: S,
-    writer: &mut WriteMultipart,
+    parts: &mut Parts<'_>,
     verifier: &mut TrailerVerifier,
-    sink: &S3Sink,
     limits: &Limits,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), Error>
@@ -119,7 +207,7 @@ where
         match next {
             None => {
                 if !part.is_empty() {
-                    writer.put(part.freeze());
+                    parts.put(part.freeze(), limits.parts_in_flight).await?;
                 }
                 return Ok(());
             }
@@ -129,12 +217,7 @@ where
                 part.extend_from_slice(&chunk);
                 progress(verifier.total());
                 if part.len() >= limits.part_size {
-                    // Back-pressure: the source waits while the permitted parts are uploading.
-                    writer
-                        .wait_for_capacity(limits.parts_in_flight)
-                        .await
-                        .map_err(|e| sink.error(S3Operation::UploadPart, e))?;
-                    writer.put(part.split().freeze());
+                    parts.put(part.split().freeze(), limits.parts_in_flight).await?;
                     part.reserve(limits.part_size);
                 }
             }

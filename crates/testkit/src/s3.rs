@@ -35,6 +35,8 @@ pub struct S3Faults {
     reset_next: AtomicU32,
     /// Every request is refused with AccessDenied (revoked credentials).
     refuse_credentials: AtomicBool,
+    /// AbortMultipartUpload answers 503 (S3 unreachable at the moment an upload must be aborted).
+    fail_aborts: AtomicBool,
 }
 
 impl S3Faults {
@@ -53,6 +55,10 @@ impl S3Faults {
 
     pub fn refuse_credentials(&self, refuse: bool) {
         self.refuse_credentials.store(refuse, Ordering::SeqCst);
+    }
+
+    pub fn fail_aborts(&self, on: bool) {
+        self.fail_aborts.store(on, Ordering::SeqCst);
     }
 
     fn take(counter: &AtomicU32) -> bool {
@@ -338,6 +344,9 @@ impl S3 for FaultyStore {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.check()?;
+        if self.faults.fail_aborts.load(Ordering::SeqCst) {
+            return Err(s3_error!(ServiceUnavailable, "abort refused (injected fault)"));
+        }
         let upload_id = req.input.upload_id.clone();
         let response = self.inner.abort_multipart_upload(req).await?;
         self.forget_upload(&upload_id);

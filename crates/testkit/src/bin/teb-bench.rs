@@ -169,7 +169,8 @@ async fn sink(
             let _ = streamed.set(started.elapsed());
         }
     };
-    let report = teb_pipeline::run(stream, &sink, "bench/sink-alone.db", &[], &limits, &progress).await?;
+    let upload = sink.create_upload("bench/sink-alone.db", &[]).await?;
+    let report = teb_pipeline::run(stream, &sink, &upload, &limits, &progress).await?;
     let seconds = report.duration.as_secs_f64();
     let streamed_s = streamed.get().map_or(seconds, Duration::as_secs_f64);
     let figures = serde_json::json!({
