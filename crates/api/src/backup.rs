@@ -30,6 +30,18 @@ pub struct TalosEtcdBackupSpec {
     /// Secret `<controlplane>-talosconfig`, key `<controlplane>.talosconfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talosconfig_secret_ref: Option<SecretKeyRef>,
+    /// What happens to the stored snapshot when this TalosEtcdBackup is deleted: `Retain` (the default)
+    /// keeps it in the bucket; `Delete` deletes it (and aborts any unfinished upload of it) first.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// See [`TalosEtcdBackupSpec::deletion_policy`].
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -7,8 +7,8 @@ mod controlplane;
 pub mod validate;
 
 pub use backup::{
-    BackupStorage, DNS_SUBDOMAIN, S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup,
-    TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
+    BackupStorage, DNS_SUBDOMAIN, DeletionPolicy, S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef,
+    TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 

@@ -14,7 +14,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use teb_api::conditions::{self, FAILED, Phase, READY};
-use teb_api::{TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
+use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
 use teb_pipeline::UploadRef;
 
 use crate::job::{self, Settings};
@@ -22,6 +22,10 @@ use crate::{Error, resolve};
 
 /// Field manager of the status this controller writes.
 pub const MANAGER: &str = "talos-etcd-backup";
+
+/// Held while deleting a backup must wait for the operator: to abort an unfinished upload, or to
+/// delete the snapshot (`deletionPolicy: Delete`).
+pub const FINALIZER: &str = "talos.alperen.cloud/snapshot-cleanup";
 
 /// Called at the start of each backup attempt, before anything else; tests use it to inject faults.
 pub type AttemptHook = Arc<dyn Fn(&TalosEtcdBackup) + Send + Sync>;
@@ -114,16 +118,25 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
     let Some(backup) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
+    if backup.metadata.deletion_timestamp.is_some() {
+        return clean_up(&api, &backup, &ctx).await;
+    }
     let previous = backup.status.clone().unwrap_or_default();
     let generation = backup.metadata.generation;
     let done = conditions::is_true(&previous.conditions, READY)
         || (conditions::is_true(&previous.conditions, FAILED) && previous.observed_generation == generation);
     if done {
         // Finished, but an abort could not reach S3 then: keep trying until it does.
+        // The finalizer first: aborting may write the status, which changes the resourceVersion the
+        // finalizer patch names. The status write re-triggers a reconcile that drops a finalizer no
+        // longer needed.
         let mut status = previous;
+        set_finalizer(&api, &backup, needs_finalizer(&backup, &status, true)).await?;
         abort_unfinished(&api, &backup, &ctx, &mut status).await?;
         return Ok(ctx.after_finish(&status));
     }
+    // From here on an upload may start: deleting the backup must then abort it first.
+    set_finalizer(&api, &backup, true).await?;
     // A failed backup whose spec changed starts over; an interrupted one resumes its attempt count.
     let mut status = if conditions::is_true(&previous.conditions, FAILED) {
         TalosEtcdBackupStatus { unfinished_uploads: previous.unfinished_uploads, ..Default::default() }
@@ -197,6 +210,84 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
     }
 }
 
+/// Removes what a backup leaves in the bucket when it is deleted (its unfinished uploads; its
+/// snapshot too with `deletionPolicy: Delete`), then lets the deletion finish. When S3 cannot be
+/// reached it retries, and an event says how to let the deletion finish without it.
+async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Context) -> Result<Action, Error> {
+    if !backup.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let status = backup.status.clone().unwrap_or_default();
+    let delete_snapshot = backup.spec.deletion_policy == DeletionPolicy::Delete;
+    let cleaned = crate::isolate(async {
+        let location = resolve::resolve_s3(&ctx.client, backup).await?;
+        if let Some((upload, error)) =
+            job::abort_uploads(&location, &upload_refs(&status), &ctx.config.settings).await?.into_iter().next()
+        {
+            return Err(Error::Cleanup(format!("cannot abort the unfinished upload of {}: {error}", upload.key)));
+        }
+        match (&status.filename, delete_snapshot) {
+            (Some(key), true) => job::delete_snapshot(&location, key, &ctx.config.settings).await,
+            _ => Ok(()),
+        }
+    })
+    .await;
+    match cleaned {
+        Ok(()) => {
+            if delete_snapshot && let Some(key) = &status.filename {
+                tracing::info!(name = %backup.name_any(), %key, "deleted the snapshot with its TalosEtcdBackup");
+            }
+            set_finalizer(api, backup, false).await?;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            let retry = ctx.config.abort_retry;
+            let message = format!(
+                "Cannot clean up before deletion: {error}; retrying every {}s. To delete this TalosEtcdBackup \
+                 without it, remove the finalizer: kubectl patch talosetcdbackup {} -n {} --type=json \
+                 -p '[{{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}}]'",
+                retry.as_secs(),
+                backup.name_any(),
+                backup.namespace().unwrap_or_default()
+            );
+            tracing::warn!(name = %backup.name_any(), %error, "clean-up before deletion failed");
+            ctx.event(backup, EventType::Warning, "CleanupFailed", message).await;
+            Ok(Action::requeue(retry))
+        }
+    }
+}
+
+/// Whether deleting `backup` must wait for the operator: while an upload may run or is unfinished,
+/// or when the snapshot is to be deleted with it. A finished `Retain` backup needs nothing, so it can
+/// be deleted with no operator running.
+fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus, done: bool) -> bool {
+    !done || !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy == DeletionPolicy::Delete
+}
+
+/// Adds or removes this operator's finalizer. The patch names the resourceVersion it read, so a
+/// concurrent change makes it fail (and the reconcile retry) rather than drop another finalizer.
+async fn set_finalizer(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, present: bool) -> Result<(), Error> {
+    let mut finalizers = backup.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(());
+    }
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": backup.resource_version()},
+    });
+    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {
+    status.unfinished_uploads.iter().map(|u| UploadRef { key: u.key.clone(), upload_id: u.upload_id.clone() }).collect()
+}
+
 /// Aborts the uploads `status` records as unfinished and writes the status when that changed it.
 /// Those S3 could not abort stay recorded (and get an event) for the next try.
 async fn abort_unfinished(
@@ -209,13 +300,8 @@ async fn abort_unfinished(
         return Ok(());
     }
     let left = crate::isolate(async {
-        let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
-        let uploads: Vec<UploadRef> = status
-            .unfinished_uploads
-            .iter()
-            .map(|u| UploadRef { key: u.key.clone(), upload_id: u.upload_id.clone() })
-            .collect();
-        job::abort_uploads(&plan, &uploads, &ctx.config.settings).await
+        let location = resolve::resolve_s3(&ctx.client, backup).await?;
+        job::abort_uploads(&location, &upload_refs(status), &ctx.config.settings).await
     })
     .await;
     let left = match left {
@@ -277,8 +363,8 @@ async fn succeed(
 }
 
 async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<Option<job::Outcome>, Error> {
-    let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
-    job::find_stored(&plan, key, &ctx.config.settings).await
+    let location = resolve::resolve_s3(&ctx.client, backup).await?;
+    job::find_stored(&location, key, &ctx.config.settings).await
 }
 
 /// One attempt. Its upload is recorded in the status before the first part is sent, so that a crash

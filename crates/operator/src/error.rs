@@ -17,6 +17,8 @@ pub enum Error {
     Spec(String),
     #[error("Kubernetes API error: {0}")]
     Kube(kube::Error),
+    #[error("{0}")]
+    Cleanup(String),
     /// A panic caught in one backup: a bug, reported on that backup instead of ending the process.
     #[error("Internal error (a bug in talos-etcd-backup; please report it): {0}")]
     Internal(String),
@@ -28,7 +30,7 @@ impl Error {
         match self {
             Error::Talos(e) => e.is_transient(),
             Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
-            Error::Kube(_) => true,
+            Error::Kube(_) | Error::Cleanup(_) => true,
             Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) | Error::Internal(_) => false,
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use teb_pipeline::{Limits, Report, S3Sink, UploadRef};
+use teb_pipeline::{Limits, Report, S3Location, S3Sink, UploadRef};
 use teb_talos::{ChosenNode, TalosClient};
 
 use crate::Error;
@@ -53,8 +53,8 @@ const FORMAT: &str = "etcd-snapshot-sha256-trailer";
 /// A snapshot an earlier, interrupted attempt stored at `key` (its upload completed, but its status
 /// was never written), recognised by the metadata this writer records. Finding it keeps a retry from
 /// storing a second copy.
-pub async fn find_stored(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Option<Outcome>, Error> {
-    let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
+pub async fn find_stored(location: &S3Location, key: &str, settings: &Settings) -> Result<Option<Outcome>, Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
     let Some(stored) = sink.stored(key).await.map_err(Error::Upload)? else {
         return Ok(None);
     };
@@ -127,13 +127,19 @@ impl Prepared {
     }
 }
 
+/// Deletes a stored snapshot (a missing one counts as deleted).
+pub async fn delete_snapshot(location: &S3Location, key: &str, settings: &Settings) -> Result<(), Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    sink.delete(key).await.map_err(Error::Upload)
+}
+
 /// Aborts uploads recorded by earlier attempts; returns those S3 could not abort, with why.
 pub async fn abort_uploads(
-    plan: &BackupPlan,
+    location: &S3Location,
     uploads: &[UploadRef],
     settings: &Settings,
 ) -> Result<Vec<(UploadRef, Error)>, Error> {
-    let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
     let mut left = Vec::new();
     for upload in uploads {
         if let Err(e) = sink.abort_upload(upload).await {

@@ -47,12 +47,25 @@ pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: D
         None => talos_from_controlplane(&controlplane, &mut secrets, cert_validity).await?,
     };
 
-    let s3 = &spec.backup_storage.s3;
+    let location = s3_location(&mut secrets, backup).await?;
+    Ok(BackupPlan { controlplane: cp_name, talos, s3: location })
+}
+
+/// Only the S3 side of [`resolve`]: what aborting an upload or deleting a snapshot needs. It works
+/// when the TalosControlPlane is gone (deleted together with the namespace, for example).
+pub async fn resolve_s3(client: &Client, backup: &TalosEtcdBackup) -> Result<S3Location, Error> {
+    let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
+    validate_spec(&backup.spec)?;
+    s3_location(&mut Secrets::new(client, &namespace), backup).await
+}
+
+async fn s3_location(secrets: &mut Secrets<'_>, backup: &TalosEtcdBackup) -> Result<S3Location, Error> {
+    let s3 = &backup.spec.backup_storage.s3;
     let ca_pem = match &s3.ca_bundle {
         Some(reference) => Some(secrets.checked_value(reference, validate::ca_bundle).await?),
         None => None,
     };
-    let location = S3Location {
+    Ok(S3Location {
         bucket: s3.bucket.clone(),
         region: s3.region.clone(),
         endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
@@ -62,8 +75,7 @@ pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: D
             access_key_id: secrets.checked_value(&s3.access_key_id, validate::access_key_id).await?,
             secret_access_key: secrets.checked_value(&s3.secret_access_key, validate::secret_access_key).await?,
         },
-    };
-    Ok(BackupPlan { controlplane: cp_name, talos, s3: location })
+    })
 }
 
 /// Every field of `spec` checked before any I/O, each error naming the field. The CRD schema rejects

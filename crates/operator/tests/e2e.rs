@@ -612,3 +612,87 @@ async fn an_upload_s3_could_not_abort_is_aborted_once_s3_takes_it() {
     }
     scenario.assert_bucket_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_policy_decides_whether_the_snapshot_goes_with_the_backup() {
+    let mut config = test_config();
+    config.abort_retry = Duration::from_secs(1);
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-deletion", options, false, config).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let yaml = |name: &str, policy: &str| {
+        let yaml = backup_yaml(name, &endpoint_field(&scenario.s3.endpoint));
+        if policy.is_empty() {
+            yaml
+        } else {
+            yaml.replacen("spec:\n", &format!("spec:\n  deletionPolicy: {policy}\n"), 1)
+        }
+    };
+    let wait_gone = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while api.get_opt(name).await.unwrap().is_some() {
+                assert!(tokio::time::Instant::now() < deadline, "{name} was not deleted");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let finalizers = |name: &'static str| {
+        let api = api.clone();
+        async move { api.get(name).await.unwrap().metadata.finalizers.unwrap_or_default() }
+    };
+
+    // Retain (the default): the snapshot stays, and a finished backup holds no finalizer, so it can be
+    // deleted with no operator running.
+    scenario.apply(&yaml("kept", "")).await;
+    let kept = scenario.wait_finished("kept").await.filename.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !finalizers("kept").await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the finalizer of a finished Retain backup stays");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    api.delete("kept", &Default::default()).await.unwrap();
+    wait_gone("kept").await;
+    assert!(scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == kept));
+
+    // Delete: the snapshot goes first.
+    scenario.apply(&yaml("deleted", "Delete")).await;
+    let deleted = scenario.wait_finished("deleted").await.filename.unwrap();
+    assert_eq!(finalizers("deleted").await, vec![controller::FINALIZER.to_owned()]);
+    api.delete("deleted", &Default::default()).await.unwrap();
+    wait_gone("deleted").await;
+    assert!(!scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == deleted));
+
+    // S3 unreachable at deletion: the backup waits, an event says why and how to let it go, and it
+    // goes once S3 answers again.
+    scenario.apply(&yaml("blocked", "Delete")).await;
+    let blocked = scenario.wait_finished("blocked").await.filename.unwrap();
+    scenario.s3.faults.refuse_credentials(true);
+    api.delete("blocked", &Default::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let note = loop {
+        let events: Api<Event> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+        let notes: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
+            .filter_map(|e| e.note)
+            .collect();
+        if let Some(note) = notes.into_iter().next() {
+            break note;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no CleanupFailed event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(note.contains("AccessDenied") && note.contains("kubectl patch talosetcdbackup blocked"), "{note}");
+    assert!(api.get_opt("blocked").await.unwrap().is_some(), "waits for S3");
+    scenario.s3.faults.refuse_credentials(false);
+    wait_gone("blocked").await;
+    assert!(!scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == blocked));
+}

@@ -10,6 +10,7 @@ pub enum S3Operation {
     CompleteMultipartUpload,
     AbortMultipartUpload,
     GetObject,
+    DeleteObject,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -115,6 +115,15 @@ impl S3Sink {
         Ok(Some(StoredSnapshot { size, sha256: hex::encode(trailer), metadata }))
     }
 
+    /// Deletes the object at `key`; a missing object counts as deleted.
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        use object_store::ObjectStoreExt as _;
+        match self.store.delete(&object_store::path::Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(S3Operation::DeleteObject, e)),
+        }
+    }
+
     pub(crate) fn error(&self, operation: S3Operation, e: object_store::Error) -> Error {
         // object_store repeats itself down its source chain; what matters is the S3 error in the
         // response body when there is one, else the root cause (refused connection, bad certificate).
