@@ -49,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let operator = env.operator_client().await?;
     let controller = tokio::spawn(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        if let Err(e) = controller::run(operator, controller::Config::default(), None, ready).await {
+        if let Err(e) = controller::run(operator, controller::Config::default(), None, ready, Default::default()).await
+        {
             eprintln!("operator stopped: {e:#}");
         }
     });

@@ -18,6 +18,7 @@ use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadReco
 use teb_pipeline::UploadRef;
 
 use crate::job::{self, Settings};
+use crate::metrics::{self, Metrics};
 use crate::{Error, resolve};
 
 /// Field manager of the status this controller writes.
@@ -65,15 +66,17 @@ struct Context {
     client: Client,
     recorder: Recorder,
     config: Config,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the controller until SIGTERM/SIGINT, for every namespace or only `namespace`. `ready` turns
-/// true once the CRD has answered.
+/// true once the CRD has answered; `metrics` records what happens.
 pub async fn run(
     client: Client,
     config: Config,
     namespace: Option<&str>,
     ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let backups = match namespace {
         Some(ns) => Api::<TalosEtcdBackup>::namespaced(client.clone(), ns),
@@ -87,8 +90,12 @@ pub async fn run(
     })?;
     ready.store(true, Ordering::SeqCst);
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let context =
-        Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, config: config.clone() });
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config: config.clone(),
+        metrics,
+    });
     tracing::info!(concurrency = config.concurrency, "controller started");
     Controller::new(backups, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(config.concurrency))
@@ -131,6 +138,9 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         // finalizer patch names. The status write re-triggers a reconcile that drops a finalizer no
         // longer needed.
         let mut status = previous;
+        if conditions::is_true(&status.conditions, READY) {
+            ctx.record_success_time(&backup, &status);
+        }
         set_finalizer(&api, &backup, needs_finalizer(&backup, &status, true)).await?;
         abort_unfinished(&api, &backup, &ctx, &mut status).await?;
         return Ok(ctx.after_finish(&status));
@@ -179,7 +189,12 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
         patch_status(&api, &name, &status).await?;
         tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
+        let running = metrics::Running::start(&ctx.metrics.in_progress);
         let result = crate::isolate(attempt_backup(&api, &backup, &ctx, &key, &mut status)).await;
+        drop(running);
+        if let Err(error) = &result {
+            ctx.metrics.errors.get_or_create(&metrics::ErrorLabels { kind: error.kind() }).inc();
+        }
         if result.is_err() {
             // The pipeline aborted its upload already; this confirms it (or keeps it for later).
             abort_unfinished(&api, &backup, &ctx, &mut status).await?;
@@ -203,6 +218,7 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
                 status.attempt_key = None;
                 set_phase(&mut status, Phase::Failed, message.clone());
                 patch_status(&api, &name, &status).await?;
+                ctx.metrics.finished(metrics::BackupResult::failed, elapsed_seconds(&status));
                 ctx.event(&backup, EventType::Warning, "BackupFailed", message).await;
                 return Ok(ctx.after_finish(&status));
             }
@@ -354,6 +370,9 @@ async fn succeed(
     );
     set_phase(&mut status, Phase::Succeeded, message.clone());
     patch_status(api, &backup.name_any(), &status).await?;
+    ctx.metrics.finished(metrics::BackupResult::succeeded, elapsed_seconds(&status));
+    ctx.metrics.stored_bytes.inc_by(report.size);
+    ctx.record_success_time(backup, &status);
     tracing::info!(name = %backup.name_any(), key = %report.key, size = report.size, "backup succeeded");
     if let Some(because) = outcome.unchecked_because {
         ctx.event(backup, EventType::Warning, "NodeHealthUnchecked", because).await;
@@ -409,7 +428,23 @@ async fn patch_status(api: &Api<TalosEtcdBackup>, name: &str, status: &TalosEtcd
     Ok(())
 }
 
+/// From the first attempt's start to the completion.
+fn elapsed_seconds(status: &TalosEtcdBackupStatus) -> f64 {
+    match (&status.start_time, &status.completion_time) {
+        (Some(start), Some(end)) => end.0.duration_since(start.0).as_secs_f64().max(0.0),
+        _ => 0.0,
+    }
+}
+
 impl Context {
+    fn record_success_time(&self, backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus) {
+        if let Some(done) = &status.completion_time {
+            let namespace = backup.namespace().unwrap_or_default();
+            let seconds = done.0.as_millisecond() as f64 / 1000.0;
+            self.metrics.succeeded_at(&namespace, &backup.spec.talos_control_plane_ref.name, seconds);
+        }
+    }
+
     /// What a finished backup waits for: nothing, or the next try at aborting what S3 could not abort.
     fn after_finish(&self, status: &TalosEtcdBackupStatus) -> Action {
         if status.unfinished_uploads.is_empty() {

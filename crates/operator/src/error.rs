@@ -35,6 +35,21 @@ impl Error {
         }
     }
 
+    /// What failed, as the `kind` label of `teb_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::ControlPlane { .. } => "controlplane",
+            Error::Secret { .. } => "secret",
+            Error::Talos(_) => "talos",
+            Error::Snapshot { .. } => "snapshot",
+            Error::Upload(_) => "s3",
+            Error::Spec(_) => "spec",
+            Error::Kube(_) => "kubernetes",
+            Error::Cleanup(_) => "cleanup",
+            Error::Internal(_) => "internal",
+        }
+    }
+
     /// Wraps a pipeline error: a bad stream is the snapshot's fault, everything else the upload's.
     pub fn from_pipeline(node: &str, e: teb_pipeline::Error) -> Self {
         use teb_pipeline::Error as P;

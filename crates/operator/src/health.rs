@@ -1,4 +1,5 @@
-//! `/healthz` (the process serves) and `/readyz` (the controller reached the API server and its CRD).
+//! `/healthz` (the process serves), `/readyz` (the controller reached the API server and its CRD) and
+//! `/metrics` (Prometheus, OpenMetrics text).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,18 +9,29 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::metrics::Metrics;
+
 type Body = http_body_util::Full<Bytes>;
 
-pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "health endpoints listening");
+    tracing::info!(%addr, "health and metrics endpoints listening");
     loop {
         let (socket, _) = listener.accept().await?;
-        let ready = ready.clone();
+        let (ready, metrics) = (ready.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let ready = ready.load(Ordering::SeqCst);
-                async move { Ok::<_, std::convert::Infallible>(answer(request.uri().path(), ready)) }
+                let response = if request.uri().path() == "/metrics" {
+                    let mut response = Response::new(Body::from(metrics.encode()));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    );
+                    response
+                } else {
+                    answer(request.uri().path(), ready.load(Ordering::SeqCst))
+                };
+                async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder.serve_connection(TokioIo::new(socket), service).await;

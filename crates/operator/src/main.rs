@@ -47,7 +47,7 @@ struct OperatorArgs {
     /// Watch only this namespace (all namespaces when unset).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
-    /// Address of /healthz and /readyz.
+    /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     health_addr: SocketAddr,
     /// Backups running at once, across all namespaces.
@@ -179,7 +179,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     };
     let client = kube::Client::try_from(config)?;
     let ready = Arc::new(AtomicBool::new(false));
-    let health = tokio::spawn(talos_etcd_backup::health::serve(args.health_addr, ready.clone()));
+    let metrics = Arc::new(talos_etcd_backup::metrics::Metrics::default());
+    let health = tokio::spawn(talos_etcd_backup::health::serve(args.health_addr, ready.clone(), metrics.clone()));
     let config = controller::Config {
         settings: args.tuning.settings(),
         max_attempts: args.max_attempts,
@@ -188,7 +189,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         ..controller::Config::default()
     };
     tokio::select! {
-        result = controller::run(client, config, args.namespace.as_deref(), ready) => result,
+        result = controller::run(client, config, args.namespace.as_deref(), ready, metrics) => result,
         result = health => result?.context("health endpoints"),
     }
 }

@@ -11,6 +11,7 @@ use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use sha2::Digest as _;
 use talos_etcd_backup::controller;
+use talos_etcd_backup::metrics::Metrics;
 use teb_api::conditions::{FAILED, PROGRESSING, READY};
 use teb_api::{TalosEtcdBackup, TalosEtcdBackupStatus};
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
@@ -28,6 +29,7 @@ struct Scenario {
     admin: Client,
     s3: S3Server,
     emulator: TalosEmulator,
+    metrics: Arc<Metrics>,
     controller: tokio::task::JoinHandle<()>,
 }
 
@@ -59,13 +61,14 @@ impl Scenario {
         let s3 = if tls { S3Server::start_tls().await } else { S3Server::start().await }.unwrap();
         s3.create_bucket("my-etcd-backups").unwrap();
         let emulator = TalosEmulator::start(options).await.unwrap();
-        let controller = spawn_controller(env, &ns, config).await;
-        Scenario { env, ns, admin, s3, emulator, controller }
+        let metrics = Arc::new(Metrics::default());
+        let controller = spawn_controller(env, &ns, config, metrics.clone()).await;
+        Scenario { env, ns, admin, s3, emulator, metrics, controller }
     }
 
     async fn restart_controller(&mut self) {
         self.controller.abort();
-        self.controller = spawn_controller(self.env, &self.ns, test_config()).await;
+        self.controller = spawn_controller(self.env, &self.ns, test_config(), self.metrics.clone()).await;
     }
 
     async fn create_secret(&self, secret: &Secret) {
@@ -135,13 +138,38 @@ impl Scenario {
     }
 }
 
-async fn spawn_controller(env: &KubeEnv, ns: &str, config: controller::Config) -> tokio::task::JoinHandle<()> {
+async fn spawn_controller(
+    env: &KubeEnv,
+    ns: &str,
+    config: controller::Config,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
     let client = env.operator_client().await.unwrap();
     let ns = ns.to_owned();
     tokio::spawn(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        controller::run(client, config, Some(&ns), ready).await.expect("controller runs");
+        controller::run(client, config, Some(&ns), ready, metrics).await.expect("controller runs");
     })
+}
+
+/// GET /metrics from a health server serving `metrics`, as Prometheus would scrape it.
+async fn scrape(metrics: Arc<Metrics>) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", teb_testkit::free_port()).parse().unwrap();
+    let server = tokio::spawn(talos_etcd_backup::health::serve(addr, Arc::new(AtomicBool::new(true)), metrics));
+    let mut connection = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(connection) => break connection,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    connection.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    connection.read_to_string(&mut response).await.unwrap();
+    server.abort();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("application/openmetrics-text"), "{response}");
+    response
 }
 
 fn condition<'a>(
@@ -221,6 +249,20 @@ async fn specification_flow_backs_up_a_snapshot_that_restores() {
     let reasons: Vec<String> =
         events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
     assert!(reasons.contains(&"BackupStarted".into()) && reasons.contains(&"BackupSucceeded".into()), "{reasons:?}");
+
+    // What Prometheus sees.
+    let text = scrape(scenario.metrics.clone()).await;
+    let ns = &scenario.ns;
+    for line in [
+        "teb_backups_total{result=\"succeeded\"} 1".to_owned(),
+        format!("teb_backup_stored_bytes_total {}", status.size.unwrap()),
+        "teb_backups_in_progress 0".to_owned(),
+        "teb_backup_duration_seconds_count{result=\"succeeded\"} 1".to_owned(),
+        format!("teb_last_success_timestamp_seconds{{namespace=\"{ns}\",controlplane=\"my-controlplane\"}} "),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing from\n{text}");
+    }
+    assert!(!text.contains("result=\"failed\""), "{text}");
 
     // Once Ready it never runs again, also after the operator restarts.
     scenario.restart_controller().await;
@@ -307,6 +349,15 @@ async fn troubleshooting_cases_fail_with_the_specified_messages() {
         .filter(|e| e.reason.as_deref() == Some("BackupFailed"))
         .count();
     assert!(failures >= 6, "{failures} BackupFailed events");
+    let text = scrape(scenario.metrics.clone()).await;
+    for line in [
+        "teb_backups_total{result=\"failed\"} 6",
+        "teb_errors_total{kind=\"controlplane\"} 2",
+        "teb_errors_total{kind=\"secret\"} 2",
+        "teb_errors_total{kind=\"s3\"} 2",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,149 @@
+//! Prometheus metrics, served at `/metrics` beside the health endpoints (OpenMetrics text).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are written as they are named
+pub enum BackupResult {
+    succeeded,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: BackupResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControlPlaneLabels {
+    pub namespace: String,
+    pub controlplane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// [`crate::Error::kind`].
+    pub kind: &'static str,
+}
+
+type DurationFamily = Family<ResultLabels, Histogram, fn() -> Histogram>;
+
+/// The operator's metrics. One per process; the controller records, the health server encodes.
+pub struct Metrics {
+    registry: Registry,
+    /// `teb_backups_total{result}`: finished backups.
+    pub backups: Family<ResultLabels, Counter>,
+    /// `teb_backup_duration_seconds{result}`: from the first attempt's start to the end.
+    pub duration: DurationFamily,
+    /// `teb_backup_stored_bytes_total`: bytes of the snapshots stored.
+    pub stored_bytes: Counter,
+    /// `teb_last_success_timestamp_seconds{namespace,controlplane}`: newest Ready backup's completion.
+    pub last_success: Family<ControlPlaneLabels, Gauge<f64, AtomicU64>>,
+    /// `teb_backups_in_progress`: attempts running now.
+    pub in_progress: Gauge,
+    /// `teb_errors_total{kind}`: failed attempts by what failed (talos, snapshot, s3, secret, ...).
+    pub errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("teb");
+        let backups = Family::<ResultLabels, Counter>::default();
+        registry.register("backups", "Finished backups by result", backups.clone());
+        // 1 s to about 4.5 h.
+        let duration: DurationFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 15)));
+        registry.register("backup_duration_seconds", "Backup duration, first attempt to end", duration.clone());
+        let stored_bytes = Counter::default();
+        registry.register("backup_stored_bytes", "Bytes of the snapshots stored", stored_bytes.clone());
+        let last_success = Family::<ControlPlaneLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Completion time of the newest Ready backup of each control plane",
+            last_success.clone(),
+        );
+        let in_progress = Gauge::default();
+        registry.register("backups_in_progress", "Backup attempts running", in_progress.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("errors", "Failed backup attempts by kind of error", errors.clone());
+        Metrics { registry, backups, duration, stored_bytes, last_success, in_progress, errors }
+    }
+}
+
+impl Metrics {
+    /// A finished backup of `seconds`.
+    pub fn finished(&self, result: BackupResult, seconds: f64) {
+        let labels = ResultLabels { result };
+        self.backups.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Keeps the newest completion time of a control plane's Ready backups.
+    pub fn succeeded_at(&self, namespace: &str, controlplane: &str, unix_seconds: f64) {
+        let labels = ControlPlaneLabels { namespace: namespace.to_owned(), controlplane: controlplane.to_owned() };
+        let gauge = self.last_success.get_or_create(&labels);
+        if unix_seconds > gauge.get() {
+            gauge.set(unix_seconds);
+        }
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Counts an attempt as running while it lives (also when the attempt panics).
+pub struct Running<'a>(&'a Gauge);
+
+impl<'a> Running<'a> {
+    pub fn start(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Running(gauge)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_what_was_recorded() {
+        let metrics = Metrics::default();
+        metrics.finished(BackupResult::succeeded, 3.0);
+        metrics.stored_bytes.inc_by(4096);
+        metrics.succeeded_at("ns", "cp", 20.0);
+        metrics.succeeded_at("ns", "cp", 10.0);
+        metrics.errors.get_or_create(&ErrorLabels { kind: "s3" }).inc();
+        {
+            let _running = Running::start(&metrics.in_progress);
+            assert!(metrics.encode().contains("teb_backups_in_progress 1"));
+        }
+        let text = metrics.encode();
+        for line in [
+            "teb_backups_total{result=\"succeeded\"} 1",
+            "teb_backup_stored_bytes_total 4096",
+            "teb_last_success_timestamp_seconds{namespace=\"ns\",controlplane=\"cp\"} 20.0",
+            "teb_errors_total{kind=\"s3\"} 1",
+            "teb_backups_in_progress 0",
+            "teb_backup_duration_seconds_count{result=\"succeeded\"} 1",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+    }
+}
