@@ -5,6 +5,7 @@ pub mod controller;
 mod error;
 pub mod health;
 pub mod job;
+pub mod leader;
 pub mod metrics;
 pub mod resolve;
 

@@ -61,6 +61,31 @@ struct OperatorArgs {
     retry_backoff: Duration,
     #[command(flatten)]
     tuning: Tuning,
+    #[command(flatten)]
+    election: Election,
+}
+
+/// Leader election: with several replicas only the holder of a Lease runs backups.
+#[derive(Args)]
+struct Election {
+    /// Run backups only while holding the Lease (needed with more than one replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "talos-etcd-backup")]
+    leader_election_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "LEADER_ELECTION_NAME", default_value = "talos-etcd-backup")]
+    leader_election_name: String,
+    /// A Lease not renewed for this long is taken over by a standby.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// The leader stops when it could not renew for this long (less than the lease duration).
+    #[arg(long, env = "RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    renew_deadline: Duration,
+    /// Wait between tries to take or renew the Lease.
+    #[arg(long, env = "RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    retry_period: Duration,
 }
 
 /// Memory and time bounds of a backup.
@@ -188,8 +213,32 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         ..controller::Config::default()
     };
+    let election = &args.election;
+    anyhow::ensure!(
+        election.renew_deadline < election.lease_duration && election.retry_period < election.renew_deadline,
+        "leader election needs --retry-period < --renew-deadline < --lease-duration"
+    );
+    let controller = controller::run(client.clone(), config, args.namespace.as_deref(), ready.clone(), metrics);
+    let work = async {
+        if !election.leader_elect {
+            return controller.await;
+        }
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let settings = talos_etcd_backup::leader::LeaseSettings {
+            namespace: election.leader_election_namespace.clone(),
+            name: election.leader_election_name.clone(),
+            identity,
+            lease_duration: election.lease_duration,
+            renew_deadline: election.renew_deadline,
+            retry_period: election.retry_period,
+        };
+        talos_etcd_backup::leader::run_while_leading(client, settings, ready, controller).await
+    };
     tokio::select! {
-        result = controller::run(client, config, args.namespace.as_deref(), ready, metrics) => result,
+        result = work => result,
         result = health => result?.context("health endpoints"),
     }
 }

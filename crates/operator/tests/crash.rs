@@ -21,6 +21,8 @@ fn operator(env: &KubeEnv, ns: &str, log: &std::path::Path) -> ChildProcess {
         .arg("--kubeconfig")
         .arg(env.kubeconfig_path("operator"))
         .args(["--namespace", ns, "--part-size-mib", "5", "--retry-backoff", "1s"])
+        // The restarted process is a new replica: it takes the Lease once the killed one's expires.
+        .args(["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "500ms"])
         .args(["--health-addr", &format!("127.0.0.1:{}", teb_testkit::free_port())])
         .env("RUST_LOG", "info");
     ChildProcess::spawn("operator", command, log).unwrap()

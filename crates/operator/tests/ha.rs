@@ -1,0 +1,136 @@
+//! Two operator processes on the real apiserver: only the Lease holder runs backups; when it is killed
+//! the other takes over within the lease duration, and every backup ends Ready with exactly one object.
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use teb_api::TalosEtcdBackup;
+use teb_api::conditions::{self, READY};
+use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::fixtures;
+use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
+use teb_testkit::process::ChildProcess;
+use teb_testkit::s3::S3Server;
+use teb_testkit::spec::{SECRET_YAML, backup_yaml, endpoint_field};
+
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+
+fn replica(env: &KubeEnv, ns: &str, identity: &str, log: &std::path::Path) -> ChildProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+    command
+        .arg("operator")
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig_path("operator"))
+        .args(["--namespace", ns, "--part-size-mib", "5", "--retry-backoff", "1s"])
+        .args(["--leader-election-name", &format!("ha-{ns}"), "--lease-duration", "4s"])
+        .args(["--renew-deadline", "3s", "--retry-period", "500ms"])
+        .args(["--health-addr", &format!("127.0.0.1:{}", teb_testkit::free_port())])
+        .env("POD_NAME", identity)
+        .env("POD_NAMESPACE", "talos-etcd-backup")
+        .env("RUST_LOG", "info");
+    ChildProcess::spawn(identity, command, log).unwrap()
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity).filter(|h| !h.is_empty())
+}
+
+async fn ready_count(api: &Api<TalosEtcdBackup>) -> usize {
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|b| b.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, READY)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() {
+    let env = KubeEnv::shared().unwrap();
+    let ns = env.namespace("ha").await.unwrap();
+    let admin = env.admin_client().await.unwrap();
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("my-etcd-backups").unwrap();
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    emulator.etcd().put(b"/big/0", &vec![b'x'; 1 << 20]).await.unwrap();
+    // About a second per backup, so that some are running when the leader dies.
+    emulator.faults.limit_bandwidth(1 << 20);
+    // One control plane per backup: keys have one-second resolution, so backups of one control plane
+    // started in the same second would share a key.
+    for i in 0..20 {
+        let name = format!("cp-{i:02}");
+        let cp =
+            fixtures::control_plane_with_bundle(&name, &ns, &emulator.ca, std::slice::from_ref(&emulator.endpoint));
+        create_control_plane(&admin, &cp).await.unwrap();
+    }
+    apply_yaml(&admin, SECRET_YAML, Some(&ns)).await.unwrap();
+
+    let logs = tempfile::tempdir().unwrap();
+    let log = |id: &str| logs.path().join(format!("{id}.log"));
+    let mut replicas = [
+        Some(replica(env, &ns, "replica-a", &log("replica-a"))),
+        Some(replica(env, &ns, "replica-b", &log("replica-b"))),
+    ];
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "talos-etcd-backup");
+    let lease = format!("ha-{ns}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(holder) = holder(&leases, &lease).await {
+            break holder;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nobody took the Lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (leader_index, standby) = if leader == "replica-a" { (0, "replica-b") } else { (1, "replica-a") };
+
+    let api: Api<TalosEtcdBackup> = Api::namespaced(admin.clone(), &ns);
+    for i in 0..20 {
+        let yaml = backup_yaml(&format!("backup-{i:02}"), &endpoint_field(&s3.endpoint))
+            .replace("name: my-controlplane", &format!("name: cp-{i:02}"));
+        apply_yaml(&admin, &yaml, Some(&ns)).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ready_count(&api).await < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the leader made no progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let standby_log = std::fs::read_to_string(log(standby)).unwrap();
+    assert!(!standby_log.contains("backup attempt started"), "the standby ran a backup:\n{standby_log}");
+
+    // SIGKILL the leader; the standby must lead within the lease duration (plus a retry period).
+    replicas[leader_index].take();
+    let killed = tokio::time::Instant::now();
+    while holder(&leases, &lease).await.as_deref() != Some(standby) {
+        assert!(killed.elapsed() < LEASE_DURATION + Duration::from_secs(3), "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let takeover = killed.elapsed();
+    assert!(takeover <= LEASE_DURATION + Duration::from_secs(1), "took over after {takeover:?}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while ready_count(&api).await < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "backups did not all finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Exactly one object per backup, each the one its status names; nothing unfinished.
+    let mut keys: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|b| b.status.unwrap().filename.unwrap())
+        .collect();
+    keys.sort();
+    let stored: Vec<String> = s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(stored.len(), 20, "one object per backup: {stored:?}");
+    let mut stored_sorted = stored.clone();
+    stored_sorted.sort();
+    assert_eq!(keys, stored_sorted);
+    assert!(s3.unfinished_uploads().is_empty());
+    eprintln!("takeover after {takeover:?}");
+}
