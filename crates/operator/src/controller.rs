@@ -67,6 +67,30 @@ struct Context {
     recorder: Recorder,
     config: Config,
     metrics: Arc<Metrics>,
+    /// Keys recently handed to attempts, so that two never write one.
+    keys_in_use: KeyClaims,
+}
+
+/// Keys handed to attempts in the last minute. A key names its second, so once that second is past
+/// no new attempt asks for it: holding each for a minute keeps backups of one control plane started in
+/// one second (at once or one after the other) on distinct keys, with no S3 call (a write-only bucket
+/// policy cannot tell whether an object exists).
+#[derive(Default)]
+struct KeyClaims(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl KeyClaims {
+    /// Takes `key` unless it was handed out in the last minute.
+    fn claim(&self, key: &str) -> bool {
+        let mut claims = self.0.lock().expect("key claims lock");
+        claims.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        match claims.entry(key.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(std::time::Instant::now());
+                true
+            }
+        }
+    }
 }
 
 /// Runs the controller until SIGTERM/SIGINT, for every namespace or only `namespace`. `ready` turns
@@ -95,6 +119,7 @@ pub async fn run(
         client,
         config: config.clone(),
         metrics,
+        keys_in_use: KeyClaims::default(),
     });
     tracing::info!(concurrency = config.concurrency, "controller started");
     Controller::new(backups, watcher::Config::default())
@@ -383,7 +408,8 @@ async fn succeed(
 
 async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<Option<job::Outcome>, Error> {
     let location = resolve::resolve_s3(&ctx.client, backup).await?;
-    job::find_stored(&location, key, &ctx.config.settings).await
+    let owner = backup.uid().unwrap_or_default();
+    job::find_stored(&location, key, &owner, &ctx.config.settings).await
 }
 
 /// One attempt. Its upload is recorded in the status before the first part is sent, so that a crash
@@ -399,8 +425,10 @@ async fn attempt_backup(
         hook(backup);
     }
     let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
-    let prepared = job::prepare(&plan, key, &ctx.config.settings).await?;
+    let claims = &ctx.keys_in_use;
+    let prepared = job::prepare(&plan, key, &ctx.config.settings, &|k| claims.claim(k)).await?;
     let upload = &prepared.upload;
+    status.attempt_key = Some(upload.key.clone());
     status.unfinished_uploads.push(UploadRecord { key: upload.key.clone(), upload_id: upload.upload_id.clone() });
     if let Err(error) = patch_status(api, &backup.name_any(), status).await {
         prepared.abandon().await;

@@ -50,15 +50,22 @@ pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp) -> String {
 /// The object format this writer records in the object's metadata.
 const FORMAT: &str = "etcd-snapshot-sha256-trailer";
 
-/// A snapshot an earlier, interrupted attempt stored at `key` (its upload completed, but its status
-/// was never written), recognised by the metadata this writer records. Finding it keeps a retry from
-/// storing a second copy.
-pub async fn find_stored(location: &S3Location, key: &str, settings: &Settings) -> Result<Option<Outcome>, Error> {
+/// A snapshot an earlier, interrupted attempt of the backup `owner` stored at `key` (its upload
+/// completed, but its status was never written), recognised by the metadata this writer records.
+/// Finding it keeps a retry from storing a second copy.
+pub async fn find_stored(
+    location: &S3Location,
+    key: &str,
+    owner: &str,
+    settings: &Settings,
+) -> Result<Option<Outcome>, Error> {
     let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
     let Some(stored) = sink.stored(key).await.map_err(Error::Upload)? else {
         return Ok(None);
     };
-    if stored.metadata.get("format").map(String::as_str) != Some(FORMAT) {
+    let ours = stored.metadata.get("format").map(String::as_str) == Some(FORMAT)
+        && stored.metadata.get("backup").map(String::as_str) == Some(owner);
+    if !ours {
         return Ok(None);
     }
     let report = Report { key: key.to_owned(), size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
@@ -66,14 +73,24 @@ pub async fn find_stored(location: &S3Location, key: &str, settings: &Settings) 
     Ok(Some(Outcome { report, node, unchecked_because: None }))
 }
 
-/// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`.
+/// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key` (or, when an
+/// object is there already, the first free numbered key after it).
 pub async fn run(
     plan: &BackupPlan,
     key: &str,
     settings: &Settings,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Outcome, Error> {
-    prepare(plan, key, settings).await?.stream(progress).await
+    prepare(plan, key, settings, &|_| true).await?.stream(progress).await
+}
+
+/// `key` itself for 0, else `key` numbered: `etcd-snapshot-<timestamp>-2.db` for 2.
+pub fn numbered_key(key: &str, n: u32) -> String {
+    match (n, key.strip_suffix(".db")) {
+        (0, _) => key.to_owned(),
+        (n, Some(stem)) => format!("{stem}-{n}.db"),
+        (n, None) => format!("{key}-{n}"),
+    }
 }
 
 /// A backup ready to stream: the node chosen, its snapshot stream open, the upload created. The
@@ -87,8 +104,15 @@ pub struct Prepared {
 }
 
 /// Everything before the first byte: S3 settings, Talos connection, node choice, snapshot stream, and
-/// last (so that nothing before it leaves an upload behind) the multipart upload.
-pub async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Prepared, Error> {
+/// last (so that nothing before it leaves an upload behind) the multipart upload. Keys have
+/// one-second resolution, so two backups of a control plane can meet on one: the upload goes to the
+/// first of `key`, `key-2`, `key-3`, ... that `claim` grants.
+pub async fn prepare(
+    plan: &BackupPlan,
+    key: &str,
+    settings: &Settings,
+    claim: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Prepared, Error> {
     // Check the S3 settings before touching Talos: they are cheaper to get wrong.
     let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
     let talos = TalosClient::connect(&plan.talos, settings.connect_timeout).await.map_err(Error::Talos)?;
@@ -98,14 +122,23 @@ pub async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Resul
     }
     tracing::info!(node = %chosen.node, role = ?chosen.role, db_size = chosen.db_size, key, "streaming etcd snapshot");
     let snapshot = talos.etcd_snapshot_of(&chosen).await.map_err(Error::Talos)?.boxed();
-    let metadata = [
+    let mut metadata = vec![
         ("cluster", plan.controlplane.clone()),
         ("node", chosen.node.clone()),
         ("format", FORMAT.to_owned()),
         ("writer", concat!("talos-etcd-backup/", env!("CARGO_PKG_VERSION")).to_owned()),
     ];
-    let upload = sink.create_upload(key, &metadata).await.map_err(Error::Upload)?;
+    metadata.extend(plan.owner.clone().map(|uid| ("backup", uid)));
+    let key = first_free_key(key, claim).ok_or_else(|| {
+        Error::Upload(teb_pipeline::Error::Config(format!("no free key after {key}: 100 backups share its second")))
+    })?;
+    let upload = sink.create_upload(&key, &metadata).await.map_err(Error::Upload)?;
     Ok(Prepared { upload, sink, snapshot, chosen, limits: settings.limits.clone() })
+}
+
+/// The first of `key`, `key-2`, `key-3`, ... that `claim` grants.
+pub fn first_free_key(key: &str, claim: &(dyn Fn(&str) -> bool + Sync)) -> Option<String> {
+    (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)).find(|candidate| claim(candidate))
 }
 
 impl Prepared {
@@ -152,6 +185,25 @@ pub async fn abort_uploads(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_key_is_never_handed_out_twice() {
+        let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
+        let claim = |k: &str| claimed.lock().unwrap().insert(k.to_owned());
+        let key = "p/etcd-snapshot-2025-10-04T11-30-00Z.db";
+        let keys: Vec<String> = (0..3).map(|_| first_free_key(key, &claim).unwrap()).collect();
+        assert_eq!(
+            keys,
+            [key, "p/etcd-snapshot-2025-10-04T11-30-00Z-2.db", "p/etcd-snapshot-2025-10-04T11-30-00Z-3.db"]
+        );
+    }
+
+    #[test]
+    fn numbered_keys_keep_the_pattern() {
+        let key = "talos-operator-etcd-backups/cp/etcd-snapshot-2025-10-04T11-30-00Z.db";
+        assert_eq!(numbered_key(key, 0), key);
+        assert_eq!(numbered_key(key, 2), "talos-operator-etcd-backups/cp/etcd-snapshot-2025-10-04T11-30-00Z-2.db");
+    }
 
     #[test]
     fn key_matches_the_specification() {

@@ -262,6 +262,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         None => None,
     };
     let plan = BackupPlan {
+        owner: None,
         controlplane: cluster.clone(),
         talos,
         s3: S3Location {

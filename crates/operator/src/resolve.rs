@@ -19,6 +19,9 @@ pub struct BackupPlan {
     pub controlplane: String,
     pub talos: Target,
     pub s3: S3Location,
+    /// The TalosEtcdBackup's UID, recorded in the object's metadata (`backup`) so that only its own
+    /// object is ever taken for an interrupted attempt's result. None outside Kubernetes.
+    pub owner: Option<String>,
 }
 
 /// Reads the control plane and the secrets `backup` names, all from the backup's namespace.
@@ -48,7 +51,7 @@ pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: D
     };
 
     let location = s3_location(&mut secrets, backup).await?;
-    Ok(BackupPlan { controlplane: cp_name, talos, s3: location })
+    Ok(BackupPlan { controlplane: cp_name, talos, s3: location, owner: backup.uid() })
 }
 
 /// Only the S3 side of [`resolve`]: what aborting an upload or deleting a snapshot needs. It works

@@ -578,9 +578,13 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     // An attempt that uploaded its snapshot, then lost the API server before it could write Ready:
     // the object is in the bucket and the status still says the attempt is running at that key.
     scenario.controller.abort();
+    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
+    let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let uid = api.get("my-backup").await.unwrap().metadata.uid.unwrap();
     let key = job::snapshot_key("my-controlplane", jiff::Timestamp::now());
     let plan = BackupPlan {
         controlplane: "my-controlplane".into(),
+        owner: Some(uid),
         talos: teb_talos::Talosconfig::from_yaml(&scenario.emulator.talosconfig(&["os:etcd:backup"]).unwrap())
             .unwrap()
             .target(None)
@@ -598,8 +602,6 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
         },
     };
     let stored = job::run(&plan, &key, &job::Settings::default(), &|_| {}).await.unwrap();
-    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
-    let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
     // Written as the operator writes status (server-side apply, its field manager).
     let interrupted = serde_json::json!({"apiVersion": "talos.alperen.cloud/v1alpha1", "kind": "TalosEtcdBackup", "status": {
         "attempts": 1,
@@ -746,4 +748,33 @@ async fn deletion_policy_decides_whether_the_snapshot_goes_with_the_backup() {
     scenario.s3.faults.refuse_credentials(false);
     wait_gone("blocked").await;
     assert!(!scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == blocked));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_of_one_control_plane_in_one_second_never_share_a_key() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-same-second", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    // Four backups at once: their attempts start within a second or two of each other.
+    let names = ["first", "second", "third", "fourth"];
+    for name in names {
+        scenario.apply(&backup_yaml(name, &endpoint_field(&scenario.s3.endpoint))).await;
+    }
+    let mut keys = Vec::new();
+    for name in names {
+        let status = scenario.wait_finished(name).await;
+        assert!(condition(&status, READY).is_some(), "{status:?}");
+        keys.push(status.filename.unwrap());
+    }
+    let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "{keys:?}");
+    let stamps: std::collections::BTreeSet<&str> = keys.iter().map(|k| &k[..k.find("Z").unwrap()]).collect();
+    assert!(stamps.len() < names.len(), "no two started in one second, so nothing was shown: {keys:?}");
+    for key in &keys {
+        assert!(key.starts_with("talos-operator-etcd-backups/my-controlplane/etcd-snapshot-") && key.ends_with(".db"));
+        let (bytes, _) = scenario.s3.get("my-etcd-backups", key).await.unwrap();
+        assert_eq!(bytes.len() % 512, 32, "{key} holds a snapshot");
+    }
+    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), names.len());
 }

@@ -88,18 +88,32 @@ impl S3Sink {
         Ok(S3Sink { store: Arc::new(store), bucket: location.bucket.clone() })
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>, Error> {
+        use object_store::ObjectStoreExt as _;
+        match self.store.head(&object_store::path::Path::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(S3Operation::GetObject, e)),
+        }
+    }
+
     /// The snapshot stored at `key` by a completed upload, if there is one: its size, the SHA-256 its
     /// trailer carries (checked when it was uploaded; the upload completes only then) and its user
-    /// metadata. One ranged GET of the last 32 bytes.
+    /// metadata. A HEAD, then a GET of the last 32 bytes.
     pub async fn stored(&self, key: &str) -> Result<Option<StoredSnapshot>, Error> {
         use object_store::{Attribute, GetOptions, GetRange, ObjectStore as _};
-        let options = GetOptions { range: Some(GetRange::Suffix(32)), ..Default::default() };
+        let Some(size) = self.size(key).await? else {
+            return Ok(None);
+        };
+        if size < 32 {
+            return Ok(None);
+        }
+        let options = GetOptions { range: Some(GetRange::Bounded(size - 32..size)), ..Default::default() };
         let result = match self.store.get_opts(&object_store::path::Path::from(key), options).await {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.error(S3Operation::GetObject, e)),
             Ok(result) => result,
         };
-        let size = result.meta.size;
         let metadata: BTreeMap<String, String> = result
             .attributes
             .iter()
