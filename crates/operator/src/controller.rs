@@ -17,16 +17,13 @@ use teb_api::conditions::{self, FAILED, Phase, READY};
 use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
 use teb_pipeline::UploadRef;
 
+use crate::finalizer;
 use crate::job::{self, Settings};
 use crate::metrics::{self, Metrics};
 use crate::{Error, resolve};
 
 /// Field manager of the status this controller writes.
 pub const MANAGER: &str = "talos-etcd-backup";
-
-/// Held while deleting a backup must wait for the operator: to abort an unfinished upload, or to
-/// delete the snapshot (`deletionPolicy: Delete`).
-pub const FINALIZER: &str = "talos.alperen.cloud/snapshot-cleanup";
 
 /// Called at the start of each backup attempt, before anything else; tests use it to inject faults.
 pub type AttemptHook = Arc<dyn Fn(&TalosEtcdBackup) + Send + Sync>;
@@ -68,29 +65,7 @@ struct Context {
     config: Config,
     metrics: Arc<Metrics>,
     /// Keys recently handed to attempts, so that two never write one.
-    keys_in_use: KeyClaims,
-}
-
-/// Keys handed to attempts in the last minute. A key names its second, so once that second is past
-/// no new attempt asks for it: holding each for a minute keeps backups of one control plane started in
-/// one second (at once or one after the other) on distinct keys, with no S3 call (a write-only bucket
-/// policy cannot tell whether an object exists).
-#[derive(Default)]
-struct KeyClaims(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
-
-impl KeyClaims {
-    /// Takes `key` unless it was handed out in the last minute.
-    fn claim(&self, key: &str) -> bool {
-        let mut claims = self.0.lock().expect("key claims lock");
-        claims.retain(|_, at| at.elapsed() < Duration::from_secs(60));
-        match claims.entry(key.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(std::time::Instant::now());
-                true
-            }
-        }
-    }
+    keys_in_use: job::KeyClaims,
 }
 
 /// Runs the controller until SIGTERM/SIGINT, for every namespace or only `namespace`. `ready` turns
@@ -119,7 +94,7 @@ pub async fn run(
         client,
         config: config.clone(),
         metrics,
-        keys_in_use: KeyClaims::default(),
+        keys_in_use: job::KeyClaims::default(),
     });
     tracing::info!(concurrency = config.concurrency, "controller started");
     Controller::new(backups, watcher::Config::default())
@@ -166,12 +141,12 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
         if conditions::is_true(&status.conditions, READY) {
             ctx.record_success_time(&backup, &status);
         }
-        set_finalizer(&api, &backup, needs_finalizer(&backup, &status, true)).await?;
+        finalizer::set(&api, &backup, needs_finalizer(&backup, &status, true)).await?;
         abort_unfinished(&api, &backup, &ctx, &mut status).await?;
         return Ok(ctx.after_finish(&status));
     }
     // From here on an upload may start: deleting the backup must then abort it first.
-    set_finalizer(&api, &backup, true).await?;
+    finalizer::set(&api, &backup, true).await?;
     // A failed backup whose spec changed starts over; an interrupted one resumes its attempt count.
     let mut status = if conditions::is_true(&previous.conditions, FAILED) {
         TalosEtcdBackupStatus { unfinished_uploads: previous.unfinished_uploads, ..Default::default() }
@@ -255,7 +230,7 @@ async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Ac
 /// snapshot too with `deletionPolicy: Delete`), then lets the deletion finish. When S3 cannot be
 /// reached it retries, and an event says how to let the deletion finish without it.
 async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Context) -> Result<Action, Error> {
-    if !backup.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::held(backup) {
         return Ok(Action::await_change());
     }
     let status = backup.status.clone().unwrap_or_default();
@@ -278,7 +253,7 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
             if delete_snapshot && let Some(key) = &status.filename {
                 tracing::info!(name = %backup.name_any(), %key, "deleted the snapshot with its TalosEtcdBackup");
             }
-            set_finalizer(api, backup, false).await?;
+            finalizer::set(api, backup, false).await?;
             Ok(Action::await_change())
         }
         Err(error) => {
@@ -303,26 +278,6 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
 /// be deleted with no operator running.
 fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus, done: bool) -> bool {
     !done || !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy == DeletionPolicy::Delete
-}
-
-/// Adds or removes this operator's finalizer. The patch names the resourceVersion it read, so a
-/// concurrent change makes it fail (and the reconcile retry) rather than drop another finalizer.
-async fn set_finalizer(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, present: bool) -> Result<(), Error> {
-    let mut finalizers = backup.finalizers().to_vec();
-    let has = finalizers.iter().any(|f| f == FINALIZER);
-    if has == present {
-        return Ok(());
-    }
-    if present {
-        finalizers.push(FINALIZER.to_owned());
-    } else {
-        finalizers.retain(|f| f != FINALIZER);
-    }
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": backup.resource_version()},
-    });
-    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
 }
 
 fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {

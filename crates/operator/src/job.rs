@@ -141,6 +141,28 @@ pub fn first_free_key(key: &str, claim: &(dyn Fn(&str) -> bool + Sync)) -> Optio
     (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)).find(|candidate| claim(candidate))
 }
 
+/// Keys handed to attempts in the last minute. A key names its second, so once that second is past
+/// no new attempt asks for it: holding each for a minute keeps backups of one control plane started in
+/// one second (at once or one after the other) on distinct keys, with no S3 call (a write-only bucket
+/// policy cannot tell whether an object exists).
+#[derive(Default)]
+pub struct KeyClaims(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl KeyClaims {
+    /// Takes `key` unless it was handed out in the last minute.
+    pub fn claim(&self, key: &str) -> bool {
+        let mut claims = self.0.lock().expect("key claims lock");
+        claims.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        match claims.entry(key.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(std::time::Instant::now());
+                true
+            }
+        }
+    }
+}
+
 impl Prepared {
     /// Gives the backup up before streaming: aborts the upload (best effort).
     pub async fn abandon(self) {
@@ -188,8 +210,8 @@ mod tests {
 
     #[test]
     fn a_claimed_key_is_never_handed_out_twice() {
-        let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
-        let claim = |k: &str| claimed.lock().unwrap().insert(k.to_owned());
+        let claims = KeyClaims::default();
+        let claim = |k: &str| claims.claim(k);
         let key = "p/etcd-snapshot-2025-10-04T11-30-00Z.db";
         let keys: Vec<String> = (0..3).map(|_| first_free_key(key, &claim).unwrap()).collect();
         assert_eq!(

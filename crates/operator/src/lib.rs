@@ -3,6 +3,7 @@
 
 pub mod controller;
 mod error;
+pub mod finalizer;
 pub mod health;
 pub mod job;
 pub mod leader;

@@ -714,7 +714,7 @@ async fn deletion_policy_decides_whether_the_snapshot_goes_with_the_backup() {
     // Delete: the snapshot goes first.
     scenario.apply(&yaml("deleted", "Delete")).await;
     let deleted = scenario.wait_finished("deleted").await.filename.unwrap();
-    assert_eq!(finalizers("deleted").await, vec![controller::FINALIZER.to_owned()]);
+    assert_eq!(finalizers("deleted").await, vec![talos_etcd_backup::finalizer::FINALIZER.to_owned()]);
     api.delete("deleted", &Default::default()).await.unwrap();
     wait_gone("deleted").await;
     assert!(!scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == deleted));
