@@ -76,11 +76,14 @@ pub struct S3Storage {
     /// Skip TLS certificate verification of the endpoint. Default false.
     #[serde(rename = "insecureSkipTLSVerify", default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_tls_verify: Option<bool>,
-    /// Secret key (in the backup's namespace) holding the access key ID.
-    #[serde(rename = "accessKeyID")]
-    pub access_key_id: SecretKeyRef,
+    /// Secret key (in the backup's namespace) holding the access key ID. With `secretAccessKey`, or
+    /// neither: then the operator's own credentials are used (web identity / IRSA, container or
+    /// instance credentials, `AWS_*` environment variables).
+    #[serde(rename = "accessKeyID", default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<SecretKeyRef>,
     /// Secret key (in the backup's namespace) holding the secret access key.
-    pub secret_access_key: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<SecretKeyRef>,
     /// Optional Secret key (in the backup's namespace) holding PEM CA certificates to trust for the
     /// endpoint, in addition to the system roots; for endpoints with a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]

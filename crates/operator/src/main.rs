@@ -148,10 +148,12 @@ struct SnapshotArgs {
     /// PEM file of CA certificates to trust for the S3 endpoint.
     #[arg(long)]
     ca_file: Option<PathBuf>,
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    access_key_id: String,
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    secret_access_key: String,
+    /// With --secret-access-key, or neither: then the AWS SDKs' chain applies (web identity, container
+    /// or instance credentials).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true, requires = "secret_access_key")]
+    access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, requires = "access_key_id")]
+    secret_access_key: Option<String>,
     /// Progress on standard error: auto shows it on a terminal.
     #[arg(long, default_value = "auto")]
     progress: Progress,
@@ -271,10 +273,11 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
             endpoint: args.endpoint.clone(),
             insecure_skip_tls_verify: args.insecure_skip_tls_verify,
             ca_pem,
-            credentials: S3Credentials {
-                access_key_id: args.access_key_id.clone(),
-                secret_access_key: args.secret_access_key.clone(),
-            },
+            credentials: args
+                .access_key_id
+                .clone()
+                .zip(args.secret_access_key.clone())
+                .map(|(access_key_id, secret_access_key)| S3Credentials { access_key_id, secret_access_key }),
         },
     };
     let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now()));

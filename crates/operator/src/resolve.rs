@@ -74,9 +74,12 @@ async fn s3_location(secrets: &mut Secrets<'_>, backup: &TalosEtcdBackup) -> Res
         endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
         insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
         ca_pem,
-        credentials: S3Credentials {
-            access_key_id: secrets.checked_value(&s3.access_key_id, validate::access_key_id).await?,
-            secret_access_key: secrets.checked_value(&s3.secret_access_key, validate::secret_access_key).await?,
+        credentials: match key_refs(&backup.spec)? {
+            Some((access, secret)) => Some(S3Credentials {
+                access_key_id: secrets.checked_value(access, validate::access_key_id).await?,
+                secret_access_key: secrets.checked_value(secret, validate::secret_access_key).await?,
+            }),
+            None => None,
         },
     })
 }
@@ -93,9 +96,10 @@ pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
     if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
         field("spec.backupStorage.s3.endpoint", validate::endpoint(endpoint))?;
     }
+    key_refs(spec)?;
     let references = [
-        ("spec.backupStorage.s3.accessKeyID", Some(&s3.access_key_id)),
-        ("spec.backupStorage.s3.secretAccessKey", Some(&s3.secret_access_key)),
+        ("spec.backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
+        ("spec.backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
         ("spec.backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
         ("spec.talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
     ];
@@ -106,6 +110,20 @@ pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The access key references: both, or neither (the operator's own credentials).
+fn key_refs(spec: &TalosEtcdBackupSpec) -> Result<Option<(&SecretKeyRef, &SecretKeyRef)>, Error> {
+    let s3 = &spec.backup_storage.s3;
+    match (&s3.access_key_id, &s3.secret_access_key) {
+        (Some(access), Some(secret)) => Ok(Some((access, secret))),
+        (None, None) => Ok(None),
+        _ => Err(Error::Spec(
+            "spec.backupStorage.s3: set both accessKeyID and secretAccessKey, or neither to use the operator's own \
+             credentials (web identity, container or instance credentials)"
+                .into(),
+        )),
+    }
 }
 
 async fn talos_from_controlplane(
@@ -219,5 +237,27 @@ impl<'a> Secrets<'a> {
 
     fn error(&self, name: &str, reason: String) -> Error {
         Error::Secret { name: name.to_owned(), namespace: self.namespace.to_owned(), reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s3_keys: &str) -> TalosEtcdBackupSpec {
+        let yaml = format!(
+            "talosControlPlaneRef: {{name: cp}}\nbackupStorage:\n  s3:\n    bucket: my-backups\n    region: us-west-2\n{s3_keys}"
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn access_keys_come_in_pairs_or_not_at_all() {
+        let both = "    accessKeyID: {name: s, key: a}\n    secretAccessKey: {name: s, key: b}\n";
+        assert!(key_refs(&spec(both)).unwrap().is_some());
+        assert!(key_refs(&spec("")).unwrap().is_none(), "neither: the operator's own credentials");
+        let one = spec("    accessKeyID: {name: s, key: a}\n");
+        let err = validate_spec(&one).unwrap_err().to_string();
+        assert!(err.contains("set both accessKeyID and secretAccessKey, or neither"), "{err}");
     }
 }

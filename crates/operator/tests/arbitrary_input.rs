@@ -43,8 +43,8 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
                     region,
                     endpoint,
                     insecure_skip_tls_verify: None,
-                    access_key_id: access,
-                    secret_access_key: secret,
+                    access_key_id: Some(access),
+                    secret_access_key: Some(secret),
                     ca_bundle: None,
                 },
             },
@@ -141,7 +141,7 @@ proptest! {
             endpoint: Some(endpoint.clone()),
             insecure_skip_tls_verify: false,
             ca_pem: None,
-            credentials: S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() },
+            credentials: Some(S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() }),
         };
         let sink = match S3Sink::new(&location, Duration::from_secs(5)) {
             Ok(sink) => sink,

@@ -595,10 +595,10 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
             endpoint: Some(scenario.s3.endpoint.clone()),
             insecure_skip_tls_verify: false,
             ca_pem: None,
-            credentials: teb_pipeline::S3Credentials {
+            credentials: Some(teb_pipeline::S3Credentials {
                 access_key_id: teb_testkit::s3::ACCESS_KEY.into(),
                 secret_access_key: teb_testkit::s3::SECRET_KEY.into(),
-            },
+            }),
         },
     };
     let stored = job::run(&plan, &key, &job::Settings::default(), &|_| {}).await.unwrap();

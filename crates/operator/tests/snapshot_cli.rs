@@ -93,3 +93,53 @@ async fn total_timeout_bounds_a_slow_backup_and_leaves_nothing() {
     assert!(s3.objects("backups").await.unwrap().is_empty());
     assert!(s3.unfinished_uploads().is_empty(), "{:?}", s3.unfinished_uploads());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
+    use teb_testkit::s3::{WEB_IDENTITY_ROLE, WEB_IDENTITY_TOKEN};
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    // The S3 server over TLS also answers STS; it accepts the temporary keys STS hands out, checking
+    // their signatures, so a stored object proves the exchange happened and its keys were used.
+    let s3 = S3Server::start_tls().await.unwrap();
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let talosconfig = dir.path().join("talosconfig");
+    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, s3.ca_pem.as_deref().unwrap()).unwrap();
+    let run = |token: &str| {
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+        command
+            .arg("snapshot")
+            .arg("--talosconfig")
+            .arg(&talosconfig)
+            .args(["--bucket", "backups", "--endpoint", &s3.endpoint, "--cluster", "demo", "--ca-file"])
+            .arg(&ca)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("RUST_LOG")
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+            .env("AWS_ROLE_ARN", WEB_IDENTITY_ROLE)
+            .env("AWS_ENDPOINT_URL_STS", &s3.endpoint)
+            // Never the real instance metadata address: only loopback here.
+            .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1");
+        command.output().unwrap()
+    };
+    let output = tokio::task::block_in_place(|| run(WEB_IDENTITY_TOKEN));
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let objects = s3.objects("backups").await.unwrap();
+    assert_eq!(objects, vec![(summary["key"].as_str().unwrap().to_owned(), summary["size"].as_u64().unwrap())]);
+
+    // A token STS refuses: a clear failure, nothing stored.
+    let output = tokio::task::block_in_place(|| run("some-other-token"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AssumeRoleWithWebIdentity"), "{stderr}");
+    assert!(!stderr.contains("some-other-token"), "the token must not be printed: {stderr}");
+    assert_eq!(s3.objects("backups").await.unwrap().len(), 1);
+    assert!(s3.unfinished_uploads().is_empty());
+}

@@ -31,7 +31,9 @@ pub struct S3Location {
     pub insecure_skip_tls_verify: bool,
     /// Extra PEM CA certificates to trust for the endpoint.
     pub ca_pem: Option<String>,
-    pub credentials: S3Credentials,
+    /// Access keys; `None` for the process's own credentials, found as the AWS SDKs find them
+    /// (`AWS_*` environment variables, web identity, container credentials, instance metadata).
+    pub credentials: Option<S3Credentials>,
 }
 
 /// A snapshot found in the bucket.
@@ -61,11 +63,15 @@ impl S3Sink {
             .with_timeout(request_timeout)
             .with_connect_timeout(Duration::from_secs(10))
             .with_allow_invalid_certificates(location.insecure_skip_tls_verify);
-        let mut builder = AmazonS3Builder::new()
+        let builder = match &location.credentials {
+            Some(keys) => AmazonS3Builder::new()
+                .with_access_key_id(&keys.access_key_id)
+                .with_secret_access_key(&keys.secret_access_key),
+            None => AmazonS3Builder::from_env(),
+        };
+        let mut builder = builder
             .with_bucket_name(&location.bucket)
             .with_region(&location.region)
-            .with_access_key_id(&location.credentials.access_key_id)
-            .with_secret_access_key(&location.credentials.secret_access_key)
             // A few quick retries for a lost part; the controller retries whole attempts beyond that.
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
@@ -187,7 +193,7 @@ mod tests {
             endpoint: Some("minio.example.com".into()),
             insecure_skip_tls_verify: false,
             ca_pem: None,
-            credentials: S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() },
+            credentials: Some(S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() }),
         };
         let err = S3Sink::new(&location, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().starts_with("invalid S3 endpoint: \"minio.example.com\""), "{err}");

@@ -46,8 +46,10 @@ impl S3Location {
         if let Some(url) = &self.endpoint {
             endpoint(url).map_err(|r| invalid(S3Field::Endpoint, r))?;
         }
-        access_key_id(&self.credentials.access_key_id).map_err(|r| invalid(S3Field::AccessKeyId, r))?;
-        secret_access_key(&self.credentials.secret_access_key).map_err(|r| invalid(S3Field::SecretAccessKey, r))?;
+        if let Some(keys) = &self.credentials {
+            access_key_id(&keys.access_key_id).map_err(|r| invalid(S3Field::AccessKeyId, r))?;
+            secret_access_key(&keys.secret_access_key).map_err(|r| invalid(S3Field::SecretAccessKey, r))?;
+        }
         if let Some(pem) = &self.ca_pem {
             ca_bundle(pem).map_err(|r| invalid(S3Field::CaBundle, r))?;
         }

@@ -22,6 +22,13 @@ pub const ACCESS_KEY: &str = "YOUR_ACCESS_KEY_ID";
 pub const SECRET_KEY: &str = "YOUR_SECRET_ACCESS_KEY";
 pub const REGION: &str = "us-east-1";
 
+/// Web identity (IRSA): the token the server's STS accepts, the role it may assume, and the temporary
+/// keys it hands out, which the S3 side then accepts (checking their signatures like any others).
+pub const WEB_IDENTITY_TOKEN: &str = "eyJ-teb-test-service-account-token";
+pub const WEB_IDENTITY_ROLE: &str = "arn:aws:iam::123456789012:role/talos-etcd-backup";
+const TEMPORARY_ACCESS_KEY: &str = "ASIATEBWEBIDENTITY01";
+const TEMPORARY_SECRET_KEY: &str = "temporary-secret-from-sts";
+
 /// Faults the server injects until told otherwise.
 #[derive(Default)]
 pub struct S3Faults {
@@ -100,6 +107,8 @@ impl S3Server {
     }
 
     /// TLS with a certificate for 127.0.0.1 and localhost, signed by a CA generated for this server.
+    /// It also answers STS `AssumeRoleWithWebIdentity` (clients insist on HTTPS for STS): for
+    /// [`WEB_IDENTITY_TOKEN`] and [`WEB_IDENTITY_ROLE`] it returns temporary keys the S3 side accepts.
     pub async fn start_tls() -> anyhow::Result<Self> {
         Self::start_with(true).await
     }
@@ -118,7 +127,9 @@ impl S3Server {
         };
         let service = {
             let mut builder = s3s::service::S3ServiceBuilder::new(store);
-            builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            let mut auth = s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY);
+            auth.register(TEMPORARY_ACCESS_KEY.into(), TEMPORARY_SECRET_KEY.into());
+            builder.set_auth(auth);
             builder.build()
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -215,6 +226,9 @@ async fn serve(
                 let service = service.clone();
                 let faults = faults.clone();
                 async move {
+                    if let Some(answer) = sts_answer(&request) {
+                        return Ok(answer);
+                    }
                     // An error from the service makes hyper drop the connection without an answer.
                     if S3Faults::take(&faults.reset_next) {
                         return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected connection reset"))));
@@ -378,4 +392,38 @@ impl S3 for FaultyStore {
             ..Default::default()
         }))
     }
+}
+
+/// STS's answer to `POST /?Action=AssumeRoleWithWebIdentity&...`, or None for any other request.
+fn sts_answer(request: &http::Request<hyper::body::Incoming>) -> Option<http::Response<s3s::Body>> {
+    let query = request.uri().query()?;
+    let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    if request.method() != http::Method::POST || params.get("Action")?.as_str() != "AssumeRoleWithWebIdentity" {
+        return None;
+    }
+    let token_ok = params.get("WebIdentityToken").map(|t| t.trim()) == Some(WEB_IDENTITY_TOKEN);
+    let role_ok = params.get("RoleArn").map(String::as_str) == Some(WEB_IDENTITY_ROLE);
+    let (status, body) = if token_ok && role_ok {
+        let expiration = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).strftime("%Y-%m-%dT%H:%M:%SZ");
+        (
+            http::StatusCode::OK,
+            format!(
+                "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+                 <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{TEMPORARY_ACCESS_KEY}</AccessKeyId>\
+                 <SecretAccessKey>{TEMPORARY_SECRET_KEY}</SecretAccessKey><SessionToken>teb-session</SessionToken>\
+                 <Expiration>{expiration}</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
+                 </AssumeRoleWithWebIdentityResponse>"
+            ),
+        )
+    } else {
+        (
+            http::StatusCode::FORBIDDEN,
+            "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>\
+             <Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error></ErrorResponse>"
+                .to_owned(),
+        )
+    };
+    let mut response = http::Response::new(s3s::Body::from(body));
+    *response.status_mut() = status;
+    Some(response)
 }

@@ -152,10 +152,10 @@ async fn sink(
         endpoint: Some(endpoint.to_owned()),
         insecure_skip_tls_verify: false,
         ca_pem: None,
-        credentials: S3Credentials {
+        credentials: Some(S3Credentials {
             access_key_id: teb_testkit::s3::ACCESS_KEY.to_owned(),
             secret_access_key: teb_testkit::s3::SECRET_KEY.to_owned(),
-        },
+        }),
     };
     let sink = S3Sink::new(&location, Duration::from_secs(300))?;
     let limits = Limits { part_size: part_size_mib << 20, parts_in_flight, ..Limits::default() };
