@@ -182,6 +182,47 @@ impl Prepared {
     }
 }
 
+/// A backup found in a bucket; cluster, node and SHA-256 are known for objects this writer stored.
+#[derive(Clone, Debug)]
+pub struct ListedBackup {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: jiff::Timestamp,
+    pub cluster: Option<String>,
+    pub node: Option<String>,
+    pub sha256: Option<String>,
+}
+
+/// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
+/// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer).
+pub async fn list(
+    location: &S3Location,
+    cluster: Option<&str>,
+    settings: &Settings,
+) -> Result<Vec<ListedBackup>, Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    let prefix = match cluster {
+        Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
+        None => format!("{KEY_PREFIX}/"),
+    };
+    let mut listed = Vec::new();
+    for (key, size, modified) in sink.list(&prefix).await.map_err(Error::Upload)? {
+        let stored = sink.stored(&key).await.map_err(Error::Upload)?;
+        let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
+        let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
+        listed.push(ListedBackup {
+            cluster: meta("cluster"),
+            node: meta("node"),
+            sha256: ours.as_ref().map(|s| s.sha256.clone()),
+            last_modified: jiff::Timestamp::from_second(modified).unwrap_or_default(),
+            key,
+            size,
+        });
+    }
+    listed.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
+    Ok(listed)
+}
+
 /// Deletes a stored snapshot (a missing one counts as deleted).
 pub async fn delete_snapshot(location: &S3Location, key: &str, settings: &Settings) -> Result<(), Error> {
     let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;

@@ -37,6 +37,8 @@ enum Command {
     Crds,
     /// Take one backup outside Kubernetes: a talosconfig in, an S3 object out.
     Snapshot(SnapshotArgs),
+    /// List the backups in a bucket: key, size, time, node and SHA-256.
+    List(ListArgs),
 }
 
 #[derive(Args)]
@@ -133,6 +135,18 @@ struct SnapshotArgs {
     /// Full S3 key, instead of talos-operator-etcd-backups/<cluster>/etcd-snapshot-<timestamp>.db.
     #[arg(long)]
     key: Option<String>,
+    #[command(flatten)]
+    bucket: BucketArgs,
+    /// Progress on standard error: auto shows it on a terminal.
+    #[arg(long, default_value = "auto")]
+    progress: Progress,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+/// Where the backups are, and how to reach the bucket.
+#[derive(Args)]
+struct BucketArgs {
     /// S3 bucket.
     #[arg(long, env = "S3_BUCKET")]
     bucket: String,
@@ -154,11 +168,47 @@ struct SnapshotArgs {
     access_key_id: Option<String>,
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, requires = "access_key_id")]
     secret_access_key: Option<String>,
-    /// Progress on standard error: auto shows it on a terminal.
-    #[arg(long, default_value = "auto")]
-    progress: Progress,
+}
+
+impl BucketArgs {
+    fn location(&self) -> anyhow::Result<S3Location> {
+        let ca_pem = match &self.ca_file {
+            Some(file) => {
+                Some(std::fs::read_to_string(file).with_context(|| format!("reading CA file {}", file.display()))?)
+            }
+            None => None,
+        };
+        Ok(S3Location {
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            ca_pem,
+            credentials: self
+                .access_key_id
+                .clone()
+                .zip(self.secret_access_key.clone())
+                .map(|(access_key_id, secret_access_key)| S3Credentials { access_key_id, secret_access_key }),
+        })
+    }
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Only this control plane's backups (talos-operator-etcd-backups/<cluster>/).
+    #[arg(long)]
+    cluster: Option<String>,
     #[command(flatten)]
-    tuning: Tuning,
+    bucket: BucketArgs,
+    /// `table` or `json`.
+    #[arg(long, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -176,7 +226,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Snapshot(_)) { "warn" } else { "info" };
+    let default_level = if matches!(cli.command, Command::Operator(_)) { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -192,6 +242,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Operator(args) => runtime.block_on(operator(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot(args)),
+        Command::List(args) => runtime.block_on(list(args)),
     }
 }
 
@@ -257,29 +308,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         teb_talos::Talosconfig::from_yaml(&text).with_context(|| format!("talosconfig {}", path.display()))?;
     let talos = talosconfig.target(args.context.as_deref())?;
     let cluster = args.cluster.clone().unwrap_or_else(|| args.context.clone().unwrap_or(talosconfig.context.clone()));
-    let ca_pem = match &args.ca_file {
-        Some(file) => {
-            Some(std::fs::read_to_string(file).with_context(|| format!("reading CA file {}", file.display()))?)
-        }
-        None => None,
-    };
-    let plan = BackupPlan {
-        owner: None,
-        controlplane: cluster.clone(),
-        talos,
-        s3: S3Location {
-            bucket: args.bucket.clone(),
-            region: args.region.clone(),
-            endpoint: args.endpoint.clone(),
-            insecure_skip_tls_verify: args.insecure_skip_tls_verify,
-            ca_pem,
-            credentials: args
-                .access_key_id
-                .clone()
-                .zip(args.secret_access_key.clone())
-                .map(|(access_key_id, secret_access_key)| S3Credentials { access_key_id, secret_access_key }),
-        },
-    };
+    let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()? };
     let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now()));
     let show_progress = match args.progress {
         Progress::Always => true,
@@ -299,7 +328,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let outcome = result?;
     let seconds = outcome.report.duration.as_secs_f64();
     let summary = serde_json::json!({
-        "bucket": args.bucket,
+        "bucket": args.bucket.bucket,
         "key": outcome.report.key,
         "size": outcome.report.size,
         "sha256": outcome.report.sha256,
@@ -309,6 +338,30 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
     });
     println!("{summary}");
+    Ok(())
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let listed = job::list(&args.bucket.location()?, args.cluster.as_deref(), &Settings::default()).await?;
+    if args.output == Output::Json {
+        let entries: Vec<serde_json::Value> = listed
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "key": b.key, "size": b.size, "time": b.last_modified.to_string(),
+                    "cluster": b.cluster, "node": b.node, "sha256": b.sha256,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(entries));
+        return Ok(());
+    }
+    println!("{:<24} {:>12}  {:<16} {:<14} KEY", "TIME", "SIZE", "NODE", "SHA256");
+    for b in &listed {
+        let sha = b.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
+        let time = b.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        println!("{time:<24} {:>12}  {:<16} {sha:<14} {}", b.size, b.node.as_deref().unwrap_or("-"), b.key);
+    }
     Ok(())
 }
 

@@ -143,3 +143,54 @@ async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
     assert_eq!(s3.objects("backups").await.unwrap().len(), 1);
     assert!(s3.unfinished_uploads().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_command_shows_what_the_bucket_holds() {
+    use object_store::ObjectStoreExt as _;
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let talosconfig = dir.path().join("talosconfig");
+    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let mut summaries = Vec::new();
+    for (cluster, key) in [("demo", "a"), ("demo", "b"), ("other", "c")] {
+        let key = format!("talos-operator-etcd-backups/{cluster}/etcd-snapshot-{key}.db");
+        let output = tokio::task::block_in_place(|| command(&talosconfig, &s3).args(["--key", &key]).output().unwrap());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        summaries.push(serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap());
+    }
+    // Something else under the prefix: listed, with nothing claimed about it.
+    let foreign = "talos-operator-etcd-backups/demo/notes.txt";
+    s3.client("backups").unwrap().put(&object_store::path::Path::from(foreign), "hello".into()).await.unwrap();
+
+    let list = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+        command
+            .args(["list", "--bucket", "backups", "--endpoint", &s3.endpoint])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        let output = tokio::task::block_in_place(|| command.output().unwrap());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let json: Vec<serde_json::Value> = serde_json::from_str(&list(&["--cluster", "demo", "--output", "json"])).unwrap();
+    assert_eq!(json.len(), 3, "{json:?}");
+    for summary in &summaries[..2] {
+        let entry = json.iter().find(|e| e["key"] == summary["key"]).expect("each demo backup is listed");
+        assert_eq!(entry["size"], summary["size"]);
+        assert_eq!(entry["sha256"], summary["sha256"]);
+        assert_eq!(entry["node"], summary["node"]);
+        assert_eq!(entry["cluster"], "demo");
+    }
+    let other = json.iter().find(|e| e["key"] == foreign).unwrap();
+    assert!(other["sha256"].is_null() && other["node"].is_null() && other["size"] == 5, "{other}");
+
+    let table = list(&[]);
+    assert!(table.starts_with("TIME"), "{table}");
+    assert_eq!(table.lines().count(), 1 + 4, "every backup of every cluster: {table}");
+    let short_sha = &summaries[2]["sha256"].as_str().unwrap()[..12];
+    assert!(table.lines().any(|l| l.contains(short_sha) && l.ends_with("etcd-snapshot-c.db")), "{table}");
+}

@@ -11,6 +11,7 @@ pub enum S3Operation {
     AbortMultipartUpload,
     GetObject,
     DeleteObject,
+    ListObjects,
 }
 
 #[derive(Debug, thiserror::Error)]

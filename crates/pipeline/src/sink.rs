@@ -135,6 +135,17 @@ impl S3Sink {
         Ok(Some(StoredSnapshot { size, sha256: hex::encode(trailer), metadata }))
     }
 
+    /// The objects whose keys start with `prefix` (a folder: `a/b/`), as (key, size, last modified in
+    /// Unix seconds).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>, Error> {
+        use futures::TryStreamExt as _;
+        use object_store::ObjectStore as _;
+        let prefix = object_store::path::Path::from(prefix.trim_end_matches('/'));
+        let objects: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| self.error(S3Operation::ListObjects, e))?;
+        Ok(objects.into_iter().map(|o| (o.location.to_string(), o.size, o.last_modified.timestamp())).collect())
+    }
+
     /// Deletes the object at `key`; a missing object counts as deleted.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         use object_store::ObjectStoreExt as _;
