@@ -30,18 +30,33 @@ pub struct TalosEtcdBackupSpec {
     /// Secret `<controlplane>-talosconfig`, key `<controlplane>.talosconfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talosconfig_secret_ref: Option<SecretKeyRef>,
-    /// What happens to the stored snapshot when this TalosEtcdBackup is deleted: `Retain` (the default)
-    /// keeps it in the bucket; `Delete` deletes it (and aborts any unfinished upload of it) first.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// What happens to the stored snapshot when this TalosEtcdBackup is deleted: `Retain` keeps it in
+    /// the bucket; `Delete` deletes it (and aborts any unfinished upload of it) first. Unset: `Retain`
+    /// for a backup created by hand, `Delete` for one a TalosEtcdBackupSchedule creates (so that
+    /// retention removes the object with the backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "deletion_policy_schema")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+impl TalosEtcdBackupSpec {
+    /// The deletion policy of a backup created by hand.
+    pub fn deletion_policy(&self) -> DeletionPolicy {
+        self.deletion_policy.unwrap_or(DeletionPolicy::Retain)
+    }
 }
 
 /// See [`TalosEtcdBackupSpec::deletion_policy`].
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
-    #[default]
     Retain,
     Delete,
+}
+
+/// A plain string enum: the nullable enum schemars writes for an `Option` is refused by older
+/// API servers.
+fn deletion_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["Retain", "Delete"]})
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -20,6 +20,17 @@ pub const BACKUP_COMPLETED: &str = "BackupCompleted";
 pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
 pub const BACKUP_FAILED: &str = "BackupFailed";
 
+/// Conditions of a TalosEtcdBackupSchedule: `Ready` True (`ScheduleActive` or `SchedulePaused`) or
+/// False with `Failed` True (`InvalidSchedule`), as upstream; and `Stale`.
+pub const STALE: &str = "Stale";
+pub const SCHEDULE_ACTIVE: &str = "ScheduleActive";
+pub const SCHEDULE_PAUSED: &str = "SchedulePaused";
+pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+/// `Stale` True: two scheduled runs passed without a successful backup.
+pub const NO_RECENT_BACKUP: &str = "NoRecentBackup";
+/// `Stale` False.
+pub const RECENT_BACKUP: &str = "RecentBackup";
+
 /// Where a backup stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -50,20 +61,33 @@ pub fn conditions_for(
     wanted
         .into_iter()
         .map(|(type_, status, reason, message)| {
-            let last_transition_time = existing
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-            Condition {
-                type_: type_.to_owned(),
-                status: status.to_owned(),
-                reason: reason.to_owned(),
-                message: message.to_owned(),
-                observed_generation,
-                last_transition_time,
-            }
+            condition(type_, status, reason, message, existing, observed_generation, now)
         })
         .collect()
+}
+
+/// One condition. Its lastTransitionTime is taken from `existing` when the status there is the same.
+pub fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    existing: &[Condition],
+    observed_generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = existing
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation,
+        last_transition_time,
+    }
 }
 
 /// The condition of `type_` whose status is "True", if any.

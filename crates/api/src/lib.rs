@@ -4,6 +4,7 @@
 mod backup;
 pub mod conditions;
 mod controlplane;
+mod schedule;
 pub mod validate;
 
 pub use backup::{
@@ -11,11 +12,15 @@ pub use backup::{
     TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
+pub use schedule::{
+    BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackupSchedule,
+    TalosEtcdBackupScheduleSpec, TalosEtcdBackupScheduleStatus,
+};
 
 /// The CRDs of this project as one multi-document YAML stream, as `talos-etcd-backup crds` prints it.
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
-    [TalosEtcdBackup::crd(), TalosControlPlane::crd()]
+    [TalosEtcdBackup::crd(), TalosEtcdBackupSchedule::crd(), TalosControlPlane::crd()]
         .iter()
         .map(|crd| {
             let yaml = serde_yaml::to_string(crd).expect("CRD types always serialize");

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kube::Api;
-use talos_etcd_backup::controller;
+use talos_etcd_backup::controllers;
 use teb_api::TalosEtcdBackup;
 use teb_api::conditions::{FAILED, READY, is_true};
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
@@ -49,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
     let operator = env.operator_client().await?;
     let controller = tokio::spawn(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        if let Err(e) = controller::run(operator, controller::Config::default(), None, ready, Default::default()).await
+        if let Err(e) =
+            controllers::run(operator, controllers::Config::default(), None, ready, Default::default()).await
         {
             eprintln!("operator stopped: {e:#}");
         }

@@ -1,7 +1,7 @@
 //! talos-etcd-backup: the controller, the one-shot `snapshot` command and the glue between the
 //! Kubernetes-free crates (`teb-talos`, `teb-pipeline`) and Kubernetes.
 
-pub mod controller;
+pub mod controllers;
 mod error;
 pub mod finalizer;
 pub mod health;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use talos_etcd_backup::controller;
+use talos_etcd_backup::controllers;
 use talos_etcd_backup::job::{self, Settings};
 use talos_etcd_backup::resolve::BackupPlan;
 use teb_pipeline::{Limits, S3Credentials, S3Location};
@@ -259,19 +259,19 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(talos_etcd_backup::metrics::Metrics::default());
     let health = tokio::spawn(talos_etcd_backup::health::serve(args.health_addr, ready.clone(), metrics.clone()));
-    let config = controller::Config {
+    let config = controllers::Config {
         settings: args.tuning.settings(),
         max_attempts: args.max_attempts,
         retry_backoff: args.retry_backoff,
         concurrency: args.concurrency,
-        ..controller::Config::default()
+        ..controllers::Config::default()
     };
     let election = &args.election;
     anyhow::ensure!(
         election.renew_deadline < election.lease_duration && election.retry_period < election.renew_deadline,
         "leader election needs --retry-period < --renew-deadline < --lease-duration"
     );
-    let controller = controller::run(client.clone(), config, args.namespace.as_deref(), ready.clone(), metrics);
+    let controller = controllers::run(client.clone(), config, args.namespace.as_deref(), ready.clone(), metrics);
     let work = async {
         if !election.leader_elect {
             return controller.await;

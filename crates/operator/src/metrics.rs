@@ -33,6 +33,23 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// What a schedule did at a scheduled time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RunOutcome {
+    /// A backup was created.
+    created,
+    /// Skipped: a backup of the schedule was still running (`concurrencyPolicy: Forbid`).
+    skipped,
+    /// Skipped: later than `startingDeadlineSeconds` (operator down, schedule paused).
+    missed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub outcome: RunOutcome,
+}
+
 type DurationFamily = Family<ResultLabels, Histogram, fn() -> Histogram>;
 
 /// The operator's metrics. One per process; the controller records, the health server encodes.
@@ -50,6 +67,10 @@ pub struct Metrics {
     pub in_progress: Gauge,
     /// `teb_errors_total{kind}`: failed attempts by what failed (talos, snapshot, s3, secret, ...).
     pub errors: Family<ErrorLabels, Counter>,
+    /// `teb_schedule_runs_total{outcome}`: scheduled times, by what the schedule did.
+    pub schedule_runs: Family<RunLabels, Counter>,
+    /// `teb_backups_pruned_total`: backups deleted by schedules' retention.
+    pub pruned: Counter,
 }
 
 impl Default for Metrics {
@@ -73,7 +94,15 @@ impl Default for Metrics {
         registry.register("backups_in_progress", "Backup attempts running", in_progress.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Failed backup attempts by kind of error", errors.clone());
-        Metrics { registry, backups, duration, stored_bytes, last_success, in_progress, errors }
+        let schedule_runs = Family::<RunLabels, Counter>::default();
+        registry.register(
+            "schedule_runs",
+            "Scheduled times by outcome: created, skipped, missed",
+            schedule_runs.clone(),
+        );
+        let pruned = Counter::default();
+        registry.register("backups_pruned", "Backups deleted by schedules' retention", pruned.clone());
+        Metrics { registry, backups, duration, stored_bytes, last_success, in_progress, errors, schedule_runs, pruned }
     }
 }
 
@@ -130,6 +159,8 @@ mod tests {
         metrics.succeeded_at("ns", "cp", 20.0);
         metrics.succeeded_at("ns", "cp", 10.0);
         metrics.errors.get_or_create(&ErrorLabels { kind: "s3" }).inc();
+        metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::skipped }).inc();
+        metrics.pruned.inc_by(2);
         {
             let _running = Running::start(&metrics.in_progress);
             assert!(metrics.encode().contains("teb_backups_in_progress 1"));
@@ -142,6 +173,8 @@ mod tests {
             "teb_errors_total{kind=\"s3\"} 1",
             "teb_backups_in_progress 0",
             "teb_backup_duration_seconds_count{result=\"succeeded\"} 1",
+            "teb_schedule_runs_total{outcome=\"skipped\"} 1",
+            "teb_backups_pruned_total 2",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }

@@ -8,18 +8,21 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use sha2::Digest as _;
-use talos_etcd_backup::controller;
+use talos_etcd_backup::controllers;
 use talos_etcd_backup::metrics::Metrics;
 use teb_api::conditions::{FAILED, PROGRESSING, READY};
-use teb_api::{TalosEtcdBackup, TalosEtcdBackupStatus};
+use teb_api::{
+    SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
+    TalosEtcdBackupStatus,
+};
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
 use teb_testkit::fixtures;
 use teb_testkit::fixtures::CaKeyType;
 use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
 use teb_testkit::s3::S3Server;
-use teb_testkit::spec::{SECRET_YAML as SPEC_SECRET, backup_yaml, endpoint_field};
+use teb_testkit::spec::{SECRET_YAML as SPEC_SECRET, backup_yaml, endpoint_field, schedule_yaml};
 
 /// A namespace with its own controller (scoped to it, running as the RBAC-limited operator user),
 /// an S3 server with the example bucket, and a Talos emulator.
@@ -39,9 +42,9 @@ impl Drop for Scenario {
     }
 }
 
-fn test_config() -> controller::Config {
+fn test_config() -> controllers::Config {
     let mut config =
-        controller::Config { max_attempts: 2, retry_backoff: Duration::from_millis(200), ..Default::default() };
+        controllers::Config { max_attempts: 2, retry_backoff: Duration::from_millis(200), ..Default::default() };
     config.settings.limits.part_size = 5 << 20;
     config.settings.limits.idle_timeout = Duration::from_secs(2);
     config.settings.request_timeout = Duration::from_secs(20);
@@ -54,7 +57,7 @@ impl Scenario {
         Scenario::start_with(prefix, options, tls, test_config()).await
     }
 
-    async fn start_with(prefix: &str, options: EmulatorOptions, tls: bool, config: controller::Config) -> Scenario {
+    async fn start_with(prefix: &str, options: EmulatorOptions, tls: bool, config: controllers::Config) -> Scenario {
         let env = KubeEnv::shared().expect("kube environment");
         let ns = env.namespace(prefix).await.unwrap();
         let admin = env.admin_client().await.unwrap();
@@ -141,14 +144,14 @@ impl Scenario {
 async fn spawn_controller(
     env: &KubeEnv,
     ns: &str,
-    config: controller::Config,
+    config: controllers::Config,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     let client = env.operator_client().await.unwrap();
     let ns = ns.to_owned();
     tokio::spawn(async move {
         let ready = Arc::new(AtomicBool::new(false));
-        controller::run(client, config, Some(&ns), ready, metrics).await.expect("controller runs");
+        controllers::run(client, config, Some(&ns), ready, metrics).await.expect("controller runs");
     })
 }
 
@@ -609,7 +612,7 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
         "conditions": [{"type": "Progressing", "status": "True", "reason": "BackupInProgress",
             "message": "Backup attempt 1 of 2 in progress", "lastTransitionTime": "2025-10-04T11:30:00Z"}],
     }});
-    let params = kube::api::PatchParams::apply(controller::MANAGER).force();
+    let params = kube::api::PatchParams::apply(controllers::MANAGER).force();
     api.patch_status("my-backup", &params, &kube::api::Patch::Apply(&interrupted)).await.unwrap();
 
     scenario.restart_controller().await;
@@ -777,4 +780,189 @@ async fn backups_of_one_control_plane_in_one_second_never_share_a_key() {
         assert_eq!(bytes.len() % 512, 32, "{key} holds a snapshot");
     }
     assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), names.len());
+}
+
+// --- TalosEtcdBackupSchedule ---
+
+impl Scenario {
+    fn schedules(&self) -> Api<TalosEtcdBackupSchedule> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    fn backups(&self) -> Api<TalosEtcdBackup> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    /// The schedule's YAML with the scenario's S3 endpoint.
+    fn schedule_yaml(&self, name: &str, schedule: &str, spec_fields: &str) -> String {
+        let endpoint = format!("          endpoint: {}\n", self.s3.endpoint);
+        schedule_yaml(name, schedule, spec_fields, &endpoint)
+    }
+
+    async fn schedule_status(&self, name: &str) -> TalosEtcdBackupScheduleStatus {
+        self.schedules().get(name).await.unwrap().status.unwrap_or_default()
+    }
+
+    /// The backups of `schedule`, oldest first.
+    async fn backups_of(&self, schedule: &str) -> Vec<TalosEtcdBackup> {
+        let params = ListParams::default().labels(&format!("{SCHEDULE_LABEL}={schedule}"));
+        let mut list = self.backups().list(&params).await.unwrap().items;
+        list.sort_by_key(|b| b.metadata.name.clone());
+        list
+    }
+
+    /// Polls `check` every 200 ms until it returns `Some`, for at most `seconds`.
+    async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+        &self,
+        seconds: u64,
+        what: &str,
+        check: impl Fn() -> F,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn scheduled_at(backup: &TalosEtcdBackup) -> jiff::Timestamp {
+    backup.metadata.annotations.as_ref().unwrap()[SCHEDULED_AT_ANNOTATION].parse().unwrap()
+}
+
+fn is_ready(backup: &TalosEtcdBackup) -> bool {
+    backup.status.as_ref().is_some_and(|s| teb_api::conditions::is_true(&s.conditions, READY))
+}
+
+fn is_failed(backup: &TalosEtcdBackup) -> bool {
+    backup.status.as_ref().is_some_and(|s| teb_api::conditions::is_true(&s.conditions, FAILED))
+}
+
+fn schedule_condition(status: &TalosEtcdBackupScheduleStatus, type_: &str) -> (String, String) {
+    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_}: {status:?}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-schedule", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    scenario.apply(&scenario.schedule_yaml("every4s", "@every 4s", "")).await;
+    // Keep 2; the upstream `retention` field.
+    let patch = serde_json::json!({"spec": {"retention": 2}});
+    scenario.schedules().patch("every4s", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    // Its template names a control plane that does not exist: every backup fails.
+    let failing = scenario.schedule_yaml("failing", "@every 3s", "  failedBackupsHistoryLimit: 2\n");
+    scenario.apply(&failing.replace("name: my-controlplane", "name: no-such-controlplane")).await;
+
+    // Runs on time: each backup is created within 2 s of its scheduled time, 4 s apart.
+    let mut seen: std::collections::BTreeMap<String, (jiff::Timestamp, jiff::Timestamp)> = Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 5 {
+        for b in scenario.backups_of("every4s").await {
+            let created = b.metadata.creation_timestamp.as_ref().unwrap().0;
+            seen.entry(b.metadata.name.clone().unwrap()).or_insert((scheduled_at(&b), created));
+            assert_eq!(
+                b.spec.deletion_policy,
+                Some(teb_api::DeletionPolicy::Delete),
+                "schedules' backups go with their objects"
+            );
+            let owner = &b.metadata.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+                ("TalosEtcdBackupSchedule", "every4s", Some(true))
+            );
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} runs in 60 s: {seen:?}", seen.len());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let times: Vec<jiff::Timestamp> = seen.values().map(|(at, _)| *at).collect();
+    for (name, (at, created)) in &seen {
+        assert_eq!(name, &format!("every4s-{}", at.strftime("%Y%m%d%H%M%S")));
+        let late = created.duration_since(*at).as_secs_f64();
+        assert!((-1.0..=2.0).contains(&late), "{name} created {late} s after its time");
+    }
+    for pair in times.windows(2) {
+        assert_eq!(pair[1].duration_since(pair[0]).as_secs(), 4, "{times:?}");
+    }
+
+    // Retention: 2 Ready backups stay (plus at most one running); the pruned ones' objects are gone,
+    // the kept ones' are intact.
+    let kept = scenario
+        .eventually(30, "retention to prune to 2", || async {
+            let list = scenario.backups_of("every4s").await;
+            let ready: Vec<TalosEtcdBackup> = list.iter().filter(|b| is_ready(b)).cloned().collect();
+            let others = list.len() - ready.len();
+            (ready.len() == 2 && others <= 1 && seen.len() >= 5).then_some(ready)
+        })
+        .await;
+    for b in &kept {
+        let status = b.status.as_ref().unwrap();
+        let key = status.filename.clone().unwrap();
+        let (bytes, _) = scenario.s3.get("my-etcd-backups", &key).await.unwrap();
+        assert_eq!(bytes.len() as i64, status.size.unwrap());
+        let sha = hex::encode(sha2::Sha256::digest(&bytes[..bytes.len() - 32]));
+        assert_eq!(Some(sha.as_str()), status.sha256.as_deref(), "kept snapshot {key} changed");
+    }
+    scenario
+        .eventually(30, "the bucket to hold exactly the live backups' objects", || async {
+            let keys = |list: Vec<TalosEtcdBackup>| -> Vec<String> {
+                list.into_iter().filter_map(|b| b.status?.filename).collect()
+            };
+            let before = keys(scenario.backups_of("every4s").await);
+            let mut objects: Vec<String> =
+                scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+            let after = keys(scenario.backups_of("every4s").await);
+            objects.sort();
+            let mut live = before.clone();
+            live.sort();
+            (before == after && objects == live).then_some(())
+        })
+        .await;
+    let status = scenario.schedule_status("every4s").await;
+    assert!(kept.iter().any(|b| b.metadata.name == status.last_successful_backup), "{status:?}");
+    assert_eq!(schedule_condition(&status, READY), ("True".into(), "ScheduleActive".into()));
+    assert_eq!(schedule_condition(&status, "Stale"), ("False".into(), "RecentBackup".into()));
+    let (last, next) = (status.last_schedule_time.unwrap().0, status.next_schedule_time.unwrap().0);
+    assert_eq!(next.duration_since(last).as_secs(), 4);
+
+    // Failed backups are capped at failedBackupsHistoryLimit, and the schedule goes stale.
+    let failing = scenario
+        .eventually(30, "failed backups capped and the schedule stale", || async {
+            let list = scenario.backups_of("failing").await;
+            let status = scenario.schedule_status("failing").await;
+            let stale = status.conditions.iter().any(|c| c.type_ == "Stale" && c.status == "True");
+            let created = status.last_schedule_time.is_some();
+            (stale && created && list.iter().filter(|b| is_failed(b)).count() == 2 && list.len() <= 3).then_some(status)
+        })
+        .await;
+    assert_eq!(schedule_condition(&failing, "Stale"), ("True".into(), "NoRecentBackup".into()));
+
+    // Paused: no new backups, no next time.
+    let patch = serde_json::json!({"spec": {"paused": true}});
+    scenario.schedules().patch("every4s", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let paused_at = jiff::Timestamp::now();
+    let status = scenario
+        .eventually(10, "the pause to show", || async {
+            let status = scenario.schedule_status("every4s").await;
+            (status.next_schedule_time.is_none()).then_some(status)
+        })
+        .await;
+    assert_eq!(schedule_condition(&status, READY), ("True".into(), "SchedulePaused".into()));
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let after: Vec<TalosEtcdBackup> =
+        scenario.backups_of("every4s").await.into_iter().filter(|b| scheduled_at(b) > paused_at).collect();
+    assert!(after.is_empty(), "backups created while paused: {after:?}");
+
+    let text = scrape(scenario.metrics.clone()).await;
+    let count = |name: &str| -> u64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    };
+    assert!(count("teb_schedule_runs_total{outcome=\"created\"}") >= 9, "{text}");
+    assert!(count("teb_backups_pruned_total") >= 5, "{text}");
 }

@@ -48,32 +48,19 @@ pub fn to_prune<'a>(candidates: &[Candidate<'a>], policy: &Policy) -> Vec<&'a st
     };
     let succeeded = newest_first(State::Succeeded);
     let mut keep: HashSet<&str> = succeeded.iter().take(policy.keep_last.max(1)).map(|c| c.name).collect();
-    let tz = &policy.time_zone;
-    let periods: [(usize, &dyn Fn(Timestamp) -> (i16, i16, i8, i8)); 4] = [
-        (policy.keep_hourly, &|t| {
-            let d = t.to_zoned(tz.clone()).datetime();
-            (d.year(), d.day_of_year(), d.hour(), 0)
-        }),
-        (policy.keep_daily, &|t| {
-            let d = t.to_zoned(tz.clone()).date();
-            (d.year(), d.day_of_year(), 0, 0)
-        }),
-        (policy.keep_weekly, &|t| {
-            let w = t.to_zoned(tz.clone()).date().iso_week_date();
-            (w.year(), 0, w.week(), 0)
-        }),
-        (policy.keep_monthly, &|t| {
-            let d = t.to_zoned(tz.clone()).date();
-            (d.year(), 0, d.month(), 0)
-        }),
+    let periods = [
+        (policy.keep_hourly, Period::Hour),
+        (policy.keep_daily, Period::Day),
+        (policy.keep_weekly, Period::Week),
+        (policy.keep_monthly, Period::Month),
     ];
-    for (count, period_of) in periods {
+    for (count, period) in periods {
         let mut seen = HashSet::new();
         for backup in &succeeded {
             if seen.len() == count {
                 break;
             }
-            if seen.insert(period_of(backup.time)) {
+            if seen.insert(period.of(backup.time, &policy.time_zone)) {
                 keep.insert(backup.name);
             }
         }
@@ -83,6 +70,30 @@ pub fn to_prune<'a>(candidates: &[Candidate<'a>], policy: &Policy) -> Vec<&'a st
         candidates.iter().filter(|c| c.state != State::Running && !keep.contains(c.name)).collect();
     pruned.sort_by_key(|c| c.time);
     pruned.into_iter().map(|c| c.name).collect()
+}
+
+#[derive(Clone, Copy)]
+enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// The period `t` falls in: (year, day of year, hour) or (ISO year, week) or (year, month).
+    fn of(self, t: Timestamp, tz: &TimeZone) -> (i16, i16, i8) {
+        let local = t.to_zoned(tz.clone()).datetime();
+        match self {
+            Period::Hour => (local.year(), local.day_of_year(), local.hour()),
+            Period::Day => (local.year(), local.day_of_year(), 0),
+            Period::Week => {
+                let week = local.date().iso_week_date();
+                (week.year(), 0, week.week())
+            }
+            Period::Month => (local.year(), 0, local.month()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -44,3 +44,38 @@ pub fn backup_yaml(name: &str, s3_fields: &str) -> String {
 pub fn endpoint_field(endpoint: &str) -> String {
     format!("      endpoint: {endpoint}\n")
 }
+
+/// A TalosEtcdBackupSchedule as the upstream operator documents it, verbatim: it must apply and run
+/// unchanged.
+pub const SCHEDULE_YAML: &str = r#"apiVersion: talos.alperen.cloud/v1alpha1
+kind: TalosEtcdBackupSchedule
+metadata:
+  name: daily-backup
+spec:
+  schedule: "0 2 * * *"
+  retention: 7
+  paused: false
+  backupTemplate:
+    spec:
+      talosControlPlaneRef:
+        name: my-controlplane
+      backupStorage:
+        s3:
+          bucket: my-etcd-backups
+          region: us-west-2
+          accessKeyID:
+            name: my-s3-credentials
+            key: accessKeyID
+          secretAccessKey:
+            name: my-s3-credentials
+            key: secretAccessKey
+"#;
+
+/// [`SCHEDULE_YAML`] named `name`, running on `schedule`, with `spec_fields` (lines indented two
+/// spaces) added to the spec and `s3_fields` (indented ten) under the template's `s3:`.
+pub fn schedule_yaml(name: &str, schedule: &str, spec_fields: &str, s3_fields: &str) -> String {
+    SCHEDULE_YAML
+        .replace("name: daily-backup", &format!("name: {name}"))
+        .replace("  schedule: \"0 2 * * *\"\n", &format!("  schedule: \"{schedule}\"\n{spec_fields}"))
+        .replace("          region: us-west-2\n", &format!("          region: us-west-2\n{s3_fields}"))
+}

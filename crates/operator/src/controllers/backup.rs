@@ -3,119 +3,22 @@
 //! unless the spec changes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, FAILED, Phase, READY};
 use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
 use teb_pipeline::UploadRef;
 
+use super::{Context, now, patch_status};
 use crate::finalizer;
-use crate::job::{self, Settings};
-use crate::metrics::{self, Metrics};
+use crate::job;
+use crate::metrics;
 use crate::{Error, resolve};
 
-/// Field manager of the status this controller writes.
-pub const MANAGER: &str = "talos-etcd-backup";
-
-/// Called at the start of each backup attempt, before anything else; tests use it to inject faults.
-pub type AttemptHook = Arc<dyn Fn(&TalosEtcdBackup) + Send + Sync>;
-
-/// How the controller runs backups.
-#[derive(Clone)]
-pub struct Config {
-    pub settings: Settings,
-    /// Attempts per backup for transient failures (network, throttling, a broken stream).
-    pub max_attempts: u32,
-    /// Wait before the second attempt; doubled for each further one, capped at five minutes.
-    pub retry_backoff: Duration,
-    /// Backups running at once, across all namespaces.
-    pub concurrency: u16,
-    /// Lifetime of the Talos client certificates minted from a control plane's secrets bundle.
-    pub cert_validity: Duration,
-    /// Wait between tries to abort an upload S3 could not abort (while it was unreachable).
-    pub abort_retry: Duration,
-    pub attempt_hook: Option<AttemptHook>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            settings: Settings::default(),
-            max_attempts: 3,
-            retry_backoff: Duration::from_secs(10),
-            concurrency: 4,
-            cert_validity: Duration::from_secs(3600),
-            abort_retry: Duration::from_secs(60),
-            attempt_hook: None,
-        }
-    }
-}
-
-struct Context {
-    client: Client,
-    recorder: Recorder,
-    config: Config,
-    metrics: Arc<Metrics>,
-    /// Keys recently handed to attempts, so that two never write one.
-    keys_in_use: job::KeyClaims,
-}
-
-/// Runs the controller until SIGTERM/SIGINT, for every namespace or only `namespace`. `ready` turns
-/// true once the CRD has answered; `metrics` records what happens.
-pub async fn run(
-    client: Client,
-    config: Config,
-    namespace: Option<&str>,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let backups = match namespace {
-        Some(ns) => Api::<TalosEtcdBackup>::namespaced(client.clone(), ns),
-        None => Api::<TalosEtcdBackup>::all(client.clone()),
-    };
-    backups.list(&ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot list TalosEtcdBackups ({e}); is the CRD installed (`talos-etcd-backup crds | kubectl apply -f -`) \
-             and does the operator's RBAC (deploy/rbac.yaml) apply to it?"
-        )
-    })?;
-    ready.store(true, Ordering::SeqCst);
-    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        config: config.clone(),
-        metrics,
-        keys_in_use: job::KeyClaims::default(),
-    });
-    tracing::info!(concurrency = config.concurrency, "controller started");
-    Controller::new(backups, watcher::Config::default())
-        .with_config(controller::Config::default().concurrency(config.concurrency))
-        .shutdown_on_signal()
-        .run(|backup, ctx| crate::isolate(reconcile(backup, ctx)), error_policy, context)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "reconcile failed");
-            }
-        })
-        .await;
-    Ok(())
-}
-
-fn error_policy(_backup: Arc<TalosEtcdBackup>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "will retry");
-    Action::requeue(Duration::from_secs(15))
-}
-
-async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     let api = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace);
@@ -234,7 +137,7 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
         return Ok(Action::await_change());
     }
     let status = backup.status.clone().unwrap_or_default();
-    let delete_snapshot = backup.spec.deletion_policy == DeletionPolicy::Delete;
+    let delete_snapshot = backup.spec.deletion_policy() == DeletionPolicy::Delete;
     let cleaned = crate::isolate(async {
         let location = resolve::resolve_s3(&ctx.client, backup).await?;
         if let Some((upload, error)) =
@@ -277,7 +180,7 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
 /// or when the snapshot is to be deleted with it. A finished `Retain` backup needs nothing, so it can
 /// be deleted with no operator running.
 fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus, done: bool) -> bool {
-    !done || !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy == DeletionPolicy::Delete
+    !done || !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy() == DeletionPolicy::Delete
 }
 
 fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {
@@ -401,16 +304,6 @@ fn set_phase(status: &mut TalosEtcdBackupStatus, phase: Phase, message: String) 
         conditions::conditions_for(&phase, &message, &status.conditions, status.observed_generation, &now());
 }
 
-async fn patch_status(api: &Api<TalosEtcdBackup>, name: &str, status: &TalosEtcdBackupStatus) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "apiVersion": TalosEtcdBackup::api_version(&()),
-        "kind": TalosEtcdBackup::kind(&()),
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
-}
-
 /// From the first attempt's start to the completion.
 fn elapsed_seconds(status: &TalosEtcdBackupStatus) -> f64 {
     match (&status.start_time, &status.completion_time) {
@@ -436,28 +329,11 @@ impl Context {
             Action::requeue(self.config.abort_retry)
         }
     }
-
-    /// Events are best effort: a refused event must not fail a backup.
-    async fn event(&self, backup: &TalosEtcdBackup, type_: EventType, reason: &str, note: String) {
-        let mut note = note;
-        if note.len() > 1000 {
-            let cut = (0..=1000).rev().find(|&i| note.is_char_boundary(i)).unwrap_or(0);
-            note.truncate(cut);
-        }
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Backup".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &backup.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "cannot record event");
-        }
-    }
 }
 
 fn backoff(base: Duration, attempt: i32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1) as u32);
     base.saturating_mul(factor).min(Duration::from_secs(300))
-}
-
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
 }
 
 #[cfg(test)]

@@ -1,0 +1,174 @@
+//! The controllers: one file per custom resource, each thin; what they share (configuration,
+//! context, status writes, events) lives here.
+
+mod backup;
+mod schedule;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use teb_api::{TalosEtcdBackup, TalosEtcdBackupSchedule};
+
+use crate::Error;
+use crate::job::{self, Settings};
+use crate::metrics::Metrics;
+
+/// Field manager of the status the controllers write.
+pub const MANAGER: &str = "talos-etcd-backup";
+
+/// Called at the start of each backup attempt, before anything else; tests use it to inject faults.
+pub type AttemptHook = Arc<dyn Fn(&TalosEtcdBackup) + Send + Sync>;
+
+/// How the controllers run backups.
+#[derive(Clone)]
+pub struct Config {
+    pub settings: Settings,
+    /// Attempts per backup for transient failures (network, throttling, a broken stream).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one, capped at five minutes.
+    pub retry_backoff: Duration,
+    /// Backups running at once, across all namespaces.
+    pub concurrency: u16,
+    /// Lifetime of the Talos client certificates minted from a control plane's secrets bundle.
+    pub cert_validity: Duration,
+    /// Wait between tries to abort an upload S3 could not abort (while it was unreachable).
+    pub abort_retry: Duration,
+    pub attempt_hook: Option<AttemptHook>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            settings: Settings::default(),
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(10),
+            concurrency: 4,
+            cert_validity: Duration::from_secs(3600),
+            abort_retry: Duration::from_secs(60),
+            attempt_hook: None,
+        }
+    }
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    config: Config,
+    metrics: Arc<Metrics>,
+    /// Keys recently handed to attempts, so that two never write one.
+    keys_in_use: job::KeyClaims,
+}
+
+/// Runs the backup and schedule controllers until SIGTERM/SIGINT, for every namespace or only
+/// `namespace`. `ready` turns true once both CRDs have answered; `metrics` records what happens.
+pub async fn run(
+    client: Client,
+    config: Config,
+    namespace: Option<&str>,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let backups: Api<TalosEtcdBackup> = scoped(&client, namespace);
+    let schedules: Api<TalosEtcdBackupSchedule> = scoped(&client, namespace);
+    check_listable(&backups, "TalosEtcdBackups").await?;
+    check_listable(&schedules, "TalosEtcdBackupSchedules").await?;
+    ready.store(true, Ordering::SeqCst);
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config: config.clone(),
+        metrics,
+        keys_in_use: job::KeyClaims::default(),
+    });
+    tracing::info!(concurrency = config.concurrency, "controllers started");
+    let backup_controller = Controller::new(backups.clone(), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .shutdown_on_signal()
+        .run(|backup, ctx| crate::isolate(backup::reconcile(backup, ctx)), error_policy, context.clone())
+        .for_each(log_failure);
+    let schedule_controller = Controller::new(schedules, watcher::Config::default())
+        .owns(backups, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(|schedule, ctx| crate::isolate(schedule::reconcile(schedule, ctx)), error_policy, context)
+        .for_each(log_failure);
+    futures::join!(backup_controller, schedule_controller);
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn check_listable<K: Clone + DeserializeOwned + Debug>(api: &Api<K>, what: &str) -> anyhow::Result<()> {
+    api.list(&ListParams::default().limit(1)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list {what} ({e}); are the CRDs installed (`talos-etcd-backup crds | kubectl apply -f -`) \
+             and does the operator's RBAC (deploy/rbac.yaml) apply to them?"
+        )
+    })?;
+    Ok(())
+}
+
+async fn log_failure<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "reconcile failed");
+    }
+}
+
+fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "will retry");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Writes `status` by server-side apply, as this operator's field manager.
+async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+impl Context {
+    /// Events are best effort: a refused event must not fail the work it reports.
+    async fn event<K: Resource<DynamicType = ()>>(&self, object: &K, type_: EventType, reason: &str, note: String) {
+        let mut note = note;
+        if note.len() > 1000 {
+            let cut = (0..=1000).rev().find(|&i| note.is_char_boundary(i)).unwrap_or(0);
+            note.truncate(cut);
+        }
+        let action = if K::kind(&()) == "TalosEtcdBackup" { "Backup" } else { "Schedule" };
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot record event");
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The TalosEtcdBackupSchedule controller: thin. What is due, what retention keeps and when the
+//! schedule goes stale are teb-schedule's pure functions; this reads the schedule and its backups,
+//! creates and deletes TalosEtcdBackups, and writes the status.
+//!
+//! A run creates the backup `<schedule>-<UTC yyyymmddhhmmss of the scheduled time>`: a name fixed by
+//! the time, so that a run repeated after a crash (the backup created, the status not yet written)
+//! finds its backup instead of creating a second one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use teb_api::conditions::{self, FAILED, READY, STALE};
+use teb_api::{
+    ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup,
+    TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
+};
+use teb_schedule::{Candidate, Due, Policy, Schedule, State};
+
+use super::{Context, patch_status};
+use crate::metrics::{RunLabels, RunOutcome};
+use crate::{Error, finalizer, resolve};
+
+/// Successful backups kept when `retention` is unset (as upstream).
+const DEFAULT_RETENTION: i32 = 5;
+/// Failed backups kept when `failedBackupsHistoryLimit` is unset.
+const DEFAULT_FAILED_LIMIT: i32 = 3;
+/// Label values are at most 63 characters, and every backup carries the schedule's name in one.
+const MAX_NAME: usize = 63;
+
+pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let api = Api::<TalosEtcdBackupSchedule>::namespaced(ctx.client.clone(), &namespace);
+    let backups = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace);
+    // A fresh read: the cache may not hold the lastScheduleTime just written, and acting on an older
+    // one would run a scheduled time twice.
+    let Some(schedule) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    if schedule.metadata.deletion_timestamp.is_some() {
+        return orphan_backups(&api, &backups, &schedule).await;
+    }
+    let now = Timestamp::now();
+    let created = schedule.creation_timestamp().map_or(now, |t| t.0);
+    let previous = schedule.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = schedule.metadata.generation;
+    let generation = status.observed_generation;
+    let condition = |type_: &str, state: &str, reason: &str, message: &str| {
+        conditions::condition(type_, state, reason, message, &previous.conditions, generation, &super::now())
+    };
+
+    let parsed = match check(&schedule) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            status.next_schedule_time = None;
+            status.conditions = vec![
+                condition(READY, "False", conditions::INVALID_SCHEDULE, &message),
+                condition(FAILED, "True", conditions::INVALID_SCHEDULE, &message),
+            ];
+            if status != previous {
+                tracing::warn!(%namespace, %name, %message, "invalid schedule");
+                ctx.event(&schedule, EventType::Warning, conditions::INVALID_SCHEDULE, message).await;
+                patch_status(&api, &name, &status).await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    // From here on backups may be created: deleting the schedule must then orphan them first.
+    finalizer::set(&api, &schedule, true).await?;
+    let selector = format!("{SCHEDULE_LABEL}={name}");
+    let uid = schedule.uid().unwrap_or_default();
+    let owned: Vec<TalosEtcdBackup> = backups
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none() && owner_uid(b) == Some(uid.as_str()))
+        .collect();
+    let mut active: Vec<String> =
+        owned.iter().filter(|b| state_of(b) == State::Running).map(|b| b.name_any()).collect();
+    record_success(&mut status, &owned);
+
+    let mut wake_at: Option<Timestamp> = None;
+    let ready = if schedule.spec.paused {
+        status.next_schedule_time = None;
+        condition(
+            READY,
+            "True",
+            conditions::SCHEDULE_PAUSED,
+            "Paused: no backups are created until spec.paused is false",
+        )
+    } else {
+        let since = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
+        let deadline = schedule.spec.starting_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+        match parsed.due(since, now, deadline) {
+            Due::NotYet => {}
+            Due::Run(at) => {
+                run(&backups, &schedule, &ctx, at, &owned, &mut active).await?;
+                status.last_schedule_time = Some(Time(at));
+            }
+            Due::Missed(at) => {
+                let message = format!(
+                    "Skipped the run scheduled at {at}: more than startingDeadlineSeconds ({}) late",
+                    deadline.unwrap_or_default().as_secs()
+                );
+                ctx.metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::missed }).inc();
+                ctx.event(&schedule, EventType::Warning, "MissedSchedule", message).await;
+                status.last_schedule_time = Some(Time(at));
+            }
+        }
+        let next = parsed.next_after(status.last_schedule_time.as_ref().map_or(created, |t| t.0));
+        status.next_schedule_time = next.map(Time);
+        wake_at = next;
+        let message = next.map_or("No further runs".to_owned(), |t| format!("Next backup at {t}"));
+        condition(READY, "True", conditions::SCHEDULE_ACTIVE, &message)
+    };
+    active.sort();
+    status.active_backups = active;
+
+    let last_success = status.last_successful_backup_time.as_ref().map(|t| t.0);
+    let stale_at = parsed.stale_at(last_success.unwrap_or(created));
+    let stale = match stale_at {
+        Some(at) if at <= now => {
+            let since =
+                last_success.map_or_else(|| "since the schedule was created".to_owned(), |t| format!("since {t}"));
+            let message = format!("No backup succeeded {since}: two scheduled runs passed without a successful backup");
+            condition(STALE, "True", conditions::NO_RECENT_BACKUP, &message)
+        }
+        _ => {
+            if !schedule.spec.paused {
+                wake_at = earliest(wake_at, stale_at);
+            }
+            let message = last_success.map_or("No scheduled run has passed yet".to_owned(), |t| {
+                format!("Newest successful backup completed at {t}")
+            });
+            condition(STALE, "False", conditions::RECENT_BACKUP, &message)
+        }
+    };
+    status.conditions = vec![ready, stale];
+
+    prune(&backups, &schedule, &ctx, &parsed, &owned).await;
+    if status != previous {
+        patch_status(&api, &name, &status).await?;
+    }
+    Ok(match wake_at {
+        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()),
+        None => Action::await_change(),
+    })
+}
+
+/// The schedule parsed, and everything its backups will need checked, before anything runs.
+fn check(schedule: &TalosEtcdBackupSchedule) -> Result<Schedule, String> {
+    let name = schedule.name_any();
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "the name {name:?} is {} characters long; a schedule's name must be at most {MAX_NAME} (its \
+             backups carry it in the label {SCHEDULE_LABEL})",
+            name.len()
+        ));
+    }
+    let spec = &schedule.spec;
+    let parsed = Schedule::parse(&spec.schedule, spec.time_zone.as_deref())
+        .map_err(|e| format!("Invalid spec.schedule: {e}"))?;
+    resolve::validate_spec(&spec.backup_template.spec).map_err(|e| {
+        // The same checks as for a TalosEtcdBackup, with the template's path to the field.
+        e.to_string().replacen("Invalid spec: spec.", "Invalid spec: spec.backupTemplate.spec.", 1)
+    })?;
+    Ok(parsed)
+}
+
+/// Creates the backup of the run scheduled `at`, unless it exists already (a run repeated after a
+/// crash) or, under `Forbid`, another backup of the schedule is still running.
+async fn run(
+    backups: &Api<TalosEtcdBackup>,
+    schedule: &TalosEtcdBackupSchedule,
+    ctx: &Context,
+    at: Timestamp,
+    owned: &[TalosEtcdBackup],
+    active: &mut Vec<String>,
+) -> Result<(), Error> {
+    let name = backup_name(&schedule.name_any(), at);
+    if owned.iter().any(|b| b.name_any() == name) {
+        return Ok(());
+    }
+    if schedule.spec.concurrency_policy == ConcurrencyPolicy::Forbid && !active.is_empty() {
+        let message = format!(
+            "Skipped the run scheduled at {at}: backup {} is still running (concurrencyPolicy: Forbid)",
+            active.join(", ")
+        );
+        tracing::info!(schedule = %schedule.name_any(), %message);
+        ctx.metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::skipped }).inc();
+        ctx.event(schedule, EventType::Normal, "RunSkipped", message).await;
+        return Ok(());
+    }
+    let mut spec = schedule.spec.backup_template.spec.clone();
+    spec.deletion_policy.get_or_insert(DeletionPolicy::Delete);
+    let backup = TalosEtcdBackup {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: schedule.namespace(),
+            labels: Some(BTreeMap::from([(SCHEDULE_LABEL.to_owned(), schedule.name_any())])),
+            annotations: Some(BTreeMap::from([(SCHEDULED_AT_ANNOTATION.to_owned(), at.to_string())])),
+            owner_references: schedule.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    };
+    match backups.create(&PostParams::default(), &backup).await {
+        Ok(_) => {}
+        // Created by an earlier reconcile whose status write was lost.
+        Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(schedule = %schedule.name_any(), backup = %name, %at, "scheduled backup created");
+    ctx.metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::created }).inc();
+    ctx.event(schedule, EventType::Normal, "BackupCreated", format!("Created TalosEtcdBackup {name} for {at}")).await;
+    active.push(name);
+    Ok(())
+}
+
+/// `<schedule>-<yyyymmddhhmmss>`, the scheduled time in UTC.
+fn backup_name(schedule: &str, at: Timestamp) -> String {
+    format!("{schedule}-{}", at.strftime("%Y%m%d%H%M%S"))
+}
+
+/// Deletes the backups retention no longer keeps; with their `Delete` policy the backup controller
+/// deletes their snapshots too. Failures are logged and retried on the next reconcile.
+async fn prune(
+    backups: &Api<TalosEtcdBackup>,
+    schedule: &TalosEtcdBackupSchedule,
+    ctx: &Context,
+    parsed: &Schedule,
+    owned: &[TalosEtcdBackup],
+) {
+    let spec = &schedule.spec;
+    let count = |n: Option<i32>, default: i32| n.unwrap_or(default).max(0) as usize;
+    let policy = Policy {
+        keep_last: count(spec.retention, DEFAULT_RETENTION),
+        keep_hourly: count(spec.keep_hourly, 0),
+        keep_daily: count(spec.keep_daily, 0),
+        keep_weekly: count(spec.keep_weekly, 0),
+        keep_monthly: count(spec.keep_monthly, 0),
+        keep_failed: count(spec.failed_backups_history_limit, DEFAULT_FAILED_LIMIT),
+        time_zone: parsed.time_zone().clone(),
+    };
+    let names: Vec<String> = owned.iter().map(|b| b.name_any()).collect();
+    let candidates: Vec<Candidate> = owned
+        .iter()
+        .zip(&names)
+        .map(|(backup, name)| Candidate { name, time: scheduled_time(backup), state: state_of(backup) })
+        .collect();
+    let doomed = teb_schedule::to_prune(&candidates, &policy);
+    for name in &doomed {
+        match backups.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                ctx.metrics.pruned.inc();
+                tracing::info!(schedule = %schedule.name_any(), backup = %name, "pruned by retention");
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => tracing::warn!(schedule = %schedule.name_any(), backup = %name, %error, "cannot prune"),
+        }
+    }
+    if !doomed.is_empty() {
+        let message = format!("Deleted by retention: {}", doomed.join(", "));
+        ctx.event(schedule, EventType::Normal, "BackupsPruned", message).await;
+    }
+}
+
+/// Keeps the newest successful backup's name and completion time (also when it has since been
+/// deleted by hand, so the time never goes back).
+fn record_success(status: &mut TalosEtcdBackupScheduleStatus, owned: &[TalosEtcdBackup]) {
+    let newest = owned
+        .iter()
+        .filter(|b| state_of(b) == State::Succeeded)
+        .filter_map(|b| Some((b.status.as_ref()?.completion_time.clone()?, b.name_any())))
+        .max_by_key(|(t, _)| t.0);
+    if let Some((time, name)) = newest
+        && status.last_successful_backup_time.as_ref().is_none_or(|known| known.0 < time.0)
+    {
+        status.last_successful_backup_time = Some(time);
+        status.last_successful_backup = Some(name);
+    }
+}
+
+fn state_of(backup: &TalosEtcdBackup) -> State {
+    let conditions: &[Condition] = backup.status.as_ref().map_or(&[], |s| &s.conditions);
+    if conditions::is_true(conditions, READY) {
+        State::Succeeded
+    } else if conditions::is_true(conditions, FAILED) {
+        State::Failed
+    } else {
+        State::Running
+    }
+}
+
+fn scheduled_time(backup: &TalosEtcdBackup) -> Timestamp {
+    backup
+        .annotations()
+        .get(SCHEDULED_AT_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+        .or_else(|| backup.creation_timestamp().map(|t| t.0))
+        .unwrap_or_default()
+}
+
+fn owner_uid(backup: &TalosEtcdBackup) -> Option<&str> {
+    backup.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Deleting a schedule keeps its backups and their snapshots: they lose the owner reference (so the
+/// garbage collector leaves them) and stay, labelled with the schedule's name, until deleted on
+/// purpose.
+async fn orphan_backups(
+    api: &Api<TalosEtcdBackupSchedule>,
+    backups: &Api<TalosEtcdBackup>,
+    schedule: &TalosEtcdBackupSchedule,
+) -> Result<Action, Error> {
+    if !finalizer::held(schedule) {
+        return Ok(Action::await_change());
+    }
+    let uid = schedule.uid().unwrap_or_default();
+    let selector = format!("{SCHEDULE_LABEL}={}", schedule.name_any());
+    for backup in backups.list(&ListParams::default().labels(&selector)).await?.items {
+        let owners: Vec<_> = backup.owner_references().iter().filter(|o| o.uid != uid).cloned().collect();
+        if owners.len() == backup.owner_references().len() {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "metadata": {"ownerReferences": owners, "resourceVersion": backup.resource_version()},
+        });
+        backups.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        tracing::info!(schedule = %schedule.name_any(), backup = %backup.name_any(), "kept after its schedule's deletion");
+    }
+    finalizer::set(api, schedule, false).await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_names_carry_the_scheduled_time_in_utc() {
+        let at: Timestamp = "2026-11-24T17:05:09.9Z".parse().unwrap();
+        assert_eq!(backup_name("nightly", at), "nightly-20261124170509");
+    }
+}
