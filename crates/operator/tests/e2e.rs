@@ -966,3 +966,189 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
     assert!(count("teb_schedule_runs_total{outcome=\"created\"}") >= 9, "{text}");
     assert!(count("teb_backups_pruned_total") >= 5, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_skips_runs_while_one_is_running_and_a_restart_takes_one_missed_run() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let mut scenario = Scenario::start_with("e2e-forbid", options, false, test_config()).await;
+    for i in 0..64 {
+        scenario
+            .emulator
+            .etcd()
+            .put(format!("/registry/configmaps/big-{i}").as_bytes(), &[b'x'; 16 * 1024])
+            .await
+            .unwrap();
+    }
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+
+    // A backup takes about 8 s at 150 kB/s; the schedule fires every 2 s.
+    scenario.emulator.faults.limit_bandwidth(150_000);
+    scenario.apply(&scenario.schedule_yaml("slow", "@every 2s", "")).await;
+    let done = scenario
+        .eventually(60, "two slow backups to finish", || async {
+            let list = scenario.backups_of("slow").await;
+            let running = list.iter().filter(|b| !is_ready(b) && !is_failed(b)).count();
+            assert!(running <= 1, "Forbid let {running} backups run at once");
+            (list.iter().filter(|b| is_ready(b)).count() >= 2).then_some(list)
+        })
+        .await;
+    // Their running windows do not overlap, and runs were skipped meanwhile.
+    let windows: Vec<(jiff::Timestamp, jiff::Timestamp)> = done
+        .iter()
+        .filter(|b| is_ready(b))
+        .map(|b| {
+            let s = b.status.as_ref().unwrap();
+            (s.start_time.as_ref().unwrap().0, s.completion_time.as_ref().unwrap().0)
+        })
+        .collect();
+    assert!(windows[0].1 <= windows[1].0, "{windows:?}");
+    assert!(windows[0].1.duration_since(windows[0].0).as_secs() >= 4, "the backup was not slow: {windows:?}");
+    let reasons = scenario.event_reasons().await;
+    assert!(reasons.contains(&"RunSkipped".to_owned()), "{reasons:?}");
+    let patch = serde_json::json!({"spec": {"paused": true}});
+    scenario.schedules().patch("slow", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    scenario.emulator.faults.clear();
+
+    // The operator is down for several runs of two schedules: the one without a deadline takes the
+    // latest missed run once, the one with a 1 s deadline skips it.
+    scenario.apply(&scenario.schedule_yaml("catch-up", "@every 3s", "")).await;
+    scenario.apply(&scenario.schedule_yaml("strict", "@every 6s", "  startingDeadlineSeconds: 1\n")).await;
+    scenario
+        .eventually(20, "both schedules to run once", || async {
+            let a = scenario.backups_of("catch-up").await.len();
+            let b = scenario.backups_of("strict").await.len();
+            (a >= 1 && b >= 1).then_some(())
+        })
+        .await;
+    scenario.controller.abort();
+    let stopped = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Restart 2 s after one of strict's scheduled times, so that its latest missed run is 2 to 6 s
+    // late when the restarted operator looks (it starts in well under 4 s).
+    let strict_last = scenario.schedule_status("strict").await.last_schedule_time.unwrap().0;
+    let since = jiff::Timestamp::now().duration_since(strict_last).as_secs_f64();
+    let wait = 6.0 - (since - 2.0).rem_euclid(6.0);
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    let before: Vec<String> =
+        scenario.backups_of("catch-up").await.into_iter().filter_map(|b| b.metadata.name).collect();
+    let restarted = jiff::Timestamp::now();
+    scenario.restart_controller().await;
+    let taken = scenario
+        .eventually(10, "the missed run", || async {
+            let list = scenario.backups_of("catch-up").await;
+            let new: Vec<TalosEtcdBackup> =
+                list.into_iter().filter(|b| !before.contains(b.metadata.name.as_ref().unwrap())).collect();
+            (!new.is_empty()).then_some(new)
+        })
+        .await;
+    // Exactly one backup for the runs missed while down, for the latest of them (the restarted
+    // operator may read the clock a scheduled time after `restarted`).
+    let taken_created = taken[0].metadata.creation_timestamp.as_ref().unwrap().0;
+    let missed: Vec<jiff::Timestamp> = scenario
+        .backups_of("catch-up")
+        .await
+        .iter()
+        .map(scheduled_at)
+        .filter(|at| *at > stopped && *at <= taken_created)
+        .collect();
+    assert_eq!(missed, vec![scheduled_at(&taken[0])], "runs missed while down");
+    assert!(taken_created.duration_since(missed[0]).as_secs_f64() < 3.0, "not the latest missed run: {missed:?}");
+    let strict_missed = scenario
+        .backups_of("strict")
+        .await
+        .iter()
+        .map(scheduled_at)
+        .filter(|at| *at > stopped && *at <= restarted)
+        .count();
+    assert_eq!(strict_missed, 0, "a run later than startingDeadlineSeconds was taken");
+    scenario
+        .eventually(10, "a MissedSchedule event", || async {
+            scenario.event_reasons().await.contains(&"MissedSchedule".to_owned()).then_some(())
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_schedule_yaml_applies_unchanged_invalid_ones_say_why_and_deletion_keeps_backups() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-schedule-api", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+
+    // The upstream operator's documented example, verbatim: daily at 02:00 UTC.
+    scenario.apply(teb_testkit::spec::SCHEDULE_YAML).await;
+    let status = scenario
+        .eventually(20, "the upstream schedule's status", || async {
+            let status = scenario.schedule_status("daily-backup").await;
+            status.next_schedule_time.is_some().then_some(status)
+        })
+        .await;
+    let next = status.next_schedule_time.as_ref().unwrap().0;
+    let expected =
+        teb_schedule::Schedule::parse("0 2 * * *", None).unwrap().next_after(jiff::Timestamp::now()).unwrap();
+    assert_eq!(next, expected);
+    assert_eq!(schedule_condition(&status, READY), ("True".into(), "ScheduleActive".into()));
+    assert!(status.last_schedule_time.is_none() && status.active_backups.is_empty(), "{status:?}");
+
+    // A time zone moves the run.
+    scenario.apply(&scenario.schedule_yaml("berlin", "CRON_TZ=Europe/Berlin 0 2 * * *", "")).await;
+    let status = scenario
+        .eventually(20, "the Berlin schedule's status", || async {
+            let status = scenario.schedule_status("berlin").await;
+            status.next_schedule_time.is_some().then_some(status)
+        })
+        .await;
+    let local = status.next_schedule_time.unwrap().0.to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap());
+    assert_eq!((local.hour(), local.minute()), (2, 0));
+
+    // Invalid: a clear condition and event, nothing scheduled.
+    for (name, schedule, spec_fields, says) in [
+        ("four-fields", "0 2 * *", "", "it has 4 fields, not 5"),
+        ("bad-zone", "0 2 * * *", "  timeZone: Mars/Olympus\n", "unknown time zone \"Mars/Olympus\""),
+        ("bad-every", "@every 100ms", "", "shorter than 1s"),
+    ] {
+        scenario.apply(&scenario.schedule_yaml(name, schedule, spec_fields)).await;
+        let status = scenario
+            .eventually(20, "the invalid schedule's condition", || async {
+                let status = scenario.schedule_status(name).await;
+                (!status.conditions.is_empty()).then_some(status)
+            })
+            .await;
+        assert_eq!(schedule_condition(&status, READY), ("False".into(), "InvalidSchedule".into()));
+        assert_eq!(schedule_condition(&status, FAILED), ("True".into(), "InvalidSchedule".into()));
+        let message = &status.conditions.iter().find(|c| c.type_ == FAILED).unwrap().message;
+        assert!(message.starts_with("Invalid spec.schedule: ") && message.contains(says), "{message}");
+        assert!(status.next_schedule_time.is_none());
+    }
+    assert!(scenario.event_reasons().await.contains(&"InvalidSchedule".to_owned()));
+    // The CRD refuses what its schema can check.
+    let refused = apply_yaml(
+        &scenario.admin,
+        &scenario.schedule_yaml("zero", "@every 1s", "  retention: 0\n"),
+        Some(&scenario.ns),
+    )
+    .await;
+    assert!(format!("{:#}", refused.unwrap_err()).contains("retention"));
+
+    // Deleting a schedule keeps its backups and their snapshots, no longer owned.
+    scenario.apply(&scenario.schedule_yaml("short-lived", "@every 2s", "")).await;
+    let ready = scenario
+        .eventually(30, "a backup of short-lived", || async {
+            scenario.backups_of("short-lived").await.into_iter().find(is_ready)
+        })
+        .await;
+    let key = ready.status.as_ref().unwrap().filename.clone().unwrap();
+    scenario.schedules().delete("short-lived", &Default::default()).await.unwrap();
+    scenario
+        .eventually(20, "the schedule to be gone", || async {
+            scenario.schedules().get_opt("short-lived").await.unwrap().is_none().then_some(())
+        })
+        .await;
+    let kept = scenario.backups_of("short-lived").await;
+    assert!(!kept.is_empty());
+    for b in &kept {
+        assert!(b.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()), "still owned: {b:?}");
+    }
+    assert!(scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == key));
+}
