@@ -30,6 +30,11 @@ pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
 pub const NO_RECENT_BACKUP: &str = "NoRecentBackup";
 /// `Stale` False.
 pub const RECENT_BACKUP: &str = "RecentBackup";
+/// Whether the bucket of a schedule's backups accepts uploads: True `StorageReachable`, False
+/// `StorageUnreachable`.
+pub const STORAGE_READY: &str = "StorageReady";
+pub const STORAGE_REACHABLE: &str = "StorageReachable";
+pub const STORAGE_UNREACHABLE: &str = "StorageUnreachable";
 
 /// Where a backup stands.
 #[derive(Clone, Debug, PartialEq, Eq)]

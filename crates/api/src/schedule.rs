@@ -100,7 +100,9 @@ pub struct BackupTemplate {
 #[serde(rename_all = "camelCase")]
 pub struct TalosEtcdBackupScheduleStatus {
     /// `Ready` (the schedule is valid and running, or paused), `Failed` (it cannot run: reason
-    /// `InvalidSchedule`), `Stale` (no backup succeeded for two scheduled runs).
+    /// `InvalidSchedule`), `Stale` (no backup succeeded for two scheduled runs), `StorageReady` (the
+    /// bucket accepted a test upload: checked when the spec changes, hourly, every 5 minutes after a
+    /// failure).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The most recent scheduled time acted on: a backup was created for it, or it was skipped
@@ -122,4 +124,7 @@ pub struct TalosEtcdBackupScheduleStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// When the bucket was last checked (the `StorageReady` condition says how that went).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_storage_check_time: Option<Time>,
 }

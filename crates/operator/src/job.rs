@@ -229,6 +229,16 @@ pub async fn delete_snapshot(location: &S3Location, key: &str, settings: &Settin
     sink.delete(key).await.map_err(Error::Upload)
 }
 
+/// A cheap check that backups of `controlplane` can be stored, with the permissions a backup uses:
+/// a multipart upload under the backups' prefix is started (PutObject) and aborted at once
+/// (AbortMultipartUpload). It finds a missing bucket, wrong credentials, endpoint, region or CA, and
+/// leaves nothing behind.
+pub async fn check_storage(location: &S3Location, controlplane: &str, settings: &Settings) -> Result<(), Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    let upload = sink.create_upload(&format!("{KEY_PREFIX}/{controlplane}/.storage-check"), &[]).await;
+    sink.abort_upload(&upload.map_err(Error::Upload)?).await.map_err(Error::Upload)
+}
+
 /// Aborts uploads recorded by earlier attempts; returns those S3 could not abort, with why.
 pub async fn abort_uploads(
     location: &S3Location,

@@ -1076,8 +1076,12 @@ async fn upstream_schedule_yaml_applies_unchanged_invalid_ones_say_why_and_delet
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
 
-    // The upstream operator's documented example, verbatim: daily at 02:00 UTC.
-    scenario.apply(teb_testkit::spec::SCHEDULE_YAML).await;
+    // The upstream operator's documented example, verbatim: the API server takes it (a dry run: with
+    // no endpoint it would reach AWS), and with the S3 endpoint added it runs daily at 02:00 UTC.
+    let verbatim: TalosEtcdBackupSchedule = serde_yaml::from_str(teb_testkit::spec::SCHEDULE_YAML).unwrap();
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    scenario.schedules().create(&dry_run, &verbatim).await.expect("the upstream example is valid");
+    scenario.apply(&scenario.schedule_yaml("daily-backup", "0 2 * * *", "")).await;
     let status = scenario
         .eventually(20, "the upstream schedule's status", || async {
             let status = scenario.schedule_status("daily-backup").await;
@@ -1090,6 +1094,28 @@ async fn upstream_schedule_yaml_applies_unchanged_invalid_ones_say_why_and_delet
     assert_eq!(next, expected);
     assert_eq!(schedule_condition(&status, READY), ("True".into(), "ScheduleActive".into()));
     assert!(status.last_schedule_time.is_none() && status.active_backups.is_empty(), "{status:?}");
+
+    // The bucket is checked before the first run: a test upload, aborted.
+    let storage = |status: &TalosEtcdBackupScheduleStatus| {
+        status.conditions.iter().find(|c| c.type_ == "StorageReady").cloned().expect("StorageReady")
+    };
+    assert_eq!((storage(&status).status.as_str(), storage(&status).reason.as_str()), ("True", "StorageReachable"));
+    assert!(status.last_storage_check_time.is_some());
+    let wrong = scenario.schedule_yaml("wrong-bucket", "0 2 * * *", "").replace("my-etcd-backups", "no-such-bucket");
+    scenario.apply(&wrong).await;
+    let status = scenario
+        .eventually(20, "the wrong bucket's check", || async {
+            let status = scenario.schedule_status("wrong-bucket").await;
+            status.last_storage_check_time.is_some().then_some(status)
+        })
+        .await;
+    let failed = storage(&status);
+    assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("False", "StorageUnreachable"));
+    assert!(failed.message.starts_with("Bucket \"no-such-bucket\" refused a test upload: "), "{}", failed.message);
+    assert!(failed.message.contains("NoSuchBucket"), "{}", failed.message);
+    assert!(!failed.message.contains("YOUR_SECRET_ACCESS_KEY"));
+    assert!(scenario.event_reasons().await.contains(&"StorageCheckFailed".to_owned()));
+    assert!(scenario.s3.unfinished_uploads().is_empty(), "the check left an upload");
 
     // A time zone moves the run.
     scenario.apply(&scenario.schedule_yaml("berlin", "CRON_TZ=Europe/Berlin 0 2 * * *", "")).await;

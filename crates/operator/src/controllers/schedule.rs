@@ -25,12 +25,15 @@ use teb_schedule::{Candidate, Due, Policy, Schedule, State};
 
 use super::{Context, patch_status};
 use crate::metrics::{RunLabels, RunOutcome};
-use crate::{Error, finalizer, resolve};
+use crate::{Error, finalizer, job, resolve};
 
 /// Successful backups kept when `retention` is unset (as upstream).
 const DEFAULT_RETENTION: i32 = 5;
 /// Failed backups kept when `failedBackupsHistoryLimit` is unset.
 const DEFAULT_FAILED_LIMIT: i32 = 3;
+/// How often the bucket is checked while it works, and after it did not.
+const STORAGE_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+const STORAGE_RECHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// Label values are at most 63 characters, and every backup carries the schedule's name in one.
 const MAX_NAME: usize = 63;
 
@@ -144,7 +147,9 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
             condition(STALE, "False", conditions::RECENT_BACKUP, &message)
         }
     };
-    status.conditions = vec![ready, stale];
+    let (storage, next_check) = storage_condition(&schedule, &ctx, &previous, &mut status, now).await;
+    wake_at = earliest(wake_at, Some(next_check));
+    status.conditions = vec![ready, stale, storage];
 
     prune(&backups, &schedule, &ctx, &parsed, &owned).await;
     if status != previous {
@@ -174,6 +179,57 @@ fn check(schedule: &TalosEtcdBackupSchedule) -> Result<Schedule, String> {
         e.to_string().replacen("Invalid spec: spec.", "Invalid spec: spec.backupTemplate.spec.", 1)
     })?;
     Ok(parsed)
+}
+
+/// The `StorageReady` condition: the bucket checked ([`job::check_storage`]) when the spec changed,
+/// an hour after it last worked or 5 minutes after it last failed; else the previous result. Returns
+/// it with the time of the next check.
+async fn storage_condition(
+    schedule: &TalosEtcdBackupSchedule,
+    ctx: &Context,
+    previous: &TalosEtcdBackupScheduleStatus,
+    status: &mut TalosEtcdBackupScheduleStatus,
+    now: Timestamp,
+) -> (Condition, Timestamp) {
+    let interval = |ok: bool| if ok { STORAGE_CHECK_INTERVAL } else { STORAGE_RECHECK_INTERVAL };
+    let after = |t: Timestamp, ok: bool| t.checked_add(interval(ok)).unwrap_or(t);
+    let old = previous.conditions.iter().find(|c| c.type_ == conditions::STORAGE_READY);
+    if let (Some(old), Some(checked)) = (old, &previous.last_storage_check_time) {
+        let next = after(checked.0, old.status == "True");
+        if old.observed_generation == status.observed_generation && next > now {
+            return (old.clone(), next);
+        }
+    }
+    let template = &schedule.spec.backup_template.spec;
+    let result = crate::isolate(async {
+        let mut backup = TalosEtcdBackup::new(&schedule.name_any(), template.clone());
+        backup.metadata.namespace = schedule.namespace();
+        let location = resolve::resolve_s3(&ctx.client, &backup).await?;
+        job::check_storage(&location, &template.talos_control_plane_ref.name, &ctx.config.settings).await
+    })
+    .await;
+    status.last_storage_check_time = Some(Time(now));
+    let bucket = &template.backup_storage.s3.bucket;
+    let (state, reason, message) = match &result {
+        Ok(()) => ("True", conditions::STORAGE_REACHABLE, format!("Bucket {bucket:?} accepted a test upload")),
+        Err(error) => {
+            ("False", conditions::STORAGE_UNREACHABLE, format!("Bucket {bucket:?} refused a test upload: {error}"))
+        }
+    };
+    if result.is_err() && old.is_none_or(|c| c.status != "False") {
+        tracing::warn!(schedule = %schedule.name_any(), %message, "storage check failed");
+        ctx.event(schedule, EventType::Warning, "StorageCheckFailed", message.clone()).await;
+    }
+    let condition = conditions::condition(
+        conditions::STORAGE_READY,
+        state,
+        reason,
+        &message,
+        &previous.conditions,
+        status.observed_generation,
+        &super::now(),
+    );
+    (condition, after(now, result.is_ok()))
 }
 
 /// Creates the backup of the run scheduled `at`, unless it exists already (a run repeated after a
