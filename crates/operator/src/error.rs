@@ -13,6 +13,8 @@ pub enum Error {
     Snapshot { node: String, cause: teb_pipeline::Error },
     #[error("Failed to upload snapshot to S3: {0}")]
     Upload(teb_pipeline::Error),
+    #[error("Failed to verify the stored snapshot {key}: {cause}")]
+    Verify { key: String, cause: teb_pipeline::Error },
     #[error("Invalid spec: {0}")]
     Spec(String),
     #[error("Kubernetes API error: {0}")]
@@ -30,6 +32,11 @@ impl Error {
         match self {
             Error::Talos(e) => e.is_transient(),
             Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
+            // Reading it again helps only when reading failed, not when what was read is damaged.
+            Error::Verify { cause, .. } => {
+                matches!(cause, teb_pipeline::Error::S3 { .. } | teb_pipeline::Error::IdleTimeout { .. })
+                    && cause.is_transient()
+            }
             Error::Kube(_) | Error::Cleanup(_) => true,
             Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) | Error::Internal(_) => false,
         }
@@ -43,6 +50,7 @@ impl Error {
             Error::Talos(_) => "talos",
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) => "s3",
+            Error::Verify { .. } => "verify",
             Error::Spec(_) => "spec",
             Error::Kube(_) => "kubernetes",
             Error::Cleanup(_) => "cleanup",
@@ -54,9 +62,11 @@ impl Error {
     pub fn from_pipeline(node: &str, e: teb_pipeline::Error) -> Self {
         use teb_pipeline::Error as P;
         match e {
-            P::Source { .. } | P::IdleTimeout { .. } | P::Truncated { .. } | P::ChecksumMismatch { .. } => {
-                Error::Snapshot { node: node.to_owned(), cause: e }
-            }
+            P::Source { .. }
+            | P::IdleTimeout { .. }
+            | P::Truncated { .. }
+            | P::ChecksumMismatch { .. }
+            | P::Structure { .. } => Error::Snapshot { node: node.to_owned(), cause: e },
             P::TotalTimeout { .. } | P::S3 { .. } | P::Invalid { .. } | P::Config(_) => Error::Upload(e),
         }
     }

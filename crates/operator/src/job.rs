@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use teb_pipeline::{Limits, Report, S3Location, S3Sink, UploadRef};
+use teb_pipeline::{CheckedSnapshot, Limits, Report, S3Location, S3Sink, UploadRef};
 use teb_talos::{ChosenNode, TalosClient};
 
 use crate::Error;
@@ -201,12 +201,8 @@ pub async fn list(
     settings: &Settings,
 ) -> Result<Vec<ListedBackup>, Error> {
     let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let prefix = match cluster {
-        Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
-        None => format!("{KEY_PREFIX}/"),
-    };
     let mut listed = Vec::new();
-    for (key, size, modified) in sink.list(&prefix).await.map_err(Error::Upload)? {
+    for (key, size, modified) in sink.list(&prefix_of(cluster)).await.map_err(Error::Upload)? {
         let stored = sink.stored(&key).await.map_err(Error::Upload)?;
         let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
         let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
@@ -221,6 +217,38 @@ pub async fn list(
     }
     listed.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
     Ok(listed)
+}
+
+/// Reads the snapshot at `key` back and checks it: its SHA-256 trailer and its bbolt structure.
+pub async fn verify(
+    location: &S3Location,
+    key: &str,
+    settings: &Settings,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<CheckedSnapshot, Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    sink.verify(key, settings.limits.idle_timeout, progress)
+        .await
+        .map_err(|cause| Error::Verify { key: key.to_owned(), cause })
+}
+
+/// The key of the newest object under the specification's prefix (of `cluster` only, when given).
+pub async fn latest_key(
+    location: &S3Location,
+    cluster: Option<&str>,
+    settings: &Settings,
+) -> Result<Option<String>, Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    let listed = sink.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;
+    let snapshots = listed.into_iter().filter(|(key, _, _)| key.contains("/etcd-snapshot-"));
+    Ok(snapshots.max_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0))).map(|(key, _, _)| key))
+}
+
+fn prefix_of(cluster: Option<&str>) -> String {
+    match cluster {
+        Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
+        None => format!("{KEY_PREFIX}/"),
+    }
 }
 
 /// Deletes a stored snapshot (a missing one counts as deleted).

@@ -39,6 +39,9 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// List the backups in a bucket: key, size, time, node and SHA-256.
     List(ListArgs),
+    /// Read a stored backup back and check it: SHA-256 trailer and bbolt structure. Exit code 0 when
+    /// sound, 1 when not.
+    Verify(VerifyArgs),
 }
 
 #[derive(Args)]
@@ -205,6 +208,24 @@ struct ListArgs {
     output: Output,
 }
 
+#[derive(Args)]
+struct VerifyArgs {
+    /// Key of the object to verify.
+    #[arg(long, required_unless_present = "latest", conflicts_with = "latest")]
+    key: Option<String>,
+    /// Verify the newest backup (of --cluster, when given) instead of --key.
+    #[arg(long)]
+    latest: bool,
+    /// With --latest: only this control plane's backups.
+    #[arg(long, requires = "latest")]
+    cluster: Option<String>,
+    #[command(flatten)]
+    bucket: BucketArgs,
+    /// Progress on standard error: auto shows it on a terminal.
+    #[arg(long, default_value = "auto")]
+    progress: Progress,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
@@ -243,6 +264,7 @@ fn main() -> anyhow::Result<()> {
         Command::Operator(args) => runtime.block_on(operator(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot(args)),
         Command::List(args) => runtime.block_on(list(args)),
+        Command::Verify(args) => runtime.block_on(verify(args)),
     }
 }
 
@@ -310,21 +332,11 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let cluster = args.cluster.clone().unwrap_or_else(|| args.context.clone().unwrap_or(talosconfig.context.clone()));
     let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()? };
     let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now()));
-    let show_progress = match args.progress {
-        Progress::Always => true,
-        Progress::Never => false,
-        Progress::Auto => std::io::stderr().is_terminal(),
-    };
-    let streamed = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let ticker = show_progress.then(|| tokio::spawn(print_progress(streamed.clone(), started)));
-    let counter = streamed.clone();
+    let progress = ProgressLine::start(args.progress);
+    let counter = progress.counter();
     let result =
         job::run(&plan, &key, &args.tuning.settings(), &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
-    if let Some(ticker) = ticker {
-        ticker.abort();
-        eprintln!();
-    }
+    progress.stop();
     let outcome = result?;
     let seconds = outcome.report.duration.as_secs_f64();
     let summary = serde_json::json!({
@@ -363,6 +375,80 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         println!("{time:<24} {:>12}  {:<16} {sha:<14} {}", b.size, b.node.as_deref().unwrap_or("-"), b.key);
     }
     Ok(())
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let location = args.bucket.location()?;
+    let settings = Settings::default();
+    let key = match args.key {
+        Some(key) => key,
+        None => job::latest_key(&location, args.cluster.as_deref(), &settings)
+            .await?
+            .with_context(|| format!("no backup in bucket {:?} to verify", args.bucket.bucket))?,
+    };
+    let progress = ProgressLine::start(args.progress);
+    let counter = progress.counter();
+    let started = Instant::now();
+    let result = job::verify(&location, &key, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
+    progress.stop();
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(checked) => {
+            let summary = serde_json::json!({
+                "result": "pass",
+                "bucket": args.bucket.bucket,
+                "key": key,
+                "size": checked.size,
+                "sha256": checked.sha256,
+                "page_size": checked.db.page_size,
+                "pages": checked.db.pages,
+                "pages_checked": checked.db.pages_checked,
+                "txid": checked.db.txid,
+                "seconds": seconds,
+                "mb_per_s": checked.size as f64 / 1e6 / seconds.max(1e-9),
+                "peak_rss_bytes": peak_rss_bytes(),
+            });
+            println!("{summary}");
+            Ok(())
+        }
+        Err(error) => {
+            let summary = serde_json::json!({
+                "result": "fail", "bucket": args.bucket.bucket, "key": key, "error": error.to_string(),
+            });
+            println!("{summary}");
+            Err(error.into())
+        }
+    }
+}
+
+/// Bytes streamed and the rate, redrawn on standard error four times a second while it runs.
+struct ProgressLine {
+    streamed: Arc<AtomicU64>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProgressLine {
+    fn start(progress: Progress) -> Self {
+        let show = match progress {
+            Progress::Always => true,
+            Progress::Never => false,
+            Progress::Auto => std::io::stderr().is_terminal(),
+        };
+        let streamed = Arc::new(AtomicU64::new(0));
+        let ticker = show.then(|| tokio::spawn(print_progress(streamed.clone(), Instant::now())));
+        ProgressLine { streamed, ticker }
+    }
+
+    fn counter(&self) -> Arc<AtomicU64> {
+        self.streamed.clone()
+    }
+
+    fn stop(self) {
+        if let Some(ticker) = self.ticker {
+            ticker.abort();
+            eprintln!();
+        }
+    }
 }
 
 async fn print_progress(streamed: Arc<AtomicU64>, started: Instant) {

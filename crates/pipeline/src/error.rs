@@ -35,6 +35,8 @@ pub enum Error {
     Truncated { bytes: u64 },
     #[error("snapshot is corrupt: SHA-256 of the database is {actual} but its trailer says {expected}")]
     ChecksumMismatch { expected: String, actual: String },
+    #[error("snapshot is not a sound etcd (bbolt) database: {reason}")]
+    Structure { reason: String },
     #[error("{operation:?} to bucket {bucket:?} failed{}: {message}", code.as_ref().map(|c| format!(" with S3 error {c}")).unwrap_or_default())]
     S3 { operation: S3Operation, bucket: String, code: Option<String>, message: String },
 }
@@ -65,7 +67,8 @@ impl Error {
             | Error::IdleTimeout { .. }
             | Error::TotalTimeout { .. }
             | Error::Truncated { .. }
-            | Error::ChecksumMismatch { .. } => true,
+            | Error::ChecksumMismatch { .. }
+            | Error::Structure { .. } => true,
         }
     }
 }

@@ -5,14 +5,16 @@
 //! it is aborted, so a failed backup leaves neither an object nor an unfinished upload. Memory is
 //! bounded by `part_size × (parts_in_flight + 1)` whatever the snapshot's size.
 
+mod bbolt;
 mod error;
 mod run;
 mod sink;
 pub mod validate;
 mod verify;
 
+pub use bbolt::DbSummary;
 pub use error::{Error, S3Operation};
 pub use run::{Limits, Report, UploadRef, run};
 pub use sink::{S3Credentials, S3Location, S3Sink, StoredSnapshot};
 pub use validate::S3Field;
-pub use verify::TrailerVerifier;
+pub use verify::{CheckedSnapshot, SnapshotCheck, TrailerVerifier};

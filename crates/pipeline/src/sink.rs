@@ -6,7 +6,7 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
-use crate::{Error, S3Field, S3Operation};
+use crate::{CheckedSnapshot, Error, S3Field, S3Operation, SnapshotCheck};
 
 /// S3 access keys. Debug output never shows them.
 #[derive(Clone)]
@@ -133,6 +133,39 @@ impl S3Sink {
             return Ok(None);
         }
         Ok(Some(StoredSnapshot { size, sha256: hex::encode(trailer), metadata }))
+    }
+
+    /// Reads the object at `key` back in one streamed pass (one network chunk in memory at a time)
+    /// and checks it as a snapshot ([`SnapshotCheck`]). `progress` gets the bytes read so far; a read
+    /// that stalls for `idle_timeout` fails.
+    pub async fn verify(
+        &self,
+        key: &str,
+        idle_timeout: Duration,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<CheckedSnapshot, Error> {
+        use futures::StreamExt as _;
+        use object_store::ObjectStore as _;
+        let path = object_store::path::Path::from(key);
+        let result = self.store.get_opts(&path, Default::default()).await;
+        let mut stream = result.map_err(|e| self.error(S3Operation::GetObject, e))?.into_stream();
+        let mut check = SnapshotCheck::default();
+        let mut bytes = 0u64;
+        loop {
+            let next = tokio::time::timeout(idle_timeout, stream.next())
+                .await
+                .map_err(|_| Error::IdleTimeout { timeout: idle_timeout, bytes })?;
+            match next {
+                None => break,
+                Some(Err(e)) => return Err(self.error(S3Operation::GetObject, e)),
+                Some(Ok(chunk)) => {
+                    check.update(&chunk);
+                    bytes += chunk.len() as u64;
+                    progress(bytes);
+                }
+            }
+        }
+        check.finish()
     }
 
     /// The objects whose keys start with `prefix` (a folder: `a/b/`), as (key, size, last modified in
