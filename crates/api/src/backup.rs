@@ -37,6 +37,11 @@ pub struct TalosEtcdBackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "deletion_policy_schema")]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Read the stored snapshot back after the upload and check it (SHA-256 trailer, bbolt structure):
+    /// `status.verified`, `status.verifiedAt` and the `Verified` condition record the result. Setting
+    /// it on a finished backup verifies it then. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 impl TalosEtcdBackupSpec {
@@ -166,6 +171,12 @@ pub struct TalosEtcdBackupStatus {
     /// When the backup finished, successfully or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Whether the stored snapshot read back sound (with `spec.verify`); unset until checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    /// When it was read back and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
     /// Number of attempts made so far.
     #[serde(default)]
     pub attempts: i32,

@@ -20,6 +20,12 @@ pub const BACKUP_COMPLETED: &str = "BackupCompleted";
 pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
 pub const BACKUP_FAILED: &str = "BackupFailed";
 
+/// With `spec.verify`, a backup also gets `Verified`: True `SnapshotVerified` once the stored snapshot
+/// read back sound, False `VerificationFailed` when it did not.
+pub const VERIFIED: &str = "Verified";
+pub const SNAPSHOT_VERIFIED: &str = "SnapshotVerified";
+pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+
 /// Conditions of a TalosEtcdBackupSchedule: `Ready` True (`ScheduleActive` or `SchedulePaused`) or
 /// False with `Failed` True (`InvalidSchedule`), as upstream; and `Stale`.
 pub const STALE: &str = "Stale";

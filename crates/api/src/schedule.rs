@@ -75,6 +75,10 @@ pub struct TalosEtcdBackupScheduleSpec {
     /// anyway.
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
+    /// Verify each backup after its upload (`verify` of the TalosEtcdBackup); `Stale` and
+    /// `lastSuccessfulBackup` then count only backups that read back sound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
     /// A run missed (operator down, schedule paused) is taken late only if at most this many seconds
     /// late; unset: always taken. Only the most recent missed run is ever taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]

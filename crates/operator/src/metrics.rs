@@ -33,6 +33,19 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// How reading a stored snapshot back went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum VerifyResult {
+    passed,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerifyLabels {
+    pub result: VerifyResult,
+}
+
 /// What a schedule did at a scheduled time.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -71,6 +84,8 @@ pub struct Metrics {
     pub schedule_runs: Family<RunLabels, Counter>,
     /// `teb_backups_pruned_total`: backups deleted by schedules' retention.
     pub pruned: Counter,
+    /// `teb_verifications_total{result}`: stored snapshots read back and checked (`spec.verify`).
+    pub verifications: Family<VerifyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,7 +117,20 @@ impl Default for Metrics {
         );
         let pruned = Counter::default();
         registry.register("backups_pruned", "Backups deleted by schedules' retention", pruned.clone());
-        Metrics { registry, backups, duration, stored_bytes, last_success, in_progress, errors, schedule_runs, pruned }
+        let verifications = Family::<VerifyLabels, Counter>::default();
+        registry.register("verifications", "Stored snapshots read back and checked, by result", verifications.clone());
+        Metrics {
+            registry,
+            backups,
+            duration,
+            stored_bytes,
+            last_success,
+            in_progress,
+            errors,
+            schedule_runs,
+            pruned,
+            verifications,
+        }
     }
 }
 

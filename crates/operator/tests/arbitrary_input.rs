@@ -50,6 +50,7 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
             },
             talosconfig_secret_ref: talosconfig,
             deletion_policy: Default::default(),
+            verify: false,
         })
 }
 

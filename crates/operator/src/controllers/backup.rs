@@ -46,6 +46,9 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -
         }
         finalizer::set(&api, &backup, needs_finalizer(&backup, &status, true)).await?;
         abort_unfinished(&api, &backup, &ctx, &mut status).await?;
+        if backup.spec.verify && status.verified.is_none() && conditions::is_true(&status.conditions, READY) {
+            return verify_stored(&api, &backup, &ctx, status).await;
+        }
         return Ok(ctx.after_finish(&status));
     }
     // From here on an upload may start: deleting the backup must then abort it first.
@@ -262,6 +265,69 @@ async fn succeed(
     }
     ctx.event(backup, EventType::Normal, "BackupSucceeded", message).await;
     Ok(Action::await_change())
+}
+
+/// Reads the stored snapshot back and checks it (`spec.verify`): `Verified` True, or False with what
+/// is wrong. A read that failed for a passing reason (S3 unreachable) is tried again later.
+async fn verify_stored(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    mut status: TalosEtcdBackupStatus,
+) -> Result<Action, Error> {
+    let Some(key) = status.filename.clone() else {
+        return Ok(Action::await_change());
+    };
+    let result = crate::isolate(async {
+        let location = resolve::resolve_s3(&ctx.client, backup).await?;
+        job::verify(&location, &key, &ctx.config.settings, &|_| {}).await
+    })
+    .await;
+    let outcome = match result {
+        Ok(checked) if Some(&checked.sha256) != status.sha256.as_ref() => Err(format!(
+            "the object at {key} has SHA-256 {}, not the {} recorded when it was stored: it was replaced",
+            checked.sha256,
+            status.sha256.as_deref().unwrap_or("-")
+        )),
+        Ok(checked) => Ok(format!(
+            "Read back {} bytes of {key}: the SHA-256 trailer matches, the bbolt meta pages, size ({} pages of {} \
+             bytes) and {} page headers are sound",
+            checked.size, checked.db.pages, checked.db.page_size, checked.db.pages_checked
+        )),
+        Err(error) if error.is_transient() => {
+            tracing::warn!(name = %backup.name_any(), %error, "cannot read the snapshot back now; will retry");
+            return Ok(Action::requeue(ctx.config.retry_backoff));
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    let (state, reason, message) = match &outcome {
+        Ok(message) => ("True", conditions::SNAPSHOT_VERIFIED, message.clone()),
+        Err(message) => ("False", conditions::VERIFICATION_FAILED, message.clone()),
+    };
+    status.verified = Some(outcome.is_ok());
+    status.verified_at = Some(now());
+    status.conditions.retain(|c| c.type_ != conditions::VERIFIED);
+    let generation = status.observed_generation;
+    status.conditions.push(conditions::condition(
+        conditions::VERIFIED,
+        state,
+        reason,
+        &message,
+        &[],
+        generation,
+        &now(),
+    ));
+    patch_status(api, &backup.name_any(), &status).await?;
+    let result = if outcome.is_ok() { metrics::VerifyResult::passed } else { metrics::VerifyResult::failed };
+    ctx.metrics.verifications.get_or_create(&metrics::VerifyLabels { result }).inc();
+    match outcome {
+        Ok(_) => ctx.event(backup, EventType::Normal, "BackupVerified", message).await,
+        Err(_) => {
+            tracing::warn!(name = %backup.name_any(), %message, "the stored snapshot failed verification");
+            ctx.event(backup, EventType::Warning, conditions::VERIFICATION_FAILED, message).await;
+        }
+    }
+    Ok(ctx.after_finish(&status))
 }
 
 async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<Option<job::Outcome>, Error> {

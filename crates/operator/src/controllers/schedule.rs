@@ -89,7 +89,7 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
         .collect();
     let mut active: Vec<String> =
         owned.iter().filter(|b| state_of(b) == State::Running).map(|b| b.name_any()).collect();
-    record_success(&mut status, &owned);
+    record_success(&mut status, &owned, schedule.spec.verify);
 
     let mut wake_at: Option<Timestamp> = None;
     let ready = if schedule.spec.paused {
@@ -258,6 +258,7 @@ async fn run(
     }
     let mut spec = schedule.spec.backup_template.spec.clone();
     spec.deletion_policy.get_or_insert(DeletionPolicy::Delete);
+    spec.verify |= schedule.spec.verify;
     let backup = TalosEtcdBackup {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -332,11 +333,13 @@ async fn prune(
 }
 
 /// Keeps the newest successful backup's name and completion time (also when it has since been
-/// deleted by hand, so the time never goes back).
-fn record_success(status: &mut TalosEtcdBackupScheduleStatus, owned: &[TalosEtcdBackup]) {
+/// deleted by hand, so the time never goes back). With `verified_only`, a backup counts once it read
+/// back sound.
+fn record_success(status: &mut TalosEtcdBackupScheduleStatus, owned: &[TalosEtcdBackup], verified_only: bool) {
     let newest = owned
         .iter()
         .filter(|b| state_of(b) == State::Succeeded)
+        .filter(|b| !verified_only || b.status.as_ref().and_then(|s| s.verified) == Some(true))
         .filter_map(|b| Some((b.status.as_ref()?.completion_time.clone()?, b.name_any())))
         .max_by_key(|(t, _)| t.0);
     if let Some((time, name)) = newest
