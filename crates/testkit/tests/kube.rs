@@ -44,9 +44,16 @@ async fn operator_client_holds_only_what_rbac_grants() {
     let backups = Api::<TalosEtcdBackup>::namespaced(operator.clone(), &ns);
     assert_eq!(backups.list(&ListParams::default()).await.unwrap().items.len(), 1);
 
-    // Refused: listing secrets, creating or deleting backups.
+    // Granted too: creating and deleting backups (schedules' runs and retention).
+    backups.create(&PostParams::default(), &backup("c")).await.expect("create backup is granted");
+    backups.delete("c", &DeleteParams::default()).await.expect("delete backup is granted");
+
+    // Refused: listing or deleting secrets, deleting schedules, listing control planes.
     let forbidden = |e: kube::Error| matches!(e, kube::Error::Api(ref s) if s.code == 403);
     assert!(forbidden(secrets.list(&ListParams::default()).await.unwrap_err()));
-    assert!(forbidden(backups.create(&PostParams::default(), &backup("c")).await.unwrap_err()));
-    assert!(forbidden(backups.delete("b", &DeleteParams::default()).await.unwrap_err()));
+    assert!(forbidden(secrets.delete("s", &DeleteParams::default()).await.unwrap_err()));
+    let schedules = Api::<teb_api::TalosEtcdBackupSchedule>::namespaced(operator.clone(), &ns);
+    assert!(forbidden(schedules.delete("any", &DeleteParams::default()).await.unwrap_err()));
+    let control_planes = Api::<teb_api::TalosControlPlane>::namespaced(operator, &ns);
+    assert!(forbidden(control_planes.list(&ListParams::default()).await.unwrap_err()));
 }
