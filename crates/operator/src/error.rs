@@ -15,6 +15,8 @@ pub enum Error {
     Upload(teb_pipeline::Error),
     #[error("Failed to verify the stored snapshot {key}: {cause}")]
     Verify { key: String, cause: teb_pipeline::Error },
+    #[error("Restore refused or failed: {0}")]
+    Restore(String),
     #[error("Invalid spec: {0}")]
     Spec(String),
     #[error("Kubernetes API error: {0}")]
@@ -38,7 +40,11 @@ impl Error {
                     && cause.is_transient()
             }
             Error::Kube(_) | Error::Cleanup(_) => true,
-            Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) | Error::Internal(_) => false,
+            Error::ControlPlane { .. }
+            | Error::Secret { .. }
+            | Error::Spec(_)
+            | Error::Restore(_)
+            | Error::Internal(_) => false,
         }
     }
 
@@ -51,6 +57,7 @@ impl Error {
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) => "s3",
             Error::Verify { .. } => "verify",
+            Error::Restore(_) => "restore",
             Error::Spec(_) => "spec",
             Error::Kube(_) => "kubernetes",
             Error::Cleanup(_) => "cleanup",

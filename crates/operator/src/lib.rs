@@ -9,5 +9,6 @@ pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod resolve;
+pub mod restore;
 
 pub use error::{Error, isolate};

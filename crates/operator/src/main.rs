@@ -42,6 +42,9 @@ enum Command {
     /// Read a stored backup back and check it: SHA-256 trailer and bbolt structure. Exit code 0 when
     /// sound, 1 when not.
     Verify(VerifyArgs),
+    /// Restore a control plane's etcd from a stored backup (Talos EtcdRecover, then Bootstrap with
+    /// recover_etcd), streamed from S3 and checked on the way. Refused while etcd runs on the node.
+    Restore(RestoreArgs),
 }
 
 #[derive(Args)]
@@ -126,12 +129,8 @@ impl Tuning {
 
 #[derive(Args)]
 struct SnapshotArgs {
-    /// talosconfig file.
-    #[arg(long, env = "TALOSCONFIG")]
-    talosconfig: Option<PathBuf>,
-    /// talosconfig context; its current context when unset.
-    #[arg(long)]
-    context: Option<String>,
+    #[command(flatten)]
+    talos: TalosArgs,
     /// Control-plane name in the S3 key; the talosconfig context's name when unset.
     #[arg(long)]
     cluster: Option<String>,
@@ -226,6 +225,58 @@ struct VerifyArgs {
     progress: Progress,
 }
 
+#[derive(Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    talos: TalosArgs,
+    /// Key of the backup to restore.
+    #[arg(long, required_unless_present = "latest", conflicts_with = "latest")]
+    key: Option<String>,
+    /// Restore the newest backup (of --cluster, when given) instead of --key.
+    #[arg(long)]
+    latest: bool,
+    /// With --latest: only this control plane's backups.
+    #[arg(long, requires = "latest")]
+    cluster: Option<String>,
+    /// Control-plane node to recover on; the talosconfig's first node, else the endpoint node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Print the plan (node, backup, its size and SHA-256, etcd's state) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How long to wait for etcd to answer after the recovery bootstrap.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    wait: Duration,
+    #[command(flatten)]
+    bucket: BucketArgs,
+    /// Progress on standard error: auto shows it on a terminal.
+    #[arg(long, default_value = "auto")]
+    progress: Progress,
+}
+
+/// The talosconfig to reach the Talos API with.
+#[derive(Args)]
+struct TalosArgs {
+    /// talosconfig file; ~/.talos/config when unset.
+    #[arg(long, env = "TALOSCONFIG")]
+    talosconfig: Option<PathBuf>,
+    /// talosconfig context; its current context when unset.
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl TalosArgs {
+    fn load(&self) -> anyhow::Result<teb_talos::Talosconfig> {
+        let path = match self.talosconfig.clone() {
+            Some(path) => path,
+            None => PathBuf::from(std::env::var_os("HOME").context("HOME is unset; pass --talosconfig")?)
+                .join(".talos/config"),
+        };
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading talosconfig {}", path.display()))?;
+        teb_talos::Talosconfig::from_yaml(&text).with_context(|| format!("talosconfig {}", path.display()))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
@@ -265,6 +316,7 @@ fn main() -> anyhow::Result<()> {
         Command::Snapshot(args) => runtime.block_on(snapshot(args)),
         Command::List(args) => runtime.block_on(list(args)),
         Command::Verify(args) => runtime.block_on(verify(args)),
+        Command::Restore(args) => runtime.block_on(restore(args)),
     }
 }
 
@@ -319,17 +371,10 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
 }
 
 async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
-    let path = match args.talosconfig.clone() {
-        Some(path) => path,
-        None => {
-            PathBuf::from(std::env::var_os("HOME").context("HOME is unset; pass --talosconfig")?).join(".talos/config")
-        }
-    };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading talosconfig {}", path.display()))?;
-    let talosconfig =
-        teb_talos::Talosconfig::from_yaml(&text).with_context(|| format!("talosconfig {}", path.display()))?;
-    let talos = talosconfig.target(args.context.as_deref())?;
-    let cluster = args.cluster.clone().unwrap_or_else(|| args.context.clone().unwrap_or(talosconfig.context.clone()));
+    let talosconfig = args.talos.load()?;
+    let talos = talosconfig.target(args.talos.context.as_deref())?;
+    let cluster =
+        args.cluster.clone().unwrap_or_else(|| args.talos.context.clone().unwrap_or(talosconfig.context.clone()));
     let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()? };
     let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now()));
     let progress = ProgressLine::start(args.progress);
@@ -419,6 +464,57 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             Err(error.into())
         }
     }
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    use talos_etcd_backup::restore::{self, EtcdState};
+    let talos = args.talos.load()?.target(args.talos.context.as_deref())?;
+    let location = args.bucket.location()?;
+    let settings = Settings::default();
+    let key = match args.key {
+        Some(key) => key,
+        None => job::latest_key(&location, args.cluster.as_deref(), &settings)
+            .await?
+            .with_context(|| format!("no backup in bucket {:?} to restore", args.bucket.bucket))?,
+    };
+    let (client, plan) = restore::plan(&talos, &location, &key, args.node.as_deref(), &settings).await?;
+    let etcd = match &plan.etcd {
+        EtcdState::Running { member_id, db_size } => {
+            serde_json::json!({"running": true, "member_id": format!("{member_id:x}"), "db_size": db_size})
+        }
+        EtcdState::NotRunning { reason } => serde_json::json!({"running": false, "reason": reason}),
+    };
+    let mut summary = serde_json::json!({
+        "node": plan.node_label, "bucket": args.bucket.bucket, "key": plan.key, "size": plan.size,
+        "sha256": plan.sha256, "etcd_before": etcd,
+    });
+    if args.dry_run {
+        summary["dry_run"] = true.into();
+        summary["would"] = match plan.etcd {
+            EtcdState::Running { .. } => "refuse: etcd is running on the node".into(),
+            EtcdState::NotRunning { .. } => {
+                "stream the backup into EtcdRecover (checked on the way), then Bootstrap with recover_etcd".into()
+            }
+        };
+        println!("{summary}");
+        return Ok(());
+    }
+    let progress = ProgressLine::start(args.progress);
+    let counter = progress.counter();
+    let result = restore::restore(&client, &plan, &location, &settings, args.wait, &move |bytes| {
+        counter.store(bytes, Ordering::Relaxed)
+    })
+    .await;
+    progress.stop();
+    let restored = result?;
+    summary["restored"] = true.into();
+    summary["member_id"] = format!("{:x}", restored.member_id).into();
+    summary["db_size"] = restored.db_size.into();
+    summary["pages"] = restored.checked.db.pages.into();
+    summary["seconds"] = restored.seconds.into();
+    summary["peak_rss_bytes"] = peak_rss_bytes().into();
+    println!("{summary}");
+    Ok(())
 }
 
 /// Bytes streamed and the rate, redrawn on standard error four times a second while it runs.

@@ -266,3 +266,99 @@ async fn verify_command_passes_real_snapshots_and_catches_damage() {
     let (ok, _, stderr) = verify(&[]);
     assert!(!ok && stderr.contains("--key"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_damaged_backup() {
+    use object_store::ObjectStoreExt as _;
+    use sha2::Digest as _;
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    for i in 0..200 {
+        emulator.etcd().put(format!("/registry/configmaps/ns/before-{i}").as_bytes(), &[b'b'; 1024]).await.unwrap();
+    }
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backup_config = dir.path().join("backup.talosconfig");
+    std::fs::write(&backup_config, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let admin_config = dir.path().join("admin.talosconfig");
+    std::fs::write(&admin_config, emulator.talosconfig(&["os:admin"]).unwrap()).unwrap();
+    let output = tokio::task::block_in_place(|| command(&backup_config, &s3).output().unwrap());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let snapshot: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = snapshot["key"].as_str().unwrap().to_owned();
+    emulator.etcd().put(b"/registry/configmaps/ns/after", b"a").await.unwrap();
+
+    let restore = |talosconfig: &std::path::Path, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+        command
+            .arg("restore")
+            .arg("--talosconfig")
+            .arg(talosconfig)
+            .args(["--bucket", "backups", "--endpoint", &s3.endpoint, "--wait", "60s"])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        let output = tokio::task::block_in_place(|| command.output().unwrap());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    // Dry run: the plan, and nothing changes.
+    let (ok, plan, stderr) = restore(&admin_config, &["--key", &key, "--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert_eq!((plan["dry_run"].as_bool(), plan["etcd_before"]["running"].as_bool()), (Some(true), Some(true)));
+    assert_eq!((&plan["size"], &plan["sha256"]), (&snapshot["size"], &snapshot["sha256"]));
+    assert!(plan["would"].as_str().unwrap().starts_with("refuse"), "{plan}");
+
+    // A running etcd is never restored over.
+    let (ok, _, stderr) = restore(&admin_config, &["--key", &key]);
+    assert!(
+        !ok && stderr.contains("is running") && stderr.contains("restoring over a live etcd is refused"),
+        "{stderr}"
+    );
+    assert!(!emulator.has_recovery_snapshot(), "nothing may be uploaded to a running node");
+
+    // Without os:admin: refused, saying which role is needed.
+    emulator.wipe_etcd();
+    let (ok, _, stderr) = restore(&backup_config, &["--key", &key]);
+    assert!(!ok && stderr.contains("os:admin"), "{stderr}");
+
+    // A backup damaged under a matching trailer: caught on the way, the upload cancelled, no bootstrap.
+    let (bytes, _) = s3.get("backups", &key).await.unwrap();
+    let mut db = bytes[..bytes.len() - 32].to_vec();
+    db[4096 + 16] ^= 0xFF; // the second meta page's magic
+    let trailer = sha2::Sha256::digest(&db);
+    db.extend_from_slice(&trailer);
+    let damaged = "talos-operator-etcd-backups/demo/etcd-snapshot-damaged.db";
+    s3.client("backups").unwrap().put(&object_store::path::Path::from(damaged), db.into()).await.unwrap();
+    let (ok, _, stderr) = restore(&admin_config, &["--key", damaged]);
+    assert!(!ok && stderr.contains("not a sound etcd (bbolt) database"), "{stderr}");
+    assert!(!emulator.has_recovery_snapshot(), "a cancelled upload leaves nothing on the node");
+    assert!(emulator.with_restored(|etcd| etcd.is_none()).await, "nothing may be bootstrapped");
+
+    // The wiped etcd waits to be bootstrapped: the backup is restored, with the keys it held.
+    let (ok, plan, stderr) = restore(&admin_config, &["--key", &key, "--dry-run"]);
+    assert!(ok && plan["etcd_before"]["running"] == false, "{plan} {stderr}");
+    assert!(plan["etcd_before"]["reason"].as_str().unwrap().contains("waiting to be bootstrapped"), "{plan}");
+    let (ok, _, stderr) = restore(&admin_config, &["--latest", "--cluster", "demo"]);
+    assert!(!ok && stderr.contains("not a sound etcd"), "--latest takes the newest object, the damaged one: {stderr}");
+    let (ok, restored, stderr) = restore(&admin_config, &["--key", &key]);
+    assert!(ok, "{stderr}");
+    assert_eq!(restored["restored"], true);
+    assert_eq!(restored["sha256"], snapshot["sha256"]);
+    let (before, after) = emulator
+        .with_restored(|etcd| {
+            let etcd = etcd.expect("restored");
+            (
+                etcd.get("/registry/configmaps/ns/before-123").unwrap(),
+                etcd.get("/registry/configmaps/ns/after").unwrap(),
+            )
+        })
+        .await;
+    assert_eq!(before.map(|v| v.len()), Some(1024), "the backup's keys are back");
+    assert_eq!(after, None, "keys written after the backup are not");
+    // etcd runs again: a second restore is refused.
+    let (ok, _, stderr) = restore(&admin_config, &["--key", &key]);
+    assert!(!ok && stderr.contains("is running"), "{stderr}");
+}

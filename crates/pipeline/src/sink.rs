@@ -135,9 +135,41 @@ impl S3Sink {
         Ok(Some(StoredSnapshot { size, sha256: hex::encode(trailer), metadata }))
     }
 
-    /// Reads the object at `key` back in one streamed pass (one network chunk in memory at a time)
-    /// and checks it as a snapshot ([`SnapshotCheck`]). `progress` gets the bytes read so far; a read
-    /// that stalls for `idle_timeout` fails.
+    /// The object at `key` as a stream of chunks, as they come off the network (one in memory at a
+    /// time); a read that stalls for `idle_timeout` ends with an error.
+    pub async fn read(
+        &self,
+        key: &str,
+        idle_timeout: Duration,
+    ) -> Result<impl futures::Stream<Item = Result<bytes::Bytes, Error>> + Send + 'static, Error> {
+        use futures::StreamExt as _;
+        use object_store::ObjectStore as _;
+        let path = object_store::path::Path::from(key);
+        let result = self.store.get_opts(&path, Default::default()).await;
+        let stream = result.map_err(|e| self.error(S3Operation::GetObject, e))?.into_stream();
+        let sink = self.clone();
+        let state = (stream, 0u64, false);
+        Ok(futures::stream::unfold(state, move |(mut stream, bytes, done)| {
+            let sink = sink.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let item = match tokio::time::timeout(idle_timeout, stream.next()).await {
+                    Err(_) => Err(Error::IdleTimeout { timeout: idle_timeout, bytes }),
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => Err(sink.error(S3Operation::GetObject, e)),
+                    Ok(Some(Ok(chunk))) => Ok(chunk),
+                };
+                let next = bytes + item.as_ref().map_or(0, |c| c.len() as u64);
+                let failed = item.is_err();
+                Some((item, (stream, next, failed)))
+            }
+        }))
+    }
+
+    /// Reads the object at `key` back in one streamed pass and checks it as a snapshot
+    /// ([`SnapshotCheck`]). `progress` gets the bytes read so far.
     pub async fn verify(
         &self,
         key: &str,
@@ -145,25 +177,14 @@ impl S3Sink {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<CheckedSnapshot, Error> {
         use futures::StreamExt as _;
-        use object_store::ObjectStore as _;
-        let path = object_store::path::Path::from(key);
-        let result = self.store.get_opts(&path, Default::default()).await;
-        let mut stream = result.map_err(|e| self.error(S3Operation::GetObject, e))?.into_stream();
+        let mut stream = std::pin::pin!(self.read(key, idle_timeout).await?);
         let mut check = SnapshotCheck::default();
         let mut bytes = 0u64;
-        loop {
-            let next = tokio::time::timeout(idle_timeout, stream.next())
-                .await
-                .map_err(|_| Error::IdleTimeout { timeout: idle_timeout, bytes })?;
-            match next {
-                None => break,
-                Some(Err(e)) => return Err(self.error(S3Operation::GetObject, e)),
-                Some(Ok(chunk)) => {
-                    check.update(&chunk);
-                    bytes += chunk.len() as u64;
-                    progress(bytes);
-                }
-            }
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            check.update(&chunk);
+            bytes += chunk.len() as u64;
+            progress(bytes);
         }
         check.finish()
     }

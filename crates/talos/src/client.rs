@@ -4,9 +4,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::proto::common::Metadata;
+use crate::proto::common::{Data, Metadata};
 use crate::proto::machine::machine_service_client::MachineServiceClient;
-use crate::proto::machine::{EtcdMember, EtcdMemberListRequest, EtcdMemberStatus, EtcdSnapshotRequest};
+use crate::proto::machine::{
+    BootstrapRequest, EtcdMember, EtcdMemberListRequest, EtcdMemberStatus, EtcdSnapshotRequest,
+};
 use crate::{DEFAULT_PORT, Error, Target, normalize_key_pem};
 
 /// Talos applies no deadline of its own; a unary call (or a snapshot's first answer) gets this long.
@@ -14,6 +16,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Talos caps gRPC messages at 32 MiB; so do we.
 const MAX_MESSAGE_SIZE: usize = 32 << 20;
+
+/// Messages of an EtcdRecover upload are at most this big (talosctl sends 4 KiB).
+const RECOVER_PIECE: usize = 1 << 20;
+/// The encoding limit of an EtcdRecover upload; only [`RecoverPart::Abort`] exceeds it.
+const RECOVER_MESSAGE_LIMIT: usize = 2 * RECOVER_PIECE;
+
+/// What an EtcdRecover upload is made of.
+#[derive(Clone, Debug)]
+pub enum RecoverPart {
+    /// The snapshot's next bytes.
+    Chunk(Bytes),
+    /// Cancels the upload: Talos discards what it received.
+    Abort,
+}
 
 /// A connection to one apid endpoint; calls are routed to nodes with `node` request metadata.
 #[derive(Clone, Debug)]
@@ -80,6 +96,11 @@ impl TalosClient {
         Err(Error::Connect { endpoints: target.endpoints.join(", "), reason, certificate })
     }
 
+    /// The endpoint this client is connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// The etcd members as the endpoint node sees them.
     pub async fn etcd_members(&self) -> Result<Vec<EtcdMember>, Error> {
         let request = tonic::Request::new(EtcdMemberListRequest { query_local: false });
@@ -94,7 +115,13 @@ impl TalosClient {
 
     /// EtcdStatus of one node's etcd member.
     pub async fn etcd_status(&self, node: &str) -> Result<EtcdMemberStatus, Error> {
-        let request = with_node((), node)?;
+        self.etcd_status_on(Some(node)).await
+    }
+
+    /// EtcdStatus of `node`'s etcd member, or of the endpoint node's when `None`.
+    pub async fn etcd_status_on(&self, node: Option<&str>) -> Result<EtcdMemberStatus, Error> {
+        let request = for_node((), node)?;
+        let node = node.unwrap_or(&self.endpoint);
         let response = self.deadline("EtcdStatus", node, self.machine.clone().etcd_status(request)).await?.into_inner();
         let first = response.messages.into_iter().next().unwrap_or_default();
         check_in_band("EtcdStatus", node, first.metadata.as_ref())?;
@@ -223,6 +250,50 @@ impl TalosClient {
 }
 
 impl TalosClient {
+    /// Uploads a snapshot to `node` (the endpoint node when `None`) for recovery (EtcdRecover, `os:admin`): Talos keeps it as a file
+    /// that only a Bootstrap with `recover_etcd` reads. The upload counts only once `chunks` ends;
+    /// dropping the returned future before that cancels the call, and Talos discards what it got.
+    pub async fn etcd_recover(
+        &self,
+        node: Option<&str>,
+        parts: impl Stream<Item = RecoverPart> + Send + 'static,
+    ) -> Result<(), Error> {
+        let messages = parts.flat_map(|part| {
+            let pieces: Vec<Bytes> = match part {
+                RecoverPart::Chunk(bytes) => (0..bytes.len())
+                    .step_by(RECOVER_PIECE)
+                    .map(|at| bytes.slice(at..(at + RECOVER_PIECE).min(bytes.len())))
+                    .collect(),
+                // tonic cannot cancel a client stream by itself: a message over the encoding limit
+                // fails the request body, which resets the HTTP/2 stream, and Talos then discards
+                // the upload (it keeps it only after a clean end of stream).
+                RecoverPart::Abort => vec![Bytes::from(vec![0u8; RECOVER_MESSAGE_LIMIT + 1])],
+            };
+            futures::stream::iter(pieces.into_iter().map(|bytes| Data { metadata: None, bytes }))
+        });
+        let request = for_node(messages, node)?;
+        let node = node.unwrap_or(&self.endpoint);
+        let response = self
+            .machine
+            .clone()
+            .max_encoding_message_size(RECOVER_MESSAGE_LIMIT)
+            .etcd_recover(request)
+            .await
+            .map_err(|s| Error::call("EtcdRecover", node, &s))?;
+        let first = response.into_inner().messages.into_iter().next().unwrap_or_default();
+        check_in_band("EtcdRecover", node, first.metadata.as_ref())
+    }
+
+    /// Bootstrap with `recover_etcd` on `node` (the endpoint node when `None`; `os:admin`): etcd starts from the snapshot EtcdRecover
+    /// uploaded. Talos answers at once; etcd comes up (or fails to) afterwards.
+    pub async fn bootstrap_recover(&self, node: Option<&str>) -> Result<(), Error> {
+        let request = for_node(BootstrapRequest { recover_etcd: true, recover_skip_hash_check: false }, node)?;
+        let node = node.unwrap_or(&self.endpoint);
+        let response = self.deadline("Bootstrap", node, self.machine.clone().bootstrap(request)).await?.into_inner();
+        let first = response.messages.into_iter().next().unwrap_or_default();
+        check_in_band("Bootstrap", node, first.metadata.as_ref())
+    }
+
     async fn deadline<T>(
         &self,
         call: &'static str,
@@ -273,6 +344,14 @@ fn check_in_band(call: &'static str, node: &str, metadata: Option<&Metadata>) ->
             message: md.error.clone(),
         }),
         _ => Ok(()),
+    }
+}
+
+/// A request for `node`, or for the endpoint node itself (no `node` metadata).
+fn for_node<T>(message: T, node: Option<&str>) -> Result<tonic::Request<T>, Error> {
+    match node {
+        Some(node) => with_node(message, node),
+        None => Ok(tonic::Request::new(message)),
     }
 }
 

@@ -7,7 +7,7 @@ mod config;
 mod error;
 mod mint;
 
-pub use client::{ChosenNode, MemberRole, TalosClient};
+pub use client::{ChosenNode, MemberRole, RecoverPart, TalosClient};
 pub use config::{Credentials, SecretsBundle, TalosContext, Talosconfig, Target, normalize_key_pem};
 pub use error::Error;
 pub use mint::{MintedClient, mint_client_certificate};

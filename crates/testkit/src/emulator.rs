@@ -184,13 +184,30 @@ impl Default for EmulatorOptions {
     }
 }
 
+/// A control-plane node's etcd, as Talos sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NodeEtcd {
+    /// A running member of the emulator's cluster.
+    Member,
+    /// Its data wiped: etcd waits to be bootstrapped (EtcdStatus fails, Bootstrap is accepted).
+    Waiting,
+    /// Bootstrapped: the one-member cluster in `State::restored` (recovered from the uploaded
+    /// snapshot, or empty).
+    Bootstrapped,
+    /// Bootstrapped, but etcd failed to start (a recovery from a bad or missing snapshot).
+    Failed(String),
+}
+
 struct State {
     version: TalosVersion,
     nodes: Vec<Node>,
     etcd: EtcdCluster,
+    /// Indexed like `etcd.members`.
+    node_etcd: Mutex<Vec<NodeEtcd>>,
     faults: Arc<TalosFaults>,
     recovery_dir: tempfile::TempDir,
-    recovered_snapshot: Mutex<Option<PathBuf>>,
+    /// The snapshot EtcdRecover stored, and the member whose node took it.
+    recovered_snapshot: Mutex<Option<(usize, PathBuf)>>,
     restored: tokio::sync::Mutex<Option<EtcdCluster>>,
 }
 
@@ -239,6 +256,7 @@ impl TalosEmulator {
         let state = Arc::new(State {
             version: options.talos_version,
             nodes,
+            node_etcd: Mutex::new(vec![NodeEtcd::Member; options.control_planes]),
             etcd,
             faults: faults.clone(),
             recovery_dir: tempfile::Builder::new().prefix("teb-talos-recover-").tempdir()?,
@@ -260,6 +278,18 @@ impl TalosEmulator {
     /// A talosconfig for a client holding `roles`, pointing at this emulator.
     pub fn talosconfig(&self, roles: &[&str]) -> anyhow::Result<String> {
         self.ca.talosconfig("emulator", std::slice::from_ref(&self.endpoint), &[], roles)
+    }
+
+    /// Wipes etcd on every control-plane node, as `talosctl reset --system-labels-to-wipe EPHEMERAL`
+    /// does: the members stop, their data is gone, and each node's etcd waits to be bootstrapped.
+    pub fn wipe_etcd(&self) {
+        self.state.etcd.stop();
+        self.state.node_etcd.lock().expect("node etcd lock").fill(NodeEtcd::Waiting);
+    }
+
+    /// Whether an EtcdRecover upload is stored (and not yet used by a Bootstrap).
+    pub fn has_recovery_snapshot(&self) -> bool {
+        self.state.recovered_snapshot.lock().expect("recover lock").is_some()
     }
 
     /// The etcd restored by `Bootstrap{recover_etcd: true}`, if any.
@@ -443,8 +473,29 @@ impl Emulator {
         node.etcd_member.ok_or_else(|| Status::unimplemented(format!("{api} is only available on control plane nodes")))
     }
 
+    fn node_etcd(&self, member: usize) -> NodeEtcd {
+        self.state.node_etcd.lock().expect("node etcd lock")[member].clone()
+    }
+
+    fn set_node_etcd(&self, member: usize, etcd: NodeEtcd) {
+        self.state.node_etcd.lock().expect("node etcd lock")[member] = etcd;
+    }
+
+    /// A channel to the etcd serving `member`'s node; machined's local etcd client fails the call
+    /// when etcd does not run there.
     async fn etcd_channel(&self, member: usize) -> Result<tonic::transport::Channel, Status> {
-        self.state.etcd.members[member].channel().await.map_err(|e| Status::unavailable(format!("etcd: {e}")))
+        let not_running =
+            |why: &str| Status::unknown(format!("failed to create etcd client: etcd is not running: {why}"));
+        let channel = match self.node_etcd(member) {
+            NodeEtcd::Member => self.state.etcd.members[member].channel().await,
+            NodeEtcd::Bootstrapped => match self.state.restored.lock().await.as_ref() {
+                Some(cluster) => cluster.members[0].channel().await,
+                None => return Err(not_running("no data")),
+            },
+            NodeEtcd::Waiting => return Err(not_running("waiting to be bootstrapped")),
+            NodeEtcd::Failed(why) => return Err(not_running(&why)),
+        };
+        channel.map_err(|e| Status::unavailable(format!("etcd: {e}")))
     }
 
     async fn status_of(&self, node: &Node) -> Result<EtcdMemberStatus, Status> {
@@ -613,24 +664,39 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Data, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl MachineService for Emulator {
+    /// machined's Bootstrap: refused while the node has etcd data (AlreadyExists); otherwise accepted
+    /// at once, etcd then starting from the EtcdRecover upload (`recover_etcd`) or empty. A recovery
+    /// that fails leaves etcd down, as the etcd service does, while the call itself succeeded.
     async fn bootstrap(&self, request: Request<BootstrapRequest>) -> Result<Response<BootstrapResponse>, Status> {
         self.authorize(&request, "Bootstrap")?;
+        let Route::One(node) = self.route(&request)? else {
+            return Err(Status::invalid_argument("Bootstrap needs one target node"));
+        };
+        let member = self.member(&node, "bootstrap")?;
         let options = request.into_inner();
-        if options.recover_etcd {
-            let snapshot = self
-                .state
-                .recovered_snapshot
-                .lock()
-                .expect("recover lock")
-                .clone()
-                .ok_or_else(|| Status::failed_precondition("no etcd snapshot was uploaded with EtcdRecover"))?;
-            if options.recover_skip_hash_check {
-                return Err(Status::unimplemented("the emulator always checks the snapshot hash"));
+        if options.recover_skip_hash_check {
+            return Err(Status::unimplemented("the emulator always checks the snapshot hash"));
+        }
+        if matches!(self.node_etcd(member), NodeEtcd::Member | NodeEtcd::Bootstrapped) {
+            return Err(Status::already_exists("etcd data directory is not empty"));
+        }
+        let started = if options.recover_etcd {
+            let uploaded = self.state.recovered_snapshot.lock().expect("recover lock").take();
+            match uploaded {
+                Some((uploaded_to, path)) if uploaded_to == member => {
+                    EtcdCluster::restore(&path).await.map_err(|e| format!("error recovering from the snapshot: {e:#}"))
+                }
+                _ => Err("error verifying snapshot: open /var/lib/etcd.snapshot: no such file or directory".to_owned()),
             }
-            let restored = EtcdCluster::restore(&snapshot)
-                .await
-                .map_err(|e| Status::failed_precondition(format!("recovering etcd from snapshot: {e:#}")))?;
-            *self.state.restored.lock().await = Some(restored);
+        } else {
+            EtcdCluster::start(1, &EtcdOptions::default()).await.map_err(|e| format!("{e:#}"))
+        };
+        match started {
+            Ok(cluster) => {
+                *self.state.restored.lock().await = Some(cluster);
+                self.set_node_etcd(member, NodeEtcd::Bootstrapped);
+            }
+            Err(why) => self.set_node_etcd(member, NodeEtcd::Failed(why)),
         }
         Ok(Response::new(BootstrapResponse { messages: vec![Bootstrap { metadata: None }] }))
     }
@@ -658,8 +724,12 @@ impl MachineService for Emulator {
         let Route::One(node) = route else {
             return Err(Status::invalid_argument("EtcdRecover needs one target node"));
         };
-        self.member(&node, "etcd recover")?;
+        // Accepted whatever etcd's state (machined only needs /var mounted): it is a file that only a
+        // Bootstrap with recover_etcd reads. A stream that ends in an error leaves no file.
+        let member = self.member(&node, "etcd recover")?;
         let path = self.state.recovery_dir.path().join("snapshot.db");
+        // machined truncates the file first (and removes it unless the upload completes).
+        self.state.recovered_snapshot.lock().expect("recover lock").take();
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
         let mut stream = request.into_inner();
         while let Some(data) = stream.message().await? {
@@ -668,7 +738,7 @@ impl MachineService for Emulator {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Status::internal(e.to_string()))?;
-        *self.state.recovered_snapshot.lock().expect("recover lock") = Some(path);
+        *self.state.recovered_snapshot.lock().expect("recover lock") = Some((member, path));
         Ok(Response::new(EtcdRecoverResponse { messages: vec![EtcdRecover { metadata: None }] }))
     }
 

@@ -17,8 +17,8 @@ use crate::process::ChildProcess;
 pub struct EtcdMember {
     pub name: String,
     pub client_url: String,
-    /// Held so that dropping the member stops the process.
-    _process: ChildProcess,
+    /// Held so that dropping the member (or [`EtcdCluster::stop`]) stops the process.
+    process: std::sync::Mutex<Option<ChildProcess>>,
 }
 
 impl EtcdMember {
@@ -97,6 +97,13 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
+    /// Stops every member's process (its data stays on disk until the cluster is dropped).
+    pub fn stop(&self) {
+        for member in &self.members {
+            member.process.lock().expect("etcd process lock").take();
+        }
+    }
+
     pub fn client_urls(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
@@ -167,5 +174,5 @@ fn start_member(
     let log = log_dir.join(format!("{name}.log"));
     let process =
         ChildProcess::spawn(&format!("etcd {name}"), command, &log).with_context(|| format!("starting etcd {name}"))?;
-    Ok(EtcdMember { name: name.to_owned(), client_url, _process: process })
+    Ok(EtcdMember { name: name.to_owned(), client_url, process: std::sync::Mutex::new(Some(process)) })
 }

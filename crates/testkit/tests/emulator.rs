@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rcgen::ExtendedKeyUsagePurpose as Eku;
+use teb_talos::proto::machine::machine_service_client::MachineServiceClient;
 use teb_talos::{Credentials, TalosClient, Talosconfig, Target};
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
 use teb_testkit::fixtures::CaKeyType;
@@ -196,10 +197,7 @@ async fn backup_role_is_denied_version() {
 }
 
 /// The generated client, for calls TalosClient does not make (Version, `nodes` routing, recovery).
-async fn raw_machine(
-    emulator: &TalosEmulator,
-    role: &str,
-) -> teb_talos::proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel> {
+async fn raw_machine(emulator: &TalosEmulator, role: &str) -> MachineServiceClient<tonic::transport::Channel> {
     raw_machine_with(emulator, &[role], None).await.unwrap()
 }
 
@@ -208,10 +206,7 @@ async fn raw_machine_with(
     emulator: &TalosEmulator,
     roles: &[&str],
     ping_every: Option<Duration>,
-) -> Result<
-    teb_talos::proto::machine::machine_service_client::MachineServiceClient<tonic::transport::Channel>,
-    tonic::transport::Error,
-> {
+) -> Result<MachineServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
     let creds = role_target(emulator, roles).credentials;
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&creds.ca_pem))
@@ -223,7 +218,7 @@ async fn raw_machine_with(
         .keep_alive_while_idle(ping_every.is_some())
         .connect()
         .await?;
-    Ok(teb_talos::proto::machine::machine_service_client::MachineServiceClient::new(channel))
+    Ok(MachineServiceClient::new(channel))
 }
 
 #[tokio::test]
@@ -286,18 +281,46 @@ async fn recover_and_bootstrap_restore_a_snapshot() {
     let node = emulator.nodes()[0].address.clone();
     let (snapshot, _) = drain(&client, &node).await.unwrap();
 
+    emulator.etcd().put(b"/after/the/backup", b"lost").await.unwrap();
+
     let mut machine = raw_machine(&emulator, "os:admin").await;
-    // talosctl sends 4 KiB chunks.
-    let chunks: Vec<Data> = snapshot.chunks(4096).map(|c| Data { metadata: None, bytes: c.to_vec().into() }).collect();
-    let mut request = tonic::Request::new(futures::stream::iter(chunks));
-    request.metadata_mut().insert("node", node.parse().unwrap());
-    machine.etcd_recover(request).await.expect("EtcdRecover accepts the snapshot");
-    machine
-        .bootstrap(BootstrapRequest { recover_etcd: true, recover_skip_hash_check: false })
-        .await
-        .expect("Bootstrap recovers etcd");
-    let value = emulator.with_restored(|etcd| etcd.unwrap().get("/restore/me").unwrap()).await;
-    assert_eq!(value.as_deref(), Some("yes"));
+    let recover = |machine: &mut MachineServiceClient<tonic::transport::Channel>| {
+        // talosctl sends 4 KiB chunks.
+        let chunks: Vec<Data> =
+            snapshot.chunks(4096).map(|c| Data { metadata: None, bytes: c.to_vec().into() }).collect();
+        let mut request = tonic::Request::new(futures::stream::iter(chunks));
+        request.metadata_mut().insert("node", node.parse().unwrap());
+        let mut machine = machine.clone();
+        async move { machine.etcd_recover(request).await }
+    };
+    let bootstrap = |machine: &mut MachineServiceClient<tonic::transport::Channel>| {
+        let mut request = tonic::Request::new(BootstrapRequest { recover_etcd: true, recover_skip_hash_check: false });
+        request.metadata_mut().insert("node", node.parse().unwrap());
+        let mut machine = machine.clone();
+        async move { machine.bootstrap(request).await }
+    };
+    // etcd runs: the upload is taken (a file), but Bootstrap refuses, as machined does.
+    recover(&mut machine).await.expect("EtcdRecover accepts the snapshot");
+    let refused = bootstrap(&mut machine).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert_eq!(refused.message(), "etcd data directory is not empty");
+
+    // Wiped: etcd waits to be bootstrapped, EtcdStatus fails; recovery restores the snapshot's keys.
+    emulator.wipe_etcd();
+    let down = client.etcd_status(&node).await.unwrap_err();
+    assert!(down.to_string().contains("etcd is not running: waiting to be bootstrapped"), "{down}");
+    recover(&mut machine).await.expect("EtcdRecover accepts the snapshot");
+    bootstrap(&mut machine).await.expect("Bootstrap recovers etcd");
+    let (kept, lost) = emulator
+        .with_restored(|etcd| {
+            let etcd = etcd.unwrap();
+            (etcd.get("/restore/me").unwrap(), etcd.get("/after/the/backup").unwrap())
+        })
+        .await;
+    assert_eq!((kept.as_deref(), lost), (Some("yes"), None));
+    // The node serves etcd again (from the restored member), and a second bootstrap is refused.
+    client.etcd_status(&node).await.expect("etcd runs after recovery");
+    assert_eq!(bootstrap(&mut machine).await.unwrap_err().code(), tonic::Code::AlreadyExists);
 }
 
 #[tokio::test]

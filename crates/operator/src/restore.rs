@@ -1,0 +1,176 @@
+//! Restoring a control plane's etcd from a stored backup, with no Kubernetes in it: the `restore`
+//! command runs it.
+//!
+//! Talos takes a recovery in two calls: EtcdRecover uploads the snapshot (a file; accepted whatever
+//! etcd's state), then Bootstrap with `recover_etcd` starts etcd from it, which Talos refuses while
+//! the node has etcd data ("etcd data directory is not empty"). So the plan checks first that etcd is
+//! not running on the node, and the upload is checked on the way (SHA-256 trailer, bbolt structure):
+//! a snapshot that fails is cancelled before its end, Talos discards it, and nothing is bootstrapped.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use teb_pipeline::{CheckedSnapshot, S3Location, S3Sink, SnapshotCheck};
+use teb_talos::{RecoverPart, TalosClient, Target};
+
+use crate::Error;
+use crate::job::Settings;
+
+/// What a restore would do, found without changing anything.
+#[derive(Clone, Debug)]
+pub struct RestorePlan {
+    /// The node named with `node` metadata, or `None` for the endpoint node itself.
+    pub node: Option<String>,
+    /// How the node is shown: its name, or the endpoint.
+    pub node_label: String,
+    pub key: String,
+    /// Bytes stored, and the SHA-256 the object's trailer carries.
+    pub size: u64,
+    pub sha256: String,
+    pub etcd: EtcdState,
+}
+
+/// The node's etcd before the restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtcdState {
+    /// It answers EtcdStatus: a live member, which a restore must not replace.
+    Running { member_id: u64, db_size: i64 },
+    /// It does not answer (waiting to be bootstrapped, or failed): recovery can go ahead.
+    NotRunning { reason: String },
+}
+
+/// A restore that went through.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    pub checked: CheckedSnapshot,
+    /// The restored member, as EtcdStatus reports it once etcd is up.
+    pub member_id: u64,
+    pub db_size: i64,
+    pub seconds: f64,
+}
+
+/// Looks at the backup and the node: the object's size and trailer SHA-256, and whether etcd runs.
+pub async fn plan(
+    talos: &Target,
+    location: &S3Location,
+    key: &str,
+    node: Option<&str>,
+    settings: &Settings,
+) -> Result<(TalosClient, RestorePlan), Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    let stored = sink.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
+        Error::Restore(format!("no backup at {key:?} in bucket {:?}: `list` shows what it holds", location.bucket))
+    })?;
+    let client = TalosClient::connect(talos, settings.connect_timeout).await.map_err(Error::Talos)?;
+    let node = node.map(str::to_owned).or_else(|| talos.nodes.first().cloned());
+    let node_label = node.clone().unwrap_or_else(|| client.endpoint().to_owned());
+    let etcd = match client.etcd_status_on(node.as_deref()).await {
+        Ok(status) => EtcdState::Running { member_id: status.member_id, db_size: status.db_size },
+        Err(e) if e.is_permission_denied() => {
+            return Err(Error::Restore(format!(
+                "{e}; a restore needs a talosconfig with the os:admin role (EtcdRecover and Bootstrap are admin-only)"
+            )));
+        }
+        Err(e) => EtcdState::NotRunning { reason: e.to_string() },
+    };
+    let plan = RestorePlan { node, node_label, key: key.to_owned(), size: stored.size, sha256: stored.sha256, etcd };
+    Ok((client, plan))
+}
+
+/// Carries out `plan`: refuses a running etcd; streams the object from S3 into EtcdRecover, checking
+/// it on the way; bootstraps with `recover_etcd`; waits up to `wait` for etcd to answer.
+pub async fn restore(
+    client: &TalosClient,
+    plan: &RestorePlan,
+    location: &S3Location,
+    settings: &Settings,
+    wait: Duration,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Restored, Error> {
+    let started = Instant::now();
+    let node = plan.node.as_deref();
+    if let EtcdState::Running { member_id, .. } = plan.etcd {
+        return Err(Error::Restore(format!(
+            "etcd on node {} is running (member {member_id:x}): restoring over a live etcd is refused. A \
+             recovery needs etcd waiting to be bootstrapped: wipe etcd on every control-plane node (talosctl \
+             reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false), then restore to one of them",
+            plan.node_label
+        )));
+    }
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    let verify_failed = |cause| Error::Verify { key: plan.key.clone(), cause };
+    let mut object = Box::pin(sink.read(&plan.key, settings.limits.idle_timeout).await.map_err(Error::Upload)?);
+    // A small queue between S3 and Talos: memory stays a few chunks whatever the snapshot's size.
+    let (tx, rx) = tokio::sync::mpsc::channel::<RecoverPart>(4);
+    let upload = client.etcd_recover(node, tokio_stream::wrappers::ReceiverStream::new(rx));
+    // Ok(None): the call ended before the whole snapshot was sent; its own error says why.
+    let send = async {
+        let mut check = SnapshotCheck::default();
+        let mut sent = 0u64;
+        while let Some(chunk) = object.next().await {
+            let chunk = chunk.map_err(verify_failed)?;
+            check.update(&chunk);
+            sent += chunk.len() as u64;
+            progress(sent);
+            if tx.send(RecoverPart::Chunk(chunk)).await.is_err() {
+                return Ok(None);
+            }
+        }
+        check.finish().map(Some).map_err(verify_failed)
+    };
+    let mut upload = std::pin::pin!(upload);
+    let upload_failed = |e: Option<teb_talos::Error>| {
+        let reason = match e {
+            Some(e) if e.is_permission_denied() => format!("{e}; EtcdRecover and Bootstrap need the os:admin role"),
+            Some(e) => e.to_string(),
+            None => "it ended before the whole snapshot was sent".to_owned(),
+        };
+        Error::Restore(format!("EtcdRecover on node {} failed: {reason}", plan.node_label))
+    };
+    let sent = tokio::select! {
+        sent = send => sent,
+        ended = &mut upload => return Err(upload_failed(ended.err())),
+    };
+    let checked = match sent {
+        Ok(Some(checked)) => {
+            drop(tx); // the end of the stream: Talos keeps the upload
+            upload.await.map_err(|e| upload_failed(Some(e)))?;
+            checked
+        }
+        Ok(None) => return Err(upload_failed(upload.await.err())),
+        Err(error) => {
+            // Cancel rather than end the stream, so that Talos discards what it got.
+            let _ = tx.send(RecoverPart::Abort).await;
+            drop(tx);
+            let _ = upload.await;
+            return Err(error);
+        }
+    };
+    if checked.sha256 != plan.sha256 {
+        return Err(Error::Restore(format!(
+            "the object at {} changed while it was read (SHA-256 {} instead of {}); nothing was bootstrapped",
+            plan.key, checked.sha256, plan.sha256
+        )));
+    }
+    client.bootstrap_recover(node).await.map_err(Error::Talos)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match client.etcd_status_on(node).await {
+            Ok(status) => {
+                return Ok(Restored {
+                    checked,
+                    member_id: status.member_id,
+                    db_size: status.db_size,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::Restore(format!(
+                    "etcd did not come up on node {} within {wait:?} of the recovery bootstrap: {e}",
+                    plan.node_label
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
