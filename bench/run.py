@@ -16,6 +16,7 @@ import atexit
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,6 +207,16 @@ def main():
         last = max(full.progress, key=lambda p: p[1], default=(row["full"]["wall_s"], 0))
         row["full"]["streamed_s"] = next(t for t, b in full.progress if b == last[1]) if full.progress else row["full"]["wall_s"]
 
+        # The backup read back: verify, then restore into the emulator's wiped etcd.
+        r = measured("verify", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint, "--key", "bench/full.db"])
+        row["verify"] = dict(r, **last_json(r["stdout"]))
+        emu.send_signal(signal.SIGUSR1)
+        emu.stdout.readline()  # "etcd wiped"
+        r = measured("restore", [teb, "restore", "--talosconfig", os.path.join(work, "talosconfig"), "--bucket", "bench",
+                                 "--endpoint", endpoint, "--key", "bench/full.db", "--wait", "10m"])
+        row["restore"] = dict(r, **last_json(r["stdout"]))
+        row["restore"]["mb_per_s"] = row["restore"]["size"] / 1e6 / row["restore"]["wall_s"]
+
         snap = os.path.join(work, "two-step.db")
         save = run("etcdctl", [args.etcdctl, "--endpoints", etcd_url, "snapshot", "save", snap], env=env)
         copy = run("rclone copyto", rclone + ["copyto", snap, "bench:bench/two-step.db"], env=env)
@@ -230,7 +241,7 @@ def main():
         emu.terminate()
         emu.wait()
         subprocess.run(["rm", "-rf", work])
-        for r in (row["source"], row["sink"], row["full"]):
+        for r in (row["source"], row["sink"], row["full"], row["verify"], row["restore"]):
             r.pop("stdout", None)
             r.pop("stderr", None)
         row["rcat"]["rclone"].pop("stdout", None)
@@ -238,7 +249,9 @@ def main():
         print(f"   source {row['source']['mb_per_s']:.0f} MB/s, sink {row['sink']['mb_per_s']:.0f} MB/s, "
               f"full {row['full']['mb_per_s']:.0f} MB/s ({row['full']['peak_rss'] / MiB:.0f} MiB RSS, "
               f"{row['full']['disk_write']} B written), two-step {snapshot_bytes / 1e6 / row['two_step']['wall_s']:.0f} MB/s, "
-              f"rcat {row['rcat']['mb_per_s']:.0f} MB/s", flush=True)
+              f"rcat {row['rcat']['mb_per_s']:.0f} MB/s, verify {row['verify']['mb_per_s']:.0f} MB/s "
+              f"({row['verify']['peak_rss'] / MiB:.0f} MiB), restore {row['restore']['wall_s']:.1f} s "
+              f"({row['restore']['peak_rss'] / MiB:.0f} MiB, {row['restore']['disk_write']} B written)", flush=True)
         results.append(row)
 
     s3.stdin.close()
@@ -309,6 +322,8 @@ def write_report(results, args):
         lines.append(line("sink alone (memory → S3 sink)", row["sink"], row["sink"]["mb_per_s"]))
         lines.append(line("**full: `talos-etcd-backup snapshot`**", row["full"], row["full"]["mb_per_s"]))
         lines.append(line("etcdctl snapshot save + rclone copyto", row["two_step"]))
+        lines.append(line("`verify`: S3 → trailer and bbolt checks", row["verify"], row["verify"]["mb_per_s"]))
+        lines.append(line("`restore`: S3 → checks → EtcdRecover, Bootstrap, etcd up", row["restore"]))
         rc = row["rcat"]["rclone"]
         lines.append(f"| {row['label']} | Talos client \\| rclone rcat (rclone's figures) | {row['rcat']['mb_per_s']:.0f} | "
                      f"{row['rcat']['wall_s']:.1f} | {rc['cpu_s']:.1f} | {mb(rc['peak_rss'])} | {rc['disk_write']} |")
@@ -333,6 +348,11 @@ def write_report(results, args):
         lines.append(f"| same, streaming phase only (to the last byte, before the server's CompleteMultipartUpload), "
                      f"{row['label']} | {ratio:.2f} | ≥ 0.9 |")
     lines.append(f"| peak RSS of full, {large['label']} ÷ {small['label']} | {large['full']['peak_rss'] / small['full']['peak_rss']:.2f} | flat (≈ 1) |")
+    for name in ("verify", "restore"):
+        lines.append(f"| peak RSS of {name}, {large['label']} ÷ {small['label']} | "
+                     f"{large[name]['peak_rss'] / small[name]['peak_rss']:.2f} | flat (≈ 1) |")
+        for row in results:
+            lines.append(f"| local disk written by {name}, {row['label']} | {row[name]['disk_write']} B | 0 B |")
     for row in results:
         lines.append(f"| full wall ÷ two-step wall, {row['label']} | {row['full']['wall_s'] / row['two_step']['wall_s']:.2f} | < 1 |")
         lines.append(f"| local disk: full vs two-step, {row['label']} | {row['full']['disk_write']} B vs {row['two_step']['disk_write'] / MiB:.0f} MiB | 0 B |")

@@ -26,6 +26,14 @@ pub const VERIFIED: &str = "Verified";
 pub const SNAPSHOT_VERIFIED: &str = "SnapshotVerified";
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 
+/// Reasons of a TalosEtcdRestore's conditions (its types are a backup's: Progressing, Ready, Failed).
+pub const RESTORE_IN_PROGRESS: &str = "RestoreInProgress";
+pub const RESTORE_COMPLETED: &str = "RestoreCompleted";
+pub const RESTORE_SUCCEEDED: &str = "RestoreSucceeded";
+pub const RESTORE_FAILED: &str = "RestoreFailed";
+/// Failed because etcd runs on the node: restoring over a live etcd is never done.
+pub const RESTORE_REFUSED: &str = "RestoreRefused";
+
 /// Conditions of a TalosEtcdBackupSchedule: `Ready` True (`ScheduleActive` or `SchedulePaused`) or
 /// False with `Failed` True (`InvalidSchedule`), as upstream; and `Stale`.
 pub const STALE: &str = "Stale";

@@ -4,6 +4,7 @@
 mod backup;
 pub mod conditions;
 mod controlplane;
+mod restore;
 mod schedule;
 pub mod validate;
 
@@ -12,6 +13,7 @@ pub use backup::{
     TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
+pub use restore::{BackupRef, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus};
 pub use schedule::{
     BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackupSchedule,
     TalosEtcdBackupScheduleSpec, TalosEtcdBackupScheduleStatus,
@@ -20,7 +22,7 @@ pub use schedule::{
 /// The CRDs of this project as one multi-document YAML stream, as `talos-etcd-backup crds` prints it.
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
-    [TalosEtcdBackup::crd(), TalosEtcdBackupSchedule::crd(), TalosControlPlane::crd()]
+    [TalosEtcdBackup::crd(), TalosEtcdBackupSchedule::crd(), TalosEtcdRestore::crd(), TalosControlPlane::crd()]
         .iter()
         .map(|crd| {
             let yaml = serde_yaml::to_string(crd).expect("CRD types always serialize");

@@ -29,6 +29,16 @@ pub struct BackupPlan {
 /// secrets bundle (minting a client certificate with only the `os:etcd:backup` role, valid for
 /// `cert_validity`), else from the `<controlplane>-talosconfig` Secret.
 pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: Duration) -> Result<BackupPlan, Error> {
+    resolve_for(client, backup, cert_validity, teb_talos::ROLE_ETCD_BACKUP).await
+}
+
+/// [`resolve`], minting the client certificate with `role` (a restore needs `os:admin`).
+pub async fn resolve_for(
+    client: &Client,
+    backup: &TalosEtcdBackup,
+    cert_validity: Duration,
+    role: &str,
+) -> Result<BackupPlan, Error> {
     let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
     let spec = &backup.spec;
     validate_spec(spec)?;
@@ -47,7 +57,7 @@ pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: D
     let mut secrets = Secrets::new(client, &namespace);
     let talos = match &spec.talosconfig_secret_ref {
         Some(reference) => talosconfig_target(&secrets.value(reference).await?, reference, &namespace)?,
-        None => talos_from_controlplane(&controlplane, &mut secrets, cert_validity).await?,
+        None => talos_from_controlplane(&controlplane, &mut secrets, cert_validity, role).await?,
     };
 
     let location = s3_location(&mut secrets, backup).await?;
@@ -130,6 +140,7 @@ async fn talos_from_controlplane(
     controlplane: &TalosControlPlane,
     secrets: &mut Secrets<'_>,
     cert_validity: Duration,
+    role: &str,
 ) -> Result<Target, Error> {
     let name = controlplane.name_any();
     let namespace = secrets.namespace.to_owned();
@@ -140,9 +151,8 @@ async fn talos_from_controlplane(
             .map_err(|e| cp_error(&name, &namespace, format!("status.bundleConfig is not valid JSON: {e}")))?;
         let bundle = SecretsBundle::from_yaml(&bundle)
             .map_err(|e| cp_error(&name, &namespace, format!("status.secretBundle: {e}")))?;
-        let credentials = bundle
-            .mint_client(&[teb_talos::ROLE_ETCD_BACKUP], cert_validity)
-            .map_err(|e| cp_error(&name, &namespace, e.to_string()))?;
+        let credentials =
+            bundle.mint_client(&[role], cert_validity).map_err(|e| cp_error(&name, &namespace, e.to_string()))?;
         return Ok(Target { endpoints: config.talos_endpoints(), nodes: Vec::new(), credentials });
     }
     // The upstream operator also writes a talosconfig Secret beside the control plane.

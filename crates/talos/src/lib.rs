@@ -32,3 +32,5 @@ pub const DEFAULT_PORT: u16 = 50000;
 
 /// The only role the operator asks for: snapshot and etcd status, nothing else.
 pub const ROLE_ETCD_BACKUP: &str = "os:etcd:backup";
+/// The role EtcdRecover and Bootstrap need: a restore's client certificate carries it.
+pub const ROLE_ADMIN: &str = "os:admin";

@@ -2,6 +2,7 @@
 //! context, status writes, events) lives here.
 
 mod backup;
+mod restore;
 mod schedule;
 
 use std::fmt::Debug;
@@ -18,7 +19,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use teb_api::{TalosEtcdBackup, TalosEtcdBackupSchedule};
+use teb_api::{TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdRestore};
 
 use crate::Error;
 use crate::job::{self, Settings};
@@ -70,7 +71,7 @@ struct Context {
     keys_in_use: job::KeyClaims,
 }
 
-/// Runs the backup and schedule controllers until SIGTERM/SIGINT, for every namespace or only
+/// Runs the backup, schedule and restore controllers until SIGTERM/SIGINT, for every namespace or only
 /// `namespace`. `ready` turns true once both CRDs have answered; `metrics` records what happens.
 pub async fn run(
     client: Client,
@@ -82,7 +83,9 @@ pub async fn run(
     let backups: Api<TalosEtcdBackup> = scoped(&client, namespace);
     let schedules: Api<TalosEtcdBackupSchedule> = scoped(&client, namespace);
     check_listable(&backups, "TalosEtcdBackups").await?;
+    let restores: Api<TalosEtcdRestore> = scoped(&client, namespace);
     check_listable(&schedules, "TalosEtcdBackupSchedules").await?;
+    check_listable(&restores, "TalosEtcdRestores").await?;
     ready.store(true, Ordering::SeqCst);
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let context = Arc::new(Context {
@@ -101,9 +104,13 @@ pub async fn run(
     let schedule_controller = Controller::new(schedules, watcher::Config::default())
         .owns(backups, watcher::Config::default())
         .shutdown_on_signal()
-        .run(|schedule, ctx| crate::isolate(schedule::reconcile(schedule, ctx)), error_policy, context)
+        .run(|schedule, ctx| crate::isolate(schedule::reconcile(schedule, ctx)), error_policy, context.clone())
         .for_each(log_failure);
-    futures::join!(backup_controller, schedule_controller);
+    let restore_controller = Controller::new(restores, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(|restore, ctx| crate::isolate(restore::reconcile(restore, ctx)), error_policy, context)
+        .for_each(log_failure);
+    futures::join!(backup_controller, schedule_controller, restore_controller);
     Ok(())
 }
 
@@ -165,7 +172,11 @@ impl Context {
             let cut = (0..=1000).rev().find(|&i| note.is_char_boundary(i)).unwrap_or(0);
             note.truncate(cut);
         }
-        let action = if K::kind(&()) == "TalosEtcdBackup" { "Backup" } else { "Schedule" };
+        let action = match K::kind(&()).as_ref() {
+            "TalosEtcdBackup" => "Backup",
+            "TalosEtcdRestore" => "Restore",
+            _ => "Schedule",
+        };
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "cannot record event");

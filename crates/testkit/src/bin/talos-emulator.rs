@@ -3,6 +3,7 @@
 //!
 //! `talos-emulator --out /tmp/talos` writes `talosconfig` (os:admin), `talosconfig-etcd-backup`
 //! (os:etcd:backup) and `secrets.yaml` (the cluster's secrets bundle) there, then serves until Ctrl-C.
+//! SIGUSR1 wipes etcd on every control-plane node (it then waits to be bootstrapped, for a restore).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +75,15 @@ async fn main() -> anyhow::Result<()> {
     println!("  talosconfig (os:admin):       {}", admin.display());
     println!("  talosconfig (os:etcd:backup): {}", backup.display());
     println!("  secrets bundle:               {}", bundle.display());
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut wipe = signal(SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => return Ok(result?),
+            _ = wipe.recv() => {
+                emulator.wipe_etcd();
+                println!("  etcd wiped: waiting to be bootstrapped");
+            }
+        }
+    }
 }

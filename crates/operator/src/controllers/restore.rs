@@ -1,0 +1,177 @@
+//! The TalosEtcdRestore controller: thin. It resolves the backup and the control plane (a client
+//! certificate with os:admin), then runs [`crate::restore`], the same code as the `restore` command.
+//! A restore runs once and is never retried by itself: Ready and Failed are final unless the spec
+//! changes, and a restore interrupted by an operator restart is reported, not repeated blindly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use teb_api::conditions::{self, FAILED, PROGRESSING, READY};
+use teb_api::{
+    BackupStorage, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
+};
+use teb_pipeline::S3Location;
+use teb_talos::Target;
+
+use super::{Context, now, patch_status};
+use crate::restore::{self, EtcdState};
+use crate::{Error, resolve};
+
+/// How long etcd may take to answer after the recovery bootstrap.
+const ETCD_UP_WAIT: Duration = Duration::from_secs(300);
+
+pub(super) async fn reconcile(cached: Arc<TalosEtcdRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    let api = Api::<TalosEtcdRestore>::namespaced(ctx.client.clone(), &namespace);
+    let Some(restore) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let previous = restore.status.clone().unwrap_or_default();
+    let generation = restore.metadata.generation;
+    let finished =
+        conditions::is_true(&previous.conditions, READY) || conditions::is_true(&previous.conditions, FAILED);
+    if finished && previous.observed_generation == generation {
+        return Ok(Action::await_change());
+    }
+    let mut status = TalosEtcdRestoreStatus { observed_generation: generation, ..Default::default() };
+    if previous.start_time.is_some() && !finished && previous.observed_generation == generation {
+        // An operator restart cut this restore off: what it did on the node is unknown.
+        let message = "The operator restarted while this restore ran; it is not repeated by itself. Check etcd on \
+                       the node (talosctl etcd status); to restore again, delete this TalosEtcdRestore and create it anew";
+        return fail(&api, &restore, &ctx, previous, conditions::RESTORE_FAILED, message.to_owned()).await;
+    }
+    status.start_time = Some(now());
+    let result = crate::isolate(run(&api, &restore, &ctx, &mut status)).await;
+    match result {
+        Ok(()) => Ok(Action::await_change()),
+        Err(Error::Restore(message)) if message.contains("restoring over a live etcd is refused") => {
+            fail(&api, &restore, &ctx, status, conditions::RESTORE_REFUSED, message).await
+        }
+        Err(error) => fail(&api, &restore, &ctx, status, conditions::RESTORE_FAILED, error.to_string()).await,
+    }
+}
+
+async fn run(
+    api: &Api<TalosEtcdRestore>,
+    restore: &TalosEtcdRestore,
+    ctx: &Context,
+    status: &mut TalosEtcdRestoreStatus,
+) -> Result<(), Error> {
+    let (talos, location, key) = resolve_restore(restore, ctx).await?;
+    let settings = &ctx.config.settings;
+    let (client, plan) = restore::plan(&talos, &location, &key, restore.spec.node.as_deref(), settings).await?;
+    status.node = Some(plan.node_label.clone());
+    status.key = Some(key.clone());
+    if let EtcdState::NotRunning { .. } = plan.etcd {
+        let message = format!("Restoring {key} ({} bytes) onto node {}", plan.size, plan.node_label);
+        set_conditions(status, &[(PROGRESSING, "True", conditions::RESTORE_IN_PROGRESS, &message)]);
+        patch_status(api, &restore.name_any(), status).await?;
+        ctx.event(restore, EventType::Normal, "RestoreStarted", message).await;
+    }
+    let restored = restore::restore(&client, &plan, &location, settings, ETCD_UP_WAIT, &|_| {}).await?;
+    status.sha256 = Some(restored.checked.sha256.clone());
+    status.size = Some(restored.checked.size as i64);
+    status.member_id = Some(format!("{:x}", restored.member_id));
+    status.completion_time = Some(now());
+    let message = format!(
+        "Restored {key} ({} bytes, SHA-256 verified) onto node {}: etcd member {:x} is up ({:.1} s)",
+        restored.checked.size, plan.node_label, restored.member_id, restored.seconds
+    );
+    set_conditions(
+        status,
+        &[
+            (PROGRESSING, "False", conditions::RESTORE_COMPLETED, "Restore finished"),
+            (READY, "True", conditions::RESTORE_SUCCEEDED, &message),
+        ],
+    );
+    patch_status(api, &restore.name_any(), status).await?;
+    tracing::info!(name = %restore.name_any(), %key, node = %plan.node_label, "restore succeeded");
+    ctx.event(restore, EventType::Normal, "RestoreSucceeded", message).await;
+    Ok(())
+}
+
+/// The Talos target (a client certificate with os:admin), the bucket and the key to restore.
+async fn resolve_restore(restore: &TalosEtcdRestore, ctx: &Context) -> Result<(Target, S3Location, String), Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let spec = &restore.spec;
+    let (storage, key) = match (&spec.backup_ref, &spec.backup_storage, &spec.key) {
+        (Some(reference), None, None) => {
+            let backup = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&reference.name)
+                .await?
+                .ok_or_else(|| {
+                    Error::Spec(format!("spec.backupRef: TalosEtcdBackup {:?} not found", reference.name))
+                })?;
+            let status = backup.status.unwrap_or_default();
+            let key = status.filename.filter(|_| conditions::is_true(&status.conditions, READY)).ok_or_else(|| {
+                Error::Spec(format!("spec.backupRef: TalosEtcdBackup {:?} is not Ready", reference.name))
+            })?;
+            (backup.spec.backup_storage, key)
+        }
+        (None, Some(storage), Some(key)) => (storage.clone(), key.clone()),
+        _ => {
+            return Err(Error::Spec(
+                "set spec.backupRef (a TalosEtcdBackup), or spec.backupStorage and spec.key, not both".into(),
+            ));
+        }
+    };
+    let as_backup = backup_view(restore, storage);
+    let plan = resolve::resolve_for(&ctx.client, &as_backup, ctx.config.cert_validity, teb_talos::ROLE_ADMIN).await?;
+    Ok((plan.talos, plan.s3, key))
+}
+
+/// The restore seen as a backup of the same control plane and bucket, so that resolving it reads the
+/// same objects with the same checks and messages.
+fn backup_view(restore: &TalosEtcdRestore, storage: BackupStorage) -> TalosEtcdBackup {
+    let TalosEtcdRestoreSpec { talos_control_plane_ref, talosconfig_secret_ref, .. } = restore.spec.clone();
+    let spec = TalosEtcdBackupSpec {
+        talos_control_plane_ref,
+        backup_storage: storage,
+        talosconfig_secret_ref,
+        deletion_policy: None,
+        verify: false,
+    };
+    let mut backup = TalosEtcdBackup::new(&restore.name_any(), spec);
+    backup.metadata.namespace = restore.namespace();
+    backup
+}
+
+async fn fail(
+    api: &Api<TalosEtcdRestore>,
+    restore: &TalosEtcdRestore,
+    ctx: &Context,
+    mut status: TalosEtcdRestoreStatus,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    status.completion_time = Some(now());
+    status.observed_generation = restore.metadata.generation;
+    set_conditions(
+        &mut status,
+        &[
+            (PROGRESSING, "False", conditions::RESTORE_COMPLETED, "Restore finished"),
+            (FAILED, "True", reason, &message),
+        ],
+    );
+    patch_status(api, &restore.name_any(), &status).await?;
+    tracing::warn!(name = %restore.name_any(), %message, "restore failed");
+    ctx.event(restore, EventType::Warning, reason, message).await;
+    Ok(Action::await_change())
+}
+
+/// Replaces the conditions with `wanted` (type, status, reason, message): no stale one survives.
+fn set_conditions(status: &mut TalosEtcdRestoreStatus, wanted: &[(&str, &str, &str, &str)]) {
+    let existing: Vec<Condition> = std::mem::take(&mut status.conditions);
+    let generation = status.observed_generation;
+    status.conditions = wanted
+        .iter()
+        .map(|(type_, state, reason, message)| {
+            conditions::condition(type_, state, reason, message, &existing, generation, &now())
+        })
+        .collect();
+}
