@@ -2,17 +2,8 @@
 # Fills a cache folder with the binaries the proving ground needs: etcd (Debian's etcd-server) and
 # kube-apiserver (built from Debian's `kubernetes` source package, with the reflect2 fix for Go 1.18+).
 # Prints the folder on its last line. A second run finds the cache and takes seconds.
-# Honours KUBEBUILDER_ASSETS: when set and it holds both binaries, nothing is done.
+# Honours KUBEBUILDER_ASSETS: when set and it holds both binaries, only age and zstd are installed.
 set -euo pipefail
-
-if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]]; then
-  echo "$KUBEBUILDER_ASSETS"
-  exit 0
-fi
-
-cache="${TEB_ASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/talos-etcd-backup/assets}"
-mkdir -p "$cache"
-log() { echo "setup-test-assets: $*" >&2; }
 
 apt_updated=0
 apt_install() {
@@ -22,6 +13,18 @@ apt_install() {
   if ((apt_updated == 0)); then apt-get update -qq >&2; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 }
+
+# Debian's age and zstd: a test opens a stored backup with the standard tools.
+apt_install age zstd
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]]; then
+  echo "$KUBEBUILDER_ASSETS"
+  exit 0
+fi
+
+cache="${TEB_ASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/talos-etcd-backup/assets}"
+mkdir -p "$cache"
+log() { echo "setup-test-assets: $*" >&2; }
 
 # etcd + etcdctl (etcdctl is used by tests to check snapshots with `etcdctl snapshot restore`).
 apt_install etcd-server etcd-client

@@ -42,6 +42,56 @@ pub struct TalosEtcdBackupSpec {
     /// it on a finished backup verifies it then. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify: bool,
+    /// Compress the snapshot before it is stored (and before it is encrypted): `none` (default) or
+    /// `zstd`. The key then ends in `.db.zst` (`.db.zst.age` when encrypted too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "compression_schema")]
+    pub compression: Option<Compression>,
+    /// zstd level, 1 (fastest) to 19 (smallest); default 3. Only with `compression: zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 19))]
+    pub compression_level: Option<i32>,
+    /// Encrypt the snapshot before it is stored. Unset: stored as Talos sends it (every Kubernetes
+    /// Secret of the cluster in plain text in the bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// See [`TalosEtcdBackupSpec::compression`].
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+fn compression_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["none", "zstd"]})
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Encryption {
+    /// age (age-encryption.org/v1) to X25519 recipients: the stored object is a standard age file,
+    /// which `age -d -i <identity file>` decrypts. The key then ends in `.age`.
+    pub age: AgeEncryption,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgeEncryption {
+    /// age X25519 recipients (public keys, `age1…`, as `age-keygen` prints them). Any one of their
+    /// identities decrypts the backup. With `recipientsSecretRef`, both lists are used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub recipients: Vec<String>,
+    /// Secret key holding recipients, one per line (an age recipients file: `#` comments allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding an age identity (`AGE-SECRET-KEY-1…`) of one of the recipients, used only to
+    /// read the backup back when `verify` is set; a verified encrypted backup needs it. Leave it unset
+    /// to keep every identity out of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_secret_ref: Option<SecretKeyRef>,
 }
 
 impl TalosEtcdBackupSpec {
@@ -156,9 +206,20 @@ pub struct TalosEtcdBackupStatus {
     /// when it next runs (after a crash, too) and keeps retrying until S3 takes the abort.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unfinished_uploads: Vec<UploadRecord>,
-    /// Size of the stored snapshot in bytes (database plus its 32-byte SHA-256 trailer).
+    /// Size of the snapshot in bytes (database plus its 32-byte SHA-256 trailer), before any
+    /// compression or encryption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
+    /// Bytes of the object in the bucket: `size` unless compressed or encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_size: Option<i64>,
+    /// How the object is stored: `plain`, `zstd`, `age` or `zstd+age` (also its `encoding` metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Fingerprints of the age recipients the object is encrypted to: `sha256:` and the first 16 hex
+    /// digits of the SHA-256 of the recipient's `age1…` text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipient_fingerprints: Vec<String>,
     /// Hex SHA-256 of the etcd database, as carried in the snapshot's trailer and verified while streaming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,

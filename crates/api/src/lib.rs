@@ -9,11 +9,13 @@ mod schedule;
 pub mod validate;
 
 pub use backup::{
-    BackupStorage, DNS_SUBDOMAIN, DeletionPolicy, S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef,
-    TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
+    AgeEncryption, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption, S3Storage, SECRET_KEY,
+    SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
-pub use restore::{BackupRef, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus};
+pub use restore::{
+    AgeDecryption, BackupRef, Decryption, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
+};
 pub use schedule::{
     BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackupSchedule,
     TalosEtcdBackupScheduleSpec, TalosEtcdBackupScheduleStatus,

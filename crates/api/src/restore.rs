@@ -45,6 +45,22 @@ pub struct TalosEtcdRestoreSpec {
     /// certificate with os:admin is minted from the control plane's secrets bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub talosconfig_secret_ref: Option<SecretKeyRef>,
+    /// How to decrypt an encrypted backup (its key ends in `.age`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<Decryption>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Decryption {
+    pub age: AgeDecryption,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgeDecryption {
+    /// Secret key holding an age identity file: `AGE-SECRET-KEY-1…` lines (as `age-keygen` writes
+    /// them) of which one belongs to a recipient of the backup.
+    pub identity_secret_ref: SecretKeyRef,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -74,7 +74,9 @@ impl Error {
             | P::Truncated { .. }
             | P::ChecksumMismatch { .. }
             | P::Structure { .. } => Error::Snapshot { node: node.to_owned(), cause: e },
-            P::TotalTimeout { .. } | P::S3 { .. } | P::Invalid { .. } | P::Config(_) => Error::Upload(e),
+            P::TotalTimeout { .. } | P::S3 { .. } | P::Invalid { .. } | P::Config(_) | P::Encode(_) | P::Decode(_) => {
+                Error::Upload(e)
+            }
         }
     }
 }

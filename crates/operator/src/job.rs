@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use teb_pipeline::{CheckedSnapshot, Limits, Report, S3Location, S3Sink, UploadRef};
+use teb_pipeline::{CheckedSnapshot, Encoding, Format, Limits, Report, S3Location, S3Sink, UploadRef};
 use teb_talos::{ChosenNode, TalosClient};
 
 use crate::Error;
@@ -37,14 +37,18 @@ impl Default for Settings {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub report: Report,
+    pub format: Format,
+    /// Fingerprints of the age recipients, when encrypted (and known).
+    pub fingerprints: Vec<String>,
     pub node: String,
     /// Why the node's etcd health was not checked before the snapshot, when it was not.
     pub unchecked_because: Option<String>,
 }
 
-/// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-2025-10-04T11-30-00Z.db`.
-pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp) -> String {
-    format!("{KEY_PREFIX}/{controlplane}/etcd-snapshot-{}.db", at.strftime("%Y-%m-%dT%H-%M-%SZ"))
+/// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-2025-10-04T11-30-00Z.db`, ending in
+/// `.db.zst`, `.db.age` or `.db.zst.age` when compressed or encrypted.
+pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp, format: Format) -> String {
+    format!("{KEY_PREFIX}/{controlplane}/etcd-snapshot-{}{}", at.strftime("%Y-%m-%dT%H-%M-%SZ"), format.suffix())
 }
 
 /// The object format this writer records in the object's metadata.
@@ -68,9 +72,13 @@ pub async fn find_stored(
     if !ours {
         return Ok(None);
     }
-    let report = Report { key: key.to_owned(), size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
+    // The snapshot's own size and SHA-256 are known from its trailer only when it is stored plain.
+    let size = stored.sha256.is_some().then_some(stored.size);
+    let report =
+        Report { key: key.to_owned(), size, stored_size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
+    let fingerprints = fingerprints_of(&stored.metadata);
     let node = stored.metadata.get("node").cloned().unwrap_or_default();
-    Ok(Some(Outcome { report, node, unchecked_because: None }))
+    Ok(Some(Outcome { report, format: stored.format, fingerprints, node, unchecked_because: None }))
 }
 
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key` (or, when an
@@ -84,11 +92,18 @@ pub async fn run(
     prepare(plan, key, settings, &|_| true).await?.stream(progress).await
 }
 
-/// `key` itself for 0, else `key` numbered: `etcd-snapshot-<timestamp>-2.db` for 2.
+/// The `age-recipients` metadata: the recipients' fingerprints, comma-separated.
+fn fingerprints_of(metadata: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let listed = metadata.get("age-recipients").map(String::as_str).unwrap_or_default();
+    listed.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect()
+}
+
+/// `key` itself for 0, else `key` numbered: `etcd-snapshot-<timestamp>-2.db` (or `-2.db.zst.age`)
+/// for 2.
 pub fn numbered_key(key: &str, n: u32) -> String {
-    match (n, key.strip_suffix(".db")) {
+    match (n, key.rfind(".db")) {
         (0, _) => key.to_owned(),
-        (n, Some(stem)) => format!("{stem}-{n}.db"),
+        (n, Some(at)) => format!("{}-{n}{}", &key[..at], &key[at..]),
         (n, None) => format!("{key}-{n}"),
     }
 }
@@ -101,6 +116,7 @@ pub struct Prepared {
     snapshot: BoxStream<'static, Result<bytes::Bytes, teb_talos::Error>>,
     chosen: ChosenNode,
     limits: Limits,
+    encoding: Encoding,
 }
 
 /// Everything before the first byte: S3 settings, Talos connection, node choice, snapshot stream, and
@@ -126,14 +142,18 @@ pub async fn prepare(
         ("cluster", plan.controlplane.clone()),
         ("node", chosen.node.clone()),
         ("format", FORMAT.to_owned()),
+        ("encoding", plan.encoding.format().name().to_owned()),
         ("writer", concat!("talos-etcd-backup/", env!("CARGO_PKG_VERSION")).to_owned()),
     ];
     metadata.extend(plan.owner.clone().map(|uid| ("backup", uid)));
+    if !plan.encoding.recipients.is_empty() {
+        metadata.push(("age-recipients", plan.encoding.fingerprints().join(",")));
+    }
     let key = first_free_key(key, claim).ok_or_else(|| {
         Error::Upload(teb_pipeline::Error::Config(format!("no free key after {key}: 100 backups share its second")))
     })?;
     let upload = sink.create_upload(&key, &metadata).await.map_err(Error::Upload)?;
-    Ok(Prepared { upload, sink, snapshot, chosen, limits: settings.limits.clone() })
+    Ok(Prepared { upload, sink, snapshot, chosen, limits: settings.limits.clone(), encoding: plan.encoding.clone() })
 }
 
 /// The first of `key`, `key-2`, `key-3`, ... that `claim` grants.
@@ -171,26 +191,38 @@ impl Prepared {
         }
     }
 
-    /// Streams the snapshot into the upload; completes it only when the trailer matched, aborts it
-    /// otherwise.
+    /// Streams the snapshot into the upload (compressed and encrypted as the plan says); completes
+    /// it only when the trailer matched, aborts it otherwise.
     pub async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
         let node = self.chosen.node;
-        let report = teb_pipeline::run(self.snapshot, &self.sink, &self.upload, &self.limits, progress)
+        let report = teb_pipeline::run(self.snapshot, &self.sink, &self.upload, &self.limits, &self.encoding, progress)
             .await
             .map_err(|e| Error::from_pipeline(&node, e))?;
-        Ok(Outcome { report, node, unchecked_because: self.chosen.unchecked_because })
+        Ok(Outcome {
+            report,
+            format: self.encoding.format(),
+            fingerprints: self.encoding.fingerprints(),
+            node,
+            unchecked_because: self.chosen.unchecked_because,
+        })
     }
 }
 
-/// A backup found in a bucket; cluster, node and SHA-256 are known for objects this writer stored.
+/// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
+/// the SHA-256 for those stored plain.
 #[derive(Clone, Debug)]
 pub struct ListedBackup {
     pub key: String,
+    /// Bytes stored.
     pub size: u64,
     pub last_modified: jiff::Timestamp,
     pub cluster: Option<String>,
     pub node: Option<String>,
     pub sha256: Option<String>,
+    /// `plain`, `zstd`, `age` or `zstd+age`.
+    pub encoding: Option<String>,
+    /// Fingerprints of the age recipients.
+    pub recipients: Vec<String>,
 }
 
 /// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
@@ -209,7 +241,9 @@ pub async fn list(
         listed.push(ListedBackup {
             cluster: meta("cluster"),
             node: meta("node"),
-            sha256: ours.as_ref().map(|s| s.sha256.clone()),
+            sha256: ours.as_ref().and_then(|s| s.sha256.clone()),
+            encoding: ours.as_ref().map(|s| s.format.name().to_owned()),
+            recipients: ours.as_ref().map(|s| fingerprints_of(&s.metadata)).unwrap_or_default(),
             last_modified: jiff::Timestamp::from_second(modified).unwrap_or_default(),
             key,
             size,
@@ -219,17 +253,20 @@ pub async fn list(
     Ok(listed)
 }
 
-/// Reads the snapshot at `key` back and checks it: its SHA-256 trailer and its bbolt structure.
+/// Reads the snapshot at `key` back and checks it: its SHA-256 trailer and its bbolt structure. A
+/// compressed or encrypted one (as its metadata, else its key, says) is decoded on the way, with
+/// `identities` when encrypted.
 pub async fn verify(
     location: &S3Location,
     key: &str,
+    identities: &[teb_pipeline::AgeIdentity],
     settings: &Settings,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<CheckedSnapshot, Error> {
     let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    sink.verify(key, settings.limits.idle_timeout, progress)
-        .await
-        .map_err(|cause| Error::Verify { key: key.to_owned(), cause })
+    let failed = |cause| Error::Verify { key: key.to_owned(), cause };
+    let format = sink.stored(key).await.map_err(failed)?.map_or_else(|| Format::of_key(key), |s| s.format);
+    sink.verify(key, format, identities, settings.limits.idle_timeout, progress).await.map_err(failed)
 }
 
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).
@@ -310,8 +347,15 @@ mod tests {
     fn key_matches_the_specification() {
         let at: jiff::Timestamp = "2025-10-04T11:30:00Z".parse().unwrap();
         assert_eq!(
-            snapshot_key("my-controlplane", at),
+            snapshot_key("my-controlplane", at, Format::default()),
             "talos-operator-etcd-backups/my-controlplane/etcd-snapshot-2025-10-04T11-30-00Z.db"
+        );
+        let both = Format { zstd: true, age: true };
+        let key = snapshot_key("cp", at, both);
+        assert_eq!(key, "talos-operator-etcd-backups/cp/etcd-snapshot-2025-10-04T11-30-00Z.db.zst.age");
+        assert_eq!(
+            numbered_key(&key, 3),
+            "talos-operator-etcd-backups/cp/etcd-snapshot-2025-10-04T11-30-00Z-3.db.zst.age"
         );
     }
 }

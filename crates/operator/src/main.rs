@@ -134,9 +134,22 @@ struct SnapshotArgs {
     /// Control-plane name in the S3 key; the talosconfig context's name when unset.
     #[arg(long)]
     cluster: Option<String>,
-    /// Full S3 key, instead of talos-operator-etcd-backups/<cluster>/etcd-snapshot-<timestamp>.db.
+    /// Full S3 key, instead of talos-operator-etcd-backups/<cluster>/etcd-snapshot-<timestamp>.db
+    /// (.db.zst, .db.age, .db.zst.age when compressed or encrypted).
     #[arg(long)]
     key: Option<String>,
+    /// Compress the snapshot with zstd before storing it (and before encrypting it).
+    #[arg(long)]
+    zstd: bool,
+    /// zstd level, 1 (fastest) to 19 (smallest).
+    #[arg(long, default_value_t = 3, requires = "zstd", value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
+    /// Encrypt the snapshot with age to this X25519 recipient (age1…); repeatable.
+    #[arg(long = "age-recipient", value_name = "RECIPIENT")]
+    age_recipients: Vec<String>,
+    /// Encrypt to the recipients in this file (one per line, as age -R reads it); repeatable.
+    #[arg(long = "age-recipients-file", value_name = "FILE")]
+    age_recipients_files: Vec<PathBuf>,
     #[command(flatten)]
     bucket: BucketArgs,
     /// Progress on standard error: auto shows it on a terminal.
@@ -207,6 +220,26 @@ struct ListArgs {
     output: Output,
 }
 
+/// How to decrypt a backup stored encrypted with age.
+#[derive(Args)]
+struct DecryptArgs {
+    /// age identity file (AGE-SECRET-KEY-1… lines, as age-keygen writes it) for encrypted backups.
+    #[arg(long, env = "AGE_IDENTITY_FILE", value_name = "FILE")]
+    age_identity_file: Option<PathBuf>,
+}
+
+impl DecryptArgs {
+    fn identities(&self) -> anyhow::Result<Vec<teb_pipeline::AgeIdentity>> {
+        let Some(file) = &self.age_identity_file else {
+            return Ok(Vec::new());
+        };
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading identity file {}", file.display()))?;
+        teb_pipeline::codec::parse_identities(&text)
+            .map_err(|reason| anyhow::anyhow!("identity file {}: {reason}", file.display()))
+    }
+}
+
 #[derive(Args)]
 struct VerifyArgs {
     /// Key of the object to verify.
@@ -220,6 +253,8 @@ struct VerifyArgs {
     cluster: Option<String>,
     #[command(flatten)]
     bucket: BucketArgs,
+    #[command(flatten)]
+    decrypt: DecryptArgs,
     /// Progress on standard error: auto shows it on a terminal.
     #[arg(long, default_value = "auto")]
     progress: Progress,
@@ -249,6 +284,8 @@ struct RestoreArgs {
     wait: Duration,
     #[command(flatten)]
     bucket: BucketArgs,
+    #[command(flatten)]
+    decrypt: DecryptArgs,
     /// Progress on standard error: auto shows it on a terminal.
     #[arg(long, default_value = "auto")]
     progress: Progress,
@@ -375,8 +412,22 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let talos = talosconfig.target(args.talos.context.as_deref())?;
     let cluster =
         args.cluster.clone().unwrap_or_else(|| args.talos.context.clone().unwrap_or(talosconfig.context.clone()));
-    let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()? };
-    let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now()));
+    let mut recipient_entries: Vec<String> = args.age_recipients.clone();
+    for file in &args.age_recipients_files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading recipients file {}", file.display()))?;
+        recipient_entries.extend(text.lines().map(str::to_owned));
+    }
+    let recipients = teb_pipeline::codec::parse_recipients(recipient_entries.iter().map(String::as_str))
+        .map_err(|reason| anyhow::anyhow!("--age-recipient: {reason}"))?;
+    anyhow::ensure!(
+        !recipients.is_empty() || args.age_recipients_files.is_empty(),
+        "--age-recipients-file: the files hold no recipient (age1…)"
+    );
+    let encoding = teb_pipeline::Encoding { zstd_level: args.zstd.then_some(args.zstd_level), recipients };
+    let format = encoding.format();
+    let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()?, encoding };
+    let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now(), format));
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let result =
@@ -384,14 +435,18 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     progress.stop();
     let outcome = result?;
     let seconds = outcome.report.duration.as_secs_f64();
+    let size = outcome.report.size.unwrap_or_default();
     let summary = serde_json::json!({
         "bucket": args.bucket.bucket,
         "key": outcome.report.key,
-        "size": outcome.report.size,
+        "size": size,
+        "stored_size": outcome.report.stored_size,
+        "encoding": outcome.format.name(),
+        "recipients": outcome.fingerprints,
         "sha256": outcome.report.sha256,
         "node": outcome.node,
         "seconds": seconds,
-        "mb_per_s": outcome.report.size as f64 / 1e6 / seconds.max(1e-9),
+        "mb_per_s": size as f64 / 1e6 / seconds.max(1e-9),
         "peak_rss_bytes": peak_rss_bytes(),
     });
     println!("{summary}");
@@ -407,23 +462,26 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "key": b.key, "size": b.size, "time": b.last_modified.to_string(),
                     "cluster": b.cluster, "node": b.node, "sha256": b.sha256,
+                    "encoding": b.encoding, "recipients": b.recipients,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(entries));
         return Ok(());
     }
-    println!("{:<24} {:>12}  {:<16} {:<14} KEY", "TIME", "SIZE", "NODE", "SHA256");
+    println!("{:<24} {:>12}  {:<16} {:<14} {:<9} KEY", "TIME", "SIZE", "NODE", "SHA256", "ENCODING");
     for b in &listed {
         let sha = b.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
         let time = b.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        println!("{time:<24} {:>12}  {:<16} {sha:<14} {}", b.size, b.node.as_deref().unwrap_or("-"), b.key);
+        let (node, encoding) = (b.node.as_deref().unwrap_or("-"), b.encoding.as_deref().unwrap_or("-"));
+        println!("{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {}", b.size, b.key);
     }
     Ok(())
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let location = args.bucket.location()?;
+    let identities = args.decrypt.identities()?;
     let settings = Settings::default();
     let key = match args.key {
         Some(key) => key,
@@ -434,7 +492,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let started = Instant::now();
-    let result = job::verify(&location, &key, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
+    let result =
+        job::verify(&location, &key, &identities, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed))
+            .await;
     progress.stop();
     let seconds = started.elapsed().as_secs_f64();
     match result {
@@ -470,6 +530,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     use talos_etcd_backup::restore::{self, EtcdState};
     let talos = args.talos.load()?.target(args.talos.context.as_deref())?;
     let location = args.bucket.location()?;
+    let identities = args.decrypt.identities()?;
     let settings = Settings::default();
     let key = match args.key {
         Some(key) => key,
@@ -485,9 +546,15 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         EtcdState::NotRunning { reason } => serde_json::json!({"running": false, "reason": reason}),
     };
     let mut summary = serde_json::json!({
-        "node": plan.node_label, "bucket": args.bucket.bucket, "key": plan.key, "size": plan.size,
-        "sha256": plan.sha256, "etcd_before": etcd,
+        "node": plan.node_label, "bucket": args.bucket.bucket, "key": plan.key, "stored_size": plan.size,
+        "size": plan.sha256.is_some().then_some(plan.size),
+        "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd,
     });
+    anyhow::ensure!(
+        !plan.format.age || !identities.is_empty() || args.dry_run,
+        "{} is encrypted with age: pass --age-identity-file with the identity of one of its recipients",
+        plan.key
+    );
     if args.dry_run {
         summary["dry_run"] = true.into();
         summary["would"] = match plan.etcd {
@@ -501,13 +568,15 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
-    let result = restore::restore(&client, &plan, &location, &settings, args.wait, &move |bytes| {
+    let result = restore::restore(&client, &plan, &location, &identities, &settings, args.wait, &move |bytes| {
         counter.store(bytes, Ordering::Relaxed)
     })
     .await;
     progress.stop();
     let restored = result?;
     summary["restored"] = true.into();
+    summary["size"] = restored.checked.size.into();
+    summary["sha256"] = restored.checked.sha256.clone().into();
     summary["member_id"] = format!("{:x}", restored.member_id).into();
     summary["db_size"] = restored.db_size.into();
     summary["pages"] = restored.checked.db.pages.into();

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use teb_api::{BundleConfig, SecretKeyRef, TalosControlPlane, TalosEtcdBackup, TalosEtcdBackupSpec};
-use teb_pipeline::{S3Credentials, S3Location, validate};
+use teb_api::{BundleConfig, Compression, SecretKeyRef, TalosControlPlane, TalosEtcdBackup, TalosEtcdBackupSpec};
+use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
+use teb_pipeline::{AgeIdentity, Encoding, Format, S3Credentials, S3Location, validate};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
 
 use crate::Error;
@@ -19,6 +20,8 @@ pub struct BackupPlan {
     pub controlplane: String,
     pub talos: Target,
     pub s3: S3Location,
+    /// Compression and encryption of the stored snapshot.
+    pub encoding: Encoding,
     /// The TalosEtcdBackup's UID, recorded in the object's metadata (`backup`) so that only its own
     /// object is ever taken for an interrupted attempt's result. None outside Kubernetes.
     pub owner: Option<String>,
@@ -61,7 +64,50 @@ pub async fn resolve_for(
     };
 
     let location = s3_location(&mut secrets, backup).await?;
-    Ok(BackupPlan { controlplane: cp_name, talos, s3: location, owner: backup.uid() })
+    let encoding = encoding(&mut secrets, spec).await?;
+    Ok(BackupPlan { controlplane: cp_name, talos, s3: location, encoding, owner: backup.uid() })
+}
+
+/// The zstd level a spec asks for when it asks for compression.
+const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// How the spec says to store the snapshot: the stored key's ending follows from it.
+pub fn format_of(spec: &TalosEtcdBackupSpec) -> Format {
+    Format { zstd: spec.compression == Some(Compression::Zstd), age: spec.encryption.is_some() }
+}
+
+/// The compression level and the age recipients: inline ones, then those of `recipientsSecretRef`.
+async fn encoding(secrets: &mut Secrets<'_>, spec: &TalosEtcdBackupSpec) -> Result<Encoding, Error> {
+    let zstd_level = format_of(spec).zstd.then(|| spec.compression_level.unwrap_or(DEFAULT_ZSTD_LEVEL));
+    let Some(encryption) = &spec.encryption else {
+        return Ok(Encoding { zstd_level, recipients: Vec::new() });
+    };
+    let age = &encryption.age;
+    let mut recipients = codec::parse_recipients(age.recipients.iter().map(String::as_str))
+        .map_err(|reason| Error::Spec(format!("spec.encryption.age.recipients: {reason}")))?;
+    if let Some(reference) = &age.recipients_secret_ref {
+        let text = secrets.value(reference).await?;
+        let listed = codec::parse_recipients(text.lines())
+            .map_err(|reason| secrets.error(&reference.name, format!("key {:?}: {reason}", reference.key)))?;
+        recipients.extend(listed);
+    }
+    if recipients.is_empty() {
+        return Err(Error::Spec(
+            "spec.encryption.age: no recipient; list age1… public keys in recipients or in the recipientsSecretRef              Secret"
+                .into(),
+        ));
+    }
+    recipients.dedup();
+    Ok(Encoding { zstd_level, recipients })
+}
+
+/// The age identities in the Secret key `reference` (in `namespace`): what decrypts a backup for
+/// verification or restore. Errors never quote the Secret's content.
+pub async fn identities(client: &Client, namespace: &str, reference: &SecretKeyRef) -> Result<Vec<AgeIdentity>, Error> {
+    let mut secrets = Secrets::new(client, namespace);
+    let text = secrets.value(reference).await?;
+    codec::parse_identities(&text)
+        .map_err(|reason| secrets.error(&reference.name, format!("key {:?}: {reason}", reference.key)))
 }
 
 /// Only the S3 side of [`resolve`]: what aborting an upload or deleting a snapshot needs. It works
@@ -107,17 +153,54 @@ pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
         field("spec.backupStorage.s3.endpoint", validate::endpoint(endpoint))?;
     }
     key_refs(spec)?;
+    validate_encoding(spec)?;
+    let age = spec.encryption.as_ref().map(|e| &e.age);
     let references = [
         ("spec.backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
         ("spec.backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
         ("spec.backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
         ("spec.talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
+        ("spec.encryption.age.recipientsSecretRef", age.and_then(|a| a.recipients_secret_ref.as_ref())),
+        ("spec.encryption.age.identitySecretRef", age.and_then(|a| a.identity_secret_ref.as_ref())),
     ];
     for (path, reference) in references {
         if let Some(reference) = reference {
             field(&format!("{path}.name"), teb_api::validate::object_name(&reference.name))?;
             field(&format!("{path}.key"), teb_api::validate::secret_key(&reference.key))?;
         }
+    }
+    Ok(())
+}
+
+/// Compression level and age recipients, as far as they can be checked without reading a Secret.
+fn validate_encoding(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
+    if let Some(level) = spec.compression_level {
+        if spec.compression != Some(Compression::Zstd) {
+            return Err(Error::Spec("spec.compressionLevel is set but spec.compression is not zstd".into()));
+        }
+        if !(1..=MAX_ZSTD_LEVEL).contains(&level) {
+            return Err(Error::Spec(format!(
+                "spec.compressionLevel: {level} is out of range; use 1 (fastest) to {MAX_ZSTD_LEVEL} (smallest)"
+            )));
+        }
+    }
+    let Some(encryption) = &spec.encryption else {
+        return Ok(());
+    };
+    let age = &encryption.age;
+    codec::parse_recipients(age.recipients.iter().map(String::as_str))
+        .map_err(|reason| Error::Spec(format!("spec.encryption.age.recipients: {reason}")))?;
+    if age.recipients.iter().all(|r| r.trim().is_empty()) && age.recipients_secret_ref.is_none() {
+        return Err(Error::Spec(
+            "spec.encryption.age: no recipient; list age1… public keys in recipients, or name a Secret holding them              in recipientsSecretRef"
+                .into(),
+        ));
+    }
+    if spec.verify && age.identity_secret_ref.is_none() {
+        return Err(Error::Spec(
+            "spec.verify reads an encrypted backup back, which needs an identity: set              spec.encryption.age.identitySecretRef to a Secret key holding the AGE-SECRET-KEY-1… of one recipient, or              turn verify off"
+                .into(),
+        ));
     }
     Ok(())
 }

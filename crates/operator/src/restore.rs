@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use teb_pipeline::{CheckedSnapshot, S3Location, S3Sink, SnapshotCheck};
+use teb_pipeline::{AgeIdentity, CheckedSnapshot, Format, S3Location, S3Sink, SnapshotCheck};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
 use crate::Error;
@@ -24,9 +24,12 @@ pub struct RestorePlan {
     /// How the node is shown: its name, or the endpoint.
     pub node_label: String,
     pub key: String,
-    /// Bytes stored, and the SHA-256 the object's trailer carries.
+    /// Bytes stored.
     pub size: u64,
-    pub sha256: String,
+    /// The SHA-256 the object's trailer carries, when it is stored plain (else known once decoded).
+    pub sha256: Option<String>,
+    /// Compressed, encrypted, both or neither.
+    pub format: Format,
     pub etcd: EtcdState,
 }
 
@@ -73,16 +76,26 @@ pub async fn plan(
         }
         Err(e) => EtcdState::NotRunning { reason: e.to_string() },
     };
-    let plan = RestorePlan { node, node_label, key: key.to_owned(), size: stored.size, sha256: stored.sha256, etcd };
+    let plan = RestorePlan {
+        node,
+        node_label,
+        key: key.to_owned(),
+        size: stored.size,
+        sha256: stored.sha256,
+        format: stored.format,
+        etcd,
+    };
     Ok((client, plan))
 }
 
-/// Carries out `plan`: refuses a running etcd; streams the object from S3 into EtcdRecover, checking
-/// it on the way; bootstraps with `recover_etcd`; waits up to `wait` for etcd to answer.
+/// Carries out `plan`: refuses a running etcd; streams the object from S3 into EtcdRecover
+/// (decrypted with `identities` and decompressed on the way when it is stored so), checking it on the
+/// way; bootstraps with `recover_etcd`; waits up to `wait` for etcd to answer.
 pub async fn restore(
     client: &TalosClient,
     plan: &RestorePlan,
     location: &S3Location,
+    identities: &[AgeIdentity],
     settings: &Settings,
     wait: Duration,
     progress: &(dyn Fn(u64) + Send + Sync),
@@ -99,7 +112,10 @@ pub async fn restore(
     }
     let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
     let verify_failed = |cause| Error::Verify { key: plan.key.clone(), cause };
-    let mut object = Box::pin(sink.read(&plan.key, settings.limits.idle_timeout).await.map_err(Error::Upload)?);
+    let mut object = sink
+        .read_snapshot(&plan.key, plan.format, identities, settings.limits.idle_timeout)
+        .await
+        .map_err(verify_failed)?;
     // A small queue between S3 and Talos: memory stays a few chunks whatever the snapshot's size.
     let (tx, rx) = tokio::sync::mpsc::channel::<RecoverPart>(4);
     let upload = client.etcd_recover(node, tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -146,10 +162,10 @@ pub async fn restore(
             return Err(error);
         }
     };
-    if checked.sha256 != plan.sha256 {
+    if let Some(planned) = plan.sha256.as_ref().filter(|sha| **sha != checked.sha256) {
         return Err(Error::Restore(format!(
-            "the object at {} changed while it was read (SHA-256 {} instead of {}); nothing was bootstrapped",
-            plan.key, checked.sha256, plan.sha256
+            "the object at {} changed while it was read (SHA-256 {} instead of {planned}); nothing was bootstrapped",
+            plan.key, checked.sha256
         )));
     }
     client.bootstrap_recover(node).await.map_err(Error::Talos)?;

@@ -48,6 +48,9 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
                     ca_bundle: None,
                 },
             },
+            compression: None,
+            compression_level: None,
+            encryption: None,
             talosconfig_secret_ref: talosconfig,
             deletion_policy: Default::default(),
             verify: false,
@@ -158,7 +161,7 @@ proptest! {
         let key = "talos-operator-etcd-backups/fuzz/etcd-snapshot.db";
         let result = runtime.block_on(async {
             let upload = sink.create_upload(key, &[]).await?;
-            teb_pipeline::run(source, &sink, &upload, &limits, &|_| {}).await
+            teb_pipeline::run(source, &sink, &upload, &limits, &Default::default(), &|_| {}).await
         });
         if let Err(e) = result {
             assert_no_secret(&e.to_string(), &[&secret], &public);

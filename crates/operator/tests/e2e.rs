@@ -584,9 +584,10 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
     let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
     let uid = api.get("my-backup").await.unwrap().metadata.uid.unwrap();
-    let key = job::snapshot_key("my-controlplane", jiff::Timestamp::now());
+    let key = job::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
     let plan = BackupPlan {
         controlplane: "my-controlplane".into(),
+        encoding: Default::default(),
         owner: Some(uid),
         talos: teb_talos::Talosconfig::from_yaml(&scenario.emulator.talosconfig(&["os:etcd:backup"]).unwrap())
             .unwrap()
@@ -619,8 +620,8 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     let status = scenario.wait_finished("my-backup").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
     assert_eq!(status.filename.as_deref(), Some(key.as_str()));
-    assert_eq!(status.sha256.as_deref(), Some(stored.report.sha256.as_str()));
-    assert_eq!(status.size, Some(stored.report.size as i64));
+    assert_eq!(status.sha256, stored.report.sha256);
+    assert_eq!(status.size, stored.report.size.map(|size| size as i64));
     assert_eq!(status.node.as_deref(), Some(stored.node.as_str()));
     assert_eq!(status.attempts, 1, "no new attempt");
     assert_eq!(status.attempt_key, None);

@@ -362,3 +362,131 @@ async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_da
     let (ok, _, stderr) = restore(&admin_config, &["--key", &key]);
     assert!(!ok && stderr.contains("is running"), "{stderr}");
 }
+
+/// Runs `script` with sh in `dir`; its standard output.
+fn shell(dir: &std::path::Path, script: &str) -> Vec<u8> {
+    let output = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+    assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
+    use object_store::ObjectStoreExt as _;
+    use sha2::Digest as _;
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    for i in 0..300 {
+        emulator.etcd().put(format!("/registry/secrets/ns/s-{i}").as_bytes(), &[b's'; 2048]).await.unwrap();
+    }
+    let s3 = S3Server::start().await.unwrap();
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backup_config = dir.path().join("backup.talosconfig");
+    std::fs::write(&backup_config, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    // Keys made by Debian's age-keygen: the standard tool's keys work here, and the reverse.
+    shell(dir.path(), "age-keygen -o key.txt 2>/dev/null && age-keygen -o other.txt 2>/dev/null");
+    let recipient = String::from_utf8(shell(dir.path(), "age-keygen -y key.txt")).unwrap().trim().to_owned();
+    let secret = std::fs::read_to_string(dir.path().join("key.txt")).unwrap();
+    let secret_line = secret.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_owned();
+
+    let snapshot = |extra: &[&str]| {
+        let output = tokio::task::block_in_place(|| command(&backup_config, &s3).args(extra).output().unwrap());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (ok, summary, stderr) = snapshot(&["--zstd", "--zstd-level", "9", "--age-recipient", &recipient]);
+    assert!(ok, "{stderr}");
+    let key = summary["key"].as_str().unwrap().to_owned();
+    assert!(key.ends_with(".db.zst.age"), "{key}");
+    assert_eq!(summary["encoding"], "zstd+age");
+    let (size, stored) = (summary["size"].as_u64().unwrap(), summary["stored_size"].as_u64().unwrap());
+    assert!(stored * 4 < size, "repetitive values compress: {stored} of {size}");
+    assert_eq!(summary["recipients"].as_array().unwrap().len(), 1);
+    assert_eq!(s3.objects("backups").await.unwrap(), vec![(key.clone(), stored)]);
+    let printed = format!("{summary}{stderr}");
+    assert!(!printed.contains(&secret_line[15..]), "the identity never shows");
+
+    // The standard tools open it: age -d | zstd -d gives exactly the snapshot, which etcdctl restores.
+    let (bytes, _) = s3.get("backups", &key).await.unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1\n"));
+    std::fs::write(dir.path().join("backup.db.zst.age"), &bytes).unwrap();
+    shell(dir.path(), "age -d -i key.txt backup.db.zst.age | zstd -d -q -o plain.db");
+    let plain = std::fs::read(dir.path().join("plain.db")).unwrap();
+    assert_eq!(plain.len() as u64, size);
+    let (db, trailer) = plain.split_at(plain.len() - 32);
+    assert_eq!(hex::encode(sha2::Sha256::digest(db)), summary["sha256"].as_str().unwrap());
+    assert_eq!(trailer, &sha2::Sha256::digest(db)[..]);
+    let restored = teb_testkit::etcd::EtcdCluster::restore(&dir.path().join("plain.db")).await.unwrap();
+    assert_eq!(restored.get("/registry/secrets/ns/s-42").unwrap().map(|v| v.len()), Some(2048));
+    drop(restored);
+
+    // zstd alone: `zstd -d` opens it.
+    let (ok, zstd_only, stderr) = snapshot(&["--zstd", "--key", "talos-operator-etcd-backups/demo/only.db.zst"]);
+    assert!(ok && zstd_only["encoding"] == "zstd", "{stderr}");
+    let (compressed, _) = s3.get("backups", "talos-operator-etcd-backups/demo/only.db.zst").await.unwrap();
+    std::fs::write(dir.path().join("only.db.zst"), &compressed).unwrap();
+    let decompressed = shell(dir.path(), "zstd -d -q -c only.db.zst");
+    let db = &decompressed[..decompressed.len() - 32];
+    assert_eq!(hex::encode(sha2::Sha256::digest(db)), zstd_only["sha256"].as_str().unwrap());
+
+    // verify and list decode on the fly; a missing or wrong identity, a truncated object: clear errors.
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+        command
+            .args(args)
+            .args(["--bucket", "backups", "--endpoint", &s3.endpoint])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env_remove("AGE_IDENTITY_FILE");
+        let output = tokio::task::block_in_place(|| command.output().unwrap());
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let key_file = dir.path().join("key.txt").display().to_string();
+    let other_file = dir.path().join("other.txt").display().to_string();
+    let (ok, verified, stderr) = run(&["verify", "--key", &key, "--age-identity-file", &key_file]);
+    assert!(ok, "{verified} {stderr}");
+    assert_eq!((&verified["sha256"], &verified["size"]), (&summary["sha256"], &summary["size"]));
+    let (ok, failed, _) = run(&["verify", "--key", &key]);
+    assert!(!ok && failed["error"].as_str().unwrap().contains("give the identity"), "{failed}");
+    let (ok, failed, _) = run(&["verify", "--key", &key, "--age-identity-file", &other_file]);
+    assert!(!ok && failed["error"].as_str().unwrap().contains("encrypted to other recipients"), "{failed}");
+    let cut = "talos-operator-etcd-backups/demo/etcd-snapshot-cut.db.zst.age";
+    let truncated = bytes.slice(..bytes.len() - 1000);
+    s3.client("backups").unwrap().put(&object_store::path::Path::from(cut), truncated.into()).await.unwrap();
+    let (ok, failed, _) = run(&["verify", "--key", cut, "--age-identity-file", &key_file]);
+    assert!(!ok && failed["error"].as_str().unwrap().contains("cannot decode the zstd+age backup"), "{failed}");
+    let (ok, listed, stderr) = run(&["list", "--output", "json"]);
+    assert!(ok, "{stderr}");
+    let entry = listed.as_array().unwrap().iter().find(|e| e["key"] == key.as_str()).unwrap().clone();
+    assert_eq!(
+        (&entry["encoding"], &entry["sha256"], &entry["size"]),
+        (&"zstd+age".into(), &None::<String>.into(), &stored.into())
+    );
+    assert_eq!(entry["recipients"], summary["recipients"]);
+
+    // Bad recipients: a clear error, and nothing reaches the bucket.
+    let before = s3.objects("backups").await.unwrap();
+    let (ok, _, stderr) = snapshot(&["--age-recipient", "age1notakey"]);
+    assert!(!ok && stderr.contains("\"age1notakey\" is not an age X25519 recipient"), "{stderr}");
+    std::fs::write(dir.path().join("empty.txt"), "# nobody\n").unwrap();
+    let (ok, _, stderr) = snapshot(&["--age-recipients-file", &dir.path().join("empty.txt").display().to_string()]);
+    assert!(!ok && stderr.contains("hold no recipient"), "{stderr}");
+    assert_eq!(s3.objects("backups").await.unwrap(), before);
+    assert!(s3.unfinished_uploads().is_empty());
+
+    // Restore decrypts and decompresses into EtcdRecover.
+    let admin_config = dir.path().join("admin.talosconfig");
+    std::fs::write(&admin_config, emulator.talosconfig(&["os:admin"]).unwrap()).unwrap();
+    emulator.wipe_etcd();
+    let admin = admin_config.display().to_string();
+    let (ok, _, stderr) = run(&["restore", "--talosconfig", &admin, "--key", &key]);
+    assert!(!ok && stderr.contains("pass --age-identity-file"), "{stderr}");
+    let (ok, restored, stderr) =
+        run(&["restore", "--talosconfig", &admin, "--key", &key, "--age-identity-file", &key_file, "--wait", "60s"]);
+    assert!(ok, "{stderr}");
+    assert_eq!((&restored["sha256"], &restored["size"]), (&summary["sha256"], &summary["size"]));
+    let value = emulator.with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-7").unwrap()).await;
+    assert_eq!(value.map(|v| v.len()), Some(2048));
+}

@@ -37,6 +37,10 @@ pub enum Error {
     ChecksumMismatch { expected: String, actual: String },
     #[error("snapshot is not a sound etcd (bbolt) database: {reason}")]
     Structure { reason: String },
+    #[error("compressing or encrypting the snapshot failed: {0}")]
+    Encode(String),
+    #[error("{0}")]
+    Decode(String),
     #[error("{operation:?} to bucket {bucket:?} failed{}: {message}", code.as_ref().map(|c| format!(" with S3 error {c}")).unwrap_or_default())]
     S3 { operation: S3Operation, bucket: String, code: Option<String>, message: String },
 }
@@ -46,7 +50,7 @@ impl Error {
     /// broken stream. Wrong credentials, a missing bucket or bad configuration are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Invalid { .. } | Error::Config(_) => false,
+            Error::Invalid { .. } | Error::Config(_) | Error::Encode(_) | Error::Decode(_) => false,
             Error::S3 { code, message, .. } => match code.as_deref() {
                 Some(
                     "AccessDenied"

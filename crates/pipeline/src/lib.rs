@@ -6,13 +6,16 @@
 //! bounded by `part_size × (parts_in_flight + 1)` whatever the snapshot's size.
 
 mod bbolt;
+pub mod codec;
 mod error;
 mod run;
 mod sink;
 pub mod validate;
 mod verify;
 
+pub use age::x25519::{Identity as AgeIdentity, Recipient as AgeRecipient};
 pub use bbolt::DbSummary;
+pub use codec::{Encoding, Format};
 pub use error::{Error, S3Operation};
 pub use run::{Limits, Report, UploadRef, run};
 pub use sink::{S3Credentials, S3Location, S3Sink, StoredSnapshot};

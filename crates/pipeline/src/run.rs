@@ -1,13 +1,14 @@
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use object_store::multipart::{MultipartStore as _, PartId};
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, PutMultipartOptions, PutPayload};
 use tokio::task::JoinSet;
 
-use crate::{Error, S3Operation, S3Sink, TrailerVerifier};
+use crate::codec::Encoder;
+use crate::{Encoding, Error, S3Operation, S3Sink, TrailerVerifier};
 
 /// Bounds on one backup's memory and time.
 #[derive(Clone, Debug)]
@@ -37,10 +38,13 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub key: String,
-    /// Bytes stored: the database plus its 32-byte trailer.
-    pub size: u64,
-    /// Hex SHA-256 of the database, verified against the trailer.
-    pub sha256: String,
+    /// Bytes of the snapshot, the database plus its 32-byte trailer; `None` when not known (a
+    /// compressed or encrypted object recognised after a crash: known only once decoded).
+    pub size: Option<u64>,
+    /// Bytes stored: the snapshot's unless compressed or encrypted.
+    pub stored_size: u64,
+    /// Hex SHA-256 of the database, verified against the trailer; `None` when not known, as `size`.
+    pub sha256: Option<String>,
     pub duration: Duration,
 }
 
@@ -79,8 +83,8 @@ impl S3Sink {
     }
 }
 
-/// Streams `source` into `upload`, verifying the snapshot trailer on the way, and completes the
-/// upload only when the trailer matched. On any failure the upload is aborted (best effort: the
+/// Streams `source` into `upload`, verifying the snapshot trailer on the way and encoding it as
+/// `encoding` says (zstd, then age), and completes the upload only when the trailer matched. On any failure the upload is aborted (best effort: the
 /// caller, which recorded it, can abort it again later). `progress` is told the byte count after
 /// each chunk.
 pub async fn run<S, E>(
@@ -88,6 +92,7 @@ pub async fn run<S, E>(
     sink: &S3Sink,
     upload: &UploadRef,
     limits: &Limits,
+    encoding: &Encoding,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Report, Error>
 where
@@ -97,19 +102,25 @@ where
     let started = Instant::now();
     let mut parts = Parts::new(sink, upload);
     let mut verifier = TrailerVerifier::new();
-    let streamed =
-        tokio::time::timeout(limits.total_timeout, stream_into(source, &mut parts, &mut verifier, limits, progress))
-            .await
-            .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
+    let streamed = tokio::time::timeout(
+        limits.total_timeout,
+        stream_into(source, &mut parts, &mut verifier, limits, encoding, progress),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
     let size = verifier.total();
-    let completed = match streamed.and_then(|()| verifier.finish()) {
-        Ok(digest) => parts.complete().await.map(|()| digest),
+    let completed = match streamed.and_then(|stored| Ok((stored, verifier.finish()?))) {
+        Ok((stored, digest)) => parts.complete().await.map(|()| (stored, digest)),
         Err(error) => Err(error),
     };
     match completed {
-        Ok(digest) => {
-            Ok(Report { key: upload.key.clone(), size, sha256: hex::encode(digest), duration: started.elapsed() })
-        }
+        Ok((stored, digest)) => Ok(Report {
+            key: upload.key.clone(),
+            size: Some(size),
+            stored_size: stored,
+            sha256: Some(hex::encode(digest)),
+            duration: started.elapsed(),
+        }),
         Err(error) => {
             // Abort so that no part lingers in the bucket (and no object appears at the key).
             parts.cancel();
@@ -184,41 +195,43 @@ impl<'a> Parts<'a> {
     }
 }
 
+/// Returns the bytes stored.
 async fn stream_into<S, E>(
     source: S,
     parts: &mut Parts<'_>,
     verifier: &mut TrailerVerifier,
     limits: &Limits,
+    encoding: &Encoding,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<(), Error>
+) -> Result<u64, Error>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::error::Error + Send + Sync + 'static,
 {
     let mut source = std::pin::pin!(source);
-    // Talos sends 1 KiB messages. Copying them into one contiguous buffer per part costs a memcpy but
-    // makes each part one allocation (memory is exactly part_size per buffer, and no part pins the
-    // gRPC decode buffers its slices came from) and one large write on upload.
-    let mut part = BytesMut::with_capacity(limits.part_size);
+    // Talos sends 1 KiB messages. The encoder copies them (plain, or compressed and encrypted) into one
+    // contiguous buffer per part: a memcpy, but each part is one allocation (memory is part_size per
+    // buffer, and no part pins the gRPC decode buffers its slices came from) and one large write.
+    let mut encoder = Encoder::new(encoding, limits.part_size)?;
     loop {
         let next = tokio::time::timeout(limits.idle_timeout, source.next())
             .await
             .map_err(|_| Error::IdleTimeout { timeout: limits.idle_timeout, bytes: verifier.total() })?;
         match next {
             None => {
-                if !part.is_empty() {
-                    parts.put(part.freeze(), limits.parts_in_flight).await?;
+                let (rest, stored) = encoder.finish()?;
+                if !rest.is_empty() {
+                    parts.put(rest, limits.parts_in_flight).await?;
                 }
-                return Ok(());
+                return Ok(stored);
             }
             Some(Err(e)) => return Err(Error::Source { bytes: verifier.total(), cause: Box::new(e) }),
             Some(Ok(chunk)) => {
                 verifier.update(&chunk);
-                part.extend_from_slice(&chunk);
+                encoder.write(&chunk)?;
                 progress(verifier.total());
-                if part.len() >= limits.part_size {
-                    parts.put(part.split().freeze(), limits.parts_in_flight).await?;
-                    part.reserve(limits.part_size);
+                while let Some(part) = encoder.take_part(limits.part_size) {
+                    parts.put(part, limits.parts_in_flight).await?;
                 }
             }
         }

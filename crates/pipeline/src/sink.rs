@@ -6,7 +6,7 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
-use crate::{CheckedSnapshot, Error, S3Field, S3Operation, SnapshotCheck};
+use crate::{CheckedSnapshot, Error, Format, S3Field, S3Operation, SnapshotCheck};
 
 /// S3 access keys. Debug output never shows them.
 #[derive(Clone)]
@@ -39,11 +39,14 @@ pub struct S3Location {
 /// A snapshot found in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSnapshot {
-    /// Bytes stored: database plus trailer.
+    /// Bytes stored: database plus trailer, compressed and encrypted when `format` says so.
     pub size: u64,
-    /// Hex SHA-256 of the database, from the trailer.
-    pub sha256: String,
-    /// The object's user metadata (`cluster`, `node`, `format`, `writer`).
+    /// Hex SHA-256 of the database, from the trailer; `None` for a compressed or encrypted object,
+    /// whose trailer is known only once decoded.
+    pub sha256: Option<String>,
+    /// As the `encoding` metadata says, else as the key's ending says.
+    pub format: Format,
+    /// The object's user metadata (`cluster`, `node`, `format`, `encoding`, `writer`).
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -132,7 +135,12 @@ impl S3Sink {
         if trailer.len() != 32 {
             return Ok(None);
         }
-        Ok(Some(StoredSnapshot { size, sha256: hex::encode(trailer), metadata }))
+        let format = match metadata.get("encoding") {
+            Some(name) => Format::from_name(name).unwrap_or_else(|| Format::of_key(key)),
+            None => Format::of_key(key),
+        };
+        let sha256 = (format == Format::default()).then(|| hex::encode(trailer));
+        Ok(Some(StoredSnapshot { size, sha256, format, metadata }))
     }
 
     /// The object at `key` as a stream of chunks, as they come off the network (one in memory at a
@@ -168,16 +176,35 @@ impl S3Sink {
         }))
     }
 
-    /// Reads the object at `key` back in one streamed pass and checks it as a snapshot
-    /// ([`SnapshotCheck`]). `progress` gets the bytes read so far.
+    /// The snapshot stored at `key` in `format`, decrypted with `identities` and decompressed on the
+    /// fly: the plain snapshot as a stream.
+    pub async fn read_snapshot(
+        &self,
+        key: &str,
+        format: Format,
+        identities: &[age::x25519::Identity],
+        idle_timeout: Duration,
+    ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, Error>>, Error> {
+        use futures::StreamExt as _;
+        let stored = self.read(key, idle_timeout).await?;
+        if format == Format::default() {
+            return Ok(stored.boxed());
+        }
+        Ok(crate::codec::decode(stored, format, identities).await?.boxed())
+    }
+
+    /// Reads the snapshot at `key` back in one streamed pass (decoded as [`S3Sink::read_snapshot`]
+    /// does) and checks it ([`SnapshotCheck`]). `progress` gets the snapshot's bytes read so far.
     pub async fn verify(
         &self,
         key: &str,
+        format: Format,
+        identities: &[age::x25519::Identity],
         idle_timeout: Duration,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<CheckedSnapshot, Error> {
         use futures::StreamExt as _;
-        let mut stream = std::pin::pin!(self.read(key, idle_timeout).await?);
+        let mut stream = self.read_snapshot(key, format, identities, idle_timeout).await?;
         let mut check = SnapshotCheck::default();
         let mut bytes = 0u64;
         while let Some(chunk) = stream.next().await {

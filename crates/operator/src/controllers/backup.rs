@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, FAILED, Phase, READY};
 use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
-use teb_pipeline::UploadRef;
+use teb_pipeline::{Format, UploadRef};
 
 use super::{Context, now, patch_status};
 use crate::finalizer;
@@ -90,7 +90,8 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -
     loop {
         status.attempts += 1;
         let attempt = status.attempts;
-        let key = job::snapshot_key(&backup.spec.talos_control_plane_ref.name, jiff::Timestamp::now());
+        let format = resolve::format_of(&backup.spec);
+        let key = job::snapshot_key(&backup.spec.talos_control_plane_ref.name, jiff::Timestamp::now(), format);
         status.attempt_key = Some(key.clone());
         set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
         patch_status(&api, &name, &status).await?;
@@ -241,14 +242,23 @@ async fn succeed(
 ) -> Result<Action, Error> {
     let report = &outcome.report;
     status.filename = Some(report.key.clone());
-    status.size = Some(report.size as i64);
-    status.sha256 = Some(report.sha256.clone());
+    status.size = report.size.map(|size| size as i64);
+    status.stored_size = Some(report.stored_size as i64);
+    status.sha256 = report.sha256.clone();
+    status.encoding = Some(outcome.format.name().to_owned());
+    status.recipient_fingerprints = outcome.fingerprints.clone();
     status.node = Some(outcome.node.clone());
     status.completion_time = Some(now());
     status.attempt_key = None;
+    let size = match report.size {
+        Some(size) if outcome.format != Format::default() => {
+            format!("{size} bytes ({} stored, {})", report.stored_size, outcome.format.name())
+        }
+        Some(size) => format!("{size} bytes"),
+        None => format!("{} bytes ({}; recovered after a restart)", report.stored_size, outcome.format.name()),
+    };
     let message = format!(
-        "Snapshot of {} bytes from node {} stored in bucket {:?} at {} ({:.1} s)",
-        report.size,
+        "Snapshot of {size} from node {} stored in bucket {:?} at {} ({:.1} s)",
         outcome.node,
         backup.spec.backup_storage.s3.bucket,
         report.key,
@@ -257,9 +267,9 @@ async fn succeed(
     set_phase(&mut status, Phase::Succeeded, message.clone());
     patch_status(api, &backup.name_any(), &status).await?;
     ctx.metrics.finished(metrics::BackupResult::succeeded, elapsed_seconds(&status));
-    ctx.metrics.stored_bytes.inc_by(report.size);
+    ctx.metrics.stored_bytes.inc_by(report.stored_size);
     ctx.record_success_time(backup, &status);
-    tracing::info!(name = %backup.name_any(), key = %report.key, size = report.size, "backup succeeded");
+    tracing::info!(name = %backup.name_any(), key = %report.key, stored = report.stored_size, "backup succeeded");
     if let Some(because) = outcome.unchecked_because {
         ctx.event(backup, EventType::Warning, "NodeHealthUnchecked", because).await;
     }
@@ -280,11 +290,18 @@ async fn verify_stored(
     };
     let result = crate::isolate(async {
         let location = resolve::resolve_s3(&ctx.client, backup).await?;
-        job::verify(&location, &key, &ctx.config.settings, &|_| {}).await
+        let age = backup.spec.encryption.as_ref().and_then(|e| e.age.identity_secret_ref.as_ref());
+        let identities = match age {
+            Some(reference) => {
+                resolve::identities(&ctx.client, &backup.namespace().unwrap_or_default(), reference).await?
+            }
+            None => Vec::new(),
+        };
+        job::verify(&location, &key, &identities, &ctx.config.settings, &|_| {}).await
     })
     .await;
     let outcome = match result {
-        Ok(checked) if Some(&checked.sha256) != status.sha256.as_ref() => Err(format!(
+        Ok(checked) if status.sha256.as_ref().is_some_and(|sha| *sha != checked.sha256) => Err(format!(
             "the object at {key} has SHA-256 {}, not the {} recorded when it was stored: it was replaced",
             checked.sha256,
             status.sha256.as_deref().unwrap_or("-")

@@ -14,7 +14,7 @@ use teb_api::conditions::{self, FAILED, PROGRESSING, READY};
 use teb_api::{
     BackupStorage, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
 };
-use teb_pipeline::S3Location;
+use teb_pipeline::{AgeIdentity, S3Location};
 use teb_talos::Target;
 
 use super::{Context, now, patch_status};
@@ -62,7 +62,7 @@ async fn run(
     ctx: &Context,
     status: &mut TalosEtcdRestoreStatus,
 ) -> Result<(), Error> {
-    let (talos, location, key) = resolve_restore(restore, ctx).await?;
+    let (talos, location, key, identities) = resolve_restore(restore, ctx).await?;
     let settings = &ctx.config.settings;
     let (client, plan) = restore::plan(&talos, &location, &key, restore.spec.node.as_deref(), settings).await?;
     status.node = Some(plan.node_label.clone());
@@ -73,7 +73,13 @@ async fn run(
         patch_status(api, &restore.name_any(), status).await?;
         ctx.event(restore, EventType::Normal, "RestoreStarted", message).await;
     }
-    let restored = restore::restore(&client, &plan, &location, settings, ETCD_UP_WAIT, &|_| {}).await?;
+    if plan.format.age && identities.is_empty() {
+        return Err(Error::Spec(format!(
+            "{key} is encrypted with age: set spec.decryption.age.identitySecretRef to a Secret key holding the \
+             AGE-SECRET-KEY-1… of one of its recipients"
+        )));
+    }
+    let restored = restore::restore(&client, &plan, &location, &identities, settings, ETCD_UP_WAIT, &|_| {}).await?;
     status.sha256 = Some(restored.checked.sha256.clone());
     status.size = Some(restored.checked.size as i64);
     status.member_id = Some(format!("{:x}", restored.member_id));
@@ -95,10 +101,15 @@ async fn run(
     Ok(())
 }
 
-/// The Talos target (a client certificate with os:admin), the bucket and the key to restore.
-async fn resolve_restore(restore: &TalosEtcdRestore, ctx: &Context) -> Result<(Target, S3Location, String), Error> {
+/// The Talos target (a client certificate with os:admin), the bucket, the key to restore and the age
+/// identities that decrypt it: `spec.decryption`'s, else those the named backup verifies with.
+async fn resolve_restore(
+    restore: &TalosEtcdRestore,
+    ctx: &Context,
+) -> Result<(Target, S3Location, String, Vec<AgeIdentity>), Error> {
     let namespace = restore.namespace().unwrap_or_default();
     let spec = &restore.spec;
+    let mut identity = spec.decryption.as_ref().map(|d| d.age.identity_secret_ref.clone());
     let (storage, key) = match (&spec.backup_ref, &spec.backup_storage, &spec.key) {
         (Some(reference), None, None) => {
             let backup = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace)
@@ -107,6 +118,8 @@ async fn resolve_restore(restore: &TalosEtcdRestore, ctx: &Context) -> Result<(T
                 .ok_or_else(|| {
                     Error::Spec(format!("spec.backupRef: TalosEtcdBackup {:?} not found", reference.name))
                 })?;
+            let verifying = backup.spec.encryption.as_ref().and_then(|e| e.age.identity_secret_ref.clone());
+            identity = identity.or(verifying);
             let status = backup.status.unwrap_or_default();
             let key = status.filename.filter(|_| conditions::is_true(&status.conditions, READY)).ok_or_else(|| {
                 Error::Spec(format!("spec.backupRef: TalosEtcdBackup {:?} is not Ready", reference.name))
@@ -122,7 +135,16 @@ async fn resolve_restore(restore: &TalosEtcdRestore, ctx: &Context) -> Result<(T
     };
     let as_backup = backup_view(restore, storage);
     let plan = resolve::resolve_for(&ctx.client, &as_backup, ctx.config.cert_validity, teb_talos::ROLE_ADMIN).await?;
-    Ok((plan.talos, plan.s3, key))
+    let identities = match &identity {
+        Some(reference) => {
+            let path = "spec.decryption.age.identitySecretRef";
+            teb_api::validate::object_name(&reference.name).map_err(|r| Error::Spec(format!("{path}.name: {r}")))?;
+            teb_api::validate::secret_key(&reference.key).map_err(|r| Error::Spec(format!("{path}.key: {r}")))?;
+            resolve::identities(&ctx.client, &namespace, reference).await?
+        }
+        None => Vec::new(),
+    };
+    Ok((plan.talos, plan.s3, key, identities))
 }
 
 /// The restore seen as a backup of the same control plane and bucket, so that resolving it reads the
@@ -135,6 +157,9 @@ fn backup_view(restore: &TalosEtcdRestore, storage: BackupStorage) -> TalosEtcdB
         talosconfig_secret_ref,
         deletion_policy: None,
         verify: false,
+        compression: None,
+        compression_level: None,
+        encryption: None,
     };
     let mut backup = TalosEtcdBackup::new(&restore.name_any(), spec);
     backup.metadata.namespace = restore.namespace();

@@ -170,11 +170,11 @@ async fn sink(
         }
     };
     let upload = sink.create_upload("bench/sink-alone.db", &[]).await?;
-    let report = teb_pipeline::run(stream, &sink, &upload, &limits, &progress).await?;
+    let report = teb_pipeline::run(stream, &sink, &upload, &limits, &Default::default(), &progress).await?;
     let seconds = report.duration.as_secs_f64();
     let streamed_s = streamed.get().map_or(seconds, Duration::as_secs_f64);
     let figures = serde_json::json!({
-        "bytes": report.size, "seconds": seconds, "mb_per_s": report.size as f64 / 1e6 / seconds,
+        "bytes": report.stored_size, "seconds": seconds, "mb_per_s": report.stored_size as f64 / 1e6 / seconds,
         "streamed_s": streamed_s, "cpu_seconds_timed": cpu_seconds() - cpu_before,
     });
     println!("{figures}");

@@ -1,0 +1,392 @@
+//! Compression and encryption of the stored snapshot, on the stream: the plain snapshot (trailer
+//! verified on it) → zstd → age → S3, and back. What is stored is a standard zstd frame inside a
+//! standard age file, so `age -d -i key | zstd -d` gives back the exact snapshot.
+
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::io::{AsyncBufRead, AsyncReadExt as _, BufReader};
+use futures::{Stream, TryStreamExt as _};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// How a snapshot is stored: compressed, encrypted, both or neither.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Format {
+    pub zstd: bool,
+    pub age: bool,
+}
+
+impl Format {
+    /// The key's ending: `.db`, `.db.zst`, `.db.age` or `.db.zst.age`.
+    pub fn suffix(self) -> &'static str {
+        match (self.zstd, self.age) {
+            (false, false) => ".db",
+            (true, false) => ".db.zst",
+            (false, true) => ".db.age",
+            (true, true) => ".db.zst.age",
+        }
+    }
+
+    /// The object's `encoding` metadata: `plain`, `zstd`, `age` or `zstd+age`.
+    pub fn name(self) -> &'static str {
+        match (self.zstd, self.age) {
+            (false, false) => "plain",
+            (true, false) => "zstd",
+            (false, true) => "age",
+            (true, true) => "zstd+age",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        [(false, false), (true, false), (false, true), (true, true)]
+            .into_iter()
+            .map(|(zstd, age)| Format { zstd, age })
+            .find(|format| format.name() == name)
+    }
+
+    /// The format a key's ending names (objects stored without `encoding` metadata).
+    pub fn of_key(key: &str) -> Format {
+        Format { zstd: key.ends_with(".zst") || key.ends_with(".zst.age"), age: key.ends_with(".age") }
+    }
+}
+
+/// What to do to the snapshot before it is stored.
+#[derive(Clone, Debug, Default)]
+pub struct Encoding {
+    /// zstd level (1 to 19), when compressed.
+    pub zstd_level: Option<i32>,
+    /// age X25519 recipients, when encrypted; any one of their identities decrypts.
+    pub recipients: Vec<age::x25519::Recipient>,
+}
+
+impl Encoding {
+    pub fn format(&self) -> Format {
+        Format { zstd: self.zstd_level.is_some(), age: !self.recipients.is_empty() }
+    }
+
+    /// The recipients' fingerprints, as status shows them.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.recipients.iter().map(fingerprint).collect()
+    }
+}
+
+/// The highest zstd level taken: above it (the "ultra" levels) zstd's window grows to 128 MiB and
+/// memory would no longer be small.
+pub const MAX_ZSTD_LEVEL: i32 = 19;
+
+/// `sha256:` and the first 16 hex digits of the SHA-256 of the recipient's `age1…` text: enough to
+/// tell recipients apart in a status, short enough to read.
+pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {
+    let digest = Sha256::digest(recipient.to_string().as_bytes());
+    format!("sha256:{}", &hex::encode(digest)[..16])
+}
+
+/// age X25519 recipients (`age1…`), one per entry; a recipients file's `#` comments and blank lines
+/// are skipped. Recipients are public keys, so errors quote them.
+pub fn parse_recipients<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Vec<age::x25519::Recipient>, String> {
+    let mut recipients = Vec::new();
+    for entry in entries.into_iter().map(str::trim).filter(|e| !e.is_empty() && !e.starts_with('#')) {
+        let recipient = entry.parse().map_err(|reason| {
+            let shown: String = entry.chars().take(80).collect();
+            format!("{shown:?} is not an age X25519 recipient (a public key age1…, as age-keygen prints): {reason}")
+        })?;
+        recipients.push(recipient);
+    }
+    Ok(recipients)
+}
+
+/// age X25519 identities (`AGE-SECRET-KEY-1…`) from an identity file's text: one per line, `#`
+/// comments and blank lines skipped. Errors name the line, never its content.
+pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, String> {
+    let mut identities = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let identity = line.parse().map_err(|_| {
+            format!(
+                "line {} of the identity is not an age X25519 secret key (AGE-SECRET-KEY-1…, as age-keygen writes it)",
+                number + 1
+            )
+        })?;
+        identities.push(identity);
+    }
+    if identities.is_empty() {
+        return Err("the identity holds no age secret key (AGE-SECRET-KEY-1…)".to_owned());
+    }
+    Ok(identities)
+}
+
+/// The bytes the encoder has written so far and not yet handed on.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<BytesMut>>);
+
+impl Write for Output {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("encoder output lock").extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One step of the encoder, ended by writing what it still holds.
+trait Stage: Write + Send {
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+impl Stage for Output {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Stage> Stage for zstd::stream::write::Encoder<'static, W> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Box::new((*self).finish()?).finish()
+    }
+}
+
+impl<W: Stage> Stage for age::stream::StreamWriter<W> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Box::new((*self).finish()?).finish()
+    }
+}
+
+/// Turns the plain snapshot into what is stored, a write at a time, into parts of a given size.
+/// Memory: zstd's window (8 MiB at most, for level 19) plus age's 64 KiB chunk plus one part.
+pub struct Encoder {
+    stage: Box<dyn Stage>,
+    output: Output,
+    stored: u64,
+}
+
+impl Encoder {
+    pub fn new(encoding: &Encoding, part_size: usize) -> Result<Self, Error> {
+        let output = Output(Arc::new(Mutex::new(BytesMut::with_capacity(part_size))));
+        let failed = |e: io::Error| Error::Encode(e.to_string());
+        let encrypted = match encoding.recipients.as_slice() {
+            [] => None,
+            recipients => {
+                let recipients = recipients.iter().map(|r| r as &dyn age::Recipient);
+                let encryptor =
+                    age::Encryptor::with_recipients(recipients).map_err(|e| Error::Encode(e.to_string()))?;
+                Some(encryptor.wrap_output(output.clone()).map_err(failed)?)
+            }
+        };
+        let zstd = |level: i32| level.clamp(1, MAX_ZSTD_LEVEL);
+        let stage: Box<dyn Stage> = match (encoding.zstd_level, encrypted) {
+            (None, None) => Box::new(output.clone()),
+            (None, Some(age)) => Box::new(age),
+            (Some(level), None) => {
+                Box::new(zstd::stream::write::Encoder::new(output.clone(), zstd(level)).map_err(failed)?)
+            }
+            (Some(level), Some(age)) => Box::new(zstd::stream::write::Encoder::new(age, zstd(level)).map_err(failed)?),
+        };
+        Ok(Encoder { stage, output, stored: 0 })
+    }
+
+    pub fn write(&mut self, plain: &[u8]) -> Result<(), Error> {
+        self.stage.write_all(plain).map_err(|e| Error::Encode(e.to_string()))
+    }
+
+    /// The next `part_size` bytes to store, once there are that many.
+    pub fn take_part(&mut self, part_size: usize) -> Option<Bytes> {
+        let mut output = self.output.0.lock().expect("encoder output lock");
+        if output.len() < part_size {
+            return None;
+        }
+        let part = output.split_to(part_size).freeze();
+        output.reserve(part_size);
+        self.stored += part.len() as u64;
+        Some(part)
+    }
+
+    /// Ends the encoding: the bytes left to store, and the total stored.
+    pub fn finish(self) -> Result<(Bytes, u64), Error> {
+        self.stage.finish().map_err(|e| Error::Encode(e.to_string()))?;
+        let rest = std::mem::take(&mut *self.output.0.lock().expect("encoder output lock")).freeze();
+        let stored = self.stored + rest.len() as u64;
+        Ok((rest, stored))
+    }
+}
+
+type Reader = Pin<Box<dyn AsyncBufRead + Send>>;
+
+/// Chunks read from a decoded stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Turns a stored object back into the plain snapshot, as a stream: decrypted with `identities` (when
+/// `format.age`), then decompressed (when `format.zstd`). Errors of `stored` come out unchanged;
+/// a wrong identity, a truncated or damaged object are [`Error::Decode`].
+pub async fn decode<S>(
+    stored: S,
+    format: Format,
+    identities: &[age::x25519::Identity],
+) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Send + 'static,
+{
+    let raw = Box::pin(stored.map_err(io::Error::other)).into_async_read();
+    let mut reader: Reader = Box::pin(raw);
+    if format.age {
+        if identities.is_empty() {
+            return Err(Error::Decode(
+                "the backup is encrypted with age; give the identity (AGE-SECRET-KEY-1…) of one of its recipients"
+                    .to_owned(),
+            ));
+        }
+        let decryptor = age::Decryptor::new_async_buffered(reader).await.map_err(decrypt_error)?;
+        let identities = identities.iter().map(|i| i as &dyn age::Identity);
+        let plain = decryptor.decrypt_async(identities).map_err(decrypt_error)?;
+        reader = Box::pin(BufReader::with_capacity(READ_CHUNK, plain));
+    }
+    if format.zstd {
+        let plain = async_compression::futures::bufread::ZstdDecoder::new(reader);
+        reader = Box::pin(BufReader::with_capacity(READ_CHUNK, plain));
+    }
+    Ok(futures::stream::try_unfold((reader, vec![0u8; READ_CHUNK]), move |(mut reader, mut buffer)| async move {
+        let read = reader.read(&mut buffer).await.map_err(|e| read_error(e, format))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        Ok(Some((Bytes::copy_from_slice(&buffer[..read]), (reader, buffer))))
+    }))
+}
+
+fn decrypt_error(e: age::DecryptError) -> Error {
+    match e {
+        age::DecryptError::NoMatchingKeys => Error::Decode(
+            "none of the given age identities can decrypt the backup: it is encrypted to other recipients".to_owned(),
+        ),
+        age::DecryptError::Io(e) => read_error(e, Format { zstd: false, age: true }),
+        e => Error::Decode(format!("the backup is not a sound age file: {e}")),
+    }
+}
+
+/// An error of the object's own stream is handed back as it was; anything else is the decoding's.
+fn read_error(e: io::Error, format: Format) -> Error {
+    let message = e.to_string();
+    match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(inner)) => *inner,
+        _ => Error::Decode(format!("cannot decode the {} backup (truncated or damaged?): {message}", format.name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+
+    fn keys() -> (age::x25519::Identity, age::x25519::Recipient) {
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
+        (identity, recipient)
+    }
+
+    fn encode(data: &[u8], encoding: &Encoding, part_size: usize) -> Vec<u8> {
+        let mut encoder = Encoder::new(encoding, part_size).unwrap();
+        let mut stored = Vec::new();
+        for chunk in data.chunks(1024) {
+            encoder.write(chunk).unwrap();
+            while let Some(part) = encoder.take_part(part_size) {
+                assert_eq!(part.len(), part_size);
+                stored.extend_from_slice(&part);
+            }
+        }
+        let (rest, total) = encoder.finish().unwrap();
+        stored.extend_from_slice(&rest);
+        assert_eq!(total, stored.len() as u64);
+        stored
+    }
+
+    async fn decoded(stored: Vec<u8>, format: Format, identities: &[age::x25519::Identity]) -> Result<Vec<u8>, Error> {
+        let chunks: Vec<Result<Bytes, Error>> = stored.chunks(7000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let stream = decode(futures::stream::iter(chunks), format, identities).await?;
+        let parts: Vec<Bytes> = stream.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    fn sample() -> Vec<u8> {
+        (0..300_000u32).flat_map(|i| (i % 1000).to_le_bytes()).collect()
+    }
+
+    #[tokio::test]
+    async fn every_format_round_trips() {
+        let (identity, recipient) = keys();
+        let data = sample();
+        for (zstd_level, recipients) in
+            [(None, vec![]), (Some(3), vec![]), (None, vec![recipient.clone()]), (Some(19), vec![recipient.clone()])]
+        {
+            let encoding = Encoding { zstd_level, recipients };
+            let stored = encode(&data, &encoding, 5000);
+            let format = encoding.format();
+            assert_eq!(Format::of_key(&format!("k{}", format.suffix())), format);
+            assert_eq!(Format::from_name(format.name()), Some(format));
+            if format.zstd {
+                assert!(stored.len() < data.len() / 4, "{} compressed to {}", data.len(), stored.len());
+            }
+            assert_eq!(decoded(stored, format, std::slice::from_ref(&identity)).await.unwrap(), data, "{format:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_identity_or_a_truncated_object_is_a_clear_error() {
+        let (_, recipient) = keys();
+        let (other, _) = keys();
+        let encoding = Encoding { zstd_level: Some(3), recipients: vec![recipient] };
+        let stored = encode(&sample(), &encoding, 5000);
+        let format = encoding.format();
+        let err = decoded(stored.clone(), format, std::slice::from_ref(&other)).await.unwrap_err();
+        assert!(err.to_string().contains("encrypted to other recipients"), "{err}");
+        let err = decoded(stored.clone(), format, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("give the identity"), "{err}");
+        let (identity, recipient) = keys();
+        let encoding = Encoding { zstd_level: None, recipients: vec![recipient] };
+        let stored = encode(&sample(), &encoding, 5000);
+        let cut = stored[..stored.len() - 100].to_vec();
+        let err = decoded(cut, encoding.format(), &[identity]).await.unwrap_err();
+        assert!(matches!(err, Error::Decode(_)), "{err}");
+        let compressed = encode(&sample(), &Encoding { zstd_level: Some(3), recipients: vec![] }, 5000);
+        let cut = compressed[..compressed.len() / 2].to_vec();
+        let err = decoded(cut, Format { zstd: true, age: false }, &[]).await.unwrap_err();
+        assert!(matches!(err, Error::Decode(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn errors_of_the_stored_stream_come_out_unchanged() {
+        let chunks = vec![Ok(Bytes::from_static(b"age-encryption.org/v1\n")), Err(Error::Truncated { bytes: 7 })];
+        let (identity, _) = keys();
+        let format = Format { zstd: false, age: true };
+        let err = match decode(futures::stream::iter(chunks), format, &[identity]).await {
+            Err(e) => e,
+            Ok(stream) => std::pin::pin!(stream).next().await.unwrap().unwrap_err(),
+        };
+        assert!(matches!(err, Error::Truncated { bytes: 7 }), "{err}");
+    }
+
+    #[test]
+    fn recipients_and_identities_are_checked_and_identities_never_quoted() {
+        let (identity, recipient) = keys();
+        let text = format!("# backups\n{recipient}\n\n");
+        assert_eq!(parse_recipients(text.lines()).unwrap(), vec![recipient.clone()]);
+        let err = parse_recipients(["age1notakey"]).unwrap_err();
+        assert!(err.contains("\"age1notakey\" is not an age X25519 recipient"), "{err}");
+        assert!(parse_recipients(["", "# none"]).unwrap().is_empty());
+        let secret = identity.to_string();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&secret);
+        assert_eq!(parse_identities(&format!("# key\n{secret}\n")).unwrap().len(), 1);
+        let broken = format!("{}X", &secret[..secret.len() - 1]);
+        let err = parse_identities(&format!("# key\n{broken}\n")).err().unwrap();
+        assert!(err.contains("line 2") && !err.contains(&broken[15..]), "{err}");
+        assert!(parse_identities("# nothing\n").err().unwrap().contains("holds no age secret key"));
+        assert!(fingerprint(&recipient).starts_with("sha256:") && fingerprint(&recipient).len() == 23);
+    }
+}
