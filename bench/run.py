@@ -8,6 +8,9 @@ For each etcd database size (a real etcd, filled by `teb-bench fill`, served by 
   full    `talos-etcd-backup snapshot`: emulator -> S3
   2-step  `etcdctl snapshot save FILE` then `rclone copyto FILE`
   rcat    the project's Talos client piped into `rclone rcat`
+  zstd, age, zstd+age   `snapshot --zstd` / `--age-recipient` / both, and `verify` of the last
+The database holds Kubernetes-shaped objects (Secrets of random bytes, ConfigMaps, Deployments), so
+the compression ratio is what a real cluster's etcd gives, not that of repeated bytes.
 Every process is measured from outside: wall time, CPU seconds and peak RSS (wait4), bytes written to
 local storage (/proc/PID/io write_bytes, read before the process is reaped).
 """
@@ -207,6 +210,22 @@ def main():
         last = max(full.progress, key=lambda p: p[1], default=(row["full"]["wall_s"], 0))
         row["full"]["streamed_s"] = next(t for t, b in full.progress if b == last[1]) if full.progress else row["full"]["wall_s"]
 
+        # Compressed and encrypted, to a recipient made by Debian's age-keygen.
+        identity = os.path.join(work, "age-identity.txt")
+        subprocess.run(["age-keygen", "-o", identity], check=True, capture_output=True)
+        recipient = subprocess.run(["age-keygen", "-y", identity], check=True, capture_output=True,
+                                   text=True).stdout.strip()
+        for name, key, flags in (("zstd", "bench/full.db.zst", ["--zstd"]),
+                                 ("age", "bench/full.db.age", ["--age-recipient", recipient]),
+                                 ("zstd_age", "bench/full.db.zst.age", ["--zstd", "--age-recipient", recipient])):
+            r = measured(name, [teb, "snapshot", "--talosconfig", talosconfig, "--bucket", "bench",
+                                "--endpoint", endpoint, "--key", key] + flags)
+            row[name] = dict(r, **last_json(r["stdout"]))
+            row[name]["mb_per_s"] = row[name]["size"] / 1e6 / row[name]["seconds"]
+        r = measured("verify zstd+age", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint,
+                                         "--key", "bench/full.db.zst.age", "--age-identity-file", identity])
+        row["verify_zstd_age"] = dict(r, **last_json(r["stdout"]))
+
         # The backup read back: verify, then restore into the emulator's wiped etcd.
         r = measured("verify", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint, "--key", "bench/full.db"])
         row["verify"] = dict(r, **last_json(r["stdout"]))
@@ -236,12 +255,14 @@ def main():
         wall = time.monotonic() - started
         row["rcat"] = {"wall_s": wall, "mb_per_s": snapshot_bytes / 1e6 / wall, "rclone": rcat_r,
                        "source": {k: src_r[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")}}
-        for key in ("bench/full.db", "bench/two-step.db", "bench/rcat.db", "bench/sink-alone.db"):
+        for key in ("bench/full.db", "bench/two-step.db", "bench/rcat.db", "bench/sink-alone.db", "bench/full.db.zst",
+                    "bench/full.db.age", "bench/full.db.zst.age"):
             subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
         emu.terminate()
         emu.wait()
         subprocess.run(["rm", "-rf", work])
-        for r in (row["source"], row["sink"], row["full"], row["verify"], row["restore"]):
+        for r in (row["source"], row["sink"], row["full"], row["verify"], row["restore"], row["zstd"], row["age"],
+                  row["zstd_age"], row["verify_zstd_age"]):
             r.pop("stdout", None)
             r.pop("stderr", None)
         row["rcat"]["rclone"].pop("stdout", None)
@@ -251,7 +272,10 @@ def main():
               f"{row['full']['disk_write']} B written), two-step {snapshot_bytes / 1e6 / row['two_step']['wall_s']:.0f} MB/s, "
               f"rcat {row['rcat']['mb_per_s']:.0f} MB/s, verify {row['verify']['mb_per_s']:.0f} MB/s "
               f"({row['verify']['peak_rss'] / MiB:.0f} MiB), restore {row['restore']['wall_s']:.1f} s "
-              f"({row['restore']['peak_rss'] / MiB:.0f} MiB, {row['restore']['disk_write']} B written)", flush=True)
+              f"({row['restore']['peak_rss'] / MiB:.0f} MiB, {row['restore']['disk_write']} B written), "
+              f"zstd {row['zstd']['mb_per_s']:.0f} MB/s ratio {row['zstd']['stored_size'] / row['zstd']['size']:.3f}, "
+              f"age {row['age']['mb_per_s']:.0f} MB/s, zstd+age {row['zstd_age']['mb_per_s']:.0f} MB/s "
+              f"({row['zstd_age']['peak_rss'] / MiB:.0f} MiB)", flush=True)
         results.append(row)
 
     s3.stdin.close()
@@ -327,6 +351,23 @@ def write_report(results, args):
         rc = row["rcat"]["rclone"]
         lines.append(f"| {row['label']} | Talos client \\| rclone rcat (rclone's figures) | {row['rcat']['mb_per_s']:.0f} | "
                      f"{row['rcat']['wall_s']:.1f} | {rc['cpu_s']:.1f} | {mb(rc['peak_rss'])} | {rc['disk_write']} |")
+    lines += ["", "## Compressed and encrypted (zstd level 3, age X25519; on the same databases)", "",
+              "| size | path | MB/s (snapshot bytes) | client CPU s per GiB | peak RSS MiB | stored ÷ snapshot | local disk written |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for row in results:
+        gib = row["source"]["bytes"] / (1 << 30)
+        def enc_line(name, r, rate):
+            ratio = r["stored_size"] / r["size"] if "stored_size" in r else 1.0
+            return (f"| {row['label']} | {name} | {rate:.0f} | {r['cpu_s'] / gib:.1f} | {mb(r['peak_rss'])} | "
+                    f"{ratio:.3f} | {r['disk_write']} |")
+        lines.append(enc_line("plain (the full row above)", dict(row["full"], stored_size=row["full"]["size"]),
+                              row["full"]["mb_per_s"]))
+        lines.append(enc_line("`snapshot --zstd`", row["zstd"], row["zstd"]["mb_per_s"]))
+        lines.append(enc_line("`snapshot --age-recipient`", row["age"], row["age"]["mb_per_s"]))
+        lines.append(enc_line("`snapshot --zstd --age-recipient`", row["zstd_age"], row["zstd_age"]["mb_per_s"]))
+        v = row["verify_zstd_age"]
+        lines.append(enc_line("`verify` of the zstd+age object (decrypt, decompress, check)",
+                              dict(v, stored_size=row["zstd_age"]["stored_size"]), v["mb_per_s"]))
     lines += ["", "## Where the CPU goes (2 cores shared by every process)", "",
               "| size | path | client CPU s | Talos emulator + etcd CPU s | S3 server CPU s | all CPU s ÷ (2 × wall) |",
               "|---|---|---:|---:|---:|---:|"]
@@ -348,6 +389,11 @@ def write_report(results, args):
         lines.append(f"| same, streaming phase only (to the last byte, before the server's CompleteMultipartUpload), "
                      f"{row['label']} | {ratio:.2f} | ≥ 0.9 |")
     lines.append(f"| peak RSS of full, {large['label']} ÷ {small['label']} | {large['full']['peak_rss'] / small['full']['peak_rss']:.2f} | flat (≈ 1) |")
+    for name in ("zstd", "age", "zstd_age", "verify_zstd_age"):
+        lines.append(f"| peak RSS of {name.replace('_', '+')}, {large['label']} ÷ {small['label']} | "
+                     f"{large[name]['peak_rss'] / small[name]['peak_rss']:.2f} | flat (≈ 1) |")
+        for row in results:
+            lines.append(f"| local disk written by {name.replace('_', '+')}, {row['label']} | {row[name]['disk_write']} B | 0 B |")
     for name in ("verify", "restore"):
         lines.append(f"| peak RSS of {name}, {large['label']} ÷ {small['label']} | "
                      f"{large[name]['peak_rss'] / small[name]['peak_rss']:.2f} | flat (≈ 1) |")

@@ -21,12 +21,15 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write 1 MiB values into etcd until its database reaches `--bytes`.
+    /// Write values into etcd until its database reaches `--bytes`: Kubernetes-shaped objects (the
+    /// default; what compression meets in a real cluster) or 1 MiB of incompressible bytes each.
     Fill {
         #[arg(long)]
         etcd: String,
         #[arg(long)]
         bytes: u64,
+        #[arg(long, default_value = "objects")]
+        values: Values,
     },
     /// Drain a snapshot through the project's Talos client (into nothing, or to stdout).
     Source {
@@ -52,10 +55,19 @@ enum Command {
     S3Server,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Values {
+    /// Secrets (base64 of random bytes), ConfigMaps (configuration text) and Deployments (JSON with
+    /// labels, images and resources), 16 to 128 KiB each, every one different.
+    Objects,
+    /// 1 MiB of pseudo-random bytes per key.
+    Random,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Fill { etcd, bytes } => fill(&etcd, bytes).await,
+        Command::Fill { etcd, bytes, values } => fill(&etcd, bytes, values).await,
         Command::Source { talosconfig, stdout } => source(&talosconfig, stdout).await,
         Command::Sink { endpoint, bucket, bytes, part_size_mib, parts_in_flight } => {
             sink(&endpoint, &bucket, bytes, part_size_mib, parts_in_flight).await
@@ -64,9 +76,117 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn fill(url: &str, target: u64) -> anyhow::Result<()> {
+/// xorshift64*: reproducible values without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a>(&mut self, words: &[&'a str]) -> &'a str {
+        words[self.below(words.len() as u64) as usize]
+    }
+}
+
+/// One Kubernetes-shaped object of 16 to 128 KiB, as JSON; `k` makes it unique.
+fn object(k: u64) -> Vec<u8> {
+    use base64::Engine as _;
+    const WORDS: &[&str] = &[
+        "server",
+        "listen",
+        "timeout",
+        "upstream",
+        "cache",
+        "enabled",
+        "replicas",
+        "metrics",
+        "endpoint",
+        "region",
+        "retry",
+        "backoff",
+        "tls",
+        "certificate",
+        "log",
+        "level",
+        "info",
+        "debug",
+        "path",
+        "port",
+        "worker",
+        "queue",
+        "batch",
+        "size",
+        "limit",
+        "memory",
+        "cpu",
+        "true",
+        "false",
+        "default",
+        "namespace",
+        "service",
+        "ingress",
+    ];
+    let mut rng = Rng(k.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let target = 16_384 + rng.below(112 * 1024) as usize;
+    let name = format!("{}-{}-{k:x}", rng.pick(WORDS), rng.pick(WORDS));
+    let mut out = String::with_capacity(target + 4096);
+    match k % 10 {
+        0..=3 => {
+            let mut secret = vec![0u8; target * 3 / 4];
+            secret.chunks_mut(8).for_each(|c| c.copy_from_slice(&rng.next().to_le_bytes()[..c.len()]));
+            let data = base64::engine::general_purpose::STANDARD.encode(secret);
+            out += &format!(
+                r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"{name}","namespace":"default","uid":"{:016x}","resourceVersion":"{k}"}},"type":"Opaque","data":{{"tls.key":"{data}"}}}}"#,
+                rng.next()
+            );
+        }
+        4..=6 => {
+            out += &format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"config.yaml":""#
+            );
+            while out.len() < target {
+                let indent = "  ".repeat(rng.below(4) as usize);
+                out += &format!("{indent}{}_{}: {}\\n", rng.pick(WORDS), rng.pick(WORDS), rng.below(100_000));
+            }
+            out += "\"}}";
+        }
+        _ => {
+            out += &format!(
+                r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},"spec":{{"template":{{"spec":{{"containers":["#
+            );
+            while out.len() < target {
+                out += &format!(
+                    r#"{{"name":"{}","image":"registry.example.com/{}/{}:v{}.{}.{}","resources":{{"limits":{{"cpu":"{}m","memory":"{}Mi"}}}},"env":[{{"name":"{}_{}","value":"{:x}"}}]}},"#,
+                    rng.pick(WORDS),
+                    rng.pick(WORDS),
+                    rng.pick(WORDS),
+                    rng.below(10),
+                    rng.below(40),
+                    rng.below(200),
+                    rng.below(4000),
+                    rng.below(8192),
+                    rng.pick(WORDS).to_uppercase(),
+                    rng.pick(WORDS).to_uppercase(),
+                    rng.next()
+                );
+            }
+            out += "{}]}}}}}";
+        }
+    }
+    out.into_bytes()
+}
+
+async fn fill(url: &str, target: u64, values: Values) -> anyhow::Result<()> {
     let channel = tonic::transport::Channel::from_shared(url.to_owned())?.connect().await?;
-    let value: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let random: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let started = Instant::now();
     let mut written = 0u64;
     let mut next_key = 0u64;
@@ -77,21 +197,34 @@ async fn fill(url: &str, target: u64) -> anyhow::Result<()> {
             println!("{figures}");
             return Ok(());
         }
-        // Up to 64 puts between size checks (fewer near the target), 4 at a time.
-        let puts = ((target - status.db_size as u64) >> 21).clamp(1, 64);
+        // Up to 64 MiB between size checks (less near the target), 4 puts at a time.
+        let average = match values {
+            Values::Objects => 72 << 10,
+            Values::Random => 1 << 20,
+        };
+        let puts = ((target - status.db_size as u64) / 2 / average).clamp(1, (64 << 20) / average);
         let batch = futures::stream::iter(next_key..next_key + puts)
             .map(|k| {
                 let mut kv = KvClient::new(channel.clone());
-                let mut v = value.clone();
-                v[..8].copy_from_slice(&k.to_le_bytes());
-                async move { kv.put(PutRequest { key: format!("/bench/{k:08}").into_bytes(), value: v }).await }
+                let v = match values {
+                    Values::Objects => object(k),
+                    Values::Random => {
+                        let mut v = random.clone();
+                        v[..8].copy_from_slice(&k.to_le_bytes());
+                        v
+                    }
+                };
+                let len = v.len() as u64;
+                async move {
+                    kv.put(PutRequest { key: format!("/registry/bench/{k:08}").into_bytes(), value: v }).await?;
+                    Ok::<u64, tonic::Status>(len)
+                }
             })
             .buffer_unordered(4)
             .collect::<Vec<_>>()
             .await;
         for result in batch {
-            result?;
-            written += 1 << 20;
+            written += result?;
         }
         next_key += puts;
     }
