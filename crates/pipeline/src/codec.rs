@@ -170,7 +170,7 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(encoding: &Encoding, part_size: usize) -> Result<Self, Error> {
-        let output = Output(Arc::new(Mutex::new(BytesMut::with_capacity(part_size))));
+        let output = Output(Arc::new(Mutex::new(BytesMut::with_capacity(part_size + SLACK))));
         let failed = |e: io::Error| Error::Encode(e.to_string());
         let encrypted = match encoding.recipients.as_slice() {
             [] => None,
@@ -185,10 +185,8 @@ impl Encoder {
         let stage: Box<dyn Stage> = match (encoding.zstd_level, encrypted) {
             (None, None) => Box::new(output.clone()),
             (None, Some(age)) => Box::new(age),
-            (Some(level), None) => {
-                Box::new(zstd::stream::write::Encoder::new(output.clone(), zstd(level)).map_err(failed)?)
-            }
-            (Some(level), Some(age)) => Box::new(zstd::stream::write::Encoder::new(age, zstd(level)).map_err(failed)?),
+            (Some(level), None) => Box::new(zstd_encoder(output.clone(), zstd(level)).map_err(failed)?),
+            (Some(level), Some(age)) => Box::new(zstd_encoder(age, zstd(level)).map_err(failed)?),
         };
         Ok(Encoder { stage, output, stored: 0 })
     }
@@ -204,7 +202,7 @@ impl Encoder {
             return None;
         }
         let part = output.split_to(part_size).freeze();
-        output.reserve(part_size);
+        output.reserve(part_size + SLACK);
         self.stored += part.len() as u64;
         Some(part)
     }
@@ -216,6 +214,17 @@ impl Encoder {
         let stored = self.stored + rest.len() as u64;
         Ok((rest, stored))
     }
+}
+
+/// Room past a part's size for one write's output (an age chunk is 64 KiB, zstd flushes at most a
+/// 128 KiB block), so that filling a part never reallocates its buffer.
+const SLACK: usize = 256 * 1024;
+
+/// A zstd frame with its content checksum, as the `zstd` tool writes it: `zstd -d` checks it.
+fn zstd_encoder<W: Stage>(inner: W, level: i32) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut encoder = zstd::stream::write::Encoder::new(inner, level)?;
+    encoder.include_checksum(true)?;
+    Ok(encoder)
 }
 
 type Reader = Pin<Box<dyn AsyncBufRead + Send>>;

@@ -306,11 +306,16 @@ async fn verify_stored(
             checked.sha256,
             status.sha256.as_deref().unwrap_or("-")
         )),
-        Ok(checked) => Ok(format!(
-            "Read back {} bytes of {key}: the SHA-256 trailer matches, the bbolt meta pages, size ({} pages of {} \
+        Ok(checked) => {
+            // Known now if a crash left them unknown (an encoded object recorded after a restart).
+            status.sha256.get_or_insert_with(|| checked.sha256.clone());
+            status.size.get_or_insert(checked.size as i64);
+            Ok(format!(
+                "Read back {} bytes of {key}: the SHA-256 trailer matches, the bbolt meta pages, size ({} pages of {} \
              bytes) and {} page headers are sound",
-            checked.size, checked.db.pages, checked.db.page_size, checked.db.pages_checked
-        )),
+                checked.size, checked.db.pages, checked.db.page_size, checked.db.pages_checked
+            ))
+        }
         Err(error) if error.is_transient() => {
             tracing::warn!(name = %backup.name_any(), %error, "cannot read the snapshot back now; will retry");
             return Ok(Action::requeue(ctx.config.retry_backoff));

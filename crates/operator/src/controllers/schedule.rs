@@ -174,7 +174,10 @@ fn check(schedule: &TalosEtcdBackupSchedule) -> Result<Schedule, String> {
     let spec = &schedule.spec;
     let parsed = Schedule::parse(&spec.schedule, spec.time_zone.as_deref())
         .map_err(|e| format!("Invalid spec.schedule: {e}"))?;
-    resolve::validate_spec(&spec.backup_template.spec).map_err(|e| {
+    // As its backups will have it: with the schedule's `verify`.
+    let mut template = spec.backup_template.spec.clone();
+    template.verify |= spec.verify;
+    resolve::validate_spec(&template).map_err(|e| {
         // The same checks as for a TalosEtcdBackup, with the template's path to the field.
         e.to_string().replacen("Invalid spec: spec.", "Invalid spec: spec.backupTemplate.spec.", 1)
     })?;
