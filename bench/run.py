@@ -196,6 +196,7 @@ def main():
         snapshot_bytes = row["source"]["bytes"]
         r = measured("sink", [teb_bench, "sink", "--endpoint", endpoint, "--bucket", "bench", "--bytes", str(snapshot_bytes)])
         row["sink"] = dict(r, **last_json(r["stdout"]))
+        subprocess.run(rclone + ["deletefile", "bench:bench/sink-alone.db"], env=env, capture_output=True)
         before = env_cpu()
         full = Run("full", [teb, "snapshot", "--talosconfig", talosconfig, "--bucket", "bench", "--endpoint", endpoint,
                             "--key", "bench/full.db", "--progress", "always"], env=env, sample=True)
@@ -222,19 +223,13 @@ def main():
                                 "--endpoint", endpoint, "--key", key] + flags)
             row[name] = dict(r, **last_json(r["stdout"]))
             row[name]["mb_per_s"] = row[name]["size"] / 1e6 / row[name]["seconds"]
+            if name != "zstd_age":  # read back below
+                subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
         r = measured("verify zstd+age", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint,
                                          "--key", "bench/full.db.zst.age", "--age-identity-file", identity])
         row["verify_zstd_age"] = dict(r, **last_json(r["stdout"]))
-
-        # The backup read back: verify, then restore into the emulator's wiped etcd.
-        r = measured("verify", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint, "--key", "bench/full.db"])
-        row["verify"] = dict(r, **last_json(r["stdout"]))
-        emu.send_signal(signal.SIGUSR1)
-        emu.stdout.readline()  # "etcd wiped"
-        r = measured("restore", [teb, "restore", "--talosconfig", os.path.join(work, "talosconfig"), "--bucket", "bench",
-                                 "--endpoint", endpoint, "--key", "bench/full.db", "--wait", "10m"])
-        row["restore"] = dict(r, **last_json(r["stdout"]))
-        row["restore"]["mb_per_s"] = row["restore"]["size"] / 1e6 / row["restore"]["wall_s"]
+        for key in ("bench/full.db.zst", "bench/full.db.age", "bench/full.db.zst.age"):  # disk: 4 GiB rows are big
+            subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
 
         snap = os.path.join(work, "two-step.db")
         save = run("etcdctl", [args.etcdctl, "--endpoints", etcd_url, "snapshot", "save", snap], env=env)
@@ -246,6 +241,7 @@ def main():
             "rclone": {k: copy[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")},
         }
         os.remove(snap)
+        subprocess.run(rclone + ["deletefile", "bench:bench/two-step.db"], env=env, capture_output=True)
 
         started = time.monotonic()
         src = Run("source --stdout", [teb_bench, "source", "--talosconfig", talosconfig, "--stdout"], env=env)
@@ -255,6 +251,19 @@ def main():
         wall = time.monotonic() - started
         row["rcat"] = {"wall_s": wall, "mb_per_s": snapshot_bytes / 1e6 / wall, "rclone": rcat_r,
                        "source": {k: src_r[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")}}
+        subprocess.run(rclone + ["deletefile", "bench:bench/rcat.db"], env=env, capture_output=True)
+        # The backup read back: verify, then restore into the emulator's wiped etcd (last: the wipe ends
+        # the etcd the other rows read).
+        r = measured("verify", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint, "--key", "bench/full.db"])
+        row["verify"] = dict(r, **last_json(r["stdout"]))
+        emu.send_signal(signal.SIGUSR1)
+        emu.stdout.readline()  # "etcd wiped"
+        r = measured("restore", [teb, "restore", "--talosconfig", os.path.join(work, "talosconfig"), "--bucket", "bench",
+                                 "--endpoint", endpoint, "--key", "bench/full.db", "--wait", "10m"])
+        row["restore"] = dict(r, **last_json(r["stdout"]))
+        row["restore"]["mb_per_s"] = row["restore"]["size"] / 1e6 / row["restore"]["wall_s"]
+        subprocess.run(rclone + ["deletefile", "bench:bench/full.db"], env=env, capture_output=True)
+
         for key in ("bench/full.db", "bench/two-step.db", "bench/rcat.db", "bench/sink-alone.db", "bench/full.db.zst",
                     "bench/full.db.age", "bench/full.db.zst.age"):
             subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
