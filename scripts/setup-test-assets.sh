@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fills a cache folder with the binaries the proving ground needs: etcd (Debian's etcd-server) and
-# kube-apiserver (built from Debian's `kubernetes` source package, with the reflect2 fix for Go 1.18+).
+# Fills a cache folder with the binaries the proving ground needs: etcd (Debian's etcd-server),
+# kube-apiserver and kube-controller-manager (built from Debian's `kubernetes` source package, with the
+# reflect2 fix for Go 1.18+; the controller manager runs the garbage collector and namespace controller).
 # Prints the folder on its last line. A second run finds the cache and takes seconds.
-# Honours KUBEBUILDER_ASSETS: when set and it holds both binaries, only age and zstd are installed.
+# Honours KUBEBUILDER_ASSETS: when set and it holds all three binaries, only age and zstd are installed.
 set -euo pipefail
 
 apt_updated=0
@@ -17,7 +18,8 @@ apt_install() {
 # Debian's age and zstd: a test opens a stored backup with the standard tools.
 apt_install age zstd
 
-if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]]; then
+if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" \
+  && -x "$KUBEBUILDER_ASSETS/kube-controller-manager" ]]; then
   echo "$KUBEBUILDER_ASSETS"
   exit 0
 fi
@@ -31,8 +33,8 @@ apt_install etcd-server etcd-client
 ln -sf /usr/bin/etcd "$cache/etcd"
 ln -sf /usr/bin/etcdctl "$cache/etcdctl"
 
-if [[ ! -x "$cache/kube-apiserver" ]]; then
-  log "building kube-apiserver from Debian's kubernetes source package (a few minutes, once)"
+if [[ ! -x "$cache/kube-apiserver" || ! -x "$cache/kube-controller-manager" ]]; then
+  log "building kube-apiserver and kube-controller-manager from Debian's kubernetes source package (minutes, once)"
   src_list=/etc/apt/sources.list.d/teb-deb-src.sources
   if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
     # Same URI and keyring as the machine's `deb` entry for bookworm main.
@@ -58,10 +60,17 @@ SRC
     rm -rf vendor/github.com/modern-go/reflect2
     cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
     sed -i 's#github.com/modern-go/reflect2 v1.0.1#github.com/modern-go/reflect2 v1.0.2#' vendor/modules.txt go.mod
-    PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$PWD/.go GOFLAGS=-mod=vendor CGO_ENABLED=0 \
-      make WHAT=cmd/kube-apiserver >&2
-    install -m 0755 _output/bin/kube-apiserver "$cache/kube-apiserver.tmp"
-    mv "$cache/kube-apiserver.tmp" "$cache/kube-apiserver"
+    if [[ ! -x "$cache/kube-apiserver" ]]; then
+      PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$PWD/.go GOFLAGS=-mod=vendor CGO_ENABLED=0 \
+        make WHAT=cmd/kube-apiserver >&2
+      install -m 0755 _output/bin/kube-apiserver "$cache/kube-apiserver.tmp"
+      mv "$cache/kube-apiserver.tmp" "$cache/kube-apiserver"
+    fi
+    # providerless: no cloud providers, which the garbage collector and namespace controller never need.
+    PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$PWD/.go GOFLAGS="-mod=vendor -tags=providerless" CGO_ENABLED=0 \
+      make WHAT=cmd/kube-controller-manager >&2
+    install -m 0755 _output/bin/kube-controller-manager "$cache/kube-controller-manager.tmp"
+    mv "$cache/kube-controller-manager.tmp" "$cache/kube-controller-manager"
   )
   rm -rf "$work"
 fi

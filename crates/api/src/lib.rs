@@ -17,7 +17,7 @@ pub use restore::{
     AgeDecryption, BackupRef, Decryption, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
 };
 pub use schedule::{
-    BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackupSchedule,
+    BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION, TalosEtcdBackupSchedule,
     TalosEtcdBackupScheduleSpec, TalosEtcdBackupScheduleStatus,
 };
 

@@ -10,6 +10,11 @@ use crate::TalosEtcdBackupSpec;
 pub const SCHEDULE_LABEL: &str = "talos.alperen.cloud/backup-schedule";
 /// Annotation on every TalosEtcdBackup a schedule creates: the scheduled time it was created for.
 pub const SCHEDULED_AT_ANNOTATION: &str = "talos.alperen.cloud/scheduled-at";
+/// Annotation on every TalosEtcdBackup a schedule creates: the UID of that schedule. It stands in for
+/// an owner reference, which would let the garbage collector delete backups when a schedule goes (and
+/// with `deletionPolicy: Delete`, their snapshots); a schedule re-created under the same name does not
+/// adopt the old one's backups.
+pub const SCHEDULE_UID_ANNOTATION: &str = "talos.alperen.cloud/schedule-uid";
 
 /// Creates TalosEtcdBackups on a cron schedule and prunes old ones. Compatible with the upstream
 /// talos-operator's TalosEtcdBackupSchedule: its YAML applies unchanged.

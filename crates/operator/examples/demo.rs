@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let env = KubeEnv::start().await?;
     let s3 = S3Server::start().await?;
-    s3.create_bucket("my-etcd-backups")?;
+    s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION)?;
     let emulator = TalosEmulator::start(EmulatorOptions::default()).await?;
     for i in 0..200 {
         emulator.etcd().put(format!("/registry/demo/key-{i:03}").as_bytes(), format!("value-{i}").as_bytes()).await?;

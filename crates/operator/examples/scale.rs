@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let env = KubeEnv::start().await?;
     let admin = env.admin_client().await?;
     let s3 = S3Server::start().await?;
-    s3.create_bucket("my-etcd-backups")?;
+    s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION)?;
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 3, workers: 0, ..Default::default() }).await?;
     for i in 0..500 {

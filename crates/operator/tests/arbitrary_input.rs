@@ -78,7 +78,7 @@ fn proving_ground() -> &'static (tokio::runtime::Runtime, S3Server, TalosEmulato
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (s3, emulator) = runtime.block_on(async {
             let s3 = S3Server::start().await.unwrap();
-            s3.create_bucket("my-etcd-backups").unwrap();
+            s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION).unwrap();
             let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
             (s3, TalosEmulator::start(options).await.unwrap())
         });

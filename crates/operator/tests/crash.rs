@@ -42,7 +42,7 @@ async fn sigkill_mid_upload_leaves_no_unfinished_upload_after_restart() {
     let ns = env.namespace("crash").await.unwrap();
     let admin = env.admin_client().await.unwrap();
     let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("my-etcd-backups").unwrap();
+    s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION).unwrap();
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
     let value = vec![b'x'; 512 * 1024];

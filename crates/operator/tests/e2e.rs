@@ -59,10 +59,20 @@ impl Scenario {
 
     async fn start_with(prefix: &str, options: EmulatorOptions, tls: bool, config: controllers::Config) -> Scenario {
         let env = KubeEnv::shared().expect("kube environment");
+        Scenario::start_in(env, prefix, options, tls, config).await
+    }
+
+    async fn start_in(
+        env: &'static KubeEnv,
+        prefix: &str,
+        options: EmulatorOptions,
+        tls: bool,
+        config: controllers::Config,
+    ) -> Scenario {
         let ns = env.namespace(prefix).await.unwrap();
         let admin = env.admin_client().await.unwrap();
         let s3 = if tls { S3Server::start_tls().await } else { S3Server::start().await }.unwrap();
-        s3.create_bucket("my-etcd-backups").unwrap();
+        s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION).unwrap();
         let emulator = TalosEmulator::start(options).await.unwrap();
         let metrics = Arc::new(Metrics::default());
         let controller = spawn_controller(env, &ns, config, metrics.clone()).await;
@@ -1457,4 +1467,286 @@ async fn encrypted_compressed_backups_verify_and_restore_through_resources() {
     let value =
         scenario.emulator.with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-99").unwrap()).await;
     assert_eq!(value, Some("secret value 99 ".repeat(50)));
+}
+
+/// The snapshot keys recorded by `backups`.
+fn stored_keys(backups: &[TalosEtcdBackup]) -> Vec<String> {
+    backups.iter().filter_map(|b| b.status.as_ref()?.filename.clone()).collect()
+}
+
+impl Scenario {
+    /// Fails unless every key in `keys` is an object of the bucket.
+    async fn assert_stored(&self, keys: &[String]) {
+        let stored: Vec<String> =
+            self.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(key, _)| key).collect();
+        let lost: Vec<&String> = keys.iter().filter(|k| !stored.contains(k)).collect();
+        assert!(lost.is_empty(), "snapshots deleted: {lost:?} (bucket: {stored:?})");
+    }
+
+    /// Creates schedules running every 2 s and waits until each has two successful backups; then pauses
+    /// them and waits until none of their backups runs.
+    async fn schedules_with_backups(&self, names: &[String]) {
+        for name in names {
+            self.apply(&self.schedule_yaml(name, "@every 2s", "  retention: 20\n")).await;
+        }
+        for name in names {
+            self.eventually(90, "two successful backups", || async {
+                (self.backups_of(name).await.iter().filter(|b| is_ready(b)).count() >= 2).then_some(())
+            })
+            .await;
+            let paused = serde_json::json!({"spec": {"paused": true}});
+            self.schedules().patch(name, &PatchParams::default(), &Patch::Merge(&paused)).await.unwrap();
+        }
+        for name in names {
+            self.eventually(60, "the schedule's backups to finish", || async {
+                self.backups_of(name).await.iter().all(|b| is_ready(b) || is_failed(b)).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+/// Deleting a schedule with foreground, background or orphan propagation, with the operator running or
+/// stopped, deletes no snapshot: backups carry no owner reference, and one that still has the owner
+/// reference earlier versions wrote keeps its snapshot when the garbage collector deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_schedule_deletion_cascades_to_a_snapshot() {
+    use kube::api::{DeleteParams, PropagationPolicy};
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let mut scenario = Scenario::start_with("e2e-cascade", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let propagations =
+        [("fg", PropagationPolicy::Foreground), ("bg", PropagationPolicy::Background), ("orphan", PropagationPolicy::Orphan)];
+    for operator_running in [true, false] {
+        let round = if operator_running { "up" } else { "down" };
+        let names: Vec<String> = propagations.iter().map(|(p, _)| format!("{p}-{round}")).collect();
+        scenario.schedules_with_backups(&names).await;
+        for name in &names {
+            let backups = scenario.backups_of(name).await;
+            assert!(backups.iter().all(|b| b.metadata.owner_references.is_none()), "owned: {backups:?}");
+            assert!(backups.iter().all(|b| b.spec.deletion_policy == Some(teb_api::DeletionPolicy::Delete)));
+        }
+        if !operator_running {
+            scenario.controller.abort();
+        }
+        // The newest backup of each in the shape earlier versions wrote: owned by its schedule.
+        let mut keys = Vec::new();
+        for name in &names {
+            let schedule = scenario.schedules().get(name).await.unwrap();
+            let backups = scenario.backups_of(name).await;
+            keys.extend(stored_keys(&backups));
+            let owner = serde_json::json!({"metadata": {"ownerReferences": [{
+                "apiVersion": "talos.alperen.cloud/v1alpha1", "kind": "TalosEtcdBackupSchedule", "name": name,
+                "uid": schedule.metadata.uid, "controller": true, "blockOwnerDeletion": true,
+            }]}});
+            let newest = backups.last().unwrap().metadata.name.clone().unwrap();
+            scenario.backups().patch(&newest, &PatchParams::default(), &Patch::Merge(&owner)).await.unwrap();
+        }
+        assert!(keys.len() >= 6, "{keys:?}");
+        for ((_, propagation), name) in propagations.iter().zip(&names) {
+            let params = DeleteParams { propagation_policy: Some(propagation.clone()), ..Default::default() };
+            scenario.schedules().delete(name, &params).await.unwrap();
+        }
+        if !operator_running {
+            // The garbage collector acts with no operator running: it deletes the owned backup of the
+            // foreground and background deletions, and strips the owner reference for the orphan one.
+            scenario
+                .eventually(60, "the garbage collector's cascade", || async {
+                    let mut done = true;
+                    for name in &names {
+                        let backups = scenario.backups_of(name).await;
+                        let newest = backups.iter().max_by_key(|b| b.metadata.name.clone());
+                        done &= if name.starts_with("orphan") {
+                            backups.iter().all(|b| b.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty()))
+                        } else {
+                            newest.is_some_and(|b| b.metadata.deletion_timestamp.is_some())
+                        };
+                    }
+                    done.then_some(())
+                })
+                .await;
+            scenario.restart_controller().await;
+        }
+        scenario
+            .eventually(60, "the schedules to go and no backup to be left deleting", || async {
+                for name in &names {
+                    if scenario.schedules().get_opt(name).await.unwrap().is_some()
+                        || scenario.backups_of(name).await.iter().any(|b| b.metadata.deletion_timestamp.is_some())
+                    {
+                        return None;
+                    }
+                }
+                Some(())
+            })
+            .await;
+        scenario.assert_stored(&keys).await;
+        if !operator_running {
+            let reasons = scenario.event_reasons().await;
+            assert!(reasons.contains(&"SnapshotKept".to_owned()), "{reasons:?}");
+        }
+    }
+    assert!(scenario.s3.unfinished_uploads().is_empty());
+}
+
+/// Deleting the namespace of backups and schedules, with the operator running or stopped, keeps every
+/// snapshot, and the namespace goes within a minute (with the operator stopped: of its start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_keeps_every_snapshot_and_never_hangs() {
+    use k8s_openapi::api::core::v1::Namespace;
+    for operator_running in [true, false] {
+        let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+        let prefix = if operator_running { "e2e-ns-up" } else { "e2e-ns-down" };
+        let mut scenario = Scenario::start_with(prefix, options, false, test_config()).await;
+        scenario.control_plane_with_bundle().await;
+        scenario.apply(SPEC_SECRET).await;
+        let direct = backup_yaml("direct", &endpoint_field(&scenario.s3.endpoint))
+            .replacen("spec:\n", "spec:\n  deletionPolicy: Delete\n", 1);
+        scenario.apply(&direct).await;
+        scenario.apply(&scenario.schedule_yaml("nightly", "@every 2s", "  retention: 20\n")).await;
+        scenario.wait_finished("direct").await;
+        scenario
+            .eventually(90, "two successful scheduled backups", || async {
+                (scenario.backups_of("nightly").await.iter().filter(|b| is_ready(b)).count() >= 2).then_some(())
+            })
+            .await;
+        if !operator_running {
+            scenario.controller.abort();
+        }
+        let keys = stored_keys(&scenario.backups().list(&ListParams::default()).await.unwrap().items);
+        assert!(keys.len() >= 3, "{keys:?}");
+        let namespaces: Api<Namespace> = Api::all(scenario.admin.clone());
+        namespaces.delete(&scenario.ns, &Default::default()).await.unwrap();
+        if !operator_running {
+            // The namespace controller deletes the Secret with the S3 keys; the backups wait for the
+            // operator.
+            let secrets: Api<Secret> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+            scenario
+                .eventually(60, "the Secret to be deleted", || async {
+                    secrets.get_opt("my-s3-credentials").await.unwrap().is_none().then_some(())
+                })
+                .await;
+            scenario.restart_controller().await;
+        }
+        scenario
+            .eventually(60, "the namespace to go", || async {
+                namespaces.get_opt(&scenario.ns).await.unwrap().is_none().then_some(())
+            })
+            .await;
+        scenario.assert_stored(&keys).await;
+        assert!(scenario.s3.unfinished_uploads().is_empty(), "{:?}", scenario.s3.unfinished_uploads());
+    }
+}
+
+/// Each fault that README promises to survive or to report, injected end to end, with proof that it
+/// fired and of what it caused: attempts, conditions, and a bucket with no partial object and no
+/// unfinished upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_fire_and_end_as_promised() {
+    let mut config = test_config();
+    config.settings.request_timeout = Duration::from_secs(3);
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-faults", options, false, config).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    // About 12 MiB: three parts of 5 MiB.
+    let value = vec![b'x'; 512 * 1024];
+    for i in 0..24 {
+        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
+    }
+    let extra = endpoint_field(&scenario.s3.endpoint);
+    let faults = &scenario.s3.faults;
+    let succeeds = |name: &'static str| {
+        let yaml = backup_yaml(name, &extra);
+        let scenario = &scenario;
+        async move {
+            scenario.apply(&yaml).await;
+            let status = scenario.wait_finished(name).await;
+            assert!(condition(&status, READY).is_some(), "{name}: {status:?}");
+            assert!(scenario.s3.unfinished_uploads().is_empty(), "{name}: {:?}", scenario.s3.unfinished_uploads());
+            status
+        }
+    };
+    let objects = || async { scenario.s3.objects("my-etcd-backups").await.unwrap().len() };
+
+    // A 500 on one part: the S3 client's own retries absorb it, within the one attempt.
+    faults.fail_upload_part(2, 1);
+    assert_eq!(succeeds("part-500-once").await.attempts, 1);
+    assert_eq!(faults.fired("part failed"), 1);
+    // Past the S3 client's 3 retries: the attempt fails, its upload is aborted, and the operator's
+    // second attempt stores the backup.
+    faults.fail_upload_part(2, 4);
+    assert_eq!(succeeds("part-500-past-retries").await.attempts, 2);
+    assert_eq!(faults.fired("part failed"), 5);
+    assert!(scenario.event_reasons().await.contains(&"BackupAttemptFailed".to_owned()));
+    // The connection reset in the middle of a part.
+    faults.reset_mid_part(1);
+    let status = succeeds("reset-mid-part").await;
+    assert_eq!(faults.fired("reset mid-part"), 1);
+    assert!(status.attempts <= 2, "{status:?}");
+    // S3 stops reading a part for longer than the request timeout (3 s).
+    faults.stall_mid_part(Duration::from_secs(8), 1);
+    let status = succeeds("stall-mid-part").await;
+    assert_eq!(faults.fired("stalled mid-part"), 1);
+    assert!(status.attempts <= 2, "{status:?}");
+    assert_eq!(objects().await, 4);
+
+    // A full disk: every attempt is refused; the backup fails, naming the refusal; nothing is left.
+    faults.storage_full(true);
+    scenario.apply(&backup_yaml("storage-full", &extra)).await;
+    let status = scenario.expect_failed("storage-full", "Failed to upload snapshot to S3", "XMinioStorageFull").await;
+    faults.storage_full(false);
+    assert_eq!(status.attempts, 2, "a 5xx is retried: {status:?}");
+    assert!(faults.fired("storage full") >= 2, "{}", faults.fired("storage full"));
+    assert_eq!(objects().await, 4);
+    assert!(scenario.s3.unfinished_uploads().is_empty(), "{:?}", scenario.s3.unfinished_uploads());
+
+    // Talos answers Unavailable: retried, then failed, nothing stored.
+    scenario.emulator.faults.unavailable(true);
+    scenario.apply(&backup_yaml("talos-unavailable", &extra)).await;
+    let status = scenario.expect_failed("talos-unavailable", "Failed to stream etcd snapshot", "injected fault").await;
+    scenario.emulator.faults.clear();
+    assert_eq!(status.attempts, 2, "{status:?}");
+    assert_eq!(objects().await, 4);
+
+    // A client certificate Talos refuses (signed by another CA than the cluster's): not retried.
+    let stranger = fixtures::OsCa::generate().unwrap();
+    let endpoints = std::slice::from_ref(&scenario.emulator.endpoint);
+    let talosconfig = scenario.emulator.ca.talosconfig_with_client_of(&stranger, endpoints).unwrap();
+    create_control_plane(&scenario.admin, &fixtures::control_plane("stranger-cp", &scenario.ns)).await.unwrap();
+    scenario.create_secret(&fixtures::talosconfig_secret("stranger-cp", &scenario.ns, &talosconfig)).await;
+    let yaml = backup_yaml("refused-certificate", &extra).replace("name: my-controlplane", "name: stranger-cp");
+    scenario.apply(&yaml).await;
+    let status = scenario.expect_failed("refused-certificate", "", "certificate").await;
+    assert_eq!(status.attempts, 1, "a refused certificate is not retried: {status:?}");
+    assert_eq!(objects().await, 4);
+    assert!(scenario.s3.unfinished_uploads().is_empty());
+}
+
+/// kube-apiserver restarted while a backup streams: the backup ends Ready with exactly one object
+/// stored and no unfinished upload, whether its final status write fell in the outage or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_survives_a_kube_apiserver_restart() {
+    let env: &'static KubeEnv = Box::leak(Box::new(KubeEnv::start().await.unwrap()));
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_in(env, "e2e-apiserver-restart", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let value = vec![b'x'; 512 * 1024];
+    for i in 0..16 {
+        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
+    }
+    scenario.emulator.faults.limit_bandwidth(1 << 20);
+    scenario.apply(&backup_yaml("through-restart", &endpoint_field(&scenario.s3.endpoint))).await;
+    scenario
+        .eventually(30, "the upload to start", || async { (!scenario.s3.unfinished_uploads().is_empty()).then_some(()) })
+        .await;
+    env.restart_apiserver(Duration::from_secs(3)).await.unwrap();
+    assert!(!scenario.s3.unfinished_uploads().is_empty(), "the restart fell inside the upload");
+    let status = scenario.wait_finished("through-restart").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let objects = scenario.s3.objects("my-etcd-backups").await.unwrap();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(Some(&objects[0].0), status.filename.as_ref());
+    assert!(scenario.s3.unfinished_uploads().is_empty());
 }

@@ -53,7 +53,7 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
     let ns = env.namespace("ha").await.unwrap();
     let admin = env.admin_client().await.unwrap();
     let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("my-etcd-backups").unwrap();
+    s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION).unwrap();
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
     emulator.etcd().put(b"/big/0", &vec![b'x'; 1 << 20]).await.unwrap();

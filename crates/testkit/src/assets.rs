@@ -1,4 +1,4 @@
-//! Where the etcd and kube-apiserver binaries come from: `KUBEBUILDER_ASSETS` (the envtest
+//! Where the etcd, kube-apiserver and kube-controller-manager binaries come from: `KUBEBUILDER_ASSETS` (the envtest
 //! convention), else the cache that `scripts/setup-test-assets.sh` fills (and runs to fill, once).
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ pub struct Assets {
     pub etcd: PathBuf,
     pub etcdctl: PathBuf,
     pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
 }
 
 /// The binaries, setting them up on first use.
@@ -18,14 +19,23 @@ pub fn assets() -> anyhow::Result<&'static Assets> {
 
 fn locate() -> anyhow::Result<Assets> {
     let dir = match std::env::var_os("KUBEBUILDER_ASSETS") {
-        Some(dir) if Path::new(&dir).join("kube-apiserver").exists() => PathBuf::from(dir),
+        Some(dir)
+            if ["kube-apiserver", "kube-controller-manager"].iter().all(|b| Path::new(&dir).join(b).exists()) =>
+        {
+            PathBuf::from(dir)
+        }
         _ => run_setup_script()?,
     };
     let etcdctl = [dir.join("etcdctl"), PathBuf::from("/usr/bin/etcdctl")]
         .into_iter()
         .find(|p| p.exists())
         .ok_or_else(|| anyhow::anyhow!("etcdctl not found in {} nor /usr/bin", dir.display()))?;
-    Ok(Assets { etcd: dir.join("etcd"), etcdctl, kube_apiserver: dir.join("kube-apiserver") })
+    Ok(Assets {
+        etcd: dir.join("etcd"),
+        etcdctl,
+        kube_apiserver: dir.join("kube-apiserver"),
+        kube_controller_manager: dir.join("kube-controller-manager"),
+    })
 }
 
 fn run_setup_script() -> anyhow::Result<PathBuf> {
@@ -33,7 +43,7 @@ fn run_setup_script() -> anyhow::Result<PathBuf> {
     let output = std::process::Command::new("bash").arg(&script).output()?;
     if !output.status.success() {
         anyhow::bail!(
-            "{} failed ({}); set KUBEBUILDER_ASSETS to a folder holding etcd and kube-apiserver instead:\n{}",
+            "{} failed ({}); set KUBEBUILDER_ASSETS to a folder holding etcd, kube-apiserver and kube-controller-manager instead:\n{}",
             script.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)

@@ -107,6 +107,14 @@ impl OsCa {
         let creds = self.client(roles, &[ExtendedKeyUsagePurpose::ClientAuth])?;
         Ok(Talosconfig::single(context, endpoints.to_vec(), nodes.to_vec(), &creds).to_yaml())
     }
+
+    /// A talosconfig that trusts this CA but presents a client certificate `stranger` signed: Talos
+    /// refuses it in the TLS handshake.
+    pub fn talosconfig_with_client_of(&self, stranger: &OsCa, endpoints: &[String]) -> anyhow::Result<String> {
+        let creds = stranger.client(&["os:admin"], &[ExtendedKeyUsagePurpose::ClientAuth])?;
+        let creds = Credentials { ca_pem: self.cert_pem.clone(), ..creds };
+        Ok(Talosconfig::single("stranger", endpoints.to_vec(), Vec::new(), &creds).to_yaml())
+    }
 }
 
 fn self_signed_ca(

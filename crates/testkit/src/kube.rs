@@ -1,8 +1,10 @@
-//! A real Kubernetes API server (kube-apiserver + etcd, RBAC on) on loopback ports.
+//! A real Kubernetes control plane on loopback ports: kube-apiserver + etcd (RBAC on) and
+//! kube-controller-manager with the garbage collector and namespace controller, so that owner-reference
+//! cascades and namespace deletion happen in tests as they do in a cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,11 +25,14 @@ pub const OPERATOR_USER: &str = "system:serviceaccount:talos-etcd-backup:talos-e
 /// The operator's RBAC manifests, applied to every environment.
 pub const RBAC_YAML: &str = include_str!("../../../deploy/rbac.yaml");
 
-/// etcd + kube-apiserver. Stopped when dropped (or when the process exits).
+/// etcd + kube-apiserver + kube-controller-manager. Stopped when dropped (or when the process exits).
 pub struct KubeEnv {
     pub server: String,
     dir: tempfile::TempDir,
-    apiserver: ChildProcess,
+    _controller_manager: ChildProcess,
+    apiserver: Mutex<Option<ChildProcess>>,
+    etcd_servers: String,
+    port: u16,
     _etcd: EtcdCluster,
 }
 
@@ -65,34 +70,37 @@ impl KubeEnv {
         write_tokens(dir.path())?;
         write_service_account_keys(dir.path())?;
         let d = |f: &str| dir.path().join(f);
-        let mut command = Command::new(&assets()?.kube_apiserver);
-        command
-            .arg(format!("--etcd-servers={}", etcd.client_urls().join(",")))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .arg(format!("--secure-port={port}"))
-            .args(["--endpoint-reconciler-type=none", "--insecure-port=0"])
-            .arg(format!("--cert-dir={}", d("certs").display()))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--token-auth-file={}", d("tokens.csv").display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!("--service-account-key-file={}", d("sa.pub").display()))
-            .arg(format!("--service-account-signing-key-file={}", d("sa.key").display()))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--v=0");
-        let apiserver = ChildProcess::spawn("kube-apiserver", command, &d("kube-apiserver.log"))?;
+        let etcd_servers = etcd.client_urls().join(",");
+        let command = apiserver_command(dir.path(), &etcd_servers, port)?;
+        let mut apiserver = ChildProcess::spawn("kube-apiserver", command, &d("kube-apiserver.log"))?;
         let server = format!("https://127.0.0.1:{port}");
-        let mut env = KubeEnv { server, dir, apiserver, _etcd: etcd };
-        env.wait_ready().await?;
-        let admin = env.admin_client().await?;
+        wait_ready(&server, dir.path(), &mut apiserver).await?;
+        let admin = client_of(dir.path(), "admin").await?;
         apply_yaml(&admin, &teb_api::crds_yaml(), None).await.context("applying the CRDs")?;
         apply_yaml(&admin, RBAC_YAML, None).await.context("applying deploy/rbac.yaml")?;
-        env.wait_for_crds(&admin).await?;
-        Ok(env)
+        wait_for_crds(&admin).await?;
+        // After the CRDs: the garbage collector then watches them from its first sync.
+        let controller_manager = start_controller_manager(dir.path())?;
+        wait_for_controllers(&admin).await.with_context(|| log_tail(&d("kube-controller-manager.log")))?;
+        let apiserver = Mutex::new(Some(apiserver));
+        Ok(KubeEnv { server, dir, _controller_manager: controller_manager, apiserver, etcd_servers, port, _etcd: etcd })
+    }
+
+    /// Stops kube-apiserver for `down`, then starts it again on the same port and storage and waits until
+    /// it is ready: what a control-plane upgrade or a crashed API server does to the operator.
+    pub async fn restart_apiserver(&self, down: Duration) -> anyhow::Result<()> {
+        drop(self.apiserver.lock().expect("apiserver lock").take());
+        tokio::time::sleep(down).await;
+        let command = apiserver_command(self.dir.path(), &self.etcd_servers, self.port)?;
+        let mut apiserver = ChildProcess::spawn("kube-apiserver", command, &self.dir.path().join("kube-apiserver.log"))?;
+        wait_ready(&self.server, self.dir.path(), &mut apiserver).await?;
+        *self.apiserver.lock().expect("apiserver lock") = Some(apiserver);
+        Ok(())
     }
 
     /// A kubeconfig file for `admin` (system:masters) or `operator` (bound only by deploy/rbac.yaml).
     pub fn kubeconfig_path(&self, user: &str) -> PathBuf {
-        self.dir.path().join(format!("{user}.kubeconfig"))
+        kubeconfig_path(self.dir.path(), user)
     }
 
     /// A client with every permission.
@@ -106,9 +114,7 @@ impl KubeEnv {
     }
 
     async fn client(&self, user: &str) -> anyhow::Result<Client> {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path(user))?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
+        client_of(self.dir.path(), user).await
     }
 
     /// Creates a namespace with a unique name starting with `prefix`.
@@ -121,65 +127,138 @@ impl KubeEnv {
         Ok(name)
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        let mut last = String::new();
-        while tokio::time::Instant::now() < deadline {
-            if let Err(e) = self.apiserver.check_running() {
-                anyhow::bail!("{e}\n{}", self.log_tail());
-            }
-            if self.dir.path().join("certs/apiserver.crt").exists() {
-                self.write_kubeconfigs()?;
-                match self.admin_client().await {
-                    Ok(client) => match client.request_text(http::Request::get("/readyz").body(Vec::new())?).await {
-                        Ok(text) if text.trim() == "ok" => return Ok(()),
-                        Ok(text) => last = text,
-                        Err(e) => last = e.to_string(),
-                    },
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        anyhow::bail!("kube-apiserver not ready after 90s: {last}\n{}", self.log_tail())
-    }
+}
 
-    async fn wait_for_crds(&self, admin: &Client) -> anyhow::Result<()> {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        let crds = Api::<CustomResourceDefinition>::all(admin.clone());
-        for name in ["talosetcdbackups.talos.alperen.cloud", "taloscontrolplanes.talos.alperen.cloud"] {
-            let cond = kube::runtime::conditions::is_crd_established();
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                kube::runtime::wait::await_condition(crds.clone(), name, cond),
-            )
+fn apiserver_command(dir: &Path, etcd_servers: &str, port: u16) -> anyhow::Result<Command> {
+    let d = |f: &str| dir.join(f);
+    let mut command = Command::new(&assets()?.kube_apiserver);
+    command
+        .arg(format!("--etcd-servers={etcd_servers}"))
+        .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+        .arg(format!("--secure-port={port}"))
+        .args(["--endpoint-reconciler-type=none", "--insecure-port=0"])
+        .arg(format!("--cert-dir={}", d("certs").display()))
+        .arg("--authorization-mode=RBAC")
+        .arg(format!("--token-auth-file={}", d("tokens.csv").display()))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg(format!("--service-account-key-file={}", d("sa.pub").display()))
+        .arg(format!("--service-account-signing-key-file={}", d("sa.key").display()))
+        .arg("--service-cluster-ip-range=10.0.0.0/24")
+        .arg("--v=0");
+    Ok(command)
+}
+
+fn kubeconfig_path(dir: &Path, user: &str) -> PathBuf {
+    dir.join(format!("{user}.kubeconfig"))
+}
+
+async fn client_of(dir: &Path, user: &str) -> anyhow::Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path(dir, user))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+async fn wait_ready(server: &str, dir: &Path, apiserver: &mut ChildProcess) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    let log = dir.join("kube-apiserver.log");
+    while tokio::time::Instant::now() < deadline {
+        if let Err(e) = apiserver.check_running() {
+            anyhow::bail!("{e}\n{}", log_tail(&log));
+        }
+        if dir.join("certs/apiserver.crt").exists() {
+            write_kubeconfigs(server, dir)?;
+            match client_of(dir, "admin").await {
+                Ok(client) => match client.request_text(http::Request::get("/readyz").body(Vec::new())?).await {
+                    Ok(text) if text.trim() == "ok" => return Ok(()),
+                    Ok(text) => last = text,
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("kube-apiserver not ready after 90s: {last}\n{}", log_tail(&log))
+}
+
+async fn wait_for_crds(admin: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds = Api::<CustomResourceDefinition>::all(admin.clone());
+    for name in ["talosetcdbackups.talos.alperen.cloud", "taloscontrolplanes.talos.alperen.cloud"] {
+        let cond = kube::runtime::conditions::is_crd_established();
+        tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(crds.clone(), name, cond))
             .await
             .with_context(|| format!("CRD {name} not established"))??;
-        }
-        Ok(())
     }
+    Ok(())
+}
 
-    fn write_kubeconfigs(&self) -> anyhow::Result<()> {
-        let ca = std::fs::read(self.dir.path().join("certs/apiserver.crt"))?;
-        use base64::Engine as _;
-        let ca = base64::engine::general_purpose::STANDARD.encode(ca);
-        for (user, token) in [("admin", ADMIN_TOKEN), ("operator", OPERATOR_TOKEN)] {
-            let yaml = format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: teb\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
-                 users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}\n  context:\n    cluster: teb\n    user: {user}\n    namespace: default\n\
-                 current-context: {user}\n",
-                server = self.server
-            );
-            std::fs::write(self.kubeconfig_path(user), yaml)?;
-        }
-        Ok(())
-    }
+/// kube-controller-manager with the two controllers whose absence would make the proving ground kinder
+/// than a cluster: the garbage collector (owner-reference cascades) and the namespace controller.
+fn start_controller_manager(dir: &Path) -> anyhow::Result<ChildProcess> {
+    let admin = kubeconfig_path(dir, "admin");
+    let mut command = Command::new(&assets()?.kube_controller_manager);
+    command
+        .arg(format!("--kubeconfig={}", admin.display()))
+        .arg(format!("--authentication-kubeconfig={}", admin.display()))
+        .arg(format!("--authorization-kubeconfig={}", admin.display()))
+        .arg("--controllers=garbagecollector,namespace")
+        .args(["--leader-elect=false", "--use-service-account-credentials=false"])
+        .args(["--bind-address=127.0.0.1", "--port=0"])
+        .arg(format!("--secure-port={}", crate::free_port()))
+        .arg(format!("--cert-dir={}", dir.join("kcm-certs").display()))
+        .arg("--v=0");
+    ChildProcess::spawn("kube-controller-manager", command, &dir.join("kube-controller-manager.log"))
+}
 
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("kube-apiserver.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+/// Waits until both controllers act: a ConfigMap owned by a deleted one is collected, and a deleted
+/// namespace goes.
+async fn wait_for_controllers(admin: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let probe = format!("teb-controllers-probe-{}", std::process::id());
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": probe}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let maps = Api::<ConfigMap>::namespaced(admin.clone(), &probe);
+    let owner = maps.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}}))?).await?;
+    let dependent = serde_json::json!({"metadata": {"name": "dependent", "ownerReferences": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid,
+    }]}});
+    maps.create(&PostParams::default(), &serde_json::from_value(dependent)?).await?;
+    maps.delete("owner", &Default::default()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while maps.get_opt("dependent").await?.is_some() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the garbage collector did not collect within 120s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    namespaces.delete(&probe, &Default::default()).await?;
+    while namespaces.get_opt(&probe).await?.is_some() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the namespace controller did not delete within 120s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+fn write_kubeconfigs(server: &str, dir: &Path) -> anyhow::Result<()> {
+    let ca = std::fs::read(dir.join("certs/apiserver.crt"))?;
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    for (user, token) in [("admin", ADMIN_TOKEN), ("operator", OPERATOR_TOKEN)] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: teb\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}\n  context:\n    cluster: teb\n    user: {user}\n    namespace: default\n\
+             current-context: {user}\n"
+        );
+        std::fs::write(kubeconfig_path(dir, user), yaml)?;
+    }
+    Ok(())
+}
+
+fn log_tail(log: &Path) -> String {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 const ADMIN_TOKEN: &str = "teb-admin-token";

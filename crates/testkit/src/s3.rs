@@ -1,5 +1,14 @@
 //! An S3 server for tests: s3s over a folder, SigV4 checked, multipart uploads, plain HTTP or TLS,
 //! and faults on demand.
+//!
+//! Where s3s or s3s-fs are kinder than AWS S3, this server checks what S3 checks, so that a client
+//! that only works against a forgiving server fails here first:
+//! - the region in a signature's credential scope must be the bucket's region
+//!   (`AuthorizationHeaderMalformed`, 400, naming the expected region);
+//! - temporary keys (from STS) need their session token in `x-amz-security-token` (`InvalidToken`);
+//! - CompleteMultipartUpload checks each part's ETag and that every part but the last has at least
+//!   5 MiB (`InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`);
+//! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,14 +29,18 @@ use tokio::net::TcpListener;
 /// The keys of the specification's example Secret, so its YAML works unchanged against this server.
 pub const ACCESS_KEY: &str = "YOUR_ACCESS_KEY_ID";
 pub const SECRET_KEY: &str = "YOUR_SECRET_ACCESS_KEY";
+/// The region of buckets created without one, and of requests that name no bucket.
 pub const REGION: &str = "us-east-1";
+/// S3's smallest part but the last.
+const MIN_PART_SIZE: i64 = 5 << 20;
 
 /// Web identity (IRSA): the token the server's STS accepts, the role it may assume, and the temporary
 /// keys it hands out, which the S3 side then accepts (checking their signatures like any others).
 pub const WEB_IDENTITY_TOKEN: &str = "eyJ-teb-test-service-account-token";
 pub const WEB_IDENTITY_ROLE: &str = "arn:aws:iam::123456789012:role/talos-etcd-backup";
-const TEMPORARY_ACCESS_KEY: &str = "ASIATEBWEBIDENTITY01";
-const TEMPORARY_SECRET_KEY: &str = "temporary-secret-from-sts";
+pub const TEMPORARY_ACCESS_KEY: &str = "ASIATEBWEBIDENTITY01";
+pub const TEMPORARY_SECRET_KEY: &str = "temporary-secret-from-sts";
+pub const SESSION_TOKEN: &str = "teb-session-token-from-sts";
 
 /// Faults the server injects until told otherwise.
 #[derive(Default)]
@@ -40,10 +53,21 @@ pub struct S3Faults {
     stall_millis: AtomicU64,
     /// This many next requests have their connection dropped without an answer.
     reset_next: AtomicU32,
+    /// This many next UploadParts have their connection dropped after 1 MiB of the part was read.
+    reset_mid_part: AtomicU32,
+    /// This many next UploadParts stop being read after 1 MiB, for `stall_mid_part_millis`, and are then
+    /// dropped (a client's request timeout ends them first).
+    stall_mid_part: AtomicU32,
+    stall_mid_part_millis: AtomicU64,
+    /// UploadPart and CompleteMultipartUpload answer 507 Insufficient Storage (a full disk, as
+    /// S3-compatible servers such as MinIO report it).
+    storage_full: AtomicBool,
     /// Every request is refused with AccessDenied (revoked credentials).
     refuse_credentials: AtomicBool,
     /// AbortMultipartUpload answers 503 (S3 unreachable at the moment an upload must be aborted).
     fail_aborts: AtomicBool,
+    /// How often each fault fired, by name, so that a test can show its fault happened.
+    fired: Mutex<BTreeMap<&'static str, u32>>,
 }
 
 impl S3Faults {
@@ -60,12 +84,35 @@ impl S3Faults {
         self.reset_next.store(count, Ordering::SeqCst);
     }
 
+    pub fn reset_mid_part(&self, count: u32) {
+        self.reset_mid_part.store(count, Ordering::SeqCst);
+    }
+
+    pub fn stall_mid_part(&self, delay: Duration, count: u32) {
+        self.stall_mid_part_millis.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.stall_mid_part.store(count, Ordering::SeqCst);
+    }
+
+    pub fn storage_full(&self, full: bool) {
+        self.storage_full.store(full, Ordering::SeqCst);
+    }
+
     pub fn refuse_credentials(&self, refuse: bool) {
         self.refuse_credentials.store(refuse, Ordering::SeqCst);
     }
 
     pub fn fail_aborts(&self, on: bool) {
         self.fail_aborts.store(on, Ordering::SeqCst);
+    }
+
+    /// How often the fault `name` fired: "part failed", "connection reset", "reset mid-part",
+    /// "stalled", "stalled mid-part", "storage full", "credentials refused", "abort refused".
+    pub fn fired(&self, name: &str) -> u32 {
+        self.fired.lock().expect("fired lock").get(name).copied().unwrap_or(0)
+    }
+
+    fn record(&self, name: &'static str) {
+        *self.fired.lock().expect("fired lock").entry(name).or_default() += 1;
     }
 
     fn take(counter: &AtomicU32) -> bool {
@@ -90,6 +137,7 @@ pub struct S3Server {
     pub faults: Arc<S3Faults>,
     uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
     parts_received: Arc<AtomicU64>,
+    regions: Regions,
     _root: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -118,11 +166,13 @@ impl S3Server {
         let faults = Arc::new(S3Faults::default());
         let uploads = Arc::new(Mutex::new(BTreeMap::new()));
         let parts_received = Arc::new(AtomicU64::new(0));
+        let regions = Regions::default();
         let store = FaultyStore {
             inner: s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
             root: root.path().to_owned(),
             faults: faults.clone(),
             uploads: uploads.clone(),
+            parts: Mutex::default(),
             parts_received: parts_received.clone(),
         };
         let service = {
@@ -141,13 +191,14 @@ impl S3Server {
             (None, None)
         };
         let scheme = if tls { "https" } else { "http" };
-        let task = tokio::spawn(serve(listener, service, acceptor, faults.clone()));
+        let task = tokio::spawn(serve(listener, service, acceptor, faults.clone(), regions.clone()));
         Ok(S3Server {
             endpoint: format!("{scheme}://127.0.0.1:{port}"),
             ca_pem,
             faults,
             uploads,
             parts_received,
+            regions,
             _root: root,
             task,
         })
@@ -162,7 +213,7 @@ impl S3Server {
         Ok(AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_bucket_name(bucket)
-            .with_region(REGION)
+            .with_region(self.regions.of(bucket))
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
             .with_virtual_hosted_style_request(false)
@@ -170,9 +221,15 @@ impl S3Server {
             .build()?)
     }
 
-    /// Creates a bucket (s3s-fs keeps buckets as folders).
+    /// Creates a bucket in [`REGION`] (s3s-fs keeps buckets as folders).
     pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        self.create_bucket_in(bucket, REGION)
+    }
+
+    /// Creates a bucket in `region`: requests for it must be signed for that region.
+    pub fn create_bucket_in(&self, bucket: &str, region: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(self._root.path().join(bucket))?;
+        self.regions.0.lock().expect("regions lock").insert(bucket.to_owned(), region.to_owned());
         Ok(())
     }
 
@@ -210,32 +267,90 @@ impl S3Server {
     }
 }
 
+enum MidPart {
+    Reset,
+    Stall(Duration),
+}
+
+impl S3Faults {
+    fn take_mid_part(&self) -> Option<MidPart> {
+        if Self::take(&self.reset_mid_part) {
+            return Some(MidPart::Reset);
+        }
+        let stall = Duration::from_millis(self.stall_mid_part_millis.load(Ordering::SeqCst));
+        Self::take(&self.stall_mid_part).then_some(MidPart::Stall(stall))
+    }
+}
+
+/// Reads the first MiB of a part, then (after a stall, for [`MidPart::Stall`]) drops the connection.
+async fn break_mid_part(mut body: hyper::body::Incoming, fault: MidPart, faults: &S3Faults) -> s3s::HttpError {
+    use http_body_util::BodyExt as _;
+    let mut read = 0;
+    while read < 1 << 20 {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+    match fault {
+        MidPart::Reset => faults.record("reset mid-part"),
+        MidPart::Stall(delay) => {
+            faults.record("stalled mid-part");
+            tokio::time::sleep(delay).await;
+        }
+    }
+    s3s::HttpError::new(Box::new(std::io::Error::other("injected fault mid-part")))
+}
+
+/// The region of each bucket created through [`S3Server::create_bucket_in`].
+#[derive(Clone, Default)]
+struct Regions(Arc<Mutex<BTreeMap<String, String>>>);
+
+impl Regions {
+    fn of(&self, bucket: &str) -> String {
+        self.0.lock().expect("regions lock").get(bucket).cloned().unwrap_or_else(|| REGION.to_owned())
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     service: s3s::service::S3Service,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     faults: Arc<S3Faults>,
+    regions: Regions,
 ) {
     loop {
         let Ok((socket, _)) = listener.accept().await else { continue };
         let service = service.clone();
         let faults = faults.clone();
+        let regions = regions.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let handler = hyper::service::service_fn(move |request| {
                 let service = service.clone();
                 let faults = faults.clone();
+                let regions = regions.clone();
                 async move {
                     if let Some(answer) = sts_answer(&request) {
                         return Ok(answer);
                     }
                     // An error from the service makes hyper drop the connection without an answer.
                     if S3Faults::take(&faults.reset_next) {
+                        faults.record("connection reset");
                         return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected connection reset"))));
                     }
                     let stall = faults.stall_millis.load(Ordering::SeqCst);
                     if stall > 0 {
+                        faults.record("stalled");
                         tokio::time::sleep(Duration::from_millis(stall)).await;
+                    }
+                    if let Some(refusal) = refuse_as_s3_would(&request, &regions) {
+                        return Ok(refusal);
+                    }
+                    let is_part = request.method() == http::Method::PUT
+                        && request.uri().query().is_some_and(|q| q.contains("partNumber="));
+                    if is_part && let Some(fault) = faults.take_mid_part() {
+                        return Err(break_mid_part(request.into_body(), fault, &faults).await);
                     }
                     hyper::service::Service::call(&service, request).await
                 }
@@ -258,13 +373,73 @@ struct FaultyStore {
     root: std::path::PathBuf,
     faults: Arc<S3Faults>,
     uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
+    /// ETag and size of each part received, by upload ID and part number.
+    parts: Mutex<BTreeMap<(String, i32), (String, i64)>>,
     parts_received: Arc<AtomicU64>,
 }
 
 impl FaultyStore {
     fn check(&self) -> S3Result<()> {
         if self.faults.refuse_credentials.load(Ordering::SeqCst) {
+            self.faults.record("credentials refused");
             return Err(s3_error!(AccessDenied, "credentials refused (injected fault)"));
+        }
+        Ok(())
+    }
+
+    fn check_space(&self) -> S3Result<()> {
+        if self.faults.storage_full.load(Ordering::SeqCst) {
+            self.faults.record("storage full");
+            let code = s3s::S3ErrorCode::Custom("XMinioStorageFull".into());
+            let mut error = s3s::S3Error::with_message(
+                code,
+                "Storage backend has reached its minimum free drive threshold. Please delete a few objects to proceed.",
+            );
+            error.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// S3 answers 404 NoSuchUpload for an upload it does not know, or no longer (completed, aborted);
+    /// s3s-fs answers 403.
+    fn check_upload(&self, upload_id: &str) -> S3Result<()> {
+        if !self.uploads.lock().expect("uploads lock").contains_key(upload_id) {
+            return Err(s3_error!(
+                NoSuchUpload,
+                "The specified upload does not exist. The upload ID may be invalid, or the upload may have been \
+                 aborted or completed."
+            ));
+        }
+        Ok(())
+    }
+
+    /// What S3 checks of the parts a CompleteMultipartUpload names, and s3s-fs does not: each was
+    /// uploaded with that ETag, in ascending order, and all but the last have at least 5 MiB.
+    fn check_parts(&self, upload_id: &str, parts: &[CompletedPart]) -> S3Result<()> {
+        let received = self.parts.lock().expect("parts lock");
+        let mut previous = 0;
+        for (index, part) in parts.iter().enumerate() {
+            let number = part.part_number.unwrap_or(0);
+            if number <= previous {
+                return Err(s3_error!(InvalidPartOrder, "The list of parts was not in ascending order."));
+            }
+            previous = number;
+            let sent = part.e_tag.as_ref().map(|e| e.value().to_owned());
+            match received.get(&(upload_id.to_owned(), number)) {
+                Some((etag, _)) if sent.as_deref() == Some(etag.as_str()) => {}
+                _ => {
+                    return Err(s3_error!(
+                        InvalidPart,
+                        "One or more of the specified parts could not be found. The part may not have been \
+                         uploaded, or the specified entity tag may not match the part's entity tag."
+                    ));
+                }
+            }
+            let (_, size) = received[&(upload_id.to_owned(), number)];
+            if index + 1 < parts.len() && size < MIN_PART_SIZE {
+                return Err(s3_error!(EntityTooSmall, "Your proposed upload is smaller than the minimum allowed size"));
+            }
         }
         Ok(())
     }
@@ -279,6 +454,7 @@ impl FaultyStore {
 
     fn forget_upload(&self, upload_id: &str) {
         self.uploads.lock().expect("uploads lock").remove(upload_id);
+        self.parts.lock().expect("parts lock").retain(|(id, _), _| id != upload_id);
     }
 }
 
@@ -314,7 +490,12 @@ impl S3 for FaultyStore {
         delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
-        list_parts: ListPartsInput => ListPartsOutput;
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.check()?;
+        self.check_upload(&req.input.upload_id)?;
+        self.inner.list_parts(req).await
     }
 
     async fn create_multipart_upload(
@@ -334,12 +515,21 @@ impl S3 for FaultyStore {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         self.check()?;
+        self.check_upload(&req.input.upload_id)?;
+        self.check_space()?;
         self.parts_received.fetch_add(1, Ordering::SeqCst);
         let failing = self.faults.fail_part_number.load(Ordering::SeqCst);
         if failing != 0 && req.input.part_number == failing as i32 && S3Faults::take(&self.faults.fail_part_times) {
+            self.faults.record("part failed");
             return Err(s3_error!(InternalError, "injected failure of part {failing}"));
         }
-        self.inner.upload_part(req).await
+        let (upload_id, number, size) =
+            (req.input.upload_id.clone(), req.input.part_number, req.input.content_length.unwrap_or(0));
+        let response = self.inner.upload_part(req).await?;
+        if let Some(etag) = &response.output.e_tag {
+            self.parts.lock().expect("parts lock").insert((upload_id, number), (etag.value().to_owned(), size));
+        }
+        Ok(response)
     }
 
     async fn complete_multipart_upload(
@@ -348,6 +538,10 @@ impl S3 for FaultyStore {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.check()?;
         let upload_id = req.input.upload_id.clone();
+        self.check_upload(&upload_id)?;
+        self.check_space()?;
+        let parts = req.input.multipart_upload.as_ref().and_then(|m| m.parts.as_deref()).unwrap_or_default();
+        self.check_parts(&upload_id, parts)?;
         let response = self.inner.complete_multipart_upload(req).await?;
         self.forget_upload(&upload_id);
         Ok(response)
@@ -359,9 +553,11 @@ impl S3 for FaultyStore {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.check()?;
         if self.faults.fail_aborts.load(Ordering::SeqCst) {
+            self.faults.record("abort refused");
             return Err(s3_error!(ServiceUnavailable, "abort refused (injected fault)"));
         }
         let upload_id = req.input.upload_id.clone();
+        self.check_upload(&upload_id)?;
         let response = self.inner.abort_multipart_upload(req).await?;
         self.forget_upload(&upload_id);
         Ok(response)
@@ -410,7 +606,7 @@ fn sts_answer(request: &http::Request<hyper::body::Incoming>) -> Option<http::Re
             format!(
                 "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
                  <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{TEMPORARY_ACCESS_KEY}</AccessKeyId>\
-                 <SecretAccessKey>{TEMPORARY_SECRET_KEY}</SecretAccessKey><SessionToken>teb-session</SessionToken>\
+                 <SecretAccessKey>{TEMPORARY_SECRET_KEY}</SecretAccessKey><SessionToken>{SESSION_TOKEN}</SessionToken>\
                  <Expiration>{expiration}</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
                  </AssumeRoleWithWebIdentityResponse>"
             ),
@@ -426,4 +622,54 @@ fn sts_answer(request: &http::Request<hyper::body::Incoming>) -> Option<http::Re
     let mut response = http::Response::new(s3s::Body::from(body));
     *response.status_mut() = status;
     Some(response)
+}
+
+/// The refusals AWS S3 makes before it looks at a request's signature, and s3s does not: a credential
+/// scope naming another region than the bucket's, and temporary keys without their session token.
+fn refuse_as_s3_would(request: &http::Request<hyper::body::Incoming>, regions: &Regions) -> Option<http::Response<s3s::Body>> {
+    let query: BTreeMap<String, String> =
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+    // `Credential=AKID/20261201/us-east-1/s3/aws4_request` in the header, or X-Amz-Credential presigned.
+    let credential = header("authorization")
+        .and_then(|auth| auth.split("Credential=").nth(1))
+        .map(|c| c.split([',', ' ']).next().unwrap_or_default().to_owned())
+        .or_else(|| query.get("X-Amz-Credential").cloned())?;
+    let mut scope = credential.split('/');
+    let (access_key, region) = (scope.next()?, scope.nth(1)?);
+    let bucket = request.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    let expected = regions.of(bucket);
+    if region != expected {
+        let message = format!(
+            "The authorization header is malformed; the region '{region}' is wrong; expecting '{expected}'"
+        );
+        let extra = format!("<Region>{expected}</Region>");
+        return Some(s3_error_response(http::StatusCode::BAD_REQUEST, "AuthorizationHeaderMalformed", &message, &extra));
+    }
+    let token = header("x-amz-security-token").or(query.get("X-Amz-Security-Token").map(String::as_str));
+    match (access_key == TEMPORARY_ACCESS_KEY, token) {
+        (true, Some(SESSION_TOKEN)) | (false, None) => None,
+        (true, None) => Some(s3_error_response(
+            http::StatusCode::FORBIDDEN,
+            "InvalidAccessKeyId",
+            "The AWS Access Key Id you provided does not exist in our records.",
+            "",
+        )),
+        (_, Some(_)) => Some(s3_error_response(
+            http::StatusCode::BAD_REQUEST,
+            "InvalidToken",
+            "The provided token is malformed or otherwise invalid.",
+            "",
+        )),
+    }
+}
+
+fn s3_error_response(status: http::StatusCode, code: &str, message: &str, extra: &str) -> http::Response<s3s::Body> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>{extra}</Error>"
+    );
+    let mut response = http::Response::new(s3s::Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    response
 }

@@ -1,5 +1,9 @@
 //! The specification's example YAML, verbatim, for tests and the demo.
 
+/// The region of the specification's example bucket: the test S3 server creates `my-etcd-backups`
+/// there, and refuses requests signed for another region as AWS does.
+pub const SPEC_REGION: &str = "us-west-2";
+
 /// "1. Create S3 Credentials Secret". The test S3 server accepts exactly these keys.
 pub const SECRET_YAML: &str = r#"apiVersion: v1
 kind: Secret

@@ -2,21 +2,25 @@
 
 use std::time::Duration;
 
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore as _, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt as _, PutPayload};
-use teb_testkit::s3::{ACCESS_KEY, REGION, S3Server};
+use teb_testkit::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
 
-fn client_with_secret(server: &S3Server, bucket: &str, secret: &str) -> object_store::aws::AmazonS3 {
-    object_store::aws::AmazonS3Builder::new()
+fn builder(server: &S3Server, bucket: &str) -> AmazonS3Builder {
+    AmazonS3Builder::new()
         .with_endpoint(&server.endpoint)
         .with_bucket_name(bucket)
         .with_region(REGION)
         .with_access_key_id(ACCESS_KEY)
-        .with_secret_access_key(secret)
+        .with_secret_access_key(SECRET_KEY)
         .with_allow_http(true)
         .with_retry(object_store::RetryConfig { max_retries: 0, ..Default::default() })
-        .build()
-        .unwrap()
+}
+
+fn client_with_secret(server: &S3Server, bucket: &str, secret: &str) -> AmazonS3 {
+    builder(server, bucket).with_secret_access_key(secret).build().unwrap()
 }
 
 #[tokio::test]
@@ -64,17 +68,20 @@ async fn injected_faults() {
     upload.put_part(vec![1u8; 5 << 20].into()).await.unwrap();
     let err = upload.put_part(vec![2u8; 5 << 20].into()).await.expect_err("part 2 fails");
     assert!(err.to_string().contains("500") || err.to_string().contains("InternalError"), "{err}");
+    assert_eq!(server.faults.fired("part failed"), 1);
     upload.abort().await.unwrap();
 
     // Connection reset: no answer at all.
     server.faults.reset_connections(1);
     let err = client.head(&Path::from("k")).await.expect_err("reset");
     assert!(!err.to_string().contains("404"), "{err}");
+    assert_eq!(server.faults.fired("connection reset"), 1);
 
     // Refused credentials.
     server.faults.refuse_credentials(true);
     let err = client.put(&Path::from("k"), PutPayload::from_static(b"x")).await.expect_err("refused");
     assert!(err.to_string().contains("AccessDenied"), "{err}");
+    assert_eq!(server.faults.fired("credentials refused"), 1);
     server.faults.refuse_credentials(false);
 
     // Stall: a request waits before it is served.
@@ -82,4 +89,80 @@ async fn injected_faults() {
     let started = std::time::Instant::now();
     client.put(&Path::from("k"), PutPayload::from_static(b"x")).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(700));
+    assert_eq!(server.faults.fired("stalled"), 1);
+}
+
+#[tokio::test]
+async fn refuses_a_signature_for_another_region_than_the_buckets() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket_in("west", "us-west-2").unwrap();
+    let wrong = builder(&server, "west").build().unwrap();
+    let err = wrong.put(&Path::from("k"), PutPayload::from_static(b"x")).await.expect_err("wrong region");
+    let text = err.to_string();
+    assert!(text.contains("AuthorizationHeaderMalformed"), "{text}");
+    assert!(text.contains("the region 'us-east-1' is wrong; expecting 'us-west-2'"), "{text}");
+    let right = builder(&server, "west").with_region("us-west-2").build().unwrap();
+    right.put(&Path::from("k"), PutPayload::from_static(b"x")).await.unwrap();
+    assert_eq!(server.objects("west").await.unwrap(), vec![("k".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn temporary_keys_need_their_session_token() {
+    use teb_testkit::s3::{SESSION_TOKEN, TEMPORARY_ACCESS_KEY, TEMPORARY_SECRET_KEY};
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("bucket").unwrap();
+    let temporary =
+        || builder(&server, "bucket").with_access_key_id(TEMPORARY_ACCESS_KEY).with_secret_access_key(TEMPORARY_SECRET_KEY);
+    let put = |client: AmazonS3| async move { client.put(&Path::from("k"), PutPayload::from_static(b"x")).await };
+    let err = put(temporary().build().unwrap()).await.expect_err("no token");
+    assert!(err.to_string().contains("InvalidAccessKeyId"), "{err}");
+    let err = put(temporary().with_token("forged").build().unwrap()).await.expect_err("wrong token");
+    assert!(err.to_string().contains("InvalidToken"), "{err}");
+    let err = put(builder(&server, "bucket").with_token(SESSION_TOKEN).build().unwrap()).await.expect_err("a token on long-term keys");
+    assert!(err.to_string().contains("InvalidToken"), "{err}");
+    assert!(server.objects("bucket").await.unwrap().is_empty());
+    put(temporary().with_token(SESSION_TOKEN).build().unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn completing_an_upload_checks_its_parts_as_s3_does() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("bucket").unwrap();
+    let client = server.client("bucket").unwrap();
+    let path = Path::from("k");
+    let big = || PutPayload::from(vec![1u8; 5 << 20]);
+    let complete = |id: String, parts: Vec<PartId>| {
+        let (client, path) = (client.clone(), path.clone());
+        async move { client.complete_multipart(&path, &id, parts).await.map(|_| ()).map_err(|e| e.to_string()) }
+    };
+
+    // A part's ETag that is not the one S3 returned.
+    let id = client.create_multipart(&path).await.unwrap();
+    let first = client.put_part(&path, &id, 0, big()).await.unwrap();
+    let last = client.put_part(&path, &id, 1, PutPayload::from_static(b"tail")).await.unwrap();
+    let forged = PartId { content_id: "\"0123456789abcdef0123456789abcdef\"".into() };
+    let err = complete(id.clone(), vec![first.clone(), forged]).await.expect_err("wrong ETag");
+    assert!(err.contains("InvalidPart"), "{err}");
+    // Parts out of order.
+    let err = complete(id.clone(), vec![last.clone(), first.clone()]).await.expect_err("out of order");
+    assert!(err.contains("InvalidPartOrder") || err.contains("InvalidPart"), "{err}");
+    complete(id.clone(), vec![first, last]).await.unwrap();
+    assert_eq!(server.objects("bucket").await.unwrap(), vec![("k".to_owned(), (5 << 20) + 4)]);
+    // The completed upload is gone: 404 NoSuchUpload, which object_store reports as NotFound.
+    let err = client.abort_multipart(&path, &id).await.expect_err("completed");
+    assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
+    let err = complete(id, vec![]).await.expect_err("completed");
+    assert!(err.contains("NoSuchUpload") || err.contains("not found"), "{err}");
+
+    // A part but the last under 5 MiB.
+    let id = client.create_multipart(&path).await.unwrap();
+    let small = client.put_part(&path, &id, 0, PutPayload::from_static(b"small")).await.unwrap();
+    let last = client.put_part(&path, &id, 1, PutPayload::from_static(b"tail")).await.unwrap();
+    let err = complete(id.clone(), vec![small, last]).await.expect_err("too small");
+    assert!(err.contains("EntityTooSmall"), "{err}");
+    client.abort_multipart(&path, &id).await.unwrap();
+    // An unknown upload ID.
+    let err = client.abort_multipart(&path, &"no-such-upload".to_owned()).await.expect_err("unknown");
+    assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
+    assert!(server.unfinished_uploads().is_empty());
 }

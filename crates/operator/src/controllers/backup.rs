@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -134,32 +135,56 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -
 }
 
 /// Removes what a backup leaves in the bucket when it is deleted (its unfinished uploads; its
-/// snapshot too with `deletionPolicy: Delete`), then lets the deletion finish. When S3 cannot be
-/// reached it retries, and an event says how to let the deletion finish without it.
+/// snapshot too with `deletionPolicy: Delete`, unless [`kept_because`] says why not), then lets the
+/// deletion finish. When S3 cannot be reached it retries, and an event says how to let the deletion
+/// finish without it; in a namespace being deleted it lets go at once, so the namespace never hangs.
 async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Context) -> Result<Action, Error> {
     if !finalizer::held(backup) {
         return Ok(Action::await_change());
     }
     let status = backup.status.clone().unwrap_or_default();
-    let delete_snapshot = backup.spec.deletion_policy() == DeletionPolicy::Delete;
+    let namespace_deleting = namespace_deleting(&ctx.client, &backup.namespace().unwrap_or_default()).await?;
+    let snapshot = status.filename.as_deref().filter(|_| backup.spec.deletion_policy() == DeletionPolicy::Delete);
+    let kept = snapshot.and_then(|key| Some((key, kept_because(backup, namespace_deleting)?)));
+    let delete = snapshot.filter(|_| kept.is_none());
+    let uploads = upload_refs(&status);
     let cleaned = crate::isolate(async {
+        if uploads.is_empty() && delete.is_none() {
+            return Ok(());
+        }
         let location = resolve::resolve_s3(&ctx.client, backup).await?;
-        if let Some((upload, error)) =
-            job::abort_uploads(&location, &upload_refs(&status), &ctx.config.settings).await?.into_iter().next()
+        if let Some((upload, error)) = job::abort_uploads(&location, &uploads, &ctx.config.settings).await?.into_iter().next()
         {
             return Err(Error::Cleanup(format!("cannot abort the unfinished upload of {}: {error}", upload.key)));
         }
-        match (&status.filename, delete_snapshot) {
-            (Some(key), true) => job::delete_snapshot(&location, key, &ctx.config.settings).await,
-            _ => Ok(()),
+        match delete {
+            Some(key) => job::delete_snapshot(&location, key, &ctx.config.settings).await,
+            None => Ok(()),
         }
     })
     .await;
     match cleaned {
         Ok(()) => {
-            if delete_snapshot && let Some(key) = &status.filename {
+            if let Some(key) = delete {
                 tracing::info!(name = %backup.name_any(), %key, "deleted the snapshot with its TalosEtcdBackup");
             }
+            if let Some((key, because)) = kept {
+                let message = format!(
+                    "Kept the snapshot {key} in bucket {:?} although deletionPolicy is Delete: {because}. Only \
+                     deleting the TalosEtcdBackup itself (or retention) deletes a snapshot; delete it in the bucket \
+                     if it is no longer wanted",
+                    backup.spec.backup_storage.s3.bucket
+                );
+                tracing::info!(name = %backup.name_any(), %key, %because, "kept the snapshot of a deleted TalosEtcdBackup");
+                ctx.event(backup, EventType::Normal, "SnapshotKept", message).await;
+            }
+            finalizer::set(api, backup, false).await?;
+            Ok(Action::await_change())
+        }
+        Err(error) if namespace_deleting => {
+            // Its Secrets may be gone already: waiting for them would keep the namespace forever.
+            tracing::warn!(name = %backup.name_any(), %error,
+                "cannot clean up, and the namespace is being deleted: unfinished uploads are left to the bucket's lifecycle rule");
             finalizer::set(api, backup, false).await?;
             Ok(Action::await_change())
         }
@@ -178,6 +203,25 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
             Ok(Action::requeue(retry))
         }
     }
+}
+
+/// Why the snapshot of a deleted `deletionPolicy: Delete` backup stays: a snapshot goes only when the
+/// deletion was asked of the backup itself, by a user or by retention, never in a cascade. A backup
+/// with an owner may be deleted by the garbage collector because its owner went; one in a namespace
+/// being deleted goes with everything else there.
+fn kept_because(backup: &TalosEtcdBackup, namespace_deleting: bool) -> Option<String> {
+    if namespace_deleting {
+        return Some(format!("its namespace {:?} is being deleted", backup.namespace().unwrap_or_default()));
+    }
+    let owner = backup.owner_references().first()?;
+    Some(format!("it has an owner ({} {}), and deleting an owner never deletes snapshots", owner.kind, owner.name))
+}
+
+/// Whether `namespace` is being deleted (or is gone): read afresh, since the namespace controller
+/// deletes its contents only after marking it.
+async fn namespace_deleting(client: &kube::Client, namespace: &str) -> Result<bool, Error> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    Ok(namespaces.get_opt(namespace).await?.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()))
 }
 
 /// Whether deleting `backup` must wait for the operator: while an upload may run or is unfinished,
@@ -427,6 +471,32 @@ fn backoff(base: Duration, attempt: i32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn backup(owners: &[(&str, &str)]) -> TalosEtcdBackup {
+        let spec = serde_json::json!({
+            "talosControlPlaneRef": {"name": "cp"},
+            "backupStorage": {"s3": {"bucket": "b", "region": "us-east-1"}},
+            "deletionPolicy": "Delete",
+        });
+        let mut backup = TalosEtcdBackup::new("b", serde_json::from_value(spec).unwrap());
+        backup.metadata.namespace = Some("ns".into());
+        let owners = owners.iter().map(|(kind, name)| {
+            serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": "u"}))
+                .unwrap()
+        });
+        backup.metadata.owner_references = Some(owners.collect());
+        backup
+    }
+
+    #[test]
+    fn only_a_deletion_asked_of_the_backup_itself_takes_its_snapshot() {
+        assert_eq!(kept_because(&backup(&[]), false), None);
+        let because = kept_because(&backup(&[]), true).unwrap();
+        assert_eq!(because, "its namespace \"ns\" is being deleted");
+        let because = kept_because(&backup(&[("TalosEtcdBackupSchedule", "nightly")]), false).unwrap();
+        assert!(because.starts_with("it has an owner (TalosEtcdBackupSchedule nightly)"), "{because}");
+        assert!(kept_because(&backup(&[("ConfigMap", "x")]), true).unwrap().contains("namespace"));
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

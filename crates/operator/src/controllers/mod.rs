@@ -102,7 +102,7 @@ pub async fn run(
         .run(|backup, ctx| crate::isolate(backup::reconcile(backup, ctx)), error_policy, context.clone())
         .for_each(log_failure);
     let schedule_controller = Controller::new(schedules, watcher::Config::default())
-        .owns(backups, watcher::Config::default())
+        .watches(backups, watcher::Config::default(), |backup| schedule::schedule_of(&backup))
         .shutdown_on_signal()
         .run(|schedule, ctx| crate::isolate(schedule::reconcile(schedule, ctx)), error_policy, context.clone())
         .for_each(log_failure);

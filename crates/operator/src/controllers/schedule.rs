@@ -4,7 +4,8 @@
 //!
 //! A run creates the backup `<schedule>-<UTC yyyymmddhhmmss of the scheduled time>`: a name fixed by
 //! the time, so that a run repeated after a crash (the backup created, the status not yet written)
-//! finds its backup instead of creating a second one.
+//! finds its backup instead of creating a second one. Backups carry the schedule's name as a label and
+//! its UID as an annotation, never an owner reference: no cascade deleting the schedule reaches them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, FAILED, READY, STALE};
 use teb_api::{
-    ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup,
+    ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup,
     TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
 };
 use teb_schedule::{Candidate, Due, Policy, Schedule, State};
@@ -47,8 +49,14 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let Some(schedule) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
+    let uid = schedule.uid().unwrap_or_default();
+    let labelled = backups.list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}"))).await?.items;
+    release_owned(&backups, &uid, &labelled).await?;
+    // Schedules of earlier versions held a finalizer to release their backups on deletion; with no owner
+    // reference left there is nothing to wait for, and deleting a schedule never touches its backups.
+    finalizer::set(&api, &schedule, false).await?;
     if schedule.metadata.deletion_timestamp.is_some() {
-        return orphan_backups(&api, &backups, &schedule).await;
+        return Ok(Action::await_change());
     }
     let now = Timestamp::now();
     let created = schedule.creation_timestamp().map_or(now, |t| t.0);
@@ -76,16 +84,9 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
             return Ok(Action::await_change());
         }
     };
-    // From here on backups may be created: deleting the schedule must then orphan them first.
-    finalizer::set(&api, &schedule, true).await?;
-    let selector = format!("{SCHEDULE_LABEL}={name}");
-    let uid = schedule.uid().unwrap_or_default();
-    let owned: Vec<TalosEtcdBackup> = backups
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
+    let owned: Vec<TalosEtcdBackup> = labelled
         .into_iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none() && owner_uid(b) == Some(uid.as_str()))
+        .filter(|b| b.metadata.deletion_timestamp.is_none() && schedule_uid(b) == Some(uid.as_str()))
         .collect();
     let mut active: Vec<String> =
         owned.iter().filter(|b| state_of(b) == State::Running).map(|b| b.name_any()).collect();
@@ -267,8 +268,11 @@ async fn run(
             name: Some(name.clone()),
             namespace: schedule.namespace(),
             labels: Some(BTreeMap::from([(SCHEDULE_LABEL.to_owned(), schedule.name_any())])),
-            annotations: Some(BTreeMap::from([(SCHEDULED_AT_ANNOTATION.to_owned(), at.to_string())])),
-            owner_references: schedule.controller_owner_ref(&()).map(|owner| vec![owner]),
+            // No owner reference: a cascade must never reach backups (see SCHEDULE_UID_ANNOTATION).
+            annotations: Some(BTreeMap::from([
+                (SCHEDULED_AT_ANNOTATION.to_owned(), at.to_string()),
+                (SCHEDULE_UID_ANNOTATION.to_owned(), schedule.uid().unwrap_or_default()),
+            ])),
             ..ObjectMeta::default()
         },
         spec,
@@ -373,8 +377,12 @@ fn scheduled_time(backup: &TalosEtcdBackup) -> Timestamp {
         .unwrap_or_default()
 }
 
-fn owner_uid(backup: &TalosEtcdBackup) -> Option<&str> {
-    backup.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
+/// The UID of the schedule that created `backup`: its annotation, or the controller owner reference
+/// that schedules of earlier versions set.
+fn schedule_uid(backup: &TalosEtcdBackup) -> Option<&str> {
+    backup.annotations().get(SCHEDULE_UID_ANNOTATION).map(String::as_str).or_else(|| {
+        backup.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
+    })
 }
 
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
@@ -384,32 +392,33 @@ fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     }
 }
 
-/// Deleting a schedule keeps its backups and their snapshots: they lose the owner reference (so the
-/// garbage collector leaves them) and stay, labelled with the schedule's name, until deleted on
-/// purpose.
-async fn orphan_backups(
-    api: &Api<TalosEtcdBackupSchedule>,
-    backups: &Api<TalosEtcdBackup>,
-    schedule: &TalosEtcdBackupSchedule,
-) -> Result<Action, Error> {
-    if !finalizer::held(schedule) {
-        return Ok(Action::await_change());
-    }
-    let uid = schedule.uid().unwrap_or_default();
-    let selector = format!("{SCHEDULE_LABEL}={}", schedule.name_any());
-    for backup in backups.list(&ListParams::default().labels(&selector)).await?.items {
+/// Backups created by schedules of earlier versions carry the schedule's owner reference, through
+/// which a cascade (foreground or background deletion of the schedule, an Argo CD prune) would delete
+/// them and, with `deletionPolicy: Delete`, their snapshots. The reference is swapped for the UID
+/// annotation that backups carry today.
+async fn release_owned(backups: &Api<TalosEtcdBackup>, uid: &str, labelled: &[TalosEtcdBackup]) -> Result<(), Error> {
+    let owned = labelled
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none() && b.owner_references().iter().any(|o| o.uid == uid));
+    for backup in owned {
         let owners: Vec<_> = backup.owner_references().iter().filter(|o| o.uid != uid).cloned().collect();
-        if owners.len() == backup.owner_references().len() {
-            continue;
-        }
         let patch = serde_json::json!({
-            "metadata": {"ownerReferences": owners, "resourceVersion": backup.resource_version()},
+            "metadata": {
+                "ownerReferences": owners,
+                "annotations": {SCHEDULE_UID_ANNOTATION: uid},
+                "resourceVersion": backup.resource_version(),
+            },
         });
         backups.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        tracing::info!(schedule = %schedule.name_any(), backup = %backup.name_any(), "kept after its schedule's deletion");
+        tracing::info!(backup = %backup.name_any(), "released from its schedule's owner reference");
     }
-    finalizer::set(api, schedule, false).await?;
-    Ok(Action::await_change())
+    Ok(())
+}
+
+/// The schedule a backup event concerns, by the backup's label.
+pub(super) fn schedule_of(backup: &TalosEtcdBackup) -> Option<ObjectRef<TalosEtcdBackupSchedule>> {
+    let name = backup.labels().get(SCHEDULE_LABEL)?;
+    Some(ObjectRef::new(name).within(&backup.namespace()?))
 }
 
 #[cfg(test)]
