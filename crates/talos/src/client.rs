@@ -152,6 +152,8 @@ impl TalosClient {
                 }
             }
             Err(e) if e.is_permission_denied() => return Ok(self.unchecked(extra, &e)),
+            // Every node's apid would refuse it too: say so rather than that no member is healthy.
+            Err(e @ Error::CertificateRefused { .. }) => return Err(e),
             Err(e) => problems.push(e),
         }
         for node in extra {

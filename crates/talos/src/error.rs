@@ -1,3 +1,7 @@
+/// TLS alerts (as rustls names them) that refuse the client's certificate.
+const CERTIFICATE_ALERTS: [&str; 5] =
+    ["BadCertificate", "UnknownCA", "CertificateUnknown", "CertificateExpired", "UnsupportedCertificate"];
+
 /// Everything that can go wrong talking to the Talos API. Messages name what to fix and never carry
 /// key material.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +19,13 @@ pub enum Error {
     Connect { endpoints: String, reason: String, certificate: bool },
     #[error("Talos API call {call} on node {node} failed: {code:?}: {message}")]
     Call { call: &'static str, node: String, code: tonic::Code, message: String },
+    /// The TLS alert apid answered the client certificate with (Go's crypto/tls: bad_certificate).
+    #[error(
+        "Talos refused the client certificate on {call} ({alert}): it must be signed by the cluster's OS CA, be \
+         valid now and have exactly the ClientAuth usage; check the talosconfig's crt/key, or the secrets bundle \
+         the certificate was minted from"
+    )]
+    CertificateRefused { call: &'static str, alert: String },
     #[error("{0}")]
     Unhealthy(String),
     /// `transient`: every reason may go away by itself (a node restarting, a leader election).
@@ -24,7 +35,22 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn call(call: &'static str, node: &str, status: &tonic::Status) -> Self {
-        Error::Call { call, node: node.to_owned(), code: status.code(), message: status.message().to_owned() }
+        // tonic keeps the cause of a "transport error" (a TLS alert, a reset) in the status's sources.
+        let mut message = status.message().to_owned();
+        let mut source = std::error::Error::source(status);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            source = cause.source();
+        }
+        match message.split_once("received fatal alert: ") {
+            Some((_, alert)) if CERTIFICATE_ALERTS.iter().any(|a| alert.starts_with(a)) => {
+                Error::CertificateRefused { call, alert: format!("TLS alert {alert}") }
+            }
+            _ => Error::Call { call, node: node.to_owned(), code: status.code(), message },
+        }
     }
 
     /// A call refused for the client certificate's roles.

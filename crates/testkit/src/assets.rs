@@ -19,9 +19,7 @@ pub fn assets() -> anyhow::Result<&'static Assets> {
 
 fn locate() -> anyhow::Result<Assets> {
     let dir = match std::env::var_os("KUBEBUILDER_ASSETS") {
-        Some(dir)
-            if ["kube-apiserver", "kube-controller-manager"].iter().all(|b| Path::new(&dir).join(b).exists()) =>
-        {
+        Some(dir) if ["kube-apiserver", "kube-controller-manager"].iter().all(|b| Path::new(&dir).join(b).exists()) => {
             PathBuf::from(dir)
         }
         _ => run_setup_script()?,

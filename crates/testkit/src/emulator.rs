@@ -334,8 +334,12 @@ impl ClientCertVerifier for TalosClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let refuse = || rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure);
+        // apid requires and verifies client certificates (tls.Mutual, i.e. RequireAndVerifyClientCert:
+        // internal/app/apid/pkg/provider/provider.go, v1.13.0), and Go's crypto/tls answers every failed
+        // verification with a bad_certificate alert (handshake_server.go, processCertsFromClient). rustls
+        // would send unknown_ca, decrypt_error or access_denied; BadEncoding makes it send bad_certificate.
+        let refuse = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
+        self.inner.verify_client_cert(end_entity, intermediates, now).map_err(|_| refuse())?;
         let (_, cert) = x509_parser::parse_x509_certificate(end_entity).map_err(|_| refuse())?;
         match cert.extended_key_usage() {
             Ok(Some(eku))

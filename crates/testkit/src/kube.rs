@@ -92,7 +92,8 @@ impl KubeEnv {
         drop(self.apiserver.lock().expect("apiserver lock").take());
         tokio::time::sleep(down).await;
         let command = apiserver_command(self.dir.path(), &self.etcd_servers, self.port)?;
-        let mut apiserver = ChildProcess::spawn("kube-apiserver", command, &self.dir.path().join("kube-apiserver.log"))?;
+        let mut apiserver =
+            ChildProcess::spawn("kube-apiserver", command, &self.dir.path().join("kube-apiserver.log"))?;
         wait_ready(&self.server, self.dir.path(), &mut apiserver).await?;
         *self.apiserver.lock().expect("apiserver lock") = Some(apiserver);
         Ok(())
@@ -126,7 +127,6 @@ impl KubeEnv {
         Api::<Namespace>::all(self.admin_client().await?).create(&PostParams::default(), &ns).await?;
         Ok(name)
     }
-
 }
 
 fn apiserver_command(dir: &Path, etcd_servers: &str, port: u16) -> anyhow::Result<Command> {
@@ -221,7 +221,9 @@ async fn wait_for_controllers(admin: &Client) -> anyhow::Result<()> {
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": probe}}))?;
     namespaces.create(&PostParams::default(), &ns).await?;
     let maps = Api::<ConfigMap>::namespaced(admin.clone(), &probe);
-    let owner = maps.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}}))?).await?;
+    let owner = maps
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}}))?)
+        .await?;
     let dependent = serde_json::json!({"metadata": {"name": "dependent", "ownerReferences": [{
         "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid,
     }]}});

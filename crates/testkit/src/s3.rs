@@ -626,7 +626,10 @@ fn sts_answer(request: &http::Request<hyper::body::Incoming>) -> Option<http::Re
 
 /// The refusals AWS S3 makes before it looks at a request's signature, and s3s does not: a credential
 /// scope naming another region than the bucket's, and temporary keys without their session token.
-fn refuse_as_s3_would(request: &http::Request<hyper::body::Incoming>, regions: &Regions) -> Option<http::Response<s3s::Body>> {
+fn refuse_as_s3_would(
+    request: &http::Request<hyper::body::Incoming>,
+    regions: &Regions,
+) -> Option<http::Response<s3s::Body>> {
     let query: BTreeMap<String, String> =
         form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
@@ -640,11 +643,15 @@ fn refuse_as_s3_would(request: &http::Request<hyper::body::Incoming>, regions: &
     let bucket = request.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
     let expected = regions.of(bucket);
     if region != expected {
-        let message = format!(
-            "The authorization header is malformed; the region '{region}' is wrong; expecting '{expected}'"
-        );
+        let message =
+            format!("The authorization header is malformed; the region '{region}' is wrong; expecting '{expected}'");
         let extra = format!("<Region>{expected}</Region>");
-        return Some(s3_error_response(http::StatusCode::BAD_REQUEST, "AuthorizationHeaderMalformed", &message, &extra));
+        return Some(s3_error_response(
+            http::StatusCode::BAD_REQUEST,
+            "AuthorizationHeaderMalformed",
+            &message,
+            &extra,
+        ));
     }
     let token = header("x-amz-security-token").or(query.get("X-Amz-Security-Token").map(String::as_str));
     match (access_key == TEMPORARY_ACCESS_KEY, token) {

@@ -111,14 +111,17 @@ async fn temporary_keys_need_their_session_token() {
     use teb_testkit::s3::{SESSION_TOKEN, TEMPORARY_ACCESS_KEY, TEMPORARY_SECRET_KEY};
     let server = S3Server::start().await.unwrap();
     server.create_bucket("bucket").unwrap();
-    let temporary =
-        || builder(&server, "bucket").with_access_key_id(TEMPORARY_ACCESS_KEY).with_secret_access_key(TEMPORARY_SECRET_KEY);
+    let temporary = || {
+        builder(&server, "bucket").with_access_key_id(TEMPORARY_ACCESS_KEY).with_secret_access_key(TEMPORARY_SECRET_KEY)
+    };
     let put = |client: AmazonS3| async move { client.put(&Path::from("k"), PutPayload::from_static(b"x")).await };
     let err = put(temporary().build().unwrap()).await.expect_err("no token");
     assert!(err.to_string().contains("InvalidAccessKeyId"), "{err}");
     let err = put(temporary().with_token("forged").build().unwrap()).await.expect_err("wrong token");
     assert!(err.to_string().contains("InvalidToken"), "{err}");
-    let err = put(builder(&server, "bucket").with_token(SESSION_TOKEN).build().unwrap()).await.expect_err("a token on long-term keys");
+    let err = put(builder(&server, "bucket").with_token(SESSION_TOKEN).build().unwrap())
+        .await
+        .expect_err("a token on long-term keys");
     assert!(err.to_string().contains("InvalidToken"), "{err}");
     assert!(server.objects("bucket").await.unwrap().is_empty());
     put(temporary().with_token(SESSION_TOKEN).build().unwrap()).await.unwrap();

@@ -153,7 +153,8 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
             return Ok(());
         }
         let location = resolve::resolve_s3(&ctx.client, backup).await?;
-        if let Some((upload, error)) = job::abort_uploads(&location, &uploads, &ctx.config.settings).await?.into_iter().next()
+        if let Some((upload, error)) =
+            job::abort_uploads(&location, &uploads, &ctx.config.settings).await?.into_iter().next()
         {
             return Err(Error::Cleanup(format!("cannot abort the unfinished upload of {}: {error}", upload.key)));
         }

@@ -20,8 +20,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, FAILED, READY, STALE};
 use teb_api::{
-    ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup,
-    TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
+    ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,
+    TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
 };
 use teb_schedule::{Candidate, Due, Policy, Schedule, State};
 
@@ -380,9 +380,11 @@ fn scheduled_time(backup: &TalosEtcdBackup) -> Timestamp {
 /// The UID of the schedule that created `backup`: its annotation, or the controller owner reference
 /// that schedules of earlier versions set.
 fn schedule_uid(backup: &TalosEtcdBackup) -> Option<&str> {
-    backup.annotations().get(SCHEDULE_UID_ANNOTATION).map(String::as_str).or_else(|| {
-        backup.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
-    })
+    backup
+        .annotations()
+        .get(SCHEDULE_UID_ANNOTATION)
+        .map(String::as_str)
+        .or_else(|| backup.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str()))
 }
 
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
