@@ -2,7 +2,7 @@
 //! controls: the spec, the Secret values, the talosconfig, the secrets bundle and the bundleConfig.
 //! Nothing may panic; every bad value ends in an error, and no error carries a secret. S3 settings
 //! that pass validation go to a real S3 server on loopback, since the S3 client is where values used
-//! to panic.
+//! to panic. The seeds of past failures in `arbitrary_input.proptest-regressions` are replayed first, so a fixed panic stays fixed.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -102,8 +102,14 @@ fn assert_no_secret(message: &str, secrets: &[&str], public: &[&str]) {
     }
 }
 
+/// The committed seeds of past failures, by a path from the package root (where cargo runs tests):
+/// proptest's default looks for them beside a lib.rs or main.rs, which tests/ does not have.
+fn regressions() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct("tests/arbitrary_input.proptest-regressions")))
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: regressions(), ..ProptestConfig::default() })]
 
     #[test]
     fn spec_validation_never_panics_and_names_the_field(spec in spec()) {
@@ -176,7 +182,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: regressions(), ..ProptestConfig::default() })]
 
     #[test]
     fn s3_settings_never_panic_the_upload(

@@ -17,7 +17,9 @@ use teb_testkit::spec::{SECRET_YAML, backup_yaml, endpoint_field};
 
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 
-fn replica(env: &KubeEnv, ns: &str, identity: &str, log: &std::path::Path) -> ChildProcess {
+/// An operator process and the port of its health server (`/metrics`).
+fn replica(env: &KubeEnv, ns: &str, identity: &str, log: &std::path::Path) -> (ChildProcess, u16) {
+    let port = teb_testkit::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
     command
         .arg("operator")
@@ -26,11 +28,22 @@ fn replica(env: &KubeEnv, ns: &str, identity: &str, log: &std::path::Path) -> Ch
         .args(["--namespace", ns, "--part-size-mib", "5", "--retry-backoff", "1s"])
         .args(["--leader-election-name", &format!("ha-{ns}"), "--lease-duration", "4s"])
         .args(["--renew-deadline", "3s", "--retry-period", "500ms"])
-        .args(["--health-addr", &format!("127.0.0.1:{}", teb_testkit::free_port())])
+        .args(["--health-addr", &format!("127.0.0.1:{port}")])
         .env("POD_NAME", identity)
         .env("POD_NAMESPACE", "talos-etcd-backup")
         .env("RUST_LOG", "info");
-    ChildProcess::spawn(identity, command, log).unwrap()
+    (ChildProcess::spawn(identity, command, log).unwrap(), port)
+}
+
+/// GET /metrics of the replica on `port`, as Prometheus would scrape it.
+async fn metrics_of(port: u16) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    connection.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    connection.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
@@ -71,10 +84,9 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
 
     let logs = tempfile::tempdir().unwrap();
     let log = |id: &str| logs.path().join(format!("{id}.log"));
-    let mut replicas = [
-        Some(replica(env, &ns, "replica-a", &log("replica-a"))),
-        Some(replica(env, &ns, "replica-b", &log("replica-b"))),
-    ];
+    let (a, port_a) = replica(env, &ns, "replica-a", &log("replica-a"));
+    let (b, port_b) = replica(env, &ns, "replica-b", &log("replica-b"));
+    let mut replicas = [Some(a), Some(b)];
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "talos-etcd-backup");
     let lease = format!("ha-{ns}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -85,7 +97,8 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
         assert!(tokio::time::Instant::now() < deadline, "nobody took the Lease");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (leader_index, standby) = if leader == "replica-a" { (0, "replica-b") } else { (1, "replica-a") };
+    let (leader_index, standby, standby_port) =
+        if leader == "replica-a" { (0, "replica-b", port_b) } else { (1, "replica-a", port_a) };
 
     let api: Api<TalosEtcdBackup> = Api::namespaced(admin.clone(), &ns);
     for i in 0..20 {
@@ -98,8 +111,12 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
         assert!(tokio::time::Instant::now() < deadline, "the leader made no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let standby_log = std::fs::read_to_string(log(standby)).unwrap();
-    assert!(!standby_log.contains("backup attempt started"), "the standby ran a backup:\n{standby_log}");
+    // The standby ran nothing: its own metrics count no attempt, running or finished.
+    let standby_metrics = metrics_of(standby_port).await;
+    assert!(standby_metrics.contains("teb_backups_in_progress 0"), "{standby_metrics}");
+    for ran in ["teb_backups_total{", "teb_errors_total{", "teb_backup_duration_seconds_count{"] {
+        assert!(!standby_metrics.contains(ran), "the standby ran a backup ({ran}):\n{standby_metrics}");
+    }
 
     // SIGKILL the leader; the standby must lead within the lease duration (plus a retry period).
     replicas[leader_index].take();
