@@ -22,7 +22,8 @@ use teb_testkit::{fixtures, spec};
 async fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
     step(
-        "Starting etcd + kube-apiserver (RBAC on), an S3 server and the Talos API emulator (3 control planes, 1 worker)",
+        "Starting etcd + kube-apiserver (RBAC on) + kube-controller-manager (garbage collector, namespaces), an S3 \
+         server and the Talos API emulator (3 control planes, 1 worker)",
     );
     let env = KubeEnv::start().await?;
     let s3 = S3Server::start().await?;
@@ -31,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..200 {
         emulator.etcd().put(format!("/registry/demo/key-{i:03}").as_bytes(), format!("value-{i}").as_bytes()).await?;
     }
-    println!("  kube-apiserver  {}", env.server);
+    println!("  kube-apiserver  {} (with kube-controller-manager)", env.server);
     println!("  S3 endpoint     {}", s3.endpoint);
     println!("  Talos API       {} (nodes: {})", emulator.endpoint, node_list(&emulator));
 

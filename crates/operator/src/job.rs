@@ -81,8 +81,8 @@ pub async fn find_stored(
     Ok(Some(Outcome { report, format: stored.format, fingerprints, node, unchecked_because: None }))
 }
 
-/// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key` (or, when an
-/// object is there already, the first free numbered key after it).
+/// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`, which the
+/// caller chose free ([`unused_key`] on the command line).
 pub async fn run(
     plan: &BackupPlan,
     key: &str,
@@ -154,6 +154,32 @@ pub async fn prepare(
     })?;
     let upload = sink.create_upload(&key, &metadata).await.map_err(Error::Upload)?;
     Ok(Prepared { upload, sink, snapshot, chosen, limits: settings.limits.clone(), encoding: plan.encoding.clone() })
+}
+
+/// The command line never overwrites an object: `key` when the bucket holds none there; else, for a key
+/// the user named (`explicit`), an error, and for a generated one the first free numbered key after
+/// it. (The operator needs no S3 call for this: its key claims keep its own backups apart.)
+pub async fn unused_key(
+    location: &S3Location,
+    key: &str,
+    explicit: bool,
+    settings: &Settings,
+) -> Result<String, Error> {
+    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+    for candidate in (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)) {
+        if sink.size(&candidate).await.map_err(Error::Upload)?.is_none() {
+            return Ok(candidate);
+        }
+        if explicit {
+            break;
+        }
+    }
+    let message = if explicit {
+        format!("an object is already stored at {key}, and a backup never overwrites one: name another --key")
+    } else {
+        format!("no free key after {key}: 100 objects share its second")
+    };
+    Err(Error::Upload(teb_pipeline::Error::Config(message)))
 }
 
 /// The first of `key`, `key-2`, `key-3`, ... that `claim` grants.

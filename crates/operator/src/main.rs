@@ -135,7 +135,7 @@ struct SnapshotArgs {
     #[arg(long)]
     cluster: Option<String>,
     /// Full S3 key, instead of talos-operator-etcd-backups/<cluster>/etcd-snapshot-<timestamp>.db
-    /// (.db.zst, .db.age, .db.zst.age when compressed or encrypted).
+    /// (.db.zst, .db.age, .db.zst.age when compressed or encrypted); refused when an object is there.
     #[arg(long)]
     key: Option<String>,
     /// Compress the snapshot with zstd before storing it (and before encrypting it).
@@ -428,6 +428,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let format = encoding.format();
     let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()?, encoding };
     let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now(), format));
+    let key = job::unused_key(&plan.s3, &key, args.key.is_some(), &args.tuning.settings()).await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let result =
@@ -632,4 +633,32 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The README documents every flag and environment variable of every command.
+    #[test]
+    fn every_flag_and_environment_variable_is_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                let long = arg.get_long().map(|long| format!("`--{long}"));
+                let env = arg.get_env().map(|env| format!("`{}`", env.to_string_lossy()));
+                for needle in long.into_iter().chain(env) {
+                    if !readme.contains(&needle) {
+                        missing.push(format!("{} {needle}", command.get_name()));
+                    }
+                }
+            }
+        }
+        missing.dedup();
+        assert!(missing.is_empty(), "undocumented in README.md: {missing:?}");
+    }
 }

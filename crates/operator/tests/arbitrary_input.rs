@@ -2,7 +2,8 @@
 //! controls: the spec, the Secret values, the talosconfig, the secrets bundle and the bundleConfig.
 //! Nothing may panic; every bad value ends in an error, and no error carries a secret. S3 settings
 //! that pass validation go to a real S3 server on loopback, since the S3 client is where values used
-//! to panic. The seeds of past failures in `arbitrary_input.proptest-regressions` are replayed first, so a fixed panic stays fixed.
+//! to panic. The seeds of past failures in `arbitrary_input.proptest-regressions` are replayed
+//! first, so a fixed panic stays fixed.
 
 use std::sync::OnceLock;
 use std::time::Duration;

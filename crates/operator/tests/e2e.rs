@@ -79,6 +79,14 @@ impl Scenario {
         Scenario { env, ns, admin, s3, emulator, metrics, controller }
     }
 
+    /// Puts `count` values of 512 KiB into etcd, so that a snapshot spans several parts.
+    async fn fill_etcd(&self, count: usize) {
+        let value = vec![b'x'; 512 * 1024];
+        for i in 0..count {
+            self.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
+        }
+    }
+
     async fn restart_controller(&mut self) {
         self.controller.abort();
         self.controller = spawn_controller(self.env, &self.ns, test_config(), self.metrics.clone()).await;
@@ -419,10 +427,7 @@ async fn broken_snapshots_leave_nothing_in_the_bucket() {
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
     // Enough data for several parts, so aborting really has parts to drop.
-    let value = vec![b'x'; 512 * 1024];
-    for i in 0..24 {
-        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
-    }
+    scenario.fill_etcd(24).await;
     let extra = endpoint_field(&scenario.s3.endpoint);
 
     scenario.emulator.faults.truncate_after(7 << 20);
@@ -654,10 +659,7 @@ async fn an_upload_s3_could_not_abort_is_aborted_once_s3_takes_it() {
     let scenario = Scenario::start_with("e2e-abort-later", options, false, config).await;
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
-    let value = vec![b'x'; 512 * 1024];
-    for i in 0..16 {
-        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
-    }
+    scenario.fill_etcd(16).await;
     // Each attempt uploads a part, then the stream turns out truncated; S3 refuses the aborts.
     scenario.emulator.faults.truncate_after(6 << 20);
     scenario.s3.faults.fail_aborts(true);
@@ -1664,10 +1666,7 @@ async fn injected_faults_fire_and_end_as_promised() {
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
     // About 12 MiB: three parts of 5 MiB.
-    let value = vec![b'x'; 512 * 1024];
-    for i in 0..24 {
-        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
-    }
+    scenario.fill_etcd(24).await;
     let extra = endpoint_field(&scenario.s3.endpoint);
     let faults = &scenario.s3.faults;
     let succeeds = |name: &'static str| {
@@ -1755,10 +1754,7 @@ async fn a_backup_survives_a_kube_apiserver_outage() {
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
     // About 6 s of streaming at 1 MiB/s, all inside a 12 s outage.
-    let value = vec![b'x'; 512 * 1024];
-    for i in 0..12 {
-        scenario.emulator.etcd().put(format!("/big/{i}").as_bytes(), &value).await.unwrap();
-    }
+    scenario.fill_etcd(12).await;
     scenario.emulator.faults.limit_bandwidth(1 << 20);
     scenario.apply(&backup_yaml("through-outage", &endpoint_field(&scenario.s3.endpoint))).await;
     scenario

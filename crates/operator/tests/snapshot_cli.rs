@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use object_store::ObjectStoreExt as _;
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
 use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
@@ -146,7 +147,6 @@ async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_command_shows_what_the_bucket_holds() {
-    use object_store::ObjectStoreExt as _;
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
     let s3 = S3Server::start().await.unwrap();
@@ -197,7 +197,6 @@ async fn list_command_shows_what_the_bucket_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_command_passes_real_snapshots_and_catches_damage() {
-    use object_store::ObjectStoreExt as _;
     use sha2::Digest as _;
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
@@ -269,7 +268,6 @@ async fn verify_command_passes_real_snapshots_and_catches_damage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_damaged_backup() {
-    use object_store::ObjectStoreExt as _;
     use sha2::Digest as _;
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
@@ -372,7 +370,6 @@ fn shell(dir: &std::path::Path, script: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
-    use object_store::ObjectStoreExt as _;
     use sha2::Digest as _;
     let emulator =
         TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
@@ -489,4 +486,52 @@ async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
     assert_eq!((&restored["sha256"], &restored["size"]), (&summary["sha256"], &summary["size"]));
     let value = emulator.with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-7").unwrap()).await;
     assert_eq!(value.map(|v| v.len()), Some(2048));
+}
+
+/// The command line never overwrites an object: a `--key` that is taken is refused (the object stays
+/// as it was), and a generated key already taken gets the next numbered key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_command_never_overwrites_an_object() {
+    let emulator =
+        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let s3 = std::sync::Arc::new(S3Server::start().await.unwrap());
+    s3.create_bucket("backups").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let talosconfig = dir.path().join("talosconfig");
+    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let run = |extra: Vec<String>| {
+        let (talosconfig, s3) = (talosconfig.clone(), s3.clone());
+        async move {
+            tokio::task::spawn_blocking(move || command(&talosconfig, &s3).args(extra).output().unwrap()).await.unwrap()
+        }
+    };
+    let key = "manual/etcd.db".to_owned();
+    let first = run(vec!["--key".into(), key.clone()]).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let (before, _) = s3.get("backups", &key).await.unwrap();
+    emulator.etcd().put(b"/cli/changed", b"after the first backup").await.unwrap();
+    let second = run(vec!["--key".into(), key.clone()]).await;
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("an object is already stored at manual/etcd.db") && stderr.contains("--key"), "{stderr}");
+    assert_eq!(s3.get("backups", &key).await.unwrap().0, before, "the object was replaced");
+    assert!(s3.unfinished_uploads().is_empty());
+
+    // Generated keys that are taken (objects at the keys of the next four seconds): numbered.
+    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let store = s3.client("backups").unwrap();
+    for second in 0..4 {
+        let taken = at + jiff::SignedDuration::from_secs(second);
+        let key = format!("talos-operator-etcd-backups/demo/etcd-snapshot-{}.db", taken.strftime("%Y-%m-%dT%H-%M-%SZ"));
+        store.put(&object_store::path::Path::from(key.as_str()), before.clone().into()).await.unwrap();
+    }
+    while jiff::Timestamp::now().as_second() < at.as_second() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let third = run(vec![]).await;
+    assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
+    let stored = summary["key"].as_str().unwrap();
+    assert!(stored.ends_with("Z-2.db"), "a taken generated key is numbered: {stored}");
+    assert_eq!(s3.objects("backups").await.unwrap().len(), 6);
 }

@@ -97,7 +97,8 @@ impl S3Sink {
         Ok(S3Sink { store: Arc::new(store), bucket: location.bucket.clone() })
     }
 
-    async fn size(&self, key: &str) -> Result<Option<u64>, Error> {
+    /// The size of the object at `key`, or None when there is none.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, Error> {
         use object_store::ObjectStoreExt as _;
         match self.store.head(&object_store::path::Path::from(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
