@@ -14,8 +14,8 @@ use talos_etcd_backup::controllers;
 use talos_etcd_backup::metrics::Metrics;
 use teb_api::conditions::{FAILED, PROGRESSING, READY};
 use teb_api::{
-    SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
-    TalosEtcdBackupStatus,
+    SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION, TalosEtcdBackup, TalosEtcdBackupSchedule,
+    TalosEtcdBackupScheduleStatus, TalosEtcdBackupStatus,
 };
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
 use teb_testkit::fixtures;
@@ -884,6 +884,7 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
     // Runs on time: each backup is created within 2 s of its scheduled time, 4 s apart.
     let mut seen: std::collections::BTreeMap<String, (jiff::Timestamp, jiff::Timestamp)> = Default::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let schedule_uid = scenario.schedules().get("every4s").await.unwrap().metadata.uid.unwrap();
     while seen.len() < 5 {
         for b in scenario.backups_of("every4s").await {
             let created = b.metadata.creation_timestamp.as_ref().unwrap().0;
@@ -893,11 +894,9 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
                 Some(teb_api::DeletionPolicy::Delete),
                 "schedules' backups go with their objects"
             );
-            let owner = &b.metadata.owner_references.as_ref().unwrap()[0];
-            assert_eq!(
-                (owner.kind.as_str(), owner.name.as_str(), owner.controller),
-                ("TalosEtcdBackupSchedule", "every4s", Some(true))
-            );
+            // Grouped by label and the schedule's UID, never owned: no cascade may reach them.
+            assert!(b.metadata.owner_references.is_none(), "{:?}", b.metadata.owner_references);
+            assert_eq!(b.metadata.annotations.as_ref().unwrap()[SCHEDULE_UID_ANNOTATION], schedule_uid);
         }
         assert!(tokio::time::Instant::now() < deadline, "only {} runs in 60 s: {seen:?}", seen.len());
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1731,21 +1730,26 @@ async fn injected_faults_fire_and_end_as_promised() {
     scenario.create_secret(&fixtures::talosconfig_secret("stranger-cp", &scenario.ns, &talosconfig)).await;
     let yaml = backup_yaml("refused-certificate", &extra).replace("name: my-controlplane", "name: stranger-cp");
     scenario.apply(&yaml).await;
-    let status = scenario
-        .expect_failed(
-            "refused-certificate",
-            "Failed to reach the Talos API: Talos refused the client certificate",
-            "BadCertificate",
-        )
-        .await;
-    assert_eq!(status.attempts, 1, "a refused certificate is not retried: {status:?}");
+    // apid sends a bad_certificate alert and closes the connection; the client reads the alert (then the
+    // error names the certificate and is not retried), unless the close overtakes it (as with real Talos,
+    // whose close also resets the connection while the client's first request is unread): then it is
+    // a transport error, retried once.
+    let status = scenario.expect_failed("refused-certificate", "Failed to reach the Talos API: ", "").await;
+    let message = &condition(&status, FAILED).unwrap().message;
+    if message.contains("Talos refused the client certificate") {
+        assert!(message.contains("TLS alert BadCertificate"), "{message}");
+        assert_eq!(status.attempts, 1, "a refused certificate is not retried: {status:?}");
+    } else {
+        assert!(message.contains("transport error"), "{message}");
+        assert_eq!(status.attempts, 2, "{status:?}");
+    }
     assert_eq!(objects().await, 4);
     assert!(scenario.s3.unfinished_uploads().is_empty());
 }
 
-/// kube-apiserver down while a backup streams, and still down when its upload completes: the status
-/// write of the result fails, and the operator records the stored object once the API server is back:
-/// Ready, exactly one object, no unfinished upload.
+/// kube-apiserver stopped while a backup streams, and started again only after its upload completed:
+/// the status write of the result fails, and the operator records the stored object once the API
+/// server is back: Ready, one attempt, exactly one object, no unfinished upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_survives_a_kube_apiserver_outage() {
     let env: &'static KubeEnv = Box::leak(Box::new(KubeEnv::start().await.unwrap()));
@@ -1753,7 +1757,7 @@ async fn a_backup_survives_a_kube_apiserver_outage() {
     let scenario = Scenario::start_in(env, "e2e-apiserver-outage", options, false, test_config()).await;
     scenario.control_plane_with_bundle().await;
     scenario.apply(SPEC_SECRET).await;
-    // About 6 s of streaming at 1 MiB/s, all inside a 12 s outage.
+    // About 6 s of streaming at 1 MiB/s.
     scenario.fill_etcd(12).await;
     scenario.emulator.faults.limit_bandwidth(1 << 20);
     scenario.apply(&backup_yaml("through-outage", &endpoint_field(&scenario.s3.endpoint))).await;
@@ -1762,10 +1766,15 @@ async fn a_backup_survives_a_kube_apiserver_outage() {
             (!scenario.s3.unfinished_uploads().is_empty()).then_some(())
         })
         .await;
-    env.restart_apiserver(Duration::from_secs(12)).await.unwrap();
-    // The upload completed during the outage, so its result could not be written then.
-    assert!(scenario.s3.unfinished_uploads().is_empty(), "{:?}", scenario.s3.unfinished_uploads());
-    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1);
+    env.stop_apiserver();
+    // The upload completes while the API server is down, so its result cannot be written then.
+    scenario
+        .eventually(60, "the upload to complete", || async {
+            let done = scenario.s3.unfinished_uploads().is_empty();
+            (done && scenario.s3.objects("my-etcd-backups").await.unwrap().len() == 1).then_some(())
+        })
+        .await;
+    env.start_apiserver().await.unwrap();
     let status = scenario.wait_finished("through-outage").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
     assert_eq!(status.attempts, 1, "{status:?}");

@@ -86,11 +86,13 @@ impl KubeEnv {
         Ok(KubeEnv { server, dir, _controller_manager: controller_manager, apiserver, etcd_servers, port, _etcd: etcd })
     }
 
-    /// Stops kube-apiserver for `down`, then starts it again on the same port and storage and waits until
-    /// it is ready: what a control-plane upgrade or a crashed API server does to the operator.
-    pub async fn restart_apiserver(&self, down: Duration) -> anyhow::Result<()> {
+    /// Stops kube-apiserver (as an upgrade or a crash of the control plane would).
+    pub fn stop_apiserver(&self) {
         drop(self.apiserver.lock().expect("apiserver lock").take());
-        tokio::time::sleep(down).await;
+    }
+
+    /// Starts kube-apiserver again on the same port and storage, and waits until it is ready.
+    pub async fn start_apiserver(&self) -> anyhow::Result<()> {
         let command = apiserver_command(self.dir.path(), &self.etcd_servers, self.port)?;
         let mut apiserver =
             ChildProcess::spawn("kube-apiserver", command, &self.dir.path().join("kube-apiserver.log"))?;

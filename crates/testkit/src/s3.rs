@@ -166,7 +166,7 @@ impl S3Server {
         let faults = Arc::new(S3Faults::default());
         let uploads = Arc::new(Mutex::new(BTreeMap::new()));
         let parts_received = Arc::new(AtomicU64::new(0));
-        let regions = Regions::default();
+        let regions = Regions { root: Arc::new(root.path().to_owned()), named: Arc::default() };
         let store = FaultyStore {
             inner: s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
             root: root.path().to_owned(),
@@ -229,7 +229,7 @@ impl S3Server {
     /// Creates a bucket in `region`: requests for it must be signed for that region.
     pub fn create_bucket_in(&self, bucket: &str, region: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(self._root.path().join(bucket))?;
-        self.regions.0.lock().expect("regions lock").insert(bucket.to_owned(), region.to_owned());
+        self.regions.named.lock().expect("regions lock").insert(bucket.to_owned(), region.to_owned());
         Ok(())
     }
 
@@ -302,13 +302,22 @@ async fn break_mid_part(mut body: hyper::body::Incoming, fault: MidPart, faults:
     s3s::HttpError::new(Box::new(std::io::Error::other("injected fault mid-part")))
 }
 
-/// The region of each bucket created through [`S3Server::create_bucket_in`].
-#[derive(Clone, Default)]
-struct Regions(Arc<Mutex<BTreeMap<String, String>>>);
+/// The region of each bucket: the one given to [`S3Server::create_bucket_in`], else [`REGION`].
+#[derive(Clone)]
+struct Regions {
+    root: Arc<std::path::PathBuf>,
+    named: Arc<Mutex<BTreeMap<String, String>>>,
+}
 
 impl Regions {
     fn of(&self, bucket: &str) -> String {
-        self.0.lock().expect("regions lock").get(bucket).cloned().unwrap_or_else(|| REGION.to_owned())
+        self.named.lock().expect("regions lock").get(bucket).cloned().unwrap_or_else(|| REGION.to_owned())
+    }
+
+    /// The region a request for `bucket` must be signed for; none for a bucket that does not exist
+    /// (S3 answers NoSuchBucket whatever the region).
+    fn expected(&self, bucket: &str) -> Option<String> {
+        (bucket.is_empty() || self.root.join(bucket).is_dir()).then(|| self.of(bucket))
     }
 }
 
@@ -641,8 +650,9 @@ fn refuse_as_s3_would(
     let mut scope = credential.split('/');
     let (access_key, region) = (scope.next()?, scope.nth(1)?);
     let bucket = request.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
-    let expected = regions.of(bucket);
-    if region != expected {
+    if let Some(expected) = regions.expected(bucket)
+        && region != expected
+    {
         let message =
             format!("The authorization header is malformed; the region '{region}' is wrong; expecting '{expected}'");
         let extra = format!("<Region>{expected}</Region>");
