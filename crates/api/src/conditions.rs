@@ -7,7 +7,8 @@
 //! | Ready       | True   | BackupSucceeded  |
 //! | Failed      | True   | BackupFailed     |
 //!
-//! A phase always yields the whole set, so no stale condition survives to contradict the current one.
+//! A phase sets its rows and removes the one that would contradict it, so no stale condition survives
+//! to contradict the current one; conditions of other types (Verified) are left alone.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -50,51 +51,111 @@ pub const STORAGE_READY: &str = "StorageReady";
 pub const STORAGE_REACHABLE: &str = "StorageReachable";
 pub const STORAGE_UNREACHABLE: &str = "StorageUnreachable";
 
-/// Where a backup stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Phase {
-    InProgress,
-    Succeeded,
-    Failed,
+/// A condition's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
 }
 
-/// The conditions for `phase`. `existing` supplies lastTransitionTime for conditions whose status did
-/// not change; `message` goes on the condition that says most about the phase.
-pub fn conditions_for(
-    phase: &Phase,
-    message: &str,
-    existing: &[Condition],
-    observed_generation: Option<i64>,
-    now: &Time,
-) -> Vec<Condition> {
-    let wanted: Vec<(&str, &str, &str, &str)> = match phase {
-        Phase::InProgress => vec![(PROGRESSING, "True", BACKUP_IN_PROGRESS, message)],
-        Phase::Succeeded => vec![
-            (PROGRESSING, "False", BACKUP_COMPLETED, "Backup finished"),
-            (READY, "True", BACKUP_SUCCEEDED, message),
-        ],
-        Phase::Failed => {
-            vec![(PROGRESSING, "False", BACKUP_COMPLETED, "Backup finished"), (FAILED, "True", BACKUP_FAILED, message)]
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
         }
-    };
-    wanted
-        .into_iter()
-        .map(|(type_, status, reason, message)| {
-            condition(type_, status, reason, message, existing, observed_generation, now)
-        })
-        .collect()
+    }
+}
+
+/// Where a backup or a restore stands. `Failed` carries its reason (a restore has two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase<'a> {
+    InProgress,
+    Succeeded,
+    Failed(&'a str),
+}
+
+/// The reasons a kind of resource gives its phases' conditions.
+pub struct PhaseReasons {
+    pub in_progress: &'static str,
+    pub completed: &'static str,
+    pub completed_message: &'static str,
+    pub succeeded: &'static str,
+}
+
+pub const BACKUP_REASONS: PhaseReasons = PhaseReasons {
+    in_progress: BACKUP_IN_PROGRESS,
+    completed: BACKUP_COMPLETED,
+    completed_message: "Backup finished",
+    succeeded: BACKUP_SUCCEEDED,
+};
+
+pub const RESTORE_REASONS: PhaseReasons = PhaseReasons {
+    in_progress: RESTORE_IN_PROGRESS,
+    completed: RESTORE_COMPLETED,
+    completed_message: "Restore finished",
+    succeeded: RESTORE_SUCCEEDED,
+};
+
+/// A list of conditions, changed one type at a time: setting one never touches another, and a
+/// condition whose status stays keeps its lastTransitionTime.
+pub struct Conditions<'a> {
+    list: &'a mut Vec<Condition>,
+    observed_generation: Option<i64>,
+    now: Time,
+}
+
+impl<'a> Conditions<'a> {
+    pub fn new(list: &'a mut Vec<Condition>, observed_generation: Option<i64>, now: Time) -> Self {
+        Conditions { list, observed_generation, now }
+    }
+
+    /// Sets the condition of `type_`, replacing one of that type if there is one.
+    pub fn set(&mut self, type_: &str, status: Status, reason: &str, message: &str) -> &mut Self {
+        let condition = condition(type_, status, reason, message, self.list, self.observed_generation, &self.now);
+        match self.list.iter_mut().find(|c| c.type_ == type_) {
+            Some(existing) => *existing = condition,
+            None => self.list.push(condition),
+        }
+        self
+    }
+
+    pub fn remove(&mut self, type_: &str) -> &mut Self {
+        self.list.retain(|c| c.type_ != type_);
+        self
+    }
+
+    /// The specification's rows for `phase` (below); the one of Ready and Failed that would contradict
+    /// it is removed, any other condition (Verified) is left as it is. `message` goes on the condition
+    /// that says most about the phase.
+    pub fn set_phase(&mut self, phase: Phase<'_>, reasons: &PhaseReasons, message: &str) -> &mut Self {
+        match phase {
+            Phase::InProgress => {
+                self.set(PROGRESSING, Status::True, reasons.in_progress, message).remove(READY).remove(FAILED)
+            }
+            Phase::Succeeded => self
+                .set(PROGRESSING, Status::False, reasons.completed, reasons.completed_message)
+                .set(READY, Status::True, reasons.succeeded, message)
+                .remove(FAILED),
+            Phase::Failed(reason) => self
+                .set(PROGRESSING, Status::False, reasons.completed, reasons.completed_message)
+                .set(FAILED, Status::True, reason, message)
+                .remove(READY),
+        }
+    }
 }
 
 /// One condition. Its lastTransitionTime is taken from `existing` when the status there is the same.
-pub fn condition(
+fn condition(
     type_: &str,
-    status: &str,
+    status: Status,
     reason: &str,
     message: &str,
     existing: &[Condition],
     observed_generation: Option<i64>,
     now: &Time,
 ) -> Condition {
+    let status = status.as_str();
     let last_transition_time = existing
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -109,9 +170,14 @@ pub fn condition(
     }
 }
 
-/// The condition of `type_` whose status is "True", if any.
+/// Whether the condition of `type_` is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions.iter().any(|c| c.type_ == type_ && c.status == Status::True.as_str())
+}
+
+/// Whether the condition of `type_` is False.
+pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == Status::False.as_str())
 }
 
 #[cfg(test)]
@@ -122,33 +188,64 @@ mod tests {
         Time(jiff::Timestamp::from_second(secs).unwrap())
     }
 
+    fn rows(list: &[Condition]) -> Vec<(String, String, String)> {
+        list.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect()
+    }
+
+    fn row(a: &str, b: &str, c: &str) -> (String, String, String) {
+        (a.to_owned(), b.to_owned(), c.to_owned())
+    }
+
     #[test]
     fn each_phase_yields_exactly_the_table_rows() {
-        let rows = |p: Phase| -> Vec<(String, String, String)> {
-            conditions_for(&p, "m", &[], Some(1), &at(0)).into_iter().map(|c| (c.type_, c.status, c.reason)).collect()
+        let phase = |p: Phase| {
+            let mut list = Vec::new();
+            Conditions::new(&mut list, Some(1), at(0)).set_phase(p, &BACKUP_REASONS, "m");
+            rows(&list)
         };
-        let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
-        assert_eq!(rows(Phase::InProgress), vec![s("Progressing", "True", "BackupInProgress")]);
+        assert_eq!(phase(Phase::InProgress), vec![row("Progressing", "True", "BackupInProgress")]);
         assert_eq!(
-            rows(Phase::Succeeded),
-            vec![s("Progressing", "False", "BackupCompleted"), s("Ready", "True", "BackupSucceeded")]
+            phase(Phase::Succeeded),
+            vec![row("Progressing", "False", "BackupCompleted"), row("Ready", "True", "BackupSucceeded")]
         );
         assert_eq!(
-            rows(Phase::Failed),
-            vec![s("Progressing", "False", "BackupCompleted"), s("Failed", "True", "BackupFailed")]
+            phase(Phase::Failed(BACKUP_FAILED)),
+            vec![row("Progressing", "False", "BackupCompleted"), row("Failed", "True", "BackupFailed")]
         );
     }
 
     #[test]
+    fn a_phase_leaves_other_conditions_and_drops_the_contradicting_one() {
+        let mut list = Vec::new();
+        Conditions::new(&mut list, Some(1), at(0)).set_phase(Phase::Succeeded, &BACKUP_REASONS, "ok").set(
+            VERIFIED,
+            Status::True,
+            SNAPSHOT_VERIFIED,
+            "read back",
+        );
+        Conditions::new(&mut list, Some(2), at(5)).set_phase(Phase::Failed(BACKUP_FAILED), &BACKUP_REASONS, "bad");
+        assert_eq!(
+            rows(&list),
+            vec![
+                row("Progressing", "False", "BackupCompleted"),
+                row("Verified", "True", "SnapshotVerified"),
+                row("Failed", "True", "BackupFailed"),
+            ]
+        );
+        assert!(is_false(&list, PROGRESSING) && !is_true(&list, READY));
+    }
+
+    #[test]
     fn transition_time_moves_only_when_status_changes() {
-        let running = conditions_for(&Phase::InProgress, "attempt 1", &[], Some(1), &at(10));
-        let again = conditions_for(&Phase::InProgress, "attempt 2", &running, Some(1), &at(20));
-        assert_eq!(again[0].last_transition_time, at(10));
-        assert_eq!(again[0].message, "attempt 2");
-        let done = conditions_for(&Phase::Succeeded, "ok", &again, Some(1), &at(30));
-        assert_eq!(done[0].last_transition_time, at(30));
-        assert!(is_true(&done, READY));
-        assert!(!is_true(&done, FAILED));
-        assert!(!is_true(&done, PROGRESSING));
+        let mut list = Vec::new();
+        Conditions::new(&mut list, Some(1), at(10)).set_phase(Phase::InProgress, &BACKUP_REASONS, "attempt 1");
+        Conditions::new(&mut list, Some(1), at(20)).set_phase(Phase::InProgress, &BACKUP_REASONS, "attempt 2");
+        assert_eq!(list[0].last_transition_time, at(10));
+        assert_eq!(list[0].message, "attempt 2");
+        Conditions::new(&mut list, Some(1), at(30)).set_phase(Phase::Succeeded, &BACKUP_REASONS, "ok");
+        assert_eq!(list[0].last_transition_time, at(30));
+        assert!(is_true(&list, READY));
+        assert!(!is_true(&list, FAILED));
+        assert!(!is_true(&list, PROGRESSING));
     }
 }

@@ -17,6 +17,9 @@ pub enum Error {
     Verify { key: String, cause: teb_pipeline::Error },
     #[error("Restore refused or failed: {0}")]
     Restore(String),
+    /// Refused before anything was changed: etcd runs on the node.
+    #[error("Restore refused or failed: {0}")]
+    RestoreRefused(String),
     #[error("Invalid spec: {0}")]
     Spec(String),
     #[error("Kubernetes API error: {0}")]
@@ -44,6 +47,7 @@ impl Error {
             | Error::Secret { .. }
             | Error::Spec(_)
             | Error::Restore(_)
+            | Error::RestoreRefused(_)
             | Error::Internal(_) => false,
         }
     }
@@ -57,7 +61,7 @@ impl Error {
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) => "s3",
             Error::Verify { .. } => "verify",
-            Error::Restore(_) => "restore",
+            Error::Restore(_) | Error::RestoreRefused(_) => "restore",
             Error::Spec(_) => "spec",
             Error::Kube(_) => "kubernetes",
             Error::Cleanup(_) => "cleanup",

@@ -240,17 +240,36 @@ impl DecryptArgs {
     }
 }
 
+/// Which stored backup a command reads: one key, or the newest.
 #[derive(Args)]
-struct VerifyArgs {
-    /// Key of the object to verify.
+struct BackupChoice {
+    /// Key of the backup.
     #[arg(long, required_unless_present = "latest", conflicts_with = "latest")]
     key: Option<String>,
-    /// Verify the newest backup (of --cluster, when given) instead of --key.
+    /// The newest backup (of --cluster, when given) instead of --key.
     #[arg(long)]
     latest: bool,
     /// With --latest: only this control plane's backups.
     #[arg(long, requires = "latest")]
     cluster: Option<String>,
+}
+
+impl BackupChoice {
+    /// The key named, or the newest backup's in the bucket (`what` says what it is for, in the error).
+    async fn key(self, location: &S3Location, settings: &Settings, what: &str) -> anyhow::Result<String> {
+        match self.key {
+            Some(key) => Ok(key),
+            None => job::latest_key(location, self.cluster.as_deref(), settings)
+                .await?
+                .with_context(|| format!("no backup in bucket {:?} to {what}", location.bucket)),
+        }
+    }
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    backup: BackupChoice,
     #[command(flatten)]
     bucket: BucketArgs,
     #[command(flatten)]
@@ -264,15 +283,8 @@ struct VerifyArgs {
 struct RestoreArgs {
     #[command(flatten)]
     talos: TalosArgs,
-    /// Key of the backup to restore.
-    #[arg(long, required_unless_present = "latest", conflicts_with = "latest")]
-    key: Option<String>,
-    /// Restore the newest backup (of --cluster, when given) instead of --key.
-    #[arg(long)]
-    latest: bool,
-    /// With --latest: only this control plane's backups.
-    #[arg(long, requires = "latest")]
-    cluster: Option<String>,
+    #[command(flatten)]
+    backup: BackupChoice,
     /// Control-plane node to recover on; the talosconfig's first node, else the endpoint node.
     #[arg(long)]
     node: Option<String>,
@@ -484,12 +496,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let location = args.bucket.location()?;
     let identities = args.decrypt.identities()?;
     let settings = Settings::default();
-    let key = match args.key {
-        Some(key) => key,
-        None => job::latest_key(&location, args.cluster.as_deref(), &settings)
-            .await?
-            .with_context(|| format!("no backup in bucket {:?} to verify", args.bucket.bucket))?,
-    };
+    let key = args.backup.key(&location, &settings, "verify").await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let started = Instant::now();
@@ -533,12 +540,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let location = args.bucket.location()?;
     let identities = args.decrypt.identities()?;
     let settings = Settings::default();
-    let key = match args.key {
-        Some(key) => key,
-        None => job::latest_key(&location, args.cluster.as_deref(), &settings)
-            .await?
-            .with_context(|| format!("no backup in bucket {:?} to restore", args.bucket.bucket))?,
-    };
+    let key = args.backup.key(&location, &settings, "restore").await?;
     let (client, plan) = restore::plan(&talos, &location, &key, args.node.as_deref(), &settings).await?;
     let etcd = match &plan.etcd {
         EtcdState::Running { member_id, db_size } => {

@@ -103,7 +103,7 @@ pub async fn restore(
     let started = Instant::now();
     let node = plan.node.as_deref();
     if let EtcdState::Running { member_id, .. } = plan.etcd {
-        return Err(Error::Restore(format!(
+        return Err(Error::RestoreRefused(format!(
             "etcd on node {} is running (member {member_id:x}): restoring over a live etcd is refused. A \
              recovery needs etcd waiting to be bootstrapped: wipe etcd on every control-plane node (talosctl \
              reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false), then restore to one of them",

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, FAILED, Phase, READY};
+use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
 use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
 use teb_pipeline::{Format, UploadRef};
 
@@ -124,7 +124,7 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -
                 tracing::warn!(%namespace, %name, %error, attempt, "backup failed");
                 status.completion_time = Some(now());
                 status.attempt_key = None;
-                set_phase(&mut status, Phase::Failed, message.clone());
+                set_phase(&mut status, Phase::Failed(conditions::BACKUP_FAILED), message.clone());
                 patch_status(&api, &name, &status).await?;
                 ctx.metrics.finished(metrics::BackupResult::failed, elapsed_seconds(&status));
                 ctx.event(&backup, EventType::Warning, "BackupFailed", message).await;
@@ -368,22 +368,13 @@ async fn verify_stored(
         Err(error) => Err(error.to_string()),
     };
     let (state, reason, message) = match &outcome {
-        Ok(message) => ("True", conditions::SNAPSHOT_VERIFIED, message.clone()),
-        Err(message) => ("False", conditions::VERIFICATION_FAILED, message.clone()),
+        Ok(message) => (Status::True, conditions::SNAPSHOT_VERIFIED, message.clone()),
+        Err(message) => (Status::False, conditions::VERIFICATION_FAILED, message.clone()),
     };
     status.verified = Some(outcome.is_ok());
     status.verified_at = Some(now());
-    status.conditions.retain(|c| c.type_ != conditions::VERIFIED);
     let generation = status.observed_generation;
-    status.conditions.push(conditions::condition(
-        conditions::VERIFIED,
-        state,
-        reason,
-        &message,
-        &[],
-        generation,
-        &now(),
-    ));
+    Conditions::new(&mut status.conditions, generation, now()).set(conditions::VERIFIED, state, reason, &message);
     patch_status(api, &backup.name_any(), &status).await?;
     let result = if outcome.is_ok() { metrics::VerifyResult::passed } else { metrics::VerifyResult::failed };
     ctx.metrics.verifications.get_or_create(&metrics::VerifyLabels { result }).inc();
@@ -433,8 +424,8 @@ async fn attempt_backup(
 }
 
 fn set_phase(status: &mut TalosEtcdBackupStatus, phase: Phase, message: String) {
-    status.conditions =
-        conditions::conditions_for(&phase, &message, &status.conditions, status.observed_generation, &now());
+    let generation = status.observed_generation;
+    Conditions::new(&mut status.conditions, generation, now()).set_phase(phase, &BACKUP_REASONS, &message);
 }
 
 /// From the first attempt's start to the completion.

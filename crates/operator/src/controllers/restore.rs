@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, FAILED, PROGRESSING, READY};
+use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS};
 use teb_api::{
     BackupStorage, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
 };
@@ -49,7 +48,7 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdRestore>, ctx: Arc<Context>) 
     let result = crate::isolate(run(&api, &restore, &ctx, &mut status)).await;
     match result {
         Ok(()) => Ok(Action::await_change()),
-        Err(Error::Restore(message)) if message.contains("restoring over a live etcd is refused") => {
+        Err(Error::RestoreRefused(message)) => {
             fail(&api, &restore, &ctx, status, conditions::RESTORE_REFUSED, message).await
         }
         Err(error) => fail(&api, &restore, &ctx, status, conditions::RESTORE_FAILED, error.to_string()).await,
@@ -69,7 +68,7 @@ async fn run(
     status.key = Some(key.clone());
     if let EtcdState::NotRunning { .. } = plan.etcd {
         let message = format!("Restoring {key} ({} bytes) onto node {}", plan.size, plan.node_label);
-        set_conditions(status, &[(PROGRESSING, "True", conditions::RESTORE_IN_PROGRESS, &message)]);
+        set_phase(status, Phase::InProgress, &message);
         patch_status(api, &restore.name_any(), status).await?;
         ctx.event(restore, EventType::Normal, "RestoreStarted", message).await;
     }
@@ -88,13 +87,7 @@ async fn run(
         "Restored {key} ({} bytes, SHA-256 verified) onto node {}: etcd member {:x} is up ({:.1} s)",
         restored.checked.size, plan.node_label, restored.member_id, restored.seconds
     );
-    set_conditions(
-        status,
-        &[
-            (PROGRESSING, "False", conditions::RESTORE_COMPLETED, "Restore finished"),
-            (READY, "True", conditions::RESTORE_SUCCEEDED, &message),
-        ],
-    );
+    set_phase(status, Phase::Succeeded, &message);
     patch_status(api, &restore.name_any(), status).await?;
     tracing::info!(name = %restore.name_any(), %key, node = %plan.node_label, "restore succeeded");
     ctx.event(restore, EventType::Normal, "RestoreSucceeded", message).await;
@@ -176,27 +169,14 @@ async fn fail(
 ) -> Result<Action, Error> {
     status.completion_time = Some(now());
     status.observed_generation = restore.metadata.generation;
-    set_conditions(
-        &mut status,
-        &[
-            (PROGRESSING, "False", conditions::RESTORE_COMPLETED, "Restore finished"),
-            (FAILED, "True", reason, &message),
-        ],
-    );
+    set_phase(&mut status, Phase::Failed(reason), &message);
     patch_status(api, &restore.name_any(), &status).await?;
     tracing::warn!(name = %restore.name_any(), %message, "restore failed");
     ctx.event(restore, EventType::Warning, reason, message).await;
     Ok(Action::await_change())
 }
 
-/// Replaces the conditions with `wanted` (type, status, reason, message): no stale one survives.
-fn set_conditions(status: &mut TalosEtcdRestoreStatus, wanted: &[(&str, &str, &str, &str)]) {
-    let existing: Vec<Condition> = std::mem::take(&mut status.conditions);
+fn set_phase(status: &mut TalosEtcdRestoreStatus, phase: Phase, message: &str) {
     let generation = status.observed_generation;
-    status.conditions = wanted
-        .iter()
-        .map(|(type_, state, reason, message)| {
-            conditions::condition(type_, state, reason, message, &existing, generation, &now())
-        })
-        .collect();
+    Conditions::new(&mut status.conditions, generation, now()).set_phase(phase, &RESTORE_REASONS, message);
 }

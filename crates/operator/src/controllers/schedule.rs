@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, FAILED, READY, STALE};
+use teb_api::conditions::{self, Conditions, FAILED, READY, STALE, Status};
 use teb_api::{
     ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,
     TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
@@ -64,18 +64,16 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let mut status = previous.clone();
     status.observed_generation = schedule.metadata.generation;
     let generation = status.observed_generation;
-    let condition = |type_: &str, state: &str, reason: &str, message: &str| {
-        conditions::condition(type_, state, reason, message, &previous.conditions, generation, &super::now())
-    };
 
     let parsed = match check(&schedule) {
         Ok(parsed) => parsed,
         Err(message) => {
             status.next_schedule_time = None;
-            status.conditions = vec![
-                condition(READY, "False", conditions::INVALID_SCHEDULE, &message),
-                condition(FAILED, "True", conditions::INVALID_SCHEDULE, &message),
-            ];
+            Conditions::new(&mut status.conditions, generation, super::now())
+                .set(READY, Status::False, conditions::INVALID_SCHEDULE, &message)
+                .set(FAILED, Status::True, conditions::INVALID_SCHEDULE, &message)
+                .remove(STALE)
+                .remove(conditions::STORAGE_READY);
             if status != previous {
                 tracing::warn!(%namespace, %name, %message, "invalid schedule");
                 ctx.event(&schedule, EventType::Warning, conditions::INVALID_SCHEDULE, message).await;
@@ -95,12 +93,7 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let mut wake_at: Option<Timestamp> = None;
     let ready = if schedule.spec.paused {
         status.next_schedule_time = None;
-        condition(
-            READY,
-            "True",
-            conditions::SCHEDULE_PAUSED,
-            "Paused: no backups are created until spec.paused is false",
-        )
+        (conditions::SCHEDULE_PAUSED, "Paused: no backups are created until spec.paused is false".to_owned())
     } else {
         let since = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
         let deadline = schedule.spec.starting_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
@@ -124,7 +117,7 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
         status.next_schedule_time = next.map(Time);
         wake_at = next;
         let message = next.map_or("No further runs".to_owned(), |t| format!("Next backup at {t}"));
-        condition(READY, "True", conditions::SCHEDULE_ACTIVE, &message)
+        (conditions::SCHEDULE_ACTIVE, message)
     };
     active.sort();
     status.active_backups = active;
@@ -136,7 +129,7 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
             let since =
                 last_success.map_or_else(|| "since the schedule was created".to_owned(), |t| format!("since {t}"));
             let message = format!("No backup succeeded {since}: two scheduled runs passed without a successful backup");
-            condition(STALE, "True", conditions::NO_RECENT_BACKUP, &message)
+            (Status::True, conditions::NO_RECENT_BACKUP, message)
         }
         _ => {
             if !schedule.spec.paused {
@@ -145,12 +138,16 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
             let message = last_success.map_or("No scheduled run has passed yet".to_owned(), |t| {
                 format!("Newest successful backup completed at {t}")
             });
-            condition(STALE, "False", conditions::RECENT_BACKUP, &message)
+            (Status::False, conditions::RECENT_BACKUP, message)
         }
     };
     let (storage, next_check) = storage_condition(&schedule, &ctx, &previous, &mut status, now).await;
     wake_at = earliest(wake_at, Some(next_check));
-    status.conditions = vec![ready, stale, storage];
+    let mut conditions = Conditions::new(&mut status.conditions, generation, super::now());
+    conditions.set(READY, Status::True, ready.0, &ready.1).set(STALE, stale.0, stale.1, &stale.2).remove(FAILED);
+    if let Some((state, reason, message)) = storage {
+        conditions.set(conditions::STORAGE_READY, state, reason, &message);
+    }
 
     prune(&backups, &schedule, &ctx, &parsed, &owned).await;
     if status != previous {
@@ -185,23 +182,23 @@ fn check(schedule: &TalosEtcdBackupSchedule) -> Result<Schedule, String> {
     Ok(parsed)
 }
 
-/// The `StorageReady` condition: the bucket checked ([`job::check_storage`]) when the spec changed,
-/// an hour after it last worked or 5 minutes after it last failed; else the previous result. Returns
-/// it with the time of the next check.
+/// The `StorageReady` condition (status, reason, message): the bucket checked ([`job::check_storage`])
+/// when the spec changed, an hour after it last worked or 5 minutes after it last failed; else none,
+/// and the previous one stands. Returns it with the time of the next check.
 async fn storage_condition(
     schedule: &TalosEtcdBackupSchedule,
     ctx: &Context,
     previous: &TalosEtcdBackupScheduleStatus,
     status: &mut TalosEtcdBackupScheduleStatus,
     now: Timestamp,
-) -> (Condition, Timestamp) {
+) -> (Option<(Status, &'static str, String)>, Timestamp) {
     let interval = |ok: bool| if ok { STORAGE_CHECK_INTERVAL } else { STORAGE_RECHECK_INTERVAL };
     let after = |t: Timestamp, ok: bool| t.checked_add(interval(ok)).unwrap_or(t);
     let old = previous.conditions.iter().find(|c| c.type_ == conditions::STORAGE_READY);
     if let (Some(old), Some(checked)) = (old, &previous.last_storage_check_time) {
-        let next = after(checked.0, old.status == "True");
+        let next = after(checked.0, old.status == Status::True.as_str());
         if old.observed_generation == status.observed_generation && next > now {
-            return (old.clone(), next);
+            return (None, next);
         }
     }
     let template = &schedule.spec.backup_template.spec;
@@ -215,25 +212,18 @@ async fn storage_condition(
     status.last_storage_check_time = Some(Time(now));
     let bucket = &template.backup_storage.s3.bucket;
     let (state, reason, message) = match &result {
-        Ok(()) => ("True", conditions::STORAGE_REACHABLE, format!("Bucket {bucket:?} accepted a test upload")),
-        Err(error) => {
-            ("False", conditions::STORAGE_UNREACHABLE, format!("Bucket {bucket:?} refused a test upload: {error}"))
-        }
+        Ok(()) => (Status::True, conditions::STORAGE_REACHABLE, format!("Bucket {bucket:?} accepted a test upload")),
+        Err(error) => (
+            Status::False,
+            conditions::STORAGE_UNREACHABLE,
+            format!("Bucket {bucket:?} refused a test upload: {error}"),
+        ),
     };
-    if result.is_err() && old.is_none_or(|c| c.status != "False") {
+    if result.is_err() && !conditions::is_false(&previous.conditions, conditions::STORAGE_READY) {
         tracing::warn!(schedule = %schedule.name_any(), %message, "storage check failed");
         ctx.event(schedule, EventType::Warning, "StorageCheckFailed", message.clone()).await;
     }
-    let condition = conditions::condition(
-        conditions::STORAGE_READY,
-        state,
-        reason,
-        &message,
-        &previous.conditions,
-        status.observed_generation,
-        &super::now(),
-    );
-    (condition, after(now, result.is_ok()))
+    (Some((state, reason, message)), after(now, result.is_ok()))
 }
 
 /// Creates the backup of the run scheduled `at`, unless it exists already (a run repeated after a
