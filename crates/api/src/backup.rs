@@ -241,6 +241,9 @@ pub struct TalosEtcdBackupStatus {
     /// Number of attempts made so far.
     #[serde(default)]
     pub attempts: i32,
+    /// After an attempt failed for a passing reason: when the next one starts (the backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

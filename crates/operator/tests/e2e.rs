@@ -1733,7 +1733,7 @@ async fn injected_faults_fire_and_end_as_promised() {
     // apid sends a bad_certificate alert and closes the connection; the client reads the alert (then the
     // error names the certificate and is not retried), unless the close overtakes it (as with real Talos,
     // whose close also resets the connection while the client's first request is unread): then it is
-    // a transport error, retried once.
+    // a transport error (Unknown, retried once, or Cancelled, not retried).
     let status = scenario.expect_failed("refused-certificate", "Failed to reach the Talos API: ", "").await;
     let message = &condition(&status, FAILED).unwrap().message;
     if message.contains("Talos refused the client certificate") {
@@ -1741,7 +1741,7 @@ async fn injected_faults_fire_and_end_as_promised() {
         assert_eq!(status.attempts, 1, "a refused certificate is not retried: {status:?}");
     } else {
         assert!(message.contains("transport error"), "{message}");
-        assert_eq!(status.attempts, 2, "{status:?}");
+        assert!((1..=2).contains(&status.attempts), "{status:?}");
     }
     assert_eq!(objects().await, 4);
     assert!(scenario.s3.unfinished_uploads().is_empty());

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -19,119 +21,154 @@ use crate::job;
 use crate::metrics;
 use crate::{Error, resolve};
 
+/// What a reconcile of a backup does next, decided from the object alone ([`decide`]).
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Being deleted: clean up what it leaves in the bucket, then let it go.
+    CleanUp,
+    /// Ready, or Failed for this generation: only what is left (the finalizer, aborts S3 refused, a
+    /// verification asked for).
+    Finished,
+    /// An attempt failed for a passing reason; the next starts then.
+    WaitUntil(Timestamp),
+    /// Run the next attempt; `fresh` when a failed backup's spec changed, so it starts over.
+    Attempt { fresh: bool },
+}
+
+fn decide(backup: &TalosEtcdBackup, now: Timestamp) -> Step {
+    if backup.metadata.deletion_timestamp.is_some() {
+        return Step::CleanUp;
+    }
+    let status = backup.status.clone().unwrap_or_default();
+    let failed = conditions::is_true(&status.conditions, FAILED);
+    let this_generation = status.observed_generation == backup.metadata.generation;
+    if conditions::is_true(&status.conditions, READY) || (failed && this_generation) {
+        return Step::Finished;
+    }
+    match status.next_attempt_time {
+        Some(at) if !failed && at.0 > now => Step::WaitUntil(at.0),
+        _ => Step::Attempt { fresh: failed },
+    }
+}
+
 pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let namespace = cached.namespace().unwrap_or_default();
-    let name = cached.name_any();
-    let api = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &namespace);
+    let api = Api::<TalosEtcdBackup>::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
     // Decide from a fresh read, not the cache: our own status patches re-trigger reconciles, and the
     // cache may not yet hold the Ready status a just-finished run wrote. Running again would store a
     // second snapshot.
-    let Some(backup) = api.get_opt(&name).await? else {
+    let Some(backup) = api.get_opt(&cached.name_any()).await? else {
         return Ok(Action::await_change());
     };
-    if backup.metadata.deletion_timestamp.is_some() {
-        return clean_up(&api, &backup, &ctx).await;
-    }
-    let previous = backup.status.clone().unwrap_or_default();
-    let generation = backup.metadata.generation;
-    let done = conditions::is_true(&previous.conditions, READY)
-        || (conditions::is_true(&previous.conditions, FAILED) && previous.observed_generation == generation);
-    if done {
-        // Finished, but an abort could not reach S3 then: keep trying until it does.
-        // The finalizer first: aborting may write the status, which changes the resourceVersion the
-        // finalizer patch names. The status write re-triggers a reconcile that drops a finalizer no
-        // longer needed.
-        let mut status = previous;
-        if conditions::is_true(&status.conditions, READY) {
-            ctx.record_success_time(&backup, &status);
+    match decide(&backup, Timestamp::now()) {
+        Step::CleanUp => clean_up(&api, &backup, &ctx).await,
+        Step::Finished => finish(&api, &backup, &ctx).await,
+        Step::WaitUntil(at) => {
+            Ok(Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()))
         }
-        finalizer::set(&api, &backup, needs_finalizer(&backup, &status, true)).await?;
-        abort_unfinished(&api, &backup, &ctx, &mut status).await?;
-        if backup.spec.verify && status.verified.is_none() && conditions::is_true(&status.conditions, READY) {
-            return verify_stored(&api, &backup, &ctx, status).await;
-        }
-        return Ok(ctx.after_finish(&status));
+        Step::Attempt { fresh } => attempt(&api, &backup, &ctx, fresh).await,
     }
+}
+
+/// A finished backup: an abort S3 could not take then is retried until it does, and `spec.verify`
+/// set after the fact verifies it now.
+async fn finish(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Context) -> Result<Action, Error> {
+    // The finalizer first: aborting may write the status, which changes the resourceVersion the
+    // finalizer patch names. The status write re-triggers a reconcile that drops a finalizer no
+    // longer needed.
+    let mut status = backup.status.clone().unwrap_or_default();
+    if conditions::is_true(&status.conditions, READY) {
+        ctx.record_success_time(backup, &status);
+    }
+    finalizer::set(api, backup, needs_finalizer(backup, &status)).await?;
+    abort_unfinished(api, backup, ctx, &mut status).await?;
+    if backup.spec.verify && status.verified.is_none() && conditions::is_true(&status.conditions, READY) {
+        return verify_stored(api, backup, ctx, status).await;
+    }
+    Ok(ctx.after_finish(&status))
+}
+
+/// One attempt, after recording what an interrupted one stored (then the backup is Ready) or aborting
+/// what it left. A failure that may pass schedules the next attempt after a backoff (`nextAttemptTime`,
+/// a requeue: no reconcile sleeps); the last, or one that will not pass, fails the backup.
+async fn attempt(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    fresh: bool,
+) -> Result<Action, Error> {
+    let (namespace, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
     // From here on an upload may start: deleting the backup must then abort it first.
-    finalizer::set(&api, &backup, true).await?;
-    // A failed backup whose spec changed starts over; an interrupted one resumes its attempt count.
-    let mut status = if conditions::is_true(&previous.conditions, FAILED) {
+    finalizer::set(api, backup, true).await?;
+    let previous = backup.status.clone().unwrap_or_default();
+    let mut status = if fresh {
         TalosEtcdBackupStatus { unfinished_uploads: previous.unfinished_uploads, ..Default::default() }
     } else {
         previous
     };
-    status.observed_generation = generation;
+    status.observed_generation = backup.metadata.generation;
+    status.next_attempt_time = None;
     status.start_time.get_or_insert_with(now);
     let max = ctx.config.max_attempts.max(1) as i32;
     if status.attempts == 0 {
-        ctx.event(
-            &backup,
-            EventType::Normal,
-            "BackupStarted",
-            format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name),
-        )
-        .await;
+        let message = format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name);
+        ctx.event(backup, EventType::Normal, "BackupStarted", message).await;
     }
     // An attempt cut off after its upload completed (its Ready status could not be written) left the
     // backup in the bucket: record it rather than store a second copy nobody would point at.
     if let Some(key) = status.attempt_key.clone() {
-        match crate::isolate(find_stored(&backup, &ctx, &key)).await {
+        match crate::isolate(find_stored(backup, ctx, &key)).await {
             Ok(Some(outcome)) => {
                 tracing::info!(%namespace, %name, %key, "found the snapshot an interrupted attempt stored");
                 // Its upload is complete: S3 no longer knows it, so this only clears the record.
-                abort_unfinished(&api, &backup, &ctx, &mut status).await?;
-                return succeed(&api, &backup, &ctx, status, outcome).await;
+                abort_unfinished(api, backup, ctx, &mut status).await?;
+                return succeed(api, backup, ctx, status, outcome).await;
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%namespace, %name, %error, "cannot look for an earlier attempt's snapshot"),
         }
     }
     // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
-    abort_unfinished(&api, &backup, &ctx, &mut status).await?;
-    loop {
-        status.attempts += 1;
-        let attempt = status.attempts;
-        let format = resolve::format_of(&backup.spec);
-        let key = job::snapshot_key(&backup.spec.talos_control_plane_ref.name, jiff::Timestamp::now(), format);
-        status.attempt_key = Some(key.clone());
-        set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
-        patch_status(&api, &name, &status).await?;
-        tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
-        let running = metrics::Running::start(&ctx.metrics.in_progress);
-        let result = crate::isolate(attempt_backup(&api, &backup, &ctx, &key, &mut status)).await;
-        drop(running);
-        if let Err(error) = &result {
-            ctx.metrics.errors.get_or_create(&metrics::ErrorLabels { kind: error.kind() }).inc();
-        }
-        if result.is_err() {
-            // The pipeline aborted its upload already; this confirms it (or keeps it for later).
-            abort_unfinished(&api, &backup, &ctx, &mut status).await?;
-        }
-        match result {
-            Ok(outcome) => return succeed(&api, &backup, &ctx, status, outcome).await,
-            Err(error) if error.is_transient() && attempt < max => {
-                let delay = backoff(ctx.config.retry_backoff, attempt);
-                let message = format!("Attempt {attempt} of {max} failed: {error}; retrying in {}s", delay.as_secs());
-                tracing::warn!(%namespace, %name, %error, attempt, "backup attempt failed; retrying");
-                set_phase(&mut status, Phase::InProgress, message.clone());
-                patch_status(&api, &name, &status).await?;
-                ctx.event(&backup, EventType::Warning, "BackupAttemptFailed", message).await;
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => {
-                let message =
-                    if attempt > 1 { format!("{error} (after {attempt} attempts)") } else { error.to_string() };
-                tracing::warn!(%namespace, %name, %error, attempt, "backup failed");
-                status.completion_time = Some(now());
-                status.attempt_key = None;
-                set_phase(&mut status, Phase::Failed(conditions::BACKUP_FAILED), message.clone());
-                patch_status(&api, &name, &status).await?;
-                ctx.metrics.finished(metrics::BackupResult::failed, elapsed_seconds(&status));
-                ctx.event(&backup, EventType::Warning, "BackupFailed", message).await;
-                return Ok(ctx.after_finish(&status));
-            }
-        }
+    abort_unfinished(api, backup, ctx, &mut status).await?;
+    status.attempts += 1;
+    let attempt = status.attempts;
+    let key = job::snapshot_key(
+        &backup.spec.talos_control_plane_ref.name,
+        Timestamp::now(),
+        resolve::format_of(&backup.spec),
+    );
+    status.attempt_key = Some(key.clone());
+    set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
+    patch_status(api, &name, &status).await?;
+    tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
+    let running = metrics::Running::start(&ctx.metrics.in_progress);
+    let result = crate::isolate(attempt_backup(api, backup, ctx, &key, &mut status)).await;
+    drop(running);
+    let error = match result {
+        Ok(outcome) => return succeed(api, backup, ctx, status, outcome).await,
+        Err(error) => error,
+    };
+    ctx.metrics.errors.get_or_create(&metrics::ErrorLabels { kind: error.kind() }).inc();
+    // The pipeline aborted its upload already; this confirms it (or keeps it for later).
+    abort_unfinished(api, backup, ctx, &mut status).await?;
+    if error.is_transient() && attempt < max {
+        let delay = backoff(ctx.config.retry_backoff, attempt);
+        let message = format!("Attempt {attempt} of {max} failed: {error}; retrying in {}s", delay.as_secs());
+        tracing::warn!(%namespace, %name, %error, attempt, "backup attempt failed; retrying");
+        status.next_attempt_time = Some(Time(Timestamp::now() + delay));
+        set_phase(&mut status, Phase::InProgress, message.clone());
+        patch_status(api, &name, &status).await?;
+        ctx.event(backup, EventType::Warning, "BackupAttemptFailed", message).await;
+        return Ok(Action::requeue(delay));
     }
+    let message = if attempt > 1 { format!("{error} (after {attempt} attempts)") } else { error.to_string() };
+    tracing::warn!(%namespace, %name, %error, attempt, "backup failed");
+    status.completion_time = Some(now());
+    status.attempt_key = None;
+    set_phase(&mut status, Phase::Failed(conditions::BACKUP_FAILED), message.clone());
+    patch_status(api, &name, &status).await?;
+    ctx.metrics.finished(metrics::BackupResult::failed, elapsed_seconds(&status));
+    ctx.event(backup, EventType::Warning, "BackupFailed", message).await;
+    Ok(ctx.after_finish(&status))
 }
 
 /// Removes what a backup leaves in the bucket when it is deleted (its unfinished uploads; its
@@ -225,11 +262,11 @@ async fn namespace_deleting(client: &kube::Client, namespace: &str) -> Result<bo
     Ok(namespaces.get_opt(namespace).await?.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()))
 }
 
-/// Whether deleting `backup` must wait for the operator: while an upload may run or is unfinished,
-/// or when the snapshot is to be deleted with it. A finished `Retain` backup needs nothing, so it can
-/// be deleted with no operator running.
-fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus, done: bool) -> bool {
-    !done || !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy() == DeletionPolicy::Delete
+/// Whether deleting a finished `backup` must wait for the operator: while an upload is unfinished, or
+/// when the snapshot is to be deleted with it. A finished `Retain` backup needs nothing, so it can be
+/// deleted with no operator running.
+fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus) -> bool {
+    !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy() == DeletionPolicy::Delete
 }
 
 fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {
@@ -478,6 +515,48 @@ mod tests {
         });
         backup.metadata.owner_references = Some(owners.collect());
         backup
+    }
+
+    /// A backup of generation `generation` whose status describes `observed`, in `phase`.
+    fn in_phase(phase: Option<Phase>, generation: i64, observed: i64, next_attempt: Option<i64>) -> TalosEtcdBackup {
+        let mut backup = backup(&[]);
+        backup.metadata.generation = Some(generation);
+        let mut status = TalosEtcdBackupStatus { observed_generation: Some(observed), ..Default::default() };
+        status.next_attempt_time = next_attempt.map(|s| Time(Timestamp::from_second(s).unwrap()));
+        if let Some(phase) = phase {
+            Conditions::new(&mut status.conditions, Some(observed), Time(Timestamp::UNIX_EPOCH)).set_phase(
+                phase,
+                &BACKUP_REASONS,
+                "m",
+            );
+        }
+        backup.status = Some(status);
+        backup
+    }
+
+    #[test]
+    fn decide_covers_every_state() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let decide = |b: &TalosEtcdBackup| decide(b, now);
+        let failed = Some(Phase::Failed(conditions::BACKUP_FAILED));
+        let attempt = Step::Attempt { fresh: false };
+        // New, and cut off mid-attempt (a crash): an attempt, which first looks for what the last stored.
+        assert_eq!(decide(&in_phase(None, 1, 1, None)), attempt);
+        assert_eq!(decide(&in_phase(Some(Phase::InProgress), 1, 1, None)), attempt);
+        // A transient failure: wait out the backoff, then the next attempt.
+        let waiting = in_phase(Some(Phase::InProgress), 1, 1, Some(1_010));
+        assert_eq!(decide(&waiting), Step::WaitUntil(Timestamp::from_second(1_010).unwrap()));
+        assert_eq!(decide(&in_phase(Some(Phase::InProgress), 1, 1, Some(1_000))), attempt);
+        // Ready is final whatever the generation; Failed only for the generation it describes.
+        assert_eq!(decide(&in_phase(Some(Phase::Succeeded), 2, 1, None)), Step::Finished);
+        assert_eq!(decide(&in_phase(failed, 1, 1, None)), Step::Finished);
+        assert_eq!(decide(&in_phase(failed, 2, 1, None)), Step::Attempt { fresh: true });
+        assert_eq!(decide(&in_phase(failed, 2, 1, Some(2_000))), Step::Attempt { fresh: true });
+        // Deletion comes first, in any state.
+        for mut backup in [in_phase(None, 1, 1, None), in_phase(Some(Phase::Succeeded), 1, 1, None), waiting] {
+            backup.metadata.deletion_timestamp = Some(Time(now));
+            assert_eq!(decide(&backup), Step::CleanUp);
+        }
     }
 
     #[test]
