@@ -111,11 +111,32 @@ pub async fn restore(
         )));
     }
     let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let verify_failed = |cause| Error::Verify { key: plan.key.clone(), cause };
-    let mut object = sink
+    let object = sink
         .read_snapshot(&plan.key, plan.format, identities, settings.limits.idle_timeout)
         .await
-        .map_err(verify_failed)?;
+        .map_err(|cause| Error::Verify { key: plan.key.clone(), cause })?;
+    let checked = stream_into_recover(client, plan, object, progress).await?;
+    if let Some(planned) = plan.sha256.as_ref().filter(|sha| **sha != checked.sha256) {
+        return Err(Error::Restore(format!(
+            "the object at {} changed while it was read (SHA-256 {} instead of {planned}); nothing was bootstrapped",
+            plan.key, checked.sha256
+        )));
+    }
+    client.bootstrap_recover(node).await.map_err(Error::Talos)?;
+    let (member_id, db_size) = wait_for_etcd(client, plan, wait).await?;
+    Ok(Restored { checked, member_id, db_size, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Streams the object into EtcdRecover, checking it on the way; a failed check cancels the upload (Talos
+/// then discards what it got).
+async fn stream_into_recover(
+    client: &TalosClient,
+    plan: &RestorePlan,
+    mut object: impl futures::Stream<Item = Result<bytes::Bytes, teb_pipeline::Error>> + Unpin,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<CheckedSnapshot, Error> {
+    let node = plan.node.as_deref();
+    let verify_failed = |cause| Error::Verify { key: plan.key.clone(), cause };
     // A small queue between S3 and Talos: memory stays a few chunks whatever the snapshot's size.
     let (tx, rx) = tokio::sync::mpsc::channel::<RecoverPart>(4);
     let upload = client.etcd_recover(node, tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -147,39 +168,30 @@ pub async fn restore(
         sent = send => sent,
         ended = &mut upload => return Err(upload_failed(ended.err())),
     };
-    let checked = match sent {
+    match sent {
         Ok(Some(checked)) => {
             drop(tx); // the end of the stream: Talos keeps the upload
             upload.await.map_err(|e| upload_failed(Some(e)))?;
-            checked
+            Ok(checked)
         }
-        Ok(None) => return Err(upload_failed(upload.await.err())),
+        Ok(None) => Err(upload_failed(upload.await.err())),
         Err(error) => {
             // Cancel rather than end the stream, so that Talos discards what it got.
             let _ = tx.send(RecoverPart::Abort).await;
             drop(tx);
             let _ = upload.await;
-            return Err(error);
+            Err(error)
         }
-    };
-    if let Some(planned) = plan.sha256.as_ref().filter(|sha| **sha != checked.sha256) {
-        return Err(Error::Restore(format!(
-            "the object at {} changed while it was read (SHA-256 {} instead of {planned}); nothing was bootstrapped",
-            plan.key, checked.sha256
-        )));
     }
-    client.bootstrap_recover(node).await.map_err(Error::Talos)?;
+}
+
+/// Waits up to `wait` for etcd on the node to answer after the recovery bootstrap: its member ID and
+/// database size.
+async fn wait_for_etcd(client: &TalosClient, plan: &RestorePlan, wait: Duration) -> Result<(u64, i64), Error> {
     let deadline = Instant::now() + wait;
     loop {
-        match client.etcd_status_on(node).await {
-            Ok(status) => {
-                return Ok(Restored {
-                    checked,
-                    member_id: status.member_id,
-                    db_size: status.db_size,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-            }
+        match client.etcd_status_on(plan.node.as_deref()).await {
+            Ok(status) => return Ok((status.member_id, status.db_size)),
             Err(e) if Instant::now() >= deadline => {
                 return Err(Error::Restore(format!(
                     "etcd did not come up on node {} within {wait:?} of the recovery bootstrap: {e}",

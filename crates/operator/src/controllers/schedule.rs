@@ -64,23 +64,9 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let mut status = previous.clone();
     status.observed_generation = schedule.metadata.generation;
     let generation = status.observed_generation;
-
     let parsed = match check(&schedule) {
         Ok(parsed) => parsed,
-        Err(message) => {
-            status.next_schedule_time = None;
-            Conditions::new(&mut status.conditions, generation, super::now())
-                .set(READY, Status::False, conditions::INVALID_SCHEDULE, &message)
-                .set(FAILED, Status::True, conditions::INVALID_SCHEDULE, &message)
-                .remove(STALE)
-                .remove(conditions::STORAGE_READY);
-            if status != previous {
-                tracing::warn!(%namespace, %name, %message, "invalid schedule");
-                ctx.event(&schedule, EventType::Warning, conditions::INVALID_SCHEDULE, message).await;
-                patch_status(&api, &name, &status).await?;
-            }
-            return Ok(Action::await_change());
-        }
+        Err(message) => return report_invalid(&api, &schedule, &ctx, &previous, status, message).await,
     };
     let owned: Vec<TalosEtcdBackup> = labelled
         .into_iter()
@@ -89,74 +75,118 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let mut active: Vec<String> =
         owned.iter().filter(|b| state_of(b) == State::Running).map(|b| b.name_any()).collect();
     record_success(&mut status, &owned, schedule.spec.verify);
-
-    let mut wake_at: Option<Timestamp> = None;
     let ready = if schedule.spec.paused {
         status.next_schedule_time = None;
         (conditions::SCHEDULE_PAUSED, "Paused: no backups are created until spec.paused is false".to_owned())
     } else {
-        let since = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
-        let deadline = schedule.spec.starting_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
-        match parsed.due(since, now, deadline) {
-            Due::NotYet => {}
-            Due::Run(at) => {
-                run(&backups, &schedule, &ctx, at, &owned, &mut active).await?;
-                status.last_schedule_time = Some(Time(at));
-            }
-            Due::Missed(at) => {
-                let message = format!(
-                    "Skipped the run scheduled at {at}: more than startingDeadlineSeconds ({}) late",
-                    deadline.unwrap_or_default().as_secs()
-                );
-                ctx.metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::missed }).inc();
-                ctx.event(&schedule, EventType::Warning, "MissedSchedule", message).await;
-                status.last_schedule_time = Some(Time(at));
-            }
-        }
-        let next = parsed.next_after(status.last_schedule_time.as_ref().map_or(created, |t| t.0));
-        status.next_schedule_time = next.map(Time);
-        wake_at = next;
-        let message = next.map_or("No further runs".to_owned(), |t| format!("Next backup at {t}"));
-        (conditions::SCHEDULE_ACTIVE, message)
+        take_due_run(&backups, &schedule, &ctx, &parsed, &owned, &mut active, &mut status).await?;
+        let next = status.next_schedule_time.as_ref().map(|t| t.0);
+        (conditions::SCHEDULE_ACTIVE, next.map_or("No further runs".to_owned(), |t| format!("Next backup at {t}")))
     };
     active.sort();
     status.active_backups = active;
-
     let last_success = status.last_successful_backup_time.as_ref().map(|t| t.0);
-    let stale_at = parsed.stale_at(last_success.unwrap_or(created));
-    let stale = match stale_at {
-        Some(at) if at <= now => {
-            let since =
-                last_success.map_or_else(|| "since the schedule was created".to_owned(), |t| format!("since {t}"));
-            let message = format!("No backup succeeded {since}: two scheduled runs passed without a successful backup");
-            (Status::True, conditions::NO_RECENT_BACKUP, message)
-        }
-        _ => {
-            if !schedule.spec.paused {
-                wake_at = earliest(wake_at, stale_at);
-            }
-            let message = last_success.map_or("No scheduled run has passed yet".to_owned(), |t| {
-                format!("Newest successful backup completed at {t}")
-            });
-            (Status::False, conditions::RECENT_BACKUP, message)
-        }
-    };
+    let (stale, stale_at) = staleness(&parsed, last_success, created, now);
     let (storage, next_check) = storage_condition(&schedule, &ctx, &previous, &mut status, now).await;
-    wake_at = earliest(wake_at, Some(next_check));
     let mut conditions = Conditions::new(&mut status.conditions, generation, super::now());
     conditions.set(READY, Status::True, ready.0, &ready.1).set(STALE, stale.0, stale.1, &stale.2).remove(FAILED);
     if let Some((state, reason, message)) = storage {
         conditions.set(conditions::STORAGE_READY, state, reason, &message);
     }
-
     prune(&backups, &schedule, &ctx, &parsed, &owned).await;
     if status != previous {
         patch_status(&api, &name, &status).await?;
     }
+    // Wake for the next run, the moment the schedule would go stale, and the next storage check.
+    let stale_at = stale_at.filter(|_| !schedule.spec.paused);
+    let wake_at =
+        [status.next_schedule_time.as_ref().map(|t| t.0), stale_at, Some(next_check)].into_iter().flatten().min();
     Ok(match wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()),
         None => Action::await_change(),
     })
+}
+
+/// An invalid schedule: Ready False and Failed True saying why, an event, nothing scheduled.
+async fn report_invalid(
+    api: &Api<TalosEtcdBackupSchedule>,
+    schedule: &TalosEtcdBackupSchedule,
+    ctx: &Context,
+    previous: &TalosEtcdBackupScheduleStatus,
+    mut status: TalosEtcdBackupScheduleStatus,
+    message: String,
+) -> Result<Action, Error> {
+    status.next_schedule_time = None;
+    Conditions::new(&mut status.conditions, status.observed_generation, super::now())
+        .set(READY, Status::False, conditions::INVALID_SCHEDULE, &message)
+        .set(FAILED, Status::True, conditions::INVALID_SCHEDULE, &message)
+        .remove(STALE)
+        .remove(conditions::STORAGE_READY);
+    if status != *previous {
+        tracing::warn!(schedule = %schedule.name_any(), %message, "invalid schedule");
+        ctx.event(schedule, EventType::Warning, conditions::INVALID_SCHEDULE, message).await;
+        patch_status(api, &schedule.name_any(), &status).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Acts on the run due now, if any (a backup created, or a run too late skipped), and records it in
+/// `lastScheduleTime`; sets `nextScheduleTime`.
+async fn take_due_run(
+    backups: &Api<TalosEtcdBackup>,
+    schedule: &TalosEtcdBackupSchedule,
+    ctx: &Context,
+    parsed: &Schedule,
+    owned: &[TalosEtcdBackup],
+    active: &mut Vec<String>,
+    status: &mut TalosEtcdBackupScheduleStatus,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let created = schedule.creation_timestamp().map_or(now, |t| t.0);
+    let since = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
+    let deadline = schedule.spec.starting_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+    match parsed.due(since, now, deadline) {
+        Due::NotYet => {}
+        Due::Run(at) => {
+            run(backups, schedule, ctx, at, owned, active).await?;
+            status.last_schedule_time = Some(Time(at));
+        }
+        Due::Missed(at) => {
+            let message = format!(
+                "Skipped the run scheduled at {at}: more than startingDeadlineSeconds ({}) late",
+                deadline.unwrap_or_default().as_secs()
+            );
+            ctx.metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::missed }).inc();
+            ctx.event(schedule, EventType::Warning, "MissedSchedule", message).await;
+            status.last_schedule_time = Some(Time(at));
+        }
+    }
+    status.next_schedule_time =
+        parsed.next_after(status.last_schedule_time.as_ref().map_or(created, |t| t.0)).map(Time);
+    Ok(())
+}
+
+/// The `Stale` condition (status, reason, message) and, while it is False, when it would turn True.
+fn staleness(
+    parsed: &Schedule,
+    last_success: Option<Timestamp>,
+    created: Timestamp,
+    now: Timestamp,
+) -> ((Status, &'static str, String), Option<Timestamp>) {
+    match parsed.stale_at(last_success.unwrap_or(created)) {
+        Some(at) if at <= now => {
+            let since =
+                last_success.map_or_else(|| "since the schedule was created".to_owned(), |t| format!("since {t}"));
+            let message = format!("No backup succeeded {since}: two scheduled runs passed without a successful backup");
+            ((Status::True, conditions::NO_RECENT_BACKUP, message), None)
+        }
+        stale_at => {
+            let message = last_success.map_or("No scheduled run has passed yet".to_owned(), |t| {
+                format!("Newest successful backup completed at {t}")
+            });
+            ((Status::False, conditions::RECENT_BACKUP, message), stale_at)
+        }
+    }
 }
 
 /// The schedule parsed, and everything its backups will need checked, before anything runs.
@@ -377,13 +407,6 @@ fn schedule_uid(backup: &TalosEtcdBackup) -> Option<&str> {
         .or_else(|| backup.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str()))
 }
 
-fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// Backups created by schedules of earlier versions carry the schedule's owner reference, through
 /// which a cascade (foreground or background deletion of the schedule, an Argo CD prune) would delete
 /// them and, with `deletionPolicy: Delete`, their snapshots. The reference is swapped for the UID
@@ -416,6 +439,27 @@ pub(super) fn schedule_of(backup: &TalosEtcdBackup) -> Option<ObjectRef<TalosEtc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staleness_turns_true_two_runs_after_the_last_success() {
+        let parsed = Schedule::parse("@every 10s", None).unwrap();
+        let created: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        let at = |s: i64| created + jiff::SignedDuration::from_secs(s);
+        let ((state, reason, message), stale_at) = staleness(&parsed, None, created, at(1));
+        assert_eq!(
+            (state, reason, message.as_str()),
+            (Status::False, conditions::RECENT_BACKUP, "No scheduled run has passed yet")
+        );
+        let stale_at = stale_at.expect("a time it goes stale");
+        assert!(stale_at > at(20), "{stale_at}");
+        let ((state, reason, message), wake) = staleness(&parsed, None, created, stale_at);
+        assert_eq!((state, reason), (Status::True, conditions::NO_RECENT_BACKUP));
+        assert!(message.contains("since the schedule was created"), "{message}");
+        assert_eq!(wake, None);
+        let ((state, _, message), _) = staleness(&parsed, Some(at(15)), created, stale_at);
+        assert_eq!(state, Status::False);
+        assert!(message.starts_with("Newest successful backup completed at"), "{message}");
+    }
 
     #[test]
     fn backup_names_carry_the_scheduled_time_in_utc() {

@@ -96,44 +96,46 @@ impl Rng {
     }
 }
 
+/// Words of the Kubernetes-shaped objects the benchmark fills etcd with.
+const WORDS: &[&str] = &[
+    "server",
+    "listen",
+    "timeout",
+    "upstream",
+    "cache",
+    "enabled",
+    "replicas",
+    "metrics",
+    "endpoint",
+    "region",
+    "retry",
+    "backoff",
+    "tls",
+    "certificate",
+    "log",
+    "level",
+    "info",
+    "debug",
+    "path",
+    "port",
+    "worker",
+    "queue",
+    "batch",
+    "size",
+    "limit",
+    "memory",
+    "cpu",
+    "true",
+    "false",
+    "default",
+    "namespace",
+    "service",
+    "ingress",
+];
+
 /// One Kubernetes-shaped object of 16 to 128 KiB, as JSON; `k` makes it unique.
 fn object(k: u64) -> Vec<u8> {
     use base64::Engine as _;
-    const WORDS: &[&str] = &[
-        "server",
-        "listen",
-        "timeout",
-        "upstream",
-        "cache",
-        "enabled",
-        "replicas",
-        "metrics",
-        "endpoint",
-        "region",
-        "retry",
-        "backoff",
-        "tls",
-        "certificate",
-        "log",
-        "level",
-        "info",
-        "debug",
-        "path",
-        "port",
-        "worker",
-        "queue",
-        "batch",
-        "size",
-        "limit",
-        "memory",
-        "cpu",
-        "true",
-        "false",
-        "default",
-        "namespace",
-        "service",
-        "ingress",
-    ];
     let mut rng = Rng(k.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let target = 16_384 + rng.below(112 * 1024) as usize;
     let name = format!("{}-{}-{k:x}", rng.pick(WORDS), rng.pick(WORDS));
