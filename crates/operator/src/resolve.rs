@@ -93,7 +93,7 @@ async fn encoding(secrets: &mut Secrets<'_>, spec: &TalosEtcdBackupSpec) -> Resu
     }
     if recipients.is_empty() {
         return Err(Error::Spec(
-            "spec.encryption.age: no recipient; list age1… public keys in recipients or in the recipientsSecretRef              Secret"
+            "spec.encryption.age: no recipient; list age1… public keys in recipients or in the recipientsSecretRef Secret"
                 .into(),
         ));
     }
@@ -130,7 +130,7 @@ async fn s3_location(secrets: &mut Secrets<'_>, backup: &TalosEtcdBackup) -> Res
         endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
         insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
         ca_pem,
-        credentials: match key_refs(&backup.spec)? {
+        credentials: match key_refs(&backup.spec, "spec.")? {
             Some((access, secret)) => Some(S3Credentials {
                 access_key_id: secrets.checked_value(access, validate::access_key_id).await?,
                 secret_access_key: secrets.checked_value(secret, validate::secret_access_key).await?,
@@ -143,25 +143,31 @@ async fn s3_location(secrets: &mut Secrets<'_>, backup: &TalosEtcdBackup) -> Res
 /// Every field of `spec` checked before any I/O, each error naming the field. The CRD schema rejects
 /// most of this at apply time; objects created against an older CRD get here.
 pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
+    validate_spec_at(spec, "spec.")
+}
+
+/// [`validate_spec`] for a spec found at `at` (`spec.`, or a schedule's `spec.backupTemplate.spec.`),
+/// so that every message names the field where the user wrote it.
+pub fn validate_spec_at(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Error> {
     let field =
-        |path: &str, result: Result<(), String>| result.map_err(|reason| Error::Spec(format!("{path}: {reason}")));
-    field("spec.talosControlPlaneRef.name", teb_api::validate::object_name(&spec.talos_control_plane_ref.name))?;
+        |path: &str, result: Result<(), String>| result.map_err(|reason| Error::Spec(format!("{at}{path}: {reason}")));
+    field("talosControlPlaneRef.name", teb_api::validate::object_name(&spec.talos_control_plane_ref.name))?;
     let s3 = &spec.backup_storage.s3;
-    field("spec.backupStorage.s3.bucket", validate::bucket(&s3.bucket))?;
-    field("spec.backupStorage.s3.region", validate::region(&s3.region))?;
+    field("backupStorage.s3.bucket", validate::bucket(&s3.bucket))?;
+    field("backupStorage.s3.region", validate::region(&s3.region))?;
     if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        field("spec.backupStorage.s3.endpoint", validate::endpoint(endpoint))?;
+        field("backupStorage.s3.endpoint", validate::endpoint(endpoint))?;
     }
-    key_refs(spec)?;
-    validate_encoding(spec)?;
+    key_refs(spec, at)?;
+    validate_encoding(spec, at)?;
     let age = spec.encryption.as_ref().map(|e| &e.age);
     let references = [
-        ("spec.backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
-        ("spec.backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
-        ("spec.backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
-        ("spec.talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
-        ("spec.encryption.age.recipientsSecretRef", age.and_then(|a| a.recipients_secret_ref.as_ref())),
-        ("spec.encryption.age.identitySecretRef", age.and_then(|a| a.identity_secret_ref.as_ref())),
+        ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
+        ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
+        ("backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
+        ("talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
+        ("encryption.age.recipientsSecretRef", age.and_then(|a| a.recipients_secret_ref.as_ref())),
+        ("encryption.age.identitySecretRef", age.and_then(|a| a.identity_secret_ref.as_ref())),
     ];
     for (path, reference) in references {
         if let Some(reference) = reference {
@@ -173,14 +179,14 @@ pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
 }
 
 /// Compression level and age recipients, as far as they can be checked without reading a Secret.
-fn validate_encoding(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
+fn validate_encoding(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Error> {
     if let Some(level) = spec.compression_level {
         if spec.compression != Some(Compression::Zstd) {
-            return Err(Error::Spec("spec.compressionLevel is set but spec.compression is not zstd".into()));
+            return Err(Error::Spec(format!("{at}compressionLevel is set but {at}compression is not zstd")));
         }
         if !(1..=MAX_ZSTD_LEVEL).contains(&level) {
             return Err(Error::Spec(format!(
-                "spec.compressionLevel: {level} is out of range; use 1 (fastest) to {MAX_ZSTD_LEVEL} (smallest)"
+                "{at}compressionLevel: {level} is out of range; use 1 (fastest) to {MAX_ZSTD_LEVEL} (smallest)"
             )));
         }
     }
@@ -189,33 +195,36 @@ fn validate_encoding(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
     };
     let age = &encryption.age;
     codec::parse_recipients(age.recipients.iter().map(String::as_str))
-        .map_err(|reason| Error::Spec(format!("spec.encryption.age.recipients: {reason}")))?;
+        .map_err(|reason| Error::Spec(format!("{at}encryption.age.recipients: {reason}")))?;
     if age.recipients.iter().all(|r| r.trim().is_empty()) && age.recipients_secret_ref.is_none() {
-        return Err(Error::Spec(
-            "spec.encryption.age: no recipient; list age1… public keys in recipients, or name a Secret holding them              in recipientsSecretRef"
-                .into(),
-        ));
+        return Err(Error::Spec(format!(
+            "{at}encryption.age: no recipient; list age1… public keys in recipients, or name a Secret holding them \
+             in recipientsSecretRef"
+        )));
     }
     if spec.verify && age.identity_secret_ref.is_none() {
-        return Err(Error::Spec(
-            "spec.verify reads an encrypted backup back, which needs an identity: set              spec.encryption.age.identitySecretRef to a Secret key holding the AGE-SECRET-KEY-1… of one recipient, or              turn verify off"
-                .into(),
-        ));
+        return Err(Error::Spec(format!(
+            "{at}verify reads an encrypted backup back, which needs an identity: set \
+             {at}encryption.age.identitySecretRef to a Secret key holding the AGE-SECRET-KEY-1… of one recipient, \
+             or turn verify off"
+        )));
     }
     Ok(())
 }
 
 /// The access key references: both, or neither (the operator's own credentials).
-fn key_refs(spec: &TalosEtcdBackupSpec) -> Result<Option<(&SecretKeyRef, &SecretKeyRef)>, Error> {
+fn key_refs<'a>(
+    spec: &'a TalosEtcdBackupSpec,
+    at: &str,
+) -> Result<Option<(&'a SecretKeyRef, &'a SecretKeyRef)>, Error> {
     let s3 = &spec.backup_storage.s3;
     match (&s3.access_key_id, &s3.secret_access_key) {
         (Some(access), Some(secret)) => Ok(Some((access, secret))),
         (None, None) => Ok(None),
-        _ => Err(Error::Spec(
-            "spec.backupStorage.s3: set both accessKeyID and secretAccessKey, or neither to use the operator's own \
+        _ => Err(Error::Spec(format!(
+            "{at}backupStorage.s3: set both accessKeyID and secretAccessKey, or neither to use the operator's own \
              credentials (web identity, container or instance credentials)"
-                .into(),
-        )),
+        ))),
     }
 }
 
@@ -345,10 +354,26 @@ mod tests {
     }
 
     #[test]
+    fn a_schedules_template_is_checked_with_its_own_paths() {
+        let mut template = spec("");
+        template.compression_level = Some(5);
+        let err = validate_spec_at(&template, "spec.backupTemplate.spec.").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "Invalid spec: spec.backupTemplate.spec.compressionLevel is set but \
+             spec.backupTemplate.spec.compression is not zstd"
+        );
+        template.compression_level = None;
+        template.backup_storage.s3.region = "us west".into();
+        let err = validate_spec_at(&template, "spec.backupTemplate.spec.").unwrap_err().to_string();
+        assert!(err.starts_with("Invalid spec: spec.backupTemplate.spec.backupStorage.s3.region: "), "{err}");
+    }
+
+    #[test]
     fn access_keys_come_in_pairs_or_not_at_all() {
         let both = "    accessKeyID: {name: s, key: a}\n    secretAccessKey: {name: s, key: b}\n";
-        assert!(key_refs(&spec(both)).unwrap().is_some());
-        assert!(key_refs(&spec("")).unwrap().is_none(), "neither: the operator's own credentials");
+        assert!(key_refs(&spec(both), "spec.").unwrap().is_some());
+        assert!(key_refs(&spec(""), "spec.").unwrap().is_none(), "neither: the operator's own credentials");
         let one = spec("    accessKeyID: {name: s, key: a}\n");
         let err = validate_spec(&one).unwrap_err().to_string();
         assert!(err.contains("set both accessKeyID and secretAccessKey, or neither"), "{err}");

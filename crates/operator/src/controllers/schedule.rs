@@ -205,10 +205,7 @@ fn check(schedule: &TalosEtcdBackupSchedule) -> Result<Schedule, String> {
     // As its backups will have it: with the schedule's `verify`.
     let mut template = spec.backup_template.spec.clone();
     template.verify |= spec.verify;
-    resolve::validate_spec(&template).map_err(|e| {
-        // The same checks as for a TalosEtcdBackup, with the template's path to the field.
-        e.to_string().replacen("Invalid spec: spec.", "Invalid spec: spec.backupTemplate.spec.", 1)
-    })?;
+    resolve::validate_spec_at(&template, "spec.backupTemplate.spec.").map_err(|e| e.to_string())?;
     Ok(parsed)
 }
 
