@@ -11,7 +11,7 @@ export TEB_HELM_LIB
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test -j2 --workspace "$@" 2>&1 | tee "$log"
+cargo test -j2 --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One total over every test binary.
