@@ -63,7 +63,28 @@ pub struct RunLabels {
     pub outcome: RunOutcome,
 }
 
+/// How one reconcile ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReconcileResult {
+    ok,
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `backup`, `schedule` or `restore`.
+    pub controller: &'static str,
+    pub result: ReconcileResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
 type DurationFamily = Family<ResultLabels, Histogram, fn() -> Histogram>;
+type ReconcileDurationFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
 
 /// The operator's metrics. One per process; the controller records, the health server encodes.
 pub struct Metrics {
@@ -86,6 +107,11 @@ pub struct Metrics {
     pub pruned: Counter,
     /// `teb_verifications_total{result}`: stored snapshots read back and checked (`spec.verify`).
     pub verifications: Family<VerifyLabels, Counter>,
+    /// `teb_reconciles_total{controller,result}`: reconciles by controller and how they ended.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// `teb_reconcile_duration_seconds{controller}`: how long reconciles take (a backup's includes its
+    /// attempt).
+    pub reconcile_duration: ReconcileDurationFamily,
 }
 
 impl Default for Metrics {
@@ -119,7 +145,15 @@ impl Default for Metrics {
         registry.register("backups_pruned", "Backups deleted by schedules' retention", pruned.clone());
         let verifications = Family::<VerifyLabels, Counter>::default();
         registry.register("verifications", "Stored snapshots read back and checked, by result", verifications.clone());
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by controller and result", reconciles.clone());
+        // 1 ms to about 4.5 h.
+        let reconcile_duration: ReconcileDurationFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 4.0, 13)));
+        registry.register("reconcile_duration_seconds", "Reconcile duration by controller", reconcile_duration.clone());
         Metrics {
+            reconciles,
+            reconcile_duration,
             registry,
             backups,
             duration,
@@ -135,6 +169,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A reconcile of `controller` that took `seconds` and ended `ok` or not.
+    pub fn reconciled(&self, controller: &'static str, ok: bool, seconds: f64) {
+        let result = if ok { ReconcileResult::ok } else { ReconcileResult::error };
+        self.reconciles.get_or_create(&ReconcileLabels { controller, result }).inc();
+        self.reconcile_duration.get_or_create(&ControllerLabels { controller }).observe(seconds);
+    }
+
     /// A finished backup of `seconds`.
     pub fn finished(&self, result: BackupResult, seconds: f64) {
         let labels = ResultLabels { result };

@@ -279,6 +279,8 @@ async fn specification_flow_backs_up_a_snapshot_that_restores() {
         format!("teb_backup_stored_bytes_total {}", status.size.unwrap()),
         "teb_backups_in_progress 0".to_owned(),
         "teb_backup_duration_seconds_count{result=\"succeeded\"} 1".to_owned(),
+        "teb_reconciles_total{controller=\"backup\",result=\"ok\"} ".to_owned(),
+        "teb_reconcile_duration_seconds_count{controller=\"backup\"} ".to_owned(),
         format!("teb_last_success_timestamp_seconds{{namespace=\"{ns}\",controlplane=\"my-controlplane\"}} "),
     ] {
         assert!(text.contains(&line), "{line:?} missing from\n{text}");

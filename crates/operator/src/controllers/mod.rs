@@ -99,16 +99,24 @@ pub async fn run(
     let backup_controller = Controller::new(backups.clone(), watcher::Config::default())
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .shutdown_on_signal()
-        .run(|backup, ctx| crate::isolate(backup::reconcile(backup, ctx)), error_policy, context.clone())
+        .run(
+            |backup, ctx| measured("backup", ctx.clone(), backup::reconcile(backup, ctx)),
+            error_policy,
+            context.clone(),
+        )
         .for_each(log_failure);
     let schedule_controller = Controller::new(schedules, watcher::Config::default())
         .watches(backups, watcher::Config::default(), |backup| schedule::schedule_of(&backup))
         .shutdown_on_signal()
-        .run(|schedule, ctx| crate::isolate(schedule::reconcile(schedule, ctx)), error_policy, context.clone())
+        .run(
+            |schedule, ctx| measured("schedule", ctx.clone(), schedule::reconcile(schedule, ctx)),
+            error_policy,
+            context.clone(),
+        )
         .for_each(log_failure);
     let restore_controller = Controller::new(restores, watcher::Config::default())
         .shutdown_on_signal()
-        .run(|restore, ctx| crate::isolate(restore::reconcile(restore, ctx)), error_policy, context)
+        .run(|restore, ctx| measured("restore", ctx.clone(), restore::reconcile(restore, ctx)), error_policy, context)
         .for_each(log_failure);
     futures::join!(backup_controller, schedule_controller, restore_controller);
     Ok(())
@@ -139,6 +147,18 @@ async fn log_failure<T, E: std::fmt::Display>(result: Result<T, E>) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "reconcile failed");
     }
+}
+
+/// One reconcile, isolated (a panic fails it, not the process), counted and timed.
+async fn measured(
+    controller: &'static str,
+    ctx: Arc<Context>,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = crate::isolate(reconcile).await;
+    ctx.metrics.reconciled(controller, result.is_ok(), started.elapsed().as_secs_f64());
+    result
 }
 
 fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
