@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use teb_api::{BundleConfig, Compression, SecretKeyRef, TalosControlPlane, TalosEtcdBackup, TalosEtcdBackupSpec};
+use teb_api::{
+    BackupStorage, BundleConfig, Compression, SecretKeyRef, TalosControlPlane, TalosEtcdBackup, TalosEtcdBackupSpec,
+};
 use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
 use teb_pipeline::{AgeIdentity, Encoding, Format, S3Credentials, S3Location, validate};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
@@ -27,45 +29,67 @@ pub struct BackupPlan {
     pub owner: Option<String>,
 }
 
-/// Reads the control plane and the secrets `backup` names, all from the backup's namespace.
-/// Talos credentials come from `spec.talosconfigSecretRef` when set, else from the control plane's
-/// secrets bundle (minting a client certificate with only the `os:etcd:backup` role, valid for
-/// `cert_validity`), else from the `<controlplane>-talosconfig` Secret.
+/// Reads the control plane and the secrets `backup` names, all from the backup's namespace, each
+/// Secret once. Talos credentials as [`resolve_talos`] finds them, with only the `os:etcd:backup` role.
 pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: Duration) -> Result<BackupPlan, Error> {
-    resolve_for(client, backup, cert_validity, teb_talos::ROLE_ETCD_BACKUP).await
-}
-
-/// [`resolve`], minting the client certificate with `role` (a restore needs `os:admin`).
-pub async fn resolve_for(
-    client: &Client,
-    backup: &TalosEtcdBackup,
-    cert_validity: Duration,
-    role: &str,
-) -> Result<BackupPlan, Error> {
     let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
     let spec = &backup.spec;
     validate_spec(spec)?;
-    let cp_name = spec.talos_control_plane_ref.name.clone();
-    let controlplane = Api::<TalosControlPlane>::namespaced(client.clone(), &namespace)
-        .get_opt(&cp_name)
-        .await
-        .map_err(|e| cp_error(&cp_name, &namespace, kube_reason(&e)))?
-        .ok_or_else(|| {
-            cp_error(
-                &cp_name,
-                &namespace,
-                "not found; it must exist in the same namespace as the TalosEtcdBackup".into(),
-            )
-        })?;
     let mut secrets = Secrets::new(client, &namespace);
-    let talos = match &spec.talosconfig_secret_ref {
-        Some(reference) => talosconfig_target(&secrets.value(reference).await?, reference, &namespace)?,
-        None => talos_from_controlplane(&controlplane, &mut secrets, cert_validity, role).await?,
-    };
-
-    let location = s3_location(&mut secrets, backup).await?;
+    let controlplane = spec.talos_control_plane_ref.name.clone();
+    let talos = talos_target(
+        &mut secrets,
+        &controlplane,
+        spec.talosconfig_secret_ref.as_ref(),
+        cert_validity,
+        teb_talos::ROLE_ETCD_BACKUP,
+    )
+    .await?;
+    let s3 = s3_location(&mut secrets, &spec.backup_storage, "spec.").await?;
     let encoding = encoding(&mut secrets, spec).await?;
-    Ok(BackupPlan { controlplane: cp_name, talos, s3: location, encoding, owner: backup.uid() })
+    Ok(BackupPlan { controlplane, talos, s3, encoding, owner: backup.uid() })
+}
+
+/// The Talos API target of `controlplane` in `namespace`: from the talosconfig Secret key `talosconfig`
+/// when given, else from the control plane's secrets bundle (minting a client certificate with only
+/// `role`, valid for `cert_validity`), else from the `<controlplane>-talosconfig` Secret.
+pub async fn resolve_talos(
+    client: &Client,
+    namespace: &str,
+    controlplane: &str,
+    talosconfig: Option<&SecretKeyRef>,
+    cert_validity: Duration,
+    role: &str,
+) -> Result<Target, Error> {
+    let field = |path: &str, result: Result<(), String>| result.map_err(|r| Error::Spec(format!("spec.{path}: {r}")));
+    field("talosControlPlaneRef.name", teb_api::validate::object_name(controlplane))?;
+    if let Some(reference) = talosconfig {
+        field("talosconfigSecretRef.name", teb_api::validate::object_name(&reference.name))?;
+        field("talosconfigSecretRef.key", teb_api::validate::secret_key(&reference.key))?;
+    }
+    talos_target(&mut Secrets::new(client, namespace), controlplane, talosconfig, cert_validity, role).await
+}
+
+async fn talos_target(
+    secrets: &mut Secrets<'_>,
+    controlplane: &str,
+    talosconfig: Option<&SecretKeyRef>,
+    cert_validity: Duration,
+    role: &str,
+) -> Result<Target, Error> {
+    let namespace = secrets.namespace.to_owned();
+    if let Some(reference) = talosconfig {
+        return talosconfig_target(&secrets.value(reference).await?, reference, &namespace);
+    }
+    let found = Api::<TalosControlPlane>::namespaced(secrets.client.clone(), &namespace)
+        .get_opt(controlplane)
+        .await
+        .map_err(|e| cp_error(controlplane, &namespace, kube_reason(&e)))?
+        .ok_or_else(|| {
+            let reason = "not found; it must exist in the same namespace as the TalosEtcdBackup".into();
+            cp_error(controlplane, &namespace, reason)
+        })?;
+    talos_from_controlplane(&found, secrets, cert_validity, role).await
 }
 
 /// The zstd level a spec asks for when it asks for compression.
@@ -110,16 +134,22 @@ pub async fn identities(client: &Client, namespace: &str, reference: &SecretKeyR
         .map_err(|reason| secrets.error(&reference.name, format!("key {:?}: {reason}", reference.key)))
 }
 
-/// Only the S3 side of [`resolve`]: what aborting an upload or deleting a snapshot needs. It works
-/// when the TalosControlPlane is gone (deleted together with the namespace, for example).
-pub async fn resolve_s3(client: &Client, backup: &TalosEtcdBackup) -> Result<S3Location, Error> {
-    let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
-    validate_spec(&backup.spec)?;
-    s3_location(&mut Secrets::new(client, &namespace), backup).await
+/// Only the S3 side of [`resolve`], for `storage` found at `at` (`spec.`, or a schedule's
+/// `spec.backupTemplate.spec.`) with its Secrets in `namespace`: what aborting an upload, deleting
+/// or reading a snapshot, a restore and the storage check need. It works when the TalosControlPlane is
+/// gone (deleted together with the namespace, for example).
+pub async fn resolve_s3(
+    client: &Client,
+    namespace: &str,
+    storage: &BackupStorage,
+    at: &str,
+) -> Result<S3Location, Error> {
+    validate_storage(storage, at)?;
+    s3_location(&mut Secrets::new(client, namespace), storage, at).await
 }
 
-async fn s3_location(secrets: &mut Secrets<'_>, backup: &TalosEtcdBackup) -> Result<S3Location, Error> {
-    let s3 = &backup.spec.backup_storage.s3;
+async fn s3_location(secrets: &mut Secrets<'_>, storage: &BackupStorage, at: &str) -> Result<S3Location, Error> {
+    let s3 = &storage.s3;
     let ca_pem = match &s3.ca_bundle {
         Some(reference) => Some(secrets.checked_value(reference, validate::ca_bundle).await?),
         None => None,
@@ -130,7 +160,7 @@ async fn s3_location(secrets: &mut Secrets<'_>, backup: &TalosEtcdBackup) -> Res
         endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
         insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
         ca_pem,
-        credentials: match key_refs(&backup.spec, "spec.")? {
+        credentials: match key_refs(storage, at)? {
             Some((access, secret)) => Some(S3Credentials {
                 access_key_id: secrets.checked_value(access, validate::access_key_id).await?,
                 secret_access_key: secrets.checked_value(secret, validate::secret_access_key).await?,
@@ -152,23 +182,41 @@ pub fn validate_spec_at(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Erro
     let field =
         |path: &str, result: Result<(), String>| result.map_err(|reason| Error::Spec(format!("{at}{path}: {reason}")));
     field("talosControlPlaneRef.name", teb_api::validate::object_name(&spec.talos_control_plane_ref.name))?;
-    let s3 = &spec.backup_storage.s3;
-    field("backupStorage.s3.bucket", validate::bucket(&s3.bucket))?;
-    field("backupStorage.s3.region", validate::region(&s3.region))?;
-    if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        field("backupStorage.s3.endpoint", validate::endpoint(endpoint))?;
-    }
-    key_refs(spec, at)?;
+    validate_storage(&spec.backup_storage, at)?;
     validate_encoding(spec, at)?;
     let age = spec.encryption.as_ref().map(|e| &e.age);
     let references = [
-        ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
-        ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
-        ("backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
         ("talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
         ("encryption.age.recipientsSecretRef", age.and_then(|a| a.recipients_secret_ref.as_ref())),
         ("encryption.age.identitySecretRef", age.and_then(|a| a.identity_secret_ref.as_ref())),
     ];
+    references_valid(&references, at)
+}
+
+/// The S3 fields of a spec's `backupStorage` found at `at`.
+fn validate_storage(storage: &BackupStorage, at: &str) -> Result<(), Error> {
+    let field = |path: &str, result: Result<(), String>| {
+        result.map_err(|reason| Error::Spec(format!("{at}backupStorage.s3.{path}: {reason}")))
+    };
+    let s3 = &storage.s3;
+    field("bucket", validate::bucket(&s3.bucket))?;
+    field("region", validate::region(&s3.region))?;
+    if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        field("endpoint", validate::endpoint(endpoint))?;
+    }
+    key_refs(storage, at)?;
+    let references = [
+        ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
+        ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
+        ("backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
+    ];
+    references_valid(&references, at)
+}
+
+/// Secret key references (path below `at`, reference): names and keys the API server would take.
+fn references_valid(references: &[(&str, Option<&SecretKeyRef>)], at: &str) -> Result<(), Error> {
+    let field =
+        |path: &str, result: Result<(), String>| result.map_err(|reason| Error::Spec(format!("{at}{path}: {reason}")));
     for (path, reference) in references {
         if let Some(reference) = reference {
             field(&format!("{path}.name"), teb_api::validate::object_name(&reference.name))?;
@@ -213,11 +261,8 @@ fn validate_encoding(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Error> 
 }
 
 /// The access key references: both, or neither (the operator's own credentials).
-fn key_refs<'a>(
-    spec: &'a TalosEtcdBackupSpec,
-    at: &str,
-) -> Result<Option<(&'a SecretKeyRef, &'a SecretKeyRef)>, Error> {
-    let s3 = &spec.backup_storage.s3;
+fn key_refs<'a>(storage: &'a BackupStorage, at: &str) -> Result<Option<(&'a SecretKeyRef, &'a SecretKeyRef)>, Error> {
+    let s3 = &storage.s3;
     match (&s3.access_key_id, &s3.secret_access_key) {
         (Some(access), Some(secret)) => Ok(Some((access, secret))),
         (None, None) => Ok(None),
@@ -284,8 +329,9 @@ fn kube_reason(e: &kube::Error) -> String {
     }
 }
 
-/// Secrets of one namespace, each read once per backup.
+/// Secrets of one namespace, each read once per backup (and the client that reads the rest).
 struct Secrets<'a> {
+    client: Client,
     api: Api<Secret>,
     namespace: &'a str,
     cache: BTreeMap<String, Option<Secret>>,
@@ -293,7 +339,12 @@ struct Secrets<'a> {
 
 impl<'a> Secrets<'a> {
     fn new(client: &Client, namespace: &'a str) -> Self {
-        Secrets { api: Api::namespaced(client.clone(), namespace), namespace, cache: BTreeMap::new() }
+        Secrets {
+            client: client.clone(),
+            api: Api::namespaced(client.clone(), namespace),
+            namespace,
+            cache: BTreeMap::new(),
+        }
     }
 
     async fn get(&mut self, name: &str) -> Result<Option<Secret>, Error> {
@@ -372,8 +423,11 @@ mod tests {
     #[test]
     fn access_keys_come_in_pairs_or_not_at_all() {
         let both = "    accessKeyID: {name: s, key: a}\n    secretAccessKey: {name: s, key: b}\n";
-        assert!(key_refs(&spec(both), "spec.").unwrap().is_some());
-        assert!(key_refs(&spec(""), "spec.").unwrap().is_none(), "neither: the operator's own credentials");
+        assert!(key_refs(&spec(both).backup_storage, "spec.").unwrap().is_some());
+        assert!(
+            key_refs(&spec("").backup_storage, "spec.").unwrap().is_none(),
+            "neither: the operator's own credentials"
+        );
         let one = spec("    accessKeyID: {name: s, key: a}\n");
         let err = validate_spec(&one).unwrap_err().to_string();
         assert!(err.contains("set both accessKeyID and secretAccessKey, or neither"), "{err}");

@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
 use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
-use teb_pipeline::{Format, UploadRef};
+use teb_pipeline::{Format, S3Location, UploadRef};
 
 use super::{Context, now, patch_status};
 use crate::finalizer;
@@ -189,7 +189,7 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
         if uploads.is_empty() && delete.is_none() {
             return Ok(());
         }
-        let location = resolve::resolve_s3(&ctx.client, backup).await?;
+        let location = location_of(ctx, backup).await?;
         if let Some((upload, error)) =
             job::abort_uploads(&location, &uploads, &ctx.config.settings).await?.into_iter().next()
         {
@@ -285,7 +285,7 @@ async fn abort_unfinished(
         return Ok(());
     }
     let left = crate::isolate(async {
-        let location = resolve::resolve_s3(&ctx.client, backup).await?;
+        let location = location_of(ctx, backup).await?;
         job::abort_uploads(&location, &upload_refs(status), &ctx.config.settings).await
     })
     .await;
@@ -371,7 +371,7 @@ async fn verify_stored(
         return Ok(Action::await_change());
     };
     let result = crate::isolate(async {
-        let location = resolve::resolve_s3(&ctx.client, backup).await?;
+        let location = location_of(ctx, backup).await?;
         let age = backup.spec.encryption.as_ref().and_then(|e| e.age.identity_secret_ref.as_ref());
         let identities = match age {
             Some(reference) => {
@@ -426,7 +426,7 @@ async fn verify_stored(
 }
 
 async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<Option<job::Outcome>, Error> {
-    let location = resolve::resolve_s3(&ctx.client, backup).await?;
+    let location = location_of(ctx, backup).await?;
     let owner = backup.uid().unwrap_or_default();
     job::find_stored(&location, key, &owner, &ctx.config.settings).await
 }
@@ -471,6 +471,12 @@ fn elapsed_seconds(status: &TalosEtcdBackupStatus) -> f64 {
         (Some(start), Some(end)) => end.0.duration_since(start.0).as_secs_f64().max(0.0),
         _ => 0.0,
     }
+}
+
+/// Where `backup` is stored: its `backupStorage` resolved (Secrets read from its namespace).
+async fn location_of(ctx: &Context, backup: &TalosEtcdBackup) -> Result<S3Location, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    resolve::resolve_s3(&ctx.client, &namespace, &backup.spec.backup_storage, "spec.").await
 }
 
 impl Context {

@@ -10,9 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS};
-use teb_api::{
-    BackupStorage, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
-};
+use teb_api::{TalosEtcdBackup, TalosEtcdRestore, TalosEtcdRestoreStatus};
 use teb_pipeline::{AgeIdentity, S3Location};
 use teb_talos::Target;
 
@@ -126,8 +124,16 @@ async fn resolve_restore(
             ));
         }
     };
-    let as_backup = backup_view(restore, storage);
-    let plan = resolve::resolve_for(&ctx.client, &as_backup, ctx.config.cert_validity, teb_talos::ROLE_ADMIN).await?;
+    let talos = resolve::resolve_talos(
+        &ctx.client,
+        &namespace,
+        &spec.talos_control_plane_ref.name,
+        spec.talosconfig_secret_ref.as_ref(),
+        ctx.config.cert_validity,
+        teb_talos::ROLE_ADMIN,
+    )
+    .await?;
+    let location = resolve::resolve_s3(&ctx.client, &namespace, &storage, "spec.").await?;
     let identities = match &identity {
         Some(reference) => {
             let path = "spec.decryption.age.identitySecretRef";
@@ -137,26 +143,7 @@ async fn resolve_restore(
         }
         None => Vec::new(),
     };
-    Ok((plan.talos, plan.s3, key, identities))
-}
-
-/// The restore seen as a backup of the same control plane and bucket, so that resolving it reads the
-/// same objects with the same checks and messages.
-fn backup_view(restore: &TalosEtcdRestore, storage: BackupStorage) -> TalosEtcdBackup {
-    let TalosEtcdRestoreSpec { talos_control_plane_ref, talosconfig_secret_ref, .. } = restore.spec.clone();
-    let spec = TalosEtcdBackupSpec {
-        talos_control_plane_ref,
-        backup_storage: storage,
-        talosconfig_secret_ref,
-        deletion_policy: None,
-        verify: false,
-        compression: None,
-        compression_level: None,
-        encryption: None,
-    };
-    let mut backup = TalosEtcdBackup::new(&restore.name_any(), spec);
-    backup.metadata.namespace = restore.namespace();
-    backup
+    Ok((talos, location, key, identities))
 }
 
 async fn fail(

@@ -230,9 +230,9 @@ async fn storage_condition(
     }
     let template = &schedule.spec.backup_template.spec;
     let result = crate::isolate(async {
-        let mut backup = TalosEtcdBackup::new(&schedule.name_any(), template.clone());
-        backup.metadata.namespace = schedule.namespace();
-        let location = resolve::resolve_s3(&ctx.client, &backup).await?;
+        let namespace = schedule.namespace().unwrap_or_default();
+        let at = "spec.backupTemplate.spec.";
+        let location = resolve::resolve_s3(&ctx.client, &namespace, &template.backup_storage, at).await?;
         job::check_storage(&location, &template.talos_control_plane_ref.name, &ctx.config.settings).await
     })
     .await;
