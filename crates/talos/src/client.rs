@@ -322,7 +322,7 @@ fn chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
 
 /// A failed connection's reason, and whether it was the server's certificate (not worth retrying).
 /// A name missing from apid's certificate gets a hint: apid's certificate names only the node's
-/// addresses, 127.0.0.1, its hostname and `machine.certSANs`.
+/// addresses, its hostname and FQDN, `machine.certSANs` and, from Talos 1.13.4, 127.0.0.1.
 fn connect_failure(endpoint: &str, host: &str, reason: &str) -> (String, bool) {
     if reason.contains("not valid for name") || reason.contains("NotValidForName") {
         let hint = format!(
