@@ -522,14 +522,18 @@ impl S3 for FaultyStore {
         Ok(response)
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(&self, mut req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         self.check()?;
         self.check_upload(&req.input.upload_id)?;
-        self.check_space()?;
+        if let Err(full) = self.check_space() {
+            drain(req.input.body.take()).await;
+            return Err(full);
+        }
         self.parts_received.fetch_add(1, Ordering::SeqCst);
         let failing = self.faults.fail_part_number.load(Ordering::SeqCst);
         if failing != 0 && req.input.part_number == failing as i32 && S3Faults::take(&self.faults.fail_part_times) {
             self.faults.record("part failed");
+            drain(req.input.body.take()).await;
             return Err(s3_error!(InternalError, "injected failure of part {failing}"));
         }
         let (upload_id, number, size) =
@@ -631,6 +635,15 @@ fn sts_answer(request: &http::Request<hyper::body::Incoming>) -> Option<http::Re
     let mut response = http::Response::new(s3s::Body::from(body));
     *response.status_mut() = status;
     Some(response)
+}
+
+/// Reads a refused part's body before the answer, as a server that checks the part does: answering
+/// while the client still writes makes it see a broken pipe instead of the answer.
+async fn drain(body: Option<StreamingBlob>) {
+    use futures::StreamExt as _;
+    if let Some(mut body) = body {
+        while let Some(Ok(_)) = body.next().await {}
+    }
 }
 
 /// The refusals AWS S3 makes before it looks at a request's signature, and s3s does not: a credential
