@@ -1628,6 +1628,16 @@ async fn deleting_a_namespace_keeps_every_snapshot_and_never_hangs() {
             })
             .await;
         if !operator_running {
+            // Stopped between backups: one killed mid-upload would leave an upload that only the bucket's
+            // lifecycle rule cleans once the credentials Secret is gone (documented).
+            let paused = serde_json::json!({"spec": {"paused": true}});
+            scenario.schedules().patch("nightly", &PatchParams::default(), &Patch::Merge(&paused)).await.unwrap();
+            scenario
+                .eventually(60, "no backup running", || async {
+                    let all = scenario.backups().list(&ListParams::default()).await.unwrap().items;
+                    all.iter().all(|b| is_ready(b) || is_failed(b)).then_some(())
+                })
+                .await;
             scenario.controller.abort();
         }
         let keys = stored_keys(&scenario.backups().list(&ListParams::default()).await.unwrap().items);
