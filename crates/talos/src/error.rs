@@ -77,3 +77,25 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_alert_refusing_the_certificate_is_named_and_not_retried() {
+        let status = tonic::Status::unknown("transport error: connection error: received fatal alert: BadCertificate");
+        let error = Error::call("EtcdMemberList", "10.0.0.1", &status);
+        assert!(matches!(error, Error::CertificateRefused { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("Talos refused the client certificate on EtcdMemberList (TLS alert BadCertificate)")
+        );
+        assert!(!error.is_transient());
+        // Any other transport error stays a call error, worth retrying.
+        let reset =
+            Error::call("EtcdMemberList", "10.0.0.1", &tonic::Status::unknown("transport error: connection reset"));
+        assert!(matches!(reset, Error::Call { .. }) && reset.is_transient(), "{reset}");
+    }
+}
