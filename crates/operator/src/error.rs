@@ -1,29 +1,19 @@
-/// Why a backup failed. Each message starts with the specification's troubleshooting phrase, then
-/// says what to fix; none carries a secret. Inner errors are part of the message, not `source()`s, so
-/// nothing is printed twice.
+/// Why a reconcile or a command failed: what the core says ([`teb_core::Error`]), or what the
+/// Kubernetes side found. Each message starts with the specification's troubleshooting phrase, then
+/// says what to fix; none carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Failed to get TalosControlPlane {name:?} in namespace {namespace:?}: {reason}")]
     ControlPlane { name: String, namespace: String, reason: String },
     #[error("Failed to get secret {name:?} in namespace {namespace:?}: {reason}")]
     Secret { name: String, namespace: String, reason: String },
-    #[error("Failed to reach the Talos API: {0}")]
-    Talos(teb_talos::Error),
-    #[error("Failed to stream etcd snapshot from node {node}: {cause}; the upload was aborted")]
-    Snapshot { node: String, cause: teb_pipeline::Error },
-    #[error("Failed to upload snapshot to S3: {0}")]
-    Upload(teb_pipeline::Error),
-    #[error("Failed to verify the stored snapshot {key}: {cause}")]
-    Verify { key: String, cause: teb_pipeline::Error },
-    #[error("Restore refused or failed: {0}")]
-    Restore(String),
-    /// Refused before anything was changed: etcd runs on the node.
-    #[error("Restore refused or failed: {0}")]
-    RestoreRefused(String),
+    /// Boxed: the core's error is large, and every reconcile returns this one.
+    #[error(transparent)]
+    Core(Box<teb_core::Error>),
     #[error("Invalid spec: {0}")]
     Spec(String),
     #[error("Kubernetes API error: {0}")]
-    Kube(kube::Error),
+    Kube(#[from] kube::Error),
     #[error("{0}")]
     Cleanup(String),
     /// A panic caught in one backup: a bug, reported on that backup instead of ending the process.
@@ -35,20 +25,9 @@ impl Error {
     /// Whether another attempt may succeed without the user changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Talos(e) => e.is_transient(),
-            Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
-            // Reading it again helps only when reading failed, not when what was read is damaged.
-            Error::Verify { cause, .. } => {
-                matches!(cause, teb_pipeline::Error::S3 { .. } | teb_pipeline::Error::IdleTimeout { .. })
-                    && cause.is_transient()
-            }
+            Error::Core(e) => e.is_transient(),
             Error::Kube(_) | Error::Cleanup(_) => true,
-            Error::ControlPlane { .. }
-            | Error::Secret { .. }
-            | Error::Spec(_)
-            | Error::Restore(_)
-            | Error::RestoreRefused(_)
-            | Error::Internal(_) => false,
+            Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) | Error::Internal(_) => false,
         }
     }
 
@@ -57,11 +36,7 @@ impl Error {
         match self {
             Error::ControlPlane { .. } => "controlplane",
             Error::Secret { .. } => "secret",
-            Error::Talos(_) => "talos",
-            Error::Snapshot { .. } => "snapshot",
-            Error::Upload(_) => "s3",
-            Error::Verify { .. } => "verify",
-            Error::Restore(_) | Error::RestoreRefused(_) => "restore",
+            Error::Core(e) => e.kind(),
             Error::Spec(_) => "spec",
             Error::Kube(_) => "kubernetes",
             Error::Cleanup(_) => "cleanup",
@@ -69,19 +44,26 @@ impl Error {
         }
     }
 
-    /// Wraps a pipeline error: a bad stream is the snapshot's fault, everything else the upload's.
-    pub fn from_pipeline(node: &str, e: teb_pipeline::Error) -> Self {
-        use teb_pipeline::Error as P;
-        match e {
-            P::Source { .. }
-            | P::IdleTimeout { .. }
-            | P::Truncated { .. }
-            | P::ChecksumMismatch { .. }
-            | P::Structure { .. } => Error::Snapshot { node: node.to_owned(), cause: e },
-            P::TotalTimeout { .. } | P::S3 { .. } | P::Invalid { .. } | P::Config(_) | P::Encode(_) | P::Decode(_) => {
-                Error::Upload(e)
-            }
+    /// A storage handle that could not be built (an invalid location, a bad CA bundle).
+    pub fn storage(e: teb_pipeline::Error) -> Self {
+        teb_core::Error::Upload(e).into()
+    }
+
+    /// The core's reason when it refused a restore before changing anything.
+    pub fn restore_refused(&self) -> Option<&str> {
+        match self {
+            Error::Core(e) => match &**e {
+                teb_core::Error::RestoreRefused(message) => Some(message),
+                _ => None,
+            },
+            _ => None,
         }
+    }
+}
+
+impl From<teb_core::Error> for Error {
+    fn from(e: teb_core::Error) -> Self {
+        Error::Core(Box::new(e))
     }
 }
 
@@ -99,12 +81,6 @@ pub async fn isolate<T>(future: impl std::future::Future<Output = Result<T, Erro
                 .unwrap_or_else(|| "a panic without a message".into());
             Err(Error::Internal(message))
         }
-    }
-}
-
-impl From<kube::Error> for Error {
-    fn from(e: kube::Error) -> Self {
-        Error::Kube(e)
     }
 }
 

@@ -5,10 +5,8 @@ pub mod controllers;
 mod error;
 pub mod finalizer;
 pub mod health;
-pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod resolve;
-pub mod restore;
 
 pub use error::{Error, isolate};

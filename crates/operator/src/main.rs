@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use talos_etcd_backup::controllers;
-use talos_etcd_backup::job::{self, Settings};
-use talos_etcd_backup::resolve::BackupPlan;
-use teb_pipeline::{Limits, S3Credentials, S3Location};
+use teb_core::{BackupPlan, Settings, backup, catalog};
+use teb_pipeline::{Limits, S3Credentials, S3Location, Storage, StorageLocation};
 
 /// Backs up the etcd of Talos Linux control planes into S3: streamed, verified, no local disk.
 #[derive(Parser)]
@@ -186,6 +185,12 @@ struct BucketArgs {
 }
 
 impl BucketArgs {
+    /// The storage handle: built once, used for every request of the command.
+    fn storage(&self, settings: &Settings) -> anyhow::Result<Storage> {
+        let location = StorageLocation::S3(self.location()?);
+        Ok(Storage::new(&location, settings.request_timeout).map_err(teb_core::Error::Upload)?)
+    }
+
     fn location(&self) -> anyhow::Result<S3Location> {
         let ca_pem = match &self.ca_file {
             Some(file) => {
@@ -229,7 +234,7 @@ struct DecryptArgs {
 }
 
 impl DecryptArgs {
-    fn identities(&self) -> anyhow::Result<Vec<teb_pipeline::AgeIdentity>> {
+    fn identities(&self) -> anyhow::Result<Vec<teb_pipeline::Identity>> {
         let Some(file) = &self.age_identity_file else {
             return Ok(Vec::new());
         };
@@ -256,12 +261,12 @@ struct BackupChoice {
 
 impl BackupChoice {
     /// The key named, or the newest backup's in the bucket (`what` says what it is for, in the error).
-    async fn key(self, location: &S3Location, settings: &Settings, what: &str) -> anyhow::Result<String> {
+    async fn key(self, storage: &Storage, what: &str) -> anyhow::Result<String> {
         match self.key {
             Some(key) => Ok(key),
-            None => job::latest_key(location, self.cluster.as_deref(), settings)
+            None => catalog::latest_key(storage, self.cluster.as_deref())
                 .await?
-                .with_context(|| format!("no backup in bucket {:?} to {what}", location.bucket)),
+                .with_context(|| format!("no backup in {} to {what}", storage.container())),
         }
     }
 }
@@ -438,13 +443,15 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     );
     let encoding = teb_pipeline::Encoding { zstd_level: args.zstd.then_some(args.zstd_level), recipients };
     let format = encoding.format();
-    let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, s3: args.bucket.location()?, encoding };
-    let key = args.key.clone().unwrap_or_else(|| job::snapshot_key(&cluster, jiff::Timestamp::now(), format));
-    let key = job::unused_key(&plan.s3, &key, args.key.is_some(), &args.tuning.settings()).await?;
+    let settings = args.tuning.settings();
+    // Check the storage settings before touching Talos: they are cheaper to get wrong.
+    let storage = args.bucket.storage(&settings)?;
+    let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, storage, encoding };
+    let key = args.key.clone().unwrap_or_else(|| backup::snapshot_key(&cluster, jiff::Timestamp::now(), format));
+    let key = backup::unused_key(&plan.storage, &key, args.key.is_some()).await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
-    let result =
-        job::run(&plan, &key, &args.tuning.settings(), &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
+    let result = backup::run(&plan, &key, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
     progress.stop();
     let outcome = result?;
     let seconds = outcome.report.duration.as_secs_f64();
@@ -467,7 +474,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let listed = job::list(&args.bucket.location()?, args.cluster.as_deref(), &Settings::default()).await?;
+    let listed = catalog::list(&args.bucket.storage(&Settings::default())?, args.cluster.as_deref()).await?;
     if args.output == Output::Json {
         let entries: Vec<serde_json::Value> = listed
             .iter()
@@ -493,15 +500,15 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let location = args.bucket.location()?;
-    let identities = args.decrypt.identities()?;
     let settings = Settings::default();
-    let key = args.backup.key(&location, &settings, "verify").await?;
+    let storage = args.bucket.storage(&settings)?;
+    let identities = args.decrypt.identities()?;
+    let key = args.backup.key(&storage, "verify").await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let started = Instant::now();
     let result =
-        job::verify(&location, &key, &identities, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed))
+        catalog::verify(&storage, &key, &identities, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed))
             .await;
     progress.stop();
     let seconds = started.elapsed().as_secs_f64();
@@ -535,13 +542,13 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 }
 
 async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    use talos_etcd_backup::restore::{self, EtcdState};
+    use teb_core::restore::{self, EtcdState};
     let talos = args.talos.load()?.target(args.talos.context.as_deref())?;
-    let location = args.bucket.location()?;
-    let identities = args.decrypt.identities()?;
     let settings = Settings::default();
-    let key = args.backup.key(&location, &settings, "restore").await?;
-    let (client, plan) = restore::plan(&talos, &location, &key, args.node.as_deref(), &settings).await?;
+    let storage = args.bucket.storage(&settings)?;
+    let identities = args.decrypt.identities()?;
+    let key = args.backup.key(&storage, "restore").await?;
+    let (client, plan) = restore::plan(&talos, &storage, &key, args.node.as_deref(), &settings).await?;
     let etcd = match &plan.etcd {
         EtcdState::Running { member_id, db_size } => {
             serde_json::json!({"running": true, "member_id": format!("{member_id:x}"), "db_size": db_size})
@@ -571,7 +578,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     }
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
-    let result = restore::restore(&client, &plan, &location, &identities, &settings, args.wait, &move |bytes| {
+    let result = restore::restore(&client, &plan, &storage, &identities, &settings, args.wait, &move |bytes| {
         counter.store(bytes, Ordering::Relaxed)
     })
     .await;

@@ -1,95 +1,115 @@
-//! Turns a TalosEtcdBackup and the objects it names into plain values: a Talos target and an S3
-//! location. Every "Failed to get ..." message is born here.
+//! Turns a spec and the objects it names into plain values: a Talos target, a storage handle, an
+//! encoding. A [`Resolver`] serves one reconcile: it reads each Secret once and builds the storage
+//! handle once. Every "Failed to get ..." message is born here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use teb_api::{
-    BackupStorage, BundleConfig, Compression, SecretKeyRef, TalosControlPlane, TalosEtcdBackup, TalosEtcdBackupSpec,
-};
+use teb_api::{BackupStorage, BundleConfig, Compression, SecretKeyRef, TalosControlPlane, TalosEtcdBackupSpec};
+use teb_core::BackupPlan;
 use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
-use teb_pipeline::{AgeIdentity, Encoding, Format, S3Credentials, S3Location, validate};
+use teb_pipeline::{Encoding, Format, Identity, S3Credentials, S3Location, Storage, StorageLocation, validate};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
 
 use crate::Error;
 
-/// Everything a backup needs, with no Kubernetes left in it.
-#[derive(Clone, Debug)]
-pub struct BackupPlan {
-    /// The TalosControlPlane's name; part of the S3 key.
-    pub controlplane: String,
-    pub talos: Target,
-    pub s3: S3Location,
-    /// Compression and encryption of the stored snapshot.
-    pub encoding: Encoding,
-    /// The TalosEtcdBackup's UID, recorded in the object's metadata (`backup`) so that only its own
-    /// object is ever taken for an interrupted attempt's result. None outside Kubernetes.
-    pub owner: Option<String>,
+/// What one reconcile reads of a namespace, each thing once: its Secrets, the TalosControlPlane,
+/// and the storage handle built from them.
+pub struct Resolver {
+    secrets: Secrets,
+    request_timeout: Duration,
+    storage: Option<Storage>,
 }
 
-/// Reads the control plane and the secrets `backup` names, all from the backup's namespace, each
-/// Secret once. Talos credentials as [`resolve_talos`] finds them, with only the `os:etcd:backup` role.
-pub async fn resolve(client: &Client, backup: &TalosEtcdBackup, cert_validity: Duration) -> Result<BackupPlan, Error> {
-    let namespace = backup.namespace().ok_or_else(|| Error::Spec("the backup has no namespace".into()))?;
-    let spec = &backup.spec;
-    validate_spec(spec)?;
-    let mut secrets = Secrets::new(client, &namespace);
-    let controlplane = spec.talos_control_plane_ref.name.clone();
-    let talos = talos_target(
-        &mut secrets,
-        &controlplane,
-        spec.talosconfig_secret_ref.as_ref(),
-        cert_validity,
-        teb_talos::ROLE_ETCD_BACKUP,
-    )
-    .await?;
-    let s3 = s3_location(&mut secrets, &spec.backup_storage, "spec.").await?;
-    let encoding = encoding(&mut secrets, spec).await?;
-    Ok(BackupPlan { controlplane, talos, s3, encoding, owner: backup.uid() })
-}
-
-/// The Talos API target of `controlplane` in `namespace`: from the talosconfig Secret key `talosconfig`
-/// when given, else from the control plane's secrets bundle (minting a client certificate with only
-/// `role`, valid for `cert_validity`), else from the `<controlplane>-talosconfig` Secret.
-pub async fn resolve_talos(
-    client: &Client,
-    namespace: &str,
-    controlplane: &str,
-    talosconfig: Option<&SecretKeyRef>,
-    cert_validity: Duration,
-    role: &str,
-) -> Result<Target, Error> {
-    let field = |path: &str, result: Result<(), String>| result.map_err(|r| Error::Spec(format!("spec.{path}: {r}")));
-    field("talosControlPlaneRef.name", teb_api::validate::object_name(controlplane))?;
-    if let Some(reference) = talosconfig {
-        field("talosconfigSecretRef.name", teb_api::validate::object_name(&reference.name))?;
-        field("talosconfigSecretRef.key", teb_api::validate::secret_key(&reference.key))?;
+impl Resolver {
+    /// `request_timeout` bounds each storage request of the handle [`Resolver::storage`] builds.
+    pub fn new(client: &Client, namespace: &str, request_timeout: Duration) -> Self {
+        Resolver { secrets: Secrets::new(client, namespace), request_timeout, storage: None }
     }
-    talos_target(&mut Secrets::new(client, namespace), controlplane, talosconfig, cert_validity, role).await
-}
 
-async fn talos_target(
-    secrets: &mut Secrets<'_>,
-    controlplane: &str,
-    talosconfig: Option<&SecretKeyRef>,
-    cert_validity: Duration,
-    role: &str,
-) -> Result<Target, Error> {
-    let namespace = secrets.namespace.to_owned();
-    if let Some(reference) = talosconfig {
-        return talosconfig_target(&secrets.value(reference).await?, reference, &namespace);
+    /// The storage handle of `storage` (found at `at`: `spec.`, or a schedule's
+    /// `spec.backupTemplate.spec.`), built on the first call; later calls return it again. It needs
+    /// no TalosControlPlane, so it works when that is gone (deleted with the namespace, say).
+    pub async fn storage(&mut self, storage: &BackupStorage, at: &str) -> Result<Storage, Error> {
+        if let Some(built) = &self.storage {
+            return Ok(built.clone());
+        }
+        validate_storage(storage, at)?;
+        let location = StorageLocation::S3(s3_location(&mut self.secrets, storage, at).await?);
+        let built = Storage::new(&location, self.request_timeout).map_err(Error::storage)?;
+        self.storage = Some(built.clone());
+        Ok(built)
     }
-    let found = Api::<TalosControlPlane>::namespaced(secrets.client.clone(), &namespace)
-        .get_opt(controlplane)
-        .await
-        .map_err(|e| cp_error(controlplane, &namespace, kube_reason(&e)))?
-        .ok_or_else(|| {
-            let reason = "not found; it must exist in the same namespace as the TalosEtcdBackup".into();
-            cp_error(controlplane, &namespace, reason)
-        })?;
-    talos_from_controlplane(&found, secrets, cert_validity, role).await
+
+    /// Everything a backup with `spec` needs. Talos credentials as [`Resolver::talos`] finds them,
+    /// with only the `os:etcd:backup` role. `owner` is the backup's UID.
+    pub async fn backup_plan(
+        &mut self,
+        spec: &TalosEtcdBackupSpec,
+        owner: Option<String>,
+        cert_validity: Duration,
+    ) -> Result<BackupPlan, Error> {
+        validate_spec(spec)?;
+        let controlplane = spec.talos_control_plane_ref.name.clone();
+        let reference = spec.talosconfig_secret_ref.as_ref();
+        let talos = self.talos_target(&controlplane, reference, cert_validity, teb_talos::ROLE_ETCD_BACKUP).await?;
+        let storage = self.storage(&spec.backup_storage, "spec.").await?;
+        let encoding = encoding(&mut self.secrets, spec).await?;
+        Ok(BackupPlan { controlplane, talos, storage, encoding, owner })
+    }
+
+    /// The Talos API target of `controlplane`: from the talosconfig Secret key `talosconfig` when
+    /// given, else from the control plane's secrets bundle (minting a client certificate with only
+    /// `role`, valid for `cert_validity`), else from the `<controlplane>-talosconfig` Secret.
+    pub async fn talos(
+        &mut self,
+        controlplane: &str,
+        talosconfig: Option<&SecretKeyRef>,
+        cert_validity: Duration,
+        role: &str,
+    ) -> Result<Target, Error> {
+        let field =
+            |path: &str, result: Result<(), String>| result.map_err(|r| Error::Spec(format!("spec.{path}: {r}")));
+        field("talosControlPlaneRef.name", teb_api::validate::object_name(controlplane))?;
+        if let Some(reference) = talosconfig {
+            field("talosconfigSecretRef.name", teb_api::validate::object_name(&reference.name))?;
+            field("talosconfigSecretRef.key", teb_api::validate::secret_key(&reference.key))?;
+        }
+        self.talos_target(controlplane, talosconfig, cert_validity, role).await
+    }
+
+    async fn talos_target(
+        &mut self,
+        controlplane: &str,
+        talosconfig: Option<&SecretKeyRef>,
+        cert_validity: Duration,
+        role: &str,
+    ) -> Result<Target, Error> {
+        let secrets = &mut self.secrets;
+        let namespace = secrets.namespace.clone();
+        if let Some(reference) = talosconfig {
+            return talosconfig_target(&secrets.value(reference).await?, reference, &namespace);
+        }
+        let found = Api::<TalosControlPlane>::namespaced(secrets.client.clone(), &namespace)
+            .get_opt(controlplane)
+            .await
+            .map_err(|e| cp_error(controlplane, &namespace, kube_reason(&e)))?
+            .ok_or_else(|| {
+                let reason = "not found; it must exist in the same namespace as the TalosEtcdBackup".into();
+                cp_error(controlplane, &namespace, reason)
+            })?;
+        talos_from_controlplane(&found, secrets, cert_validity, role).await
+    }
+
+    /// The age identities in the Secret key `reference`: what decrypts a backup for verification or
+    /// restore. Errors never quote the Secret's content.
+    pub async fn identities(&mut self, reference: &SecretKeyRef) -> Result<Vec<Identity>, Error> {
+        let text = self.secrets.value(reference).await?;
+        codec::parse_identities(&text)
+            .map_err(|reason| self.secrets.error(&reference.name, format!("key {:?}: {reason}", reference.key)))
+    }
 }
 
 /// The zstd level a spec asks for when it asks for compression.
@@ -101,7 +121,7 @@ pub fn format_of(spec: &TalosEtcdBackupSpec) -> Format {
 }
 
 /// The compression level and the age recipients: inline ones, then those of `recipientsSecretRef`.
-async fn encoding(secrets: &mut Secrets<'_>, spec: &TalosEtcdBackupSpec) -> Result<Encoding, Error> {
+async fn encoding(secrets: &mut Secrets, spec: &TalosEtcdBackupSpec) -> Result<Encoding, Error> {
     let zstd_level = format_of(spec).zstd.then(|| spec.compression_level.unwrap_or(DEFAULT_ZSTD_LEVEL));
     let Some(encryption) = &spec.encryption else {
         return Ok(Encoding { zstd_level, recipients: Vec::new() });
@@ -125,30 +145,7 @@ async fn encoding(secrets: &mut Secrets<'_>, spec: &TalosEtcdBackupSpec) -> Resu
     Ok(Encoding { zstd_level, recipients })
 }
 
-/// The age identities in the Secret key `reference` (in `namespace`): what decrypts a backup for
-/// verification or restore. Errors never quote the Secret's content.
-pub async fn identities(client: &Client, namespace: &str, reference: &SecretKeyRef) -> Result<Vec<AgeIdentity>, Error> {
-    let mut secrets = Secrets::new(client, namespace);
-    let text = secrets.value(reference).await?;
-    codec::parse_identities(&text)
-        .map_err(|reason| secrets.error(&reference.name, format!("key {:?}: {reason}", reference.key)))
-}
-
-/// Only the S3 side of [`resolve`], for `storage` found at `at` (`spec.`, or a schedule's
-/// `spec.backupTemplate.spec.`) with its Secrets in `namespace`: what aborting an upload, deleting
-/// or reading a snapshot, a restore and the storage check need. It works when the TalosControlPlane is
-/// gone (deleted together with the namespace, for example).
-pub async fn resolve_s3(
-    client: &Client,
-    namespace: &str,
-    storage: &BackupStorage,
-    at: &str,
-) -> Result<S3Location, Error> {
-    validate_storage(storage, at)?;
-    s3_location(&mut Secrets::new(client, namespace), storage, at).await
-}
-
-async fn s3_location(secrets: &mut Secrets<'_>, storage: &BackupStorage, at: &str) -> Result<S3Location, Error> {
+async fn s3_location(secrets: &mut Secrets, storage: &BackupStorage, at: &str) -> Result<S3Location, Error> {
     let s3 = &storage.s3;
     let ca_pem = match &s3.ca_bundle {
         Some(reference) => Some(secrets.checked_value(reference, validate::ca_bundle).await?),
@@ -275,12 +272,12 @@ fn key_refs<'a>(storage: &'a BackupStorage, at: &str) -> Result<Option<(&'a Secr
 
 async fn talos_from_controlplane(
     controlplane: &TalosControlPlane,
-    secrets: &mut Secrets<'_>,
+    secrets: &mut Secrets,
     cert_validity: Duration,
     role: &str,
 ) -> Result<Target, Error> {
     let name = controlplane.name_any();
-    let namespace = secrets.namespace.to_owned();
+    let namespace = secrets.namespace.clone();
     let status = controlplane.status.clone().unwrap_or_default();
     let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
     if let (Some(config), Some(bundle)) = (nonempty(status.bundle_config), nonempty(status.secret_bundle)) {
@@ -329,20 +326,20 @@ fn kube_reason(e: &kube::Error) -> String {
     }
 }
 
-/// Secrets of one namespace, each read once per backup (and the client that reads the rest).
-struct Secrets<'a> {
+/// Secrets of one namespace, each read once per reconcile (and the client that reads the rest).
+struct Secrets {
     client: Client,
     api: Api<Secret>,
-    namespace: &'a str,
+    namespace: String,
     cache: BTreeMap<String, Option<Secret>>,
 }
 
-impl<'a> Secrets<'a> {
-    fn new(client: &Client, namespace: &'a str) -> Self {
+impl Secrets {
+    fn new(client: &Client, namespace: &str) -> Self {
         Secrets {
             client: client.clone(),
             api: Api::namespaced(client.clone(), namespace),
-            namespace,
+            namespace: namespace.to_owned(),
             cache: BTreeMap::new(),
         }
     }
@@ -389,7 +386,7 @@ impl<'a> Secrets<'a> {
     }
 
     fn error(&self, name: &str, reason: String) -> Error {
-        Error::Secret { name: name.to_owned(), namespace: self.namespace.to_owned(), reason }
+        Error::Secret { name: name.to_owned(), namespace: self.namespace.clone(), reason }
     }
 }
 

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use sha2::Digest as _;
 use talos_etcd_backup::resolve::validate_spec;
 use teb_api::{BackupStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackupSpec};
-use teb_pipeline::{Limits, S3Credentials, S3Location, S3Sink};
+use teb_pipeline::{Limits, S3Credentials, S3Location, Storage, StorageLocation};
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
 use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
@@ -140,7 +140,7 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..4096), zstd: bool, age: bool) {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let format = teb_pipeline::Format { zstd, age };
-        let identity = teb_pipeline::AgeIdentity::generate();
+        let identity = teb_pipeline::Identity::from(age::x25519::Identity::generate());
         // Also a real age header in front, so the decoder gets past it.
         let mut prefixed = b"age-encryption.org/v1\n-> X25519 ".to_vec();
         prefixed.extend_from_slice(&bytes);
@@ -207,8 +207,8 @@ proptest! {
             ca_pem: None,
             credentials: Some(S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() }),
         };
-        let sink = match S3Sink::new(&location, Duration::from_secs(5)) {
-            Ok(sink) => sink,
+        let storage = match Storage::new(&StorageLocation::S3(location), Duration::from_secs(5)) {
+            Ok(storage) => storage,
             Err(e) => {
                 assert_no_secret(&e.to_string(), &[&secret], &public);
                 return Ok(());
@@ -220,8 +220,8 @@ proptest! {
         let source = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(snapshot()))]);
         let key = "talos-operator-etcd-backups/fuzz/etcd-snapshot.db";
         let result = runtime.block_on(async {
-            let upload = sink.create_upload(key, &[]).await?;
-            teb_pipeline::run(source, &sink, &upload, &limits, &Default::default(), &|_| {}).await
+            let upload = storage.create_upload(key, &[]).await?;
+            teb_pipeline::run(source, &storage, &upload, &limits, &Default::default(), &|_| {}).await
         });
         if let Err(e) = result {
             assert_no_secret(&e.to_string(), &[&secret], &public);

@@ -591,8 +591,7 @@ fn base64_encode(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
-    use talos_etcd_backup::job;
-    use talos_etcd_backup::resolve::BackupPlan;
+    use teb_core::{BackupPlan, backup};
     let mut scenario = Scenario::start_with(
         "e2e-interrupted",
         EmulatorOptions { control_planes: 1, ..Default::default() },
@@ -609,7 +608,7 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
     let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
     let uid = api.get("my-backup").await.unwrap().metadata.uid.unwrap();
-    let key = job::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
+    let key = backup::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
     let plan = BackupPlan {
         controlplane: "my-controlplane".into(),
         encoding: Default::default(),
@@ -618,19 +617,23 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
             .unwrap()
             .target(None)
             .unwrap(),
-        s3: teb_pipeline::S3Location {
-            bucket: "my-etcd-backups".into(),
-            region: "us-west-2".into(),
-            endpoint: Some(scenario.s3.endpoint.clone()),
-            insecure_skip_tls_verify: false,
-            ca_pem: None,
-            credentials: Some(teb_pipeline::S3Credentials {
-                access_key_id: teb_testkit::s3::ACCESS_KEY.into(),
-                secret_access_key: teb_testkit::s3::SECRET_KEY.into(),
+        storage: teb_pipeline::Storage::new(
+            &teb_pipeline::StorageLocation::S3(teb_pipeline::S3Location {
+                bucket: "my-etcd-backups".into(),
+                region: "us-west-2".into(),
+                endpoint: Some(scenario.s3.endpoint.clone()),
+                insecure_skip_tls_verify: false,
+                ca_pem: None,
+                credentials: Some(teb_pipeline::S3Credentials {
+                    access_key_id: teb_testkit::s3::ACCESS_KEY.into(),
+                    secret_access_key: teb_testkit::s3::SECRET_KEY.into(),
+                }),
             }),
-        },
+            Duration::from_secs(20),
+        )
+        .unwrap(),
     };
-    let stored = job::run(&plan, &key, &job::Settings::default(), &|_| {}).await.unwrap();
+    let stored = backup::run(&plan, &key, &teb_core::Settings::default(), &|_| {}).await.unwrap();
     // Written as the operator writes status (server-side apply, its field manager).
     let interrupted = serde_json::json!({"apiVersion": "talos.alperen.cloud/v1alpha1", "kind": "TalosEtcdBackup", "status": {
         "attempts": 1,

@@ -59,8 +59,8 @@ impl Format {
 pub struct Encoding {
     /// zstd level (1 to 19), when compressed.
     pub zstd_level: Option<i32>,
-    /// age X25519 recipients, when encrypted; any one of their identities decrypts.
-    pub recipients: Vec<age::x25519::Recipient>,
+    /// age recipients, when encrypted; any one of their identities decrypts.
+    pub recipients: Vec<Recipient>,
 }
 
 impl Encoding {
@@ -70,7 +70,57 @@ impl Encoding {
 
     /// The recipients' fingerprints, as status shows them.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.recipients.iter().map(fingerprint).collect()
+        self.recipients.iter().map(|r| r.fingerprint.clone()).collect()
+    }
+}
+
+/// Whom a snapshot is encrypted to: an age recipient behind age's own trait (X25519 public keys
+/// today; SSH or plugin recipients fit the same slot), with the fingerprint a status shows.
+#[derive(Clone)]
+pub struct Recipient {
+    key: Arc<dyn age::Recipient + Send + Sync>,
+    fingerprint: String,
+}
+
+impl Recipient {
+    /// `sha256:` and the first 16 hex digits of the SHA-256 of the recipient's `age1…` text: enough
+    /// to tell recipients apart in a status, short enough to read.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+impl From<age::x25519::Recipient> for Recipient {
+    fn from(key: age::x25519::Recipient) -> Self {
+        let digest = Sha256::digest(key.to_string().as_bytes());
+        Recipient { fingerprint: format!("sha256:{}", &hex::encode(digest)[..16]), key: Arc::new(key) }
+    }
+}
+
+impl PartialEq for Recipient {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl std::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recipient({})", self.fingerprint)
+    }
+}
+
+/// What decrypts a snapshot: an age identity behind age's own trait. Debug output never shows it.
+pub struct Identity(Box<dyn age::Identity + Send + Sync>);
+
+impl From<age::x25519::Identity> for Identity {
+    fn from(key: age::x25519::Identity) -> Self {
+        Identity(Box::new(key))
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(..)")
     }
 }
 
@@ -78,43 +128,36 @@ impl Encoding {
 /// memory would no longer be small.
 pub const MAX_ZSTD_LEVEL: i32 = 19;
 
-/// `sha256:` and the first 16 hex digits of the SHA-256 of the recipient's `age1…` text: enough to
-/// tell recipients apart in a status, short enough to read.
-pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {
-    let digest = Sha256::digest(recipient.to_string().as_bytes());
-    format!("sha256:{}", &hex::encode(digest)[..16])
-}
-
 /// age X25519 recipients (`age1…`), one per entry; a recipients file's `#` comments and blank lines
 /// are skipped. Recipients are public keys, so errors quote them.
-pub fn parse_recipients<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Vec<age::x25519::Recipient>, String> {
+pub fn parse_recipients<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Vec<Recipient>, String> {
     let mut recipients = Vec::new();
     for entry in entries.into_iter().map(str::trim).filter(|e| !e.is_empty() && !e.starts_with('#')) {
-        let recipient = entry.parse().map_err(|reason| {
+        let recipient: age::x25519::Recipient = entry.parse().map_err(|reason| {
             let shown: String = entry.chars().take(80).collect();
             format!("{shown:?} is not an age X25519 recipient (a public key age1…, as age-keygen prints): {reason}")
         })?;
-        recipients.push(recipient);
+        recipients.push(recipient.into());
     }
     Ok(recipients)
 }
 
 /// age X25519 identities (`AGE-SECRET-KEY-1…`) from an identity file's text: one per line, `#`
 /// comments and blank lines skipped. Errors name the line, never its content.
-pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, String> {
+pub fn parse_identities(text: &str) -> Result<Vec<Identity>, String> {
     let mut identities = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let identity = line.parse().map_err(|_| {
+        let identity: age::x25519::Identity = line.parse().map_err(|_| {
             format!(
                 "line {} of the identity is not an age X25519 secret key (AGE-SECRET-KEY-1…, as age-keygen writes it)",
                 number + 1
             )
         })?;
-        identities.push(identity);
+        identities.push(identity.into());
     }
     if identities.is_empty() {
         return Err("the identity holds no age secret key (AGE-SECRET-KEY-1…)".to_owned());
@@ -175,7 +218,7 @@ impl Encoder {
         let encrypted = match encoding.recipients.as_slice() {
             [] => None,
             recipients => {
-                let recipients = recipients.iter().map(|r| r as &dyn age::Recipient);
+                let recipients = recipients.iter().map(|r| &*r.key as &dyn age::Recipient);
                 let encryptor =
                     age::Encryptor::with_recipients(recipients).map_err(|e| Error::Encode(e.to_string()))?;
                 Some(encryptor.wrap_output(output.clone()).map_err(failed)?)
@@ -238,7 +281,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub async fn decode<S>(
     stored: S,
     format: Format,
-    identities: &[age::x25519::Identity],
+    identities: &[Identity],
 ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error>
 where
     S: Stream<Item = Result<Bytes, Error>> + Send + 'static,
@@ -253,7 +296,7 @@ where
             ));
         }
         let decryptor = age::Decryptor::new_async_buffered(reader).await.map_err(decrypt_error)?;
-        let identities = identities.iter().map(|i| i as &dyn age::Identity);
+        let identities = identities.iter().map(|i| &*i.0 as &dyn age::Identity);
         let plain = decryptor.decrypt_async(identities).map_err(decrypt_error)?;
         reader = Box::pin(BufReader::with_capacity(READ_CHUNK, plain));
     }
@@ -294,10 +337,12 @@ mod tests {
     use super::*;
     use futures::StreamExt as _;
 
-    fn keys() -> (age::x25519::Identity, age::x25519::Recipient) {
+    /// An identity, its recipient, and the identity's secret text.
+    fn keys() -> (Identity, Recipient, String) {
         let identity = age::x25519::Identity::generate();
-        let recipient = identity.to_public();
-        (identity, recipient)
+        let recipient = identity.to_public().into();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_owned();
+        (identity.into(), recipient, secret)
     }
 
     fn encode(data: &[u8], encoding: &Encoding, part_size: usize) -> Vec<u8> {
@@ -316,7 +361,7 @@ mod tests {
         stored
     }
 
-    async fn decoded(stored: Vec<u8>, format: Format, identities: &[age::x25519::Identity]) -> Result<Vec<u8>, Error> {
+    async fn decoded(stored: Vec<u8>, format: Format, identities: &[Identity]) -> Result<Vec<u8>, Error> {
         let chunks: Vec<Result<Bytes, Error>> = stored.chunks(7000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let stream = decode(futures::stream::iter(chunks), format, identities).await?;
         let parts: Vec<Bytes> = stream.try_collect().await?;
@@ -329,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_format_round_trips() {
-        let (identity, recipient) = keys();
+        let (identity, recipient, _) = keys();
         let data = sample();
         for (zstd_level, recipients) in
             [(None, vec![]), (Some(3), vec![]), (None, vec![recipient.clone()]), (Some(19), vec![recipient.clone()])]
@@ -348,8 +393,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_identity_or_a_truncated_object_is_a_clear_error() {
-        let (_, recipient) = keys();
-        let (other, _) = keys();
+        let (_, recipient, _) = keys();
+        let (other, _, _) = keys();
         let encoding = Encoding { zstd_level: Some(3), recipients: vec![recipient] };
         let stored = encode(&sample(), &encoding, 5000);
         let format = encoding.format();
@@ -357,7 +402,7 @@ mod tests {
         assert!(err.to_string().contains("encrypted to other recipients"), "{err}");
         let err = decoded(stored.clone(), format, &[]).await.unwrap_err();
         assert!(err.to_string().contains("give the identity"), "{err}");
-        let (identity, recipient) = keys();
+        let (identity, recipient, _) = keys();
         let encoding = Encoding { zstd_level: None, recipients: vec![recipient] };
         let stored = encode(&sample(), &encoding, 5000);
         let cut = stored[..stored.len() - 100].to_vec();
@@ -372,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn errors_of_the_stored_stream_come_out_unchanged() {
         let chunks = vec![Ok(Bytes::from_static(b"age-encryption.org/v1\n")), Err(Error::Truncated { bytes: 7 })];
-        let (identity, _) = keys();
+        let (identity, _, _) = keys();
         let format = Format { zstd: false, age: true };
         let err = match decode(futures::stream::iter(chunks), format, &[identity]).await {
             Err(e) => e,
@@ -383,9 +428,10 @@ mod tests {
 
     #[test]
     fn recipients_and_identities_are_checked_and_identities_never_quoted() {
-        let (identity, recipient) = keys();
+        let identity = age::x25519::Identity::generate();
+        let recipient = identity.to_public();
         let text = format!("# backups\n{recipient}\n\n");
-        assert_eq!(parse_recipients(text.lines()).unwrap(), vec![recipient.clone()]);
+        assert_eq!(parse_recipients(text.lines()).unwrap(), vec![Recipient::from(recipient.clone())]);
         let err = parse_recipients(["age1notakey"]).unwrap_err();
         assert!(err.contains("\"age1notakey\" is not an age X25519 recipient"), "{err}");
         assert!(parse_recipients(["", "# none"]).unwrap().is_empty());
@@ -396,6 +442,7 @@ mod tests {
         let err = parse_identities(&format!("# key\n{broken}\n")).err().unwrap();
         assert!(err.contains("line 2") && !err.contains(&broken[15..]), "{err}");
         assert!(parse_identities("# nothing\n").err().unwrap().contains("holds no age secret key"));
-        assert!(fingerprint(&recipient).starts_with("sha256:") && fingerprint(&recipient).len() == 23);
+        let fingerprint = Recipient::from(recipient).fingerprint().to_owned();
+        assert!(fingerprint.starts_with("sha256:") && fingerprint.len() == 23, "{fingerprint}");
     }
 }

@@ -1,18 +1,6 @@
 use std::time::Duration;
 
-use crate::S3Field;
-
-/// The S3 request that failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum S3Operation {
-    CreateMultipartUpload,
-    UploadPart,
-    CompleteMultipartUpload,
-    AbortMultipartUpload,
-    GetObject,
-    DeleteObject,
-    ListObjects,
-}
+use crate::{Operation, S3Field};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,8 +29,17 @@ pub enum Error {
     Encode(String),
     #[error("{0}")]
     Decode(String),
-    #[error("{operation:?} to bucket {bucket:?} failed{}: {message}", code.as_ref().map(|c| format!(" with S3 error {c}")).unwrap_or_default())]
-    S3 { operation: S3Operation, bucket: String, code: Option<String>, message: String },
+    /// A request the store refused or could not take; `service` and `container` as messages name
+    /// them (`S3`, `bucket "my-etcd-backups"`), `code` as the service says it.
+    #[error("{operation:?} to {container} failed{}: {message}", code.as_ref().map(|c| format!(" with {service} error {c}")).unwrap_or_default())]
+    Storage {
+        operation: Operation,
+        service: &'static str,
+        container: String,
+        code: Option<String>,
+        message: String,
+        permanent: bool,
+    },
 }
 
 impl Error {
@@ -51,22 +48,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Invalid { .. } | Error::Config(_) | Error::Encode(_) | Error::Decode(_) => false,
-            Error::S3 { code, message, .. } => match code.as_deref() {
-                Some(
-                    "AccessDenied"
-                    | "InvalidAccessKeyId"
-                    | "SignatureDoesNotMatch"
-                    | "NoSuchBucket"
-                    | "InvalidBucketName"
-                    | "AuthorizationHeaderMalformed"
-                    | "PermanentRedirect"
-                    | "InvalidArgument"
-                    | "InvalidRequest",
-                ) => false,
-                Some(_) => true,
-                // Without a code, certificate problems are permanent; connection trouble is not.
-                None => !message.contains("certificate"),
-            },
+            Error::Storage { permanent, .. } => !permanent,
             Error::Source { .. }
             | Error::IdleTimeout { .. }
             | Error::TotalTimeout { .. }

@@ -2,13 +2,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use object_store::multipart::{MultipartStore as _, PartId};
+use object_store::PutPayload;
+use object_store::multipart::PartId;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, PutMultipartOptions, PutPayload};
 use tokio::task::JoinSet;
 
 use crate::codec::Encoder;
-use crate::{Encoding, Error, S3Operation, S3Sink, TrailerVerifier};
+use crate::{Encoding, Error, Operation, Storage, TrailerVerifier, UploadRef};
 
 /// Bounds on one backup's memory and time.
 #[derive(Clone, Debug)]
@@ -48,48 +48,14 @@ pub struct Report {
     pub duration: Duration,
 }
 
-/// A multipart upload as S3 names it: recorded before any part is sent, so that one left unfinished
-/// (by a crash, or by an abort S3 could not take) can be aborted later.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UploadRef {
-    pub key: String,
-    pub upload_id: String,
-}
-
-impl S3Sink {
-    /// Starts a multipart upload at `key`. `metadata` becomes the object's user metadata
-    /// (`x-amz-meta-*`).
-    pub async fn create_upload(&self, key: &str, metadata: &[(&str, String)]) -> Result<UploadRef, Error> {
-        let mut attributes = Attributes::new();
-        for (name, value) in metadata {
-            attributes.insert(Attribute::Metadata(name.to_string().into()), value.clone().into());
-        }
-        let options = PutMultipartOptions { attributes, ..Default::default() };
-        let upload_id = self
-            .store
-            .create_multipart_opts(&Path::from(key), options)
-            .await
-            .map_err(|e| self.error(S3Operation::CreateMultipartUpload, e))?;
-        Ok(UploadRef { key: key.to_owned(), upload_id })
-    }
-
-    /// Aborts `upload`, dropping its parts. An upload S3 no longer knows (completed, or aborted
-    /// already) counts as aborted.
-    pub async fn abort_upload(&self, upload: &UploadRef) -> Result<(), Error> {
-        match self.store.abort_multipart(&Path::from(upload.key.as_str()), &upload.upload_id).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error(S3Operation::AbortMultipartUpload, e)),
-        }
-    }
-}
-
 /// Streams `source` into `upload`, verifying the snapshot trailer on the way and encoding it as
-/// `encoding` says (zstd, then age), and completes the upload only when the trailer matched. On any failure the upload is aborted (best effort: the
+/// `encoding` says (zstd, then age), and completes the upload only when the trailer matched. On any
+/// failure the upload is aborted (best effort: the
 /// caller, which recorded it, can abort it again later). `progress` is told the byte count after
 /// each chunk.
 pub async fn run<S, E>(
     source: S,
-    sink: &S3Sink,
+    storage: &Storage,
     upload: &UploadRef,
     limits: &Limits,
     encoding: &Encoding,
@@ -100,7 +66,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let mut parts = Parts::new(sink, upload);
+    let mut parts = Parts::new(storage, upload);
     let mut verifier = TrailerVerifier::new();
     let streamed = tokio::time::timeout(
         limits.total_timeout,
@@ -124,7 +90,7 @@ where
         Err(error) => {
             // Abort so that no part lingers in the bucket (and no object appears at the key).
             parts.cancel();
-            if let Err(abort) = sink.abort_upload(upload).await {
+            if let Err(abort) = storage.abort_upload(upload).await {
                 tracing::warn!(key = %upload.key, error = %abort, "aborting the multipart upload failed");
             }
             Err(error)
@@ -134,7 +100,7 @@ where
 
 /// The parts of one upload: at most `parts_in_flight` uploading at once, their ids kept in order.
 struct Parts<'a> {
-    sink: &'a S3Sink,
+    storage: &'a Storage,
     upload: &'a UploadRef,
     path: Path,
     running: JoinSet<Result<(usize, PartId), object_store::Error>>,
@@ -142,9 +108,9 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    fn new(sink: &'a S3Sink, upload: &'a UploadRef) -> Self {
+    fn new(storage: &'a Storage, upload: &'a UploadRef) -> Self {
         let path = Path::from(upload.key.as_str());
-        Parts { sink, upload, path, running: JoinSet::new(), done: Vec::new() }
+        Parts { storage, upload, path, running: JoinSet::new(), done: Vec::new() }
     }
 
     /// Uploads `data` as the next part, once fewer than `in_flight` parts are uploading
@@ -155,7 +121,7 @@ impl<'a> Parts<'a> {
         }
         let index = self.done.len();
         self.done.push(None);
-        let store = self.sink.store.clone();
+        let store = self.storage.store.clone();
         let (path, id) = (self.path.clone(), self.upload.upload_id.clone());
         self.running.spawn(async move {
             let part = store.put_part(&path, &id, index, PutPayload::from(data)).await?;
@@ -165,7 +131,7 @@ impl<'a> Parts<'a> {
     }
 
     async fn join_one(&mut self) -> Result<(), Error> {
-        let failed = |e| self.sink.error(S3Operation::UploadPart, e);
+        let failed = |e| self.storage.error(Operation::UploadPart, e);
         match self.running.join_next().await {
             Some(Ok(Ok((index, part)))) => {
                 self.done[index] = Some(part);
@@ -182,11 +148,11 @@ impl<'a> Parts<'a> {
             self.join_one().await?;
         }
         let parts: Vec<PartId> = std::mem::take(&mut self.done).into_iter().flatten().collect();
-        self.sink
+        self.storage
             .store
             .complete_multipart(&self.path, &self.upload.upload_id, parts)
             .await
-            .map_err(|e| self.sink.error(S3Operation::CompleteMultipartUpload, e))?;
+            .map_err(|e| self.storage.error(Operation::CompleteMultipartUpload, e))?;
         Ok(())
     }
 

@@ -1,5 +1,6 @@
-//! The TalosEtcdBackup controller: thin. It reads the object, resolves what it names, runs the
-//! backup job and writes conditions and events. A backup runs once: Ready is final, and so is Failed
+//! The TalosEtcdBackup controller: thin. It reads the object, decides the next step from it alone
+//! ([`decide`]), resolves what the step needs once ([`Resolver`]), runs the core's use case and
+//! writes conditions and events. A backup runs once: Ready is final, and so is Failed
 //! unless the spec changes.
 
 use std::sync::Arc;
@@ -13,13 +14,14 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
 use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
-use teb_pipeline::{Format, S3Location, UploadRef};
+use teb_core::{Outcome, backup as core_backup, catalog};
+use teb_pipeline::{Format, UploadRef};
 
 use super::{Context, now, patch_status};
+use crate::Error;
 use crate::finalizer;
-use crate::job;
 use crate::metrics;
-use crate::{Error, resolve};
+use crate::resolve::{self, Resolver};
 
 /// What a reconcile of a backup does next, decided from the object alone ([`decide`]).
 #[derive(Debug, PartialEq)]
@@ -59,19 +61,27 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -
     let Some(backup) = api.get_opt(&cached.name_any()).await? else {
         return Ok(Action::await_change());
     };
+    // What the step needs is resolved once, on first use: each Secret read once, one storage handle.
+    let resolver =
+        &mut Resolver::new(&ctx.client, &backup.namespace().unwrap_or_default(), ctx.config.settings.request_timeout);
     match decide(&backup, Timestamp::now()) {
-        Step::CleanUp => clean_up(&api, &backup, &ctx).await,
-        Step::Finished => finish(&api, &backup, &ctx).await,
+        Step::CleanUp => clean_up(&api, &backup, &ctx, resolver).await,
+        Step::Finished => finish(&api, &backup, &ctx, resolver).await,
         Step::WaitUntil(at) => {
             Ok(Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()))
         }
-        Step::Attempt { fresh } => attempt(&api, &backup, &ctx, fresh).await,
+        Step::Attempt { fresh } => attempt(&api, &backup, &ctx, resolver, fresh).await,
     }
 }
 
 /// A finished backup: an abort S3 could not take then is retried until it does, and `spec.verify`
 /// set after the fact verifies it now.
-async fn finish(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Context) -> Result<Action, Error> {
+async fn finish(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    resolver: &mut Resolver,
+) -> Result<Action, Error> {
     // The finalizer first: aborting may write the status, which changes the resourceVersion the
     // finalizer patch names. The status write re-triggers a reconcile that drops a finalizer no
     // longer needed.
@@ -80,9 +90,9 @@ async fn finish(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Cont
         ctx.record_success_time(backup, &status);
     }
     finalizer::set(api, backup, needs_finalizer(backup, &status)).await?;
-    abort_unfinished(api, backup, ctx, &mut status).await?;
+    abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
     if backup.spec.verify && status.verified.is_none() && conditions::is_true(&status.conditions, READY) {
-        return verify_stored(api, backup, ctx, status).await;
+        return verify_stored(api, backup, ctx, resolver, status).await;
     }
     Ok(ctx.after_finish(&status))
 }
@@ -94,6 +104,7 @@ async fn attempt(
     api: &Api<TalosEtcdBackup>,
     backup: &TalosEtcdBackup,
     ctx: &Context,
+    resolver: &mut Resolver,
     fresh: bool,
 ) -> Result<Action, Error> {
     let (namespace, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
@@ -116,11 +127,11 @@ async fn attempt(
     // An attempt cut off after its upload completed (its Ready status could not be written) left the
     // backup in the bucket: record it rather than store a second copy nobody would point at.
     if let Some(key) = status.attempt_key.clone() {
-        match crate::isolate(find_stored(backup, ctx, &key)).await {
+        match crate::isolate(find_stored(backup, resolver, &key)).await {
             Ok(Some(outcome)) => {
                 tracing::info!(%namespace, %name, %key, "found the snapshot an interrupted attempt stored");
                 // Its upload is complete: S3 no longer knows it, so this only clears the record.
-                abort_unfinished(api, backup, ctx, &mut status).await?;
+                abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
                 return succeed(api, backup, ctx, status, outcome).await;
             }
             Ok(None) => {}
@@ -128,10 +139,10 @@ async fn attempt(
         }
     }
     // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
-    abort_unfinished(api, backup, ctx, &mut status).await?;
+    abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
     status.attempts += 1;
     let attempt = status.attempts;
-    let key = job::snapshot_key(
+    let key = core_backup::snapshot_key(
         &backup.spec.talos_control_plane_ref.name,
         Timestamp::now(),
         resolve::format_of(&backup.spec),
@@ -141,7 +152,7 @@ async fn attempt(
     patch_status(api, &name, &status).await?;
     tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
     let running = metrics::Running::start(&ctx.metrics.in_progress);
-    let result = crate::isolate(attempt_backup(api, backup, ctx, &key, &mut status)).await;
+    let result = crate::isolate(attempt_backup(api, backup, ctx, resolver, &key, &mut status)).await;
     drop(running);
     let error = match result {
         Ok(outcome) => return succeed(api, backup, ctx, status, outcome).await,
@@ -149,7 +160,7 @@ async fn attempt(
     };
     ctx.metrics.errors.get_or_create(&metrics::ErrorLabels { kind: error.kind() }).inc();
     // The pipeline aborted its upload already; this confirms it (or keeps it for later).
-    abort_unfinished(api, backup, ctx, &mut status).await?;
+    abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
     if error.is_transient() && attempt < max {
         let delay = backoff(ctx.config.retry_backoff, attempt);
         let message = format!("Attempt {attempt} of {max} failed: {error}; retrying in {}s", delay.as_secs());
@@ -175,7 +186,12 @@ async fn attempt(
 /// snapshot too with `deletionPolicy: Delete`, unless [`kept_because`] says why not), then lets the
 /// deletion finish. When S3 cannot be reached it retries, and an event says how to let the deletion
 /// finish without it; in a namespace being deleted it lets go at once, so the namespace never hangs.
-async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Context) -> Result<Action, Error> {
+async fn clean_up(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    resolver: &mut Resolver,
+) -> Result<Action, Error> {
     if !finalizer::held(backup) {
         return Ok(Action::await_change());
     }
@@ -189,14 +205,12 @@ async fn clean_up(api: &Api<TalosEtcdBackup>, backup: &TalosEtcdBackup, ctx: &Co
         if uploads.is_empty() && delete.is_none() {
             return Ok(());
         }
-        let location = location_of(ctx, backup).await?;
-        if let Some((upload, error)) =
-            job::abort_uploads(&location, &uploads, &ctx.config.settings).await?.into_iter().next()
-        {
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+        if let Some((upload, error)) = catalog::abort_uploads(&storage, &uploads).await.into_iter().next() {
             return Err(Error::Cleanup(format!("cannot abort the unfinished upload of {}: {error}", upload.key)));
         }
         match delete {
-            Some(key) => job::delete_snapshot(&location, key, &ctx.config.settings).await,
+            Some(key) => Ok(catalog::delete_snapshot(&storage, key).await?),
             None => Ok(()),
         }
     })
@@ -279,14 +293,15 @@ async fn abort_unfinished(
     api: &Api<TalosEtcdBackup>,
     backup: &TalosEtcdBackup,
     ctx: &Context,
+    resolver: &mut Resolver,
     status: &mut TalosEtcdBackupStatus,
 ) -> Result<(), Error> {
     if status.unfinished_uploads.is_empty() {
         return Ok(());
     }
     let left = crate::isolate(async {
-        let location = location_of(ctx, backup).await?;
-        job::abort_uploads(&location, &upload_refs(status), &ctx.config.settings).await
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+        Ok(catalog::abort_uploads(&storage, &upload_refs(status)).await)
     })
     .await;
     let left = match left {
@@ -320,7 +335,7 @@ async fn succeed(
     backup: &TalosEtcdBackup,
     ctx: &Context,
     mut status: TalosEtcdBackupStatus,
-    outcome: job::Outcome,
+    outcome: Outcome,
 ) -> Result<Action, Error> {
     let report = &outcome.report;
     status.filename = Some(report.key.clone());
@@ -365,21 +380,20 @@ async fn verify_stored(
     api: &Api<TalosEtcdBackup>,
     backup: &TalosEtcdBackup,
     ctx: &Context,
+    resolver: &mut Resolver,
     mut status: TalosEtcdBackupStatus,
 ) -> Result<Action, Error> {
     let Some(key) = status.filename.clone() else {
         return Ok(Action::await_change());
     };
     let result = crate::isolate(async {
-        let location = location_of(ctx, backup).await?;
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
         let age = backup.spec.encryption.as_ref().and_then(|e| e.age.identity_secret_ref.as_ref());
         let identities = match age {
-            Some(reference) => {
-                resolve::identities(&ctx.client, &backup.namespace().unwrap_or_default(), reference).await?
-            }
+            Some(reference) => resolver.identities(reference).await?,
             None => Vec::new(),
         };
-        job::verify(&location, &key, &identities, &ctx.config.settings, &|_| {}).await
+        Ok(catalog::verify(&storage, &key, &identities, &ctx.config.settings, &|_| {}).await?)
     })
     .await;
     let outcome = match result {
@@ -425,10 +439,9 @@ async fn verify_stored(
     Ok(ctx.after_finish(&status))
 }
 
-async fn find_stored(backup: &TalosEtcdBackup, ctx: &Context, key: &str) -> Result<Option<job::Outcome>, Error> {
-    let location = location_of(ctx, backup).await?;
-    let owner = backup.uid().unwrap_or_default();
-    job::find_stored(&location, key, &owner, &ctx.config.settings).await
+async fn find_stored(backup: &TalosEtcdBackup, resolver: &mut Resolver, key: &str) -> Result<Option<Outcome>, Error> {
+    let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+    Ok(core_backup::find_stored(&storage, key, &backup.uid().unwrap_or_default()).await?)
 }
 
 /// One attempt. Its upload is recorded in the status before the first part is sent, so that a crash
@@ -437,15 +450,16 @@ async fn attempt_backup(
     api: &Api<TalosEtcdBackup>,
     backup: &TalosEtcdBackup,
     ctx: &Context,
+    resolver: &mut Resolver,
     key: &str,
     status: &mut TalosEtcdBackupStatus,
-) -> Result<job::Outcome, Error> {
+) -> Result<Outcome, Error> {
     if let Some(hook) = &ctx.config.attempt_hook {
         hook(backup);
     }
-    let plan = resolve::resolve(&ctx.client, backup, ctx.config.cert_validity).await?;
+    let plan = resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity).await?;
     let claims = &ctx.keys_in_use;
-    let prepared = job::prepare(&plan, key, &ctx.config.settings, &|k| claims.claim(k)).await?;
+    let prepared = core_backup::prepare(&plan, key, &ctx.config.settings, &|k| claims.claim(k)).await?;
     let upload = &prepared.upload;
     status.attempt_key = Some(upload.key.clone());
     status.unfinished_uploads.push(UploadRecord { key: upload.key.clone(), upload_id: upload.upload_id.clone() });
@@ -471,12 +485,6 @@ fn elapsed_seconds(status: &TalosEtcdBackupStatus) -> f64 {
         (Some(start), Some(end)) => end.0.duration_since(start.0).as_secs_f64().max(0.0),
         _ => 0.0,
     }
-}
-
-/// Where `backup` is stored: its `backupStorage` resolved (Secrets read from its namespace).
-async fn location_of(ctx: &Context, backup: &TalosEtcdBackup) -> Result<S3Location, Error> {
-    let namespace = backup.namespace().unwrap_or_default();
-    resolve::resolve_s3(&ctx.client, &namespace, &backup.spec.backup_storage, "spec.").await
 }
 
 impl Context {

@@ -22,8 +22,9 @@ use serde::de::DeserializeOwned;
 use teb_api::{TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdRestore};
 
 use crate::Error;
-use crate::job::{self, Settings};
 use crate::metrics::Metrics;
+use teb_core::Settings;
+use teb_core::backup::KeyClaims;
 
 /// Field manager of the status the controllers write.
 pub const MANAGER: &str = "talos-etcd-backup";
@@ -68,7 +69,7 @@ struct Context {
     config: Config,
     metrics: Arc<Metrics>,
     /// Keys recently handed to attempts, so that two never write one.
-    keys_in_use: job::KeyClaims,
+    keys_in_use: KeyClaims,
 }
 
 /// Runs the backup, schedule and restore controllers until SIGTERM/SIGINT, for every namespace or only
@@ -93,7 +94,7 @@ pub async fn run(
         client,
         config: config.clone(),
         metrics,
-        keys_in_use: job::KeyClaims::default(),
+        keys_in_use: KeyClaims::default(),
     });
     tracing::info!(concurrency = config.concurrency, "controllers started");
     let backup_controller = Controller::new(backups.clone(), watcher::Config::default())

@@ -1,5 +1,5 @@
 //! The TalosEtcdRestore controller: thin. It resolves the backup and the control plane (a client
-//! certificate with os:admin), then runs [`crate::restore`], the same code as the `restore` command.
+//! certificate with os:admin), then runs [`teb_core::restore`], the same code as the `restore` command.
 //! A restore runs once and is never retried by itself: Ready and Failed are final unless the spec
 //! changes, and a restore interrupted by an operator restart is reported, not repeated blindly.
 
@@ -11,12 +11,36 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS};
 use teb_api::{TalosEtcdBackup, TalosEtcdRestore, TalosEtcdRestoreStatus};
-use teb_pipeline::{AgeIdentity, S3Location};
+use teb_core::restore::{self, EtcdState};
+use teb_pipeline::{Identity, Storage};
 use teb_talos::Target;
 
 use super::{Context, now, patch_status};
-use crate::restore::{self, EtcdState};
-use crate::{Error, resolve};
+use crate::Error;
+use crate::resolve::Resolver;
+
+/// What a reconcile of a restore does, decided from the object alone ([`decide`]).
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Ready or Failed for this generation: final.
+    Finished,
+    /// Started for this generation but never finished: an operator restart cut it off.
+    Interrupted,
+    /// New, or its spec changed since it finished: restore.
+    Run,
+}
+
+fn decide(restore: &TalosEtcdRestore) -> Step {
+    let previous = restore.status.clone().unwrap_or_default();
+    let this_generation = previous.observed_generation == restore.metadata.generation;
+    let finished =
+        conditions::is_true(&previous.conditions, READY) || conditions::is_true(&previous.conditions, FAILED);
+    match (this_generation, finished, previous.start_time.is_some()) {
+        (true, true, _) => Step::Finished,
+        (true, false, true) => Step::Interrupted,
+        _ => Step::Run,
+    }
+}
 
 /// How long etcd may take to answer after the recovery bootstrap.
 const ETCD_UP_WAIT: Duration = Duration::from_secs(300);
@@ -28,25 +52,26 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdRestore>, ctx: Arc<Context>) 
     let Some(restore) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
-    let previous = restore.status.clone().unwrap_or_default();
+    match decide(&restore) {
+        Step::Finished => return Ok(Action::await_change()),
+        Step::Interrupted => {
+            // What it did on the node is unknown.
+            let message = "The operator restarted while this restore ran; it is not repeated by itself. Check etcd \
+                           on the node (talosctl etcd status); to restore again, delete this TalosEtcdRestore and \
+                           create it anew";
+            let previous = restore.status.clone().unwrap_or_default();
+            return fail(&api, &restore, &ctx, previous, conditions::RESTORE_FAILED, message.to_owned()).await;
+        }
+        Step::Run => {}
+    }
     let generation = restore.metadata.generation;
-    let finished =
-        conditions::is_true(&previous.conditions, READY) || conditions::is_true(&previous.conditions, FAILED);
-    if finished && previous.observed_generation == generation {
-        return Ok(Action::await_change());
-    }
     let mut status = TalosEtcdRestoreStatus { observed_generation: generation, ..Default::default() };
-    if previous.start_time.is_some() && !finished && previous.observed_generation == generation {
-        // An operator restart cut this restore off: what it did on the node is unknown.
-        let message = "The operator restarted while this restore ran; it is not repeated by itself. Check etcd on \
-                       the node (talosctl etcd status); to restore again, delete this TalosEtcdRestore and create it anew";
-        return fail(&api, &restore, &ctx, previous, conditions::RESTORE_FAILED, message.to_owned()).await;
-    }
     status.start_time = Some(now());
     let result = crate::isolate(run(&api, &restore, &ctx, &mut status)).await;
     match result {
         Ok(()) => Ok(Action::await_change()),
-        Err(Error::RestoreRefused(message)) => {
+        Err(error) if error.restore_refused().is_some() => {
+            let message = error.restore_refused().unwrap_or_default().to_owned();
             fail(&api, &restore, &ctx, status, conditions::RESTORE_REFUSED, message).await
         }
         Err(error) => fail(&api, &restore, &ctx, status, conditions::RESTORE_FAILED, error.to_string()).await,
@@ -59,9 +84,9 @@ async fn run(
     ctx: &Context,
     status: &mut TalosEtcdRestoreStatus,
 ) -> Result<(), Error> {
-    let (talos, location, key, identities) = resolve_restore(restore, ctx).await?;
+    let (talos, storage, key, identities) = resolve_restore(restore, ctx).await?;
     let settings = &ctx.config.settings;
-    let (client, plan) = restore::plan(&talos, &location, &key, restore.spec.node.as_deref(), settings).await?;
+    let (client, plan) = restore::plan(&talos, &storage, &key, restore.spec.node.as_deref(), settings).await?;
     status.node = Some(plan.node_label.clone());
     status.key = Some(key.clone());
     if let EtcdState::NotRunning { .. } = plan.etcd {
@@ -76,7 +101,7 @@ async fn run(
              AGE-SECRET-KEY-1… of one of its recipients"
         )));
     }
-    let restored = restore::restore(&client, &plan, &location, &identities, settings, ETCD_UP_WAIT, &|_| {}).await?;
+    let restored = restore::restore(&client, &plan, &storage, &identities, settings, ETCD_UP_WAIT, &|_| {}).await?;
     status.sha256 = Some(restored.checked.sha256.clone());
     status.size = Some(restored.checked.size as i64);
     status.member_id = Some(format!("{:x}", restored.member_id));
@@ -97,8 +122,9 @@ async fn run(
 async fn resolve_restore(
     restore: &TalosEtcdRestore,
     ctx: &Context,
-) -> Result<(Target, S3Location, String, Vec<AgeIdentity>), Error> {
+) -> Result<(Target, Storage, String, Vec<Identity>), Error> {
     let namespace = restore.namespace().unwrap_or_default();
+    let mut resolver = Resolver::new(&ctx.client, &namespace, ctx.config.settings.request_timeout);
     let spec = &restore.spec;
     let mut identity = spec.decryption.as_ref().map(|d| d.age.identity_secret_ref.clone());
     let (storage, key) = match (&spec.backup_ref, &spec.backup_storage, &spec.key) {
@@ -124,26 +150,25 @@ async fn resolve_restore(
             ));
         }
     };
-    let talos = resolve::resolve_talos(
-        &ctx.client,
-        &namespace,
-        &spec.talos_control_plane_ref.name,
-        spec.talosconfig_secret_ref.as_ref(),
-        ctx.config.cert_validity,
-        teb_talos::ROLE_ADMIN,
-    )
-    .await?;
-    let location = resolve::resolve_s3(&ctx.client, &namespace, &storage, "spec.").await?;
+    let talos = resolver
+        .talos(
+            &spec.talos_control_plane_ref.name,
+            spec.talosconfig_secret_ref.as_ref(),
+            ctx.config.cert_validity,
+            teb_talos::ROLE_ADMIN,
+        )
+        .await?;
+    let storage = resolver.storage(&storage, "spec.").await?;
     let identities = match &identity {
         Some(reference) => {
             let path = "spec.decryption.age.identitySecretRef";
             teb_api::validate::object_name(&reference.name).map_err(|r| Error::Spec(format!("{path}.name: {r}")))?;
             teb_api::validate::secret_key(&reference.key).map_err(|r| Error::Spec(format!("{path}.key: {r}")))?;
-            resolve::identities(&ctx.client, &namespace, reference).await?
+            resolver.identities(reference).await?
         }
         None => Vec::new(),
     };
-    Ok((talos, location, key, identities))
+    Ok((talos, storage, key, identities))
 }
 
 async fn fail(
@@ -166,4 +191,44 @@ async fn fail(
 fn set_phase(status: &mut TalosEtcdRestoreStatus, phase: Phase, message: &str) {
     let generation = status.observed_generation;
     Conditions::new(&mut status.conditions, generation, now()).set_phase(phase, &RESTORE_REASONS, message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// A restore of generation `generation` whose status describes `observed`: started or not, in
+    /// `phase`.
+    fn restore(generation: i64, observed: i64, started: bool, phase: Option<Phase>) -> TalosEtcdRestore {
+        let spec = serde_json::json!({"talosControlPlaneRef": {"name": "cp"}, "backupRef": {"name": "b"}});
+        let mut restore = TalosEtcdRestore::new("r", serde_json::from_value(spec).unwrap());
+        restore.metadata.generation = Some(generation);
+        let mut status = TalosEtcdRestoreStatus { observed_generation: Some(observed), ..Default::default() };
+        status.start_time = started.then_some(Time(jiff::Timestamp::UNIX_EPOCH));
+        if let Some(phase) = phase {
+            let at = Time(jiff::Timestamp::UNIX_EPOCH);
+            Conditions::new(&mut status.conditions, Some(observed), at).set_phase(phase, &RESTORE_REASONS, "m");
+        }
+        restore.status = Some(status);
+        restore
+    }
+
+    #[test]
+    fn decide_covers_every_state() {
+        let failed = Some(Phase::Failed(conditions::RESTORE_FAILED));
+        let refused = Some(Phase::Failed(conditions::RESTORE_REFUSED));
+        // New: run. A restore is never retried by itself: Ready and Failed are final for their generation.
+        assert_eq!(decide(&restore(1, 0, false, None)), Step::Run);
+        assert_eq!(decide(&restore(1, 1, false, None)), Step::Run);
+        for phase in [Some(Phase::Succeeded), failed, refused] {
+            assert_eq!(decide(&restore(1, 1, true, phase)), Step::Finished, "{phase:?}");
+            // A changed spec runs again.
+            assert_eq!(decide(&restore(2, 1, true, phase)), Step::Run, "{phase:?}");
+        }
+        // Started and never finished: a restart cut it off, reported rather than repeated.
+        assert_eq!(decide(&restore(1, 1, true, None)), Step::Interrupted);
+        assert_eq!(decide(&restore(1, 1, true, Some(Phase::InProgress))), Step::Interrupted);
+        assert_eq!(decide(&restore(2, 1, true, Some(Phase::InProgress))), Step::Run);
+    }
 }

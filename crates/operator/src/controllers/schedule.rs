@@ -27,7 +27,9 @@ use teb_schedule::{Candidate, Due, Policy, Schedule, State};
 
 use super::{Context, patch_status};
 use crate::metrics::{RunLabels, RunOutcome};
-use crate::{Error, finalizer, job, resolve};
+use crate::resolve::{self, Resolver};
+use crate::{Error, finalizer};
+use teb_core::catalog;
 
 /// Successful backups kept when `retention` is unset (as upstream).
 const DEFAULT_RETENTION: i32 = 5;
@@ -209,7 +211,7 @@ fn check(schedule: &TalosEtcdBackupSchedule) -> Result<Schedule, String> {
     Ok(parsed)
 }
 
-/// The `StorageReady` condition (status, reason, message): the bucket checked ([`job::check_storage`])
+/// The `StorageReady` condition (status, reason, message): the bucket checked ([`catalog::check_storage`])
 /// when the spec changed, an hour after it last worked or 5 minutes after it last failed; else none,
 /// and the previous one stands. Returns it with the time of the next check.
 async fn storage_condition(
@@ -232,8 +234,9 @@ async fn storage_condition(
     let result = crate::isolate(async {
         let namespace = schedule.namespace().unwrap_or_default();
         let at = "spec.backupTemplate.spec.";
-        let location = resolve::resolve_s3(&ctx.client, &namespace, &template.backup_storage, at).await?;
-        job::check_storage(&location, &template.talos_control_plane_ref.name, &ctx.config.settings).await
+        let mut resolver = Resolver::new(&ctx.client, &namespace, ctx.config.settings.request_timeout);
+        let storage = resolver.storage(&template.backup_storage, at).await?;
+        Ok(catalog::check_storage(&storage, &template.talos_control_plane_ref.name).await?)
     })
     .await;
     status.last_storage_check_time = Some(Time(now));

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use sha2::Digest as _;
-use teb_pipeline::{Limits, S3Credentials, S3Location, S3Sink};
+use teb_pipeline::{Limits, S3Credentials, S3Location, Storage, StorageLocation};
 use teb_testkit::etcd_proto::{PutRequest, StatusRequest, kv_client::KvClient, maintenance_client::MaintenanceClient};
 
 #[derive(Parser)]
@@ -292,7 +292,7 @@ async fn sink(
             secret_access_key: teb_testkit::s3::SECRET_KEY.to_owned(),
         }),
     };
-    let sink = S3Sink::new(&location, Duration::from_secs(300))?;
+    let storage = Storage::new(&StorageLocation::S3(location), Duration::from_secs(300))?;
     let limits = Limits { part_size: part_size_mib << 20, parts_in_flight, ..Limits::default() };
     let cpu_before = cpu_seconds();
     let started = Instant::now();
@@ -304,8 +304,8 @@ async fn sink(
             let _ = streamed.set(started.elapsed());
         }
     };
-    let upload = sink.create_upload("bench/sink-alone.db", &[]).await?;
-    let report = teb_pipeline::run(stream, &sink, &upload, &limits, &Default::default(), &progress).await?;
+    let upload = storage.create_upload("bench/sink-alone.db", &[]).await?;
+    let report = teb_pipeline::run(stream, &storage, &upload, &limits, &Default::default(), &progress).await?;
     let seconds = report.duration.as_secs_f64();
     let streamed_s = streamed.get().map_or(seconds, Duration::as_secs_f64);
     let figures = serde_json::json!({

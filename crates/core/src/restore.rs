@@ -1,5 +1,5 @@
-//! Restoring a control plane's etcd from a stored backup, with no Kubernetes in it: the `restore`
-//! command runs it.
+//! Restoring a control plane's etcd from a stored backup: the `restore` command and the
+//! TalosEtcdRestore controller run it.
 //!
 //! Talos takes a recovery in two calls: EtcdRecover uploads the snapshot (a file; accepted whatever
 //! etcd's state), then Bootstrap with `recover_etcd` starts etcd from it, which Talos refuses while
@@ -10,11 +10,10 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use teb_pipeline::{AgeIdentity, CheckedSnapshot, Format, S3Location, S3Sink, SnapshotCheck};
+use teb_pipeline::{CheckedSnapshot, Format, Identity, SnapshotCheck, Storage};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
-use crate::Error;
-use crate::job::Settings;
+use crate::{Error, Settings};
 
 /// What a restore would do, found without changing anything.
 #[derive(Clone, Debug)]
@@ -55,14 +54,13 @@ pub struct Restored {
 /// Looks at the backup and the node: the object's size and trailer SHA-256, and whether etcd runs.
 pub async fn plan(
     talos: &Target,
-    location: &S3Location,
+    storage: &Storage,
     key: &str,
     node: Option<&str>,
     settings: &Settings,
 ) -> Result<(TalosClient, RestorePlan), Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let stored = sink.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
-        Error::Restore(format!("no backup at {key:?} in bucket {:?}: `list` shows what it holds", location.bucket))
+    let stored = storage.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
+        Error::Restore(format!("no backup at {key:?} in {}: `list` shows what it holds", storage.container()))
     })?;
     let client = TalosClient::connect(talos, settings.connect_timeout).await.map_err(Error::Talos)?;
     let node = node.map(str::to_owned).or_else(|| talos.nodes.first().cloned());
@@ -94,8 +92,8 @@ pub async fn plan(
 pub async fn restore(
     client: &TalosClient,
     plan: &RestorePlan,
-    location: &S3Location,
-    identities: &[AgeIdentity],
+    storage: &Storage,
+    identities: &[Identity],
     settings: &Settings,
     wait: Duration,
     progress: &(dyn Fn(u64) + Send + Sync),
@@ -110,8 +108,7 @@ pub async fn restore(
             plan.node_label
         )));
     }
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let object = sink
+    let object = storage
         .read_snapshot(&plan.key, plan.format, identities, settings.limits.idle_timeout)
         .await
         .map_err(|cause| Error::Verify { key: plan.key.clone(), cause })?;

@@ -4,7 +4,8 @@
 //! otherwise comes back as a misleading S3 error such as `NoSuchBucket` or `SignatureDoesNotMatch`.
 //! Messages quote bucket, region and endpoint (they are not secrets) but never a key.
 
-use crate::{Error, S3Location};
+use super::S3Location;
+use crate::Error;
 
 /// The S3 setting an [`Error::Invalid`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

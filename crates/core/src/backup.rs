@@ -1,14 +1,27 @@
-//! One backup attempt, with no Kubernetes in it: used by the controller and by the `snapshot` command.
+//! One backup attempt: used by the controller and by the `snapshot` command.
 
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use teb_pipeline::{CheckedSnapshot, Encoding, Format, Limits, Report, S3Location, S3Sink, UploadRef};
-use teb_talos::{ChosenNode, TalosClient};
+use teb_pipeline::{Encoding, Format, Limits, Report, Storage, UploadRef};
+use teb_talos::{ChosenNode, TalosClient, Target};
 
 use crate::Error;
-use crate::resolve::BackupPlan;
+
+/// Everything a backup needs, as plain values and a storage handle.
+#[derive(Clone, Debug)]
+pub struct BackupPlan {
+    /// The control plane's name; part of the key.
+    pub controlplane: String,
+    pub talos: Target,
+    pub storage: Storage,
+    /// Compression and encryption of the stored snapshot.
+    pub encoding: Encoding,
+    /// The TalosEtcdBackup's UID, recorded in the object's metadata (`backup`) so that only its own
+    /// object is ever taken for an interrupted attempt's result. None outside Kubernetes.
+    pub owner: Option<String>,
+}
 
 /// The specification's key prefix.
 pub const KEY_PREFIX: &str = "talos-operator-etcd-backups";
@@ -19,7 +32,7 @@ pub struct Settings {
     pub limits: Limits,
     /// Connecting to the Talos API (TCP + TLS).
     pub connect_timeout: Duration,
-    /// Each S3 request, a part upload included.
+    /// Each storage request, a part upload included (given to [`Storage::new`]).
     pub request_timeout: Duration,
 }
 
@@ -52,19 +65,13 @@ pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp, format: Format) -> 
 }
 
 /// The object format this writer records in the object's metadata.
-const FORMAT: &str = "etcd-snapshot-sha256-trailer";
+pub(crate) const FORMAT: &str = "etcd-snapshot-sha256-trailer";
 
 /// A snapshot an earlier, interrupted attempt of the backup `owner` stored at `key` (its upload
 /// completed, but its status was never written), recognised by the metadata this writer records.
 /// Finding it keeps a retry from storing a second copy.
-pub async fn find_stored(
-    location: &S3Location,
-    key: &str,
-    owner: &str,
-    settings: &Settings,
-) -> Result<Option<Outcome>, Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let Some(stored) = sink.stored(key).await.map_err(Error::Upload)? else {
+pub async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option<Outcome>, Error> {
+    let Some(stored) = storage.stored(key).await.map_err(Error::Upload)? else {
         return Ok(None);
     };
     let ours = stored.metadata.get("format").map(String::as_str) == Some(FORMAT)
@@ -93,7 +100,7 @@ pub async fn run(
 }
 
 /// The `age-recipients` metadata: the recipients' fingerprints, comma-separated.
-fn fingerprints_of(metadata: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+pub(crate) fn fingerprints_of(metadata: &std::collections::BTreeMap<String, String>) -> Vec<String> {
     let listed = metadata.get("age-recipients").map(String::as_str).unwrap_or_default();
     listed.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect()
 }
@@ -112,14 +119,14 @@ pub fn numbered_key(key: &str, n: u32) -> String {
 /// controller records [`Prepared::upload`] before streaming, so that a crash leaves it findable.
 pub struct Prepared {
     pub upload: UploadRef,
-    sink: S3Sink,
+    storage: Storage,
     snapshot: BoxStream<'static, Result<bytes::Bytes, teb_talos::Error>>,
     chosen: ChosenNode,
     limits: Limits,
     encoding: Encoding,
 }
 
-/// Everything before the first byte: S3 settings, Talos connection, node choice, snapshot stream, and
+/// Everything before the first byte: Talos connection, node choice, snapshot stream, and
 /// last (so that nothing before it leaves an upload behind) the multipart upload. Keys have
 /// one-second resolution, so two backups of a control plane can meet on one: the upload goes to the
 /// first of `key`, `key-2`, `key-3`, ... that `claim` grants.
@@ -129,8 +136,6 @@ pub async fn prepare(
     settings: &Settings,
     claim: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Prepared, Error> {
-    // Check the S3 settings before touching Talos: they are cheaper to get wrong.
-    let sink = S3Sink::new(&plan.s3, settings.request_timeout).map_err(Error::Upload)?;
     let talos = TalosClient::connect(&plan.talos, settings.connect_timeout).await.map_err(Error::Talos)?;
     let chosen = talos.choose_node(&plan.talos.nodes).await.map_err(Error::Talos)?;
     if let Some(because) = &chosen.unchecked_because {
@@ -149,25 +154,19 @@ pub async fn prepare(
     if !plan.encoding.recipients.is_empty() {
         metadata.push(("age-recipients", plan.encoding.fingerprints().join(",")));
     }
-    let key = first_free_key(key, claim).ok_or_else(|| {
-        Error::Upload(teb_pipeline::Error::Config(format!("no free key after {key}: 100 backups share its second")))
-    })?;
-    let upload = sink.create_upload(&key, &metadata).await.map_err(Error::Upload)?;
-    Ok(Prepared { upload, sink, snapshot, chosen, limits: settings.limits.clone(), encoding: plan.encoding.clone() })
+    let key = first_free_key(key, claim)
+        .ok_or_else(|| Error::Key(format!("no free key after {key}: 100 backups share its second")))?;
+    let storage = plan.storage.clone();
+    let upload = storage.create_upload(&key, &metadata).await.map_err(Error::Upload)?;
+    Ok(Prepared { upload, storage, snapshot, chosen, limits: settings.limits.clone(), encoding: plan.encoding.clone() })
 }
 
 /// The command line never overwrites an object: `key` when the bucket holds none there; else, for a key
 /// the user named (`explicit`), an error, and for a generated one the first free numbered key after
 /// it. (The operator needs no S3 call for this: its key claims keep its own backups apart.)
-pub async fn unused_key(
-    location: &S3Location,
-    key: &str,
-    explicit: bool,
-    settings: &Settings,
-) -> Result<String, Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
+pub async fn unused_key(storage: &Storage, key: &str, explicit: bool) -> Result<String, Error> {
     for candidate in (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)) {
-        if sink.size(&candidate).await.map_err(Error::Upload)?.is_none() {
+        if storage.size(&candidate).await.map_err(Error::Upload)?.is_none() {
             return Ok(candidate);
         }
         if explicit {
@@ -179,7 +178,7 @@ pub async fn unused_key(
     } else {
         format!("no free key after {key}: 100 objects share its second")
     };
-    Err(Error::Upload(teb_pipeline::Error::Config(message)))
+    Err(Error::Key(message))
 }
 
 /// The first of `key`, `key-2`, `key-3`, ... that `claim` grants.
@@ -212,7 +211,7 @@ impl KeyClaims {
 impl Prepared {
     /// Gives the backup up before streaming: aborts the upload (best effort).
     pub async fn abandon(self) {
-        if let Err(e) = self.sink.abort_upload(&self.upload).await {
+        if let Err(e) = self.storage.abort_upload(&self.upload).await {
             tracing::warn!(key = %self.upload.key, error = %e, "aborting the multipart upload failed");
         }
     }
@@ -221,9 +220,10 @@ impl Prepared {
     /// it only when the trailer matched, aborts it otherwise.
     pub async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
         let node = self.chosen.node;
-        let report = teb_pipeline::run(self.snapshot, &self.sink, &self.upload, &self.limits, &self.encoding, progress)
-            .await
-            .map_err(|e| Error::from_pipeline(&node, e))?;
+        let report =
+            teb_pipeline::run(self.snapshot, &self.storage, &self.upload, &self.limits, &self.encoding, progress)
+                .await
+                .map_err(|e| Error::from_pipeline(&node, e))?;
         Ok(Outcome {
             report,
             format: self.encoding.format(),
@@ -232,118 +232,6 @@ impl Prepared {
             unchecked_because: self.chosen.unchecked_because,
         })
     }
-}
-
-/// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
-/// the SHA-256 for those stored plain.
-#[derive(Clone, Debug)]
-pub struct ListedBackup {
-    pub key: String,
-    /// Bytes stored.
-    pub size: u64,
-    pub last_modified: jiff::Timestamp,
-    pub cluster: Option<String>,
-    pub node: Option<String>,
-    pub sha256: Option<String>,
-    /// `plain`, `zstd`, `age` or `zstd+age`.
-    pub encoding: Option<String>,
-    /// Fingerprints of the age recipients.
-    pub recipients: Vec<String>,
-}
-
-/// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
-/// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer).
-pub async fn list(
-    location: &S3Location,
-    cluster: Option<&str>,
-    settings: &Settings,
-) -> Result<Vec<ListedBackup>, Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let mut listed = Vec::new();
-    for (key, size, modified) in sink.list(&prefix_of(cluster)).await.map_err(Error::Upload)? {
-        let stored = sink.stored(&key).await.map_err(Error::Upload)?;
-        let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
-        let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
-        listed.push(ListedBackup {
-            cluster: meta("cluster"),
-            node: meta("node"),
-            sha256: ours.as_ref().and_then(|s| s.sha256.clone()),
-            encoding: ours.as_ref().map(|s| s.format.name().to_owned()),
-            recipients: ours.as_ref().map(|s| fingerprints_of(&s.metadata)).unwrap_or_default(),
-            last_modified: jiff::Timestamp::from_second(modified).unwrap_or_default(),
-            key,
-            size,
-        });
-    }
-    listed.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
-    Ok(listed)
-}
-
-/// Reads the snapshot at `key` back and checks it: its SHA-256 trailer and its bbolt structure. A
-/// compressed or encrypted one (as its metadata, else its key, says) is decoded on the way, with
-/// `identities` when encrypted.
-pub async fn verify(
-    location: &S3Location,
-    key: &str,
-    identities: &[teb_pipeline::AgeIdentity],
-    settings: &Settings,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<CheckedSnapshot, Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let failed = |cause| Error::Verify { key: key.to_owned(), cause };
-    let format = sink.stored(key).await.map_err(failed)?.map_or_else(|| Format::of_key(key), |s| s.format);
-    sink.verify(key, format, identities, settings.limits.idle_timeout, progress).await.map_err(failed)
-}
-
-/// The key of the newest object under the specification's prefix (of `cluster` only, when given).
-pub async fn latest_key(
-    location: &S3Location,
-    cluster: Option<&str>,
-    settings: &Settings,
-) -> Result<Option<String>, Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let listed = sink.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;
-    let snapshots = listed.into_iter().filter(|(key, _, _)| key.contains("/etcd-snapshot-"));
-    Ok(snapshots.max_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0))).map(|(key, _, _)| key))
-}
-
-fn prefix_of(cluster: Option<&str>) -> String {
-    match cluster {
-        Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
-        None => format!("{KEY_PREFIX}/"),
-    }
-}
-
-/// Deletes a stored snapshot (a missing one counts as deleted).
-pub async fn delete_snapshot(location: &S3Location, key: &str, settings: &Settings) -> Result<(), Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    sink.delete(key).await.map_err(Error::Upload)
-}
-
-/// A cheap check that backups of `controlplane` can be stored, with the permissions a backup uses:
-/// a multipart upload under the backups' prefix is started (PutObject) and aborted at once
-/// (AbortMultipartUpload). It finds a missing bucket, wrong credentials, endpoint, region or CA, and
-/// leaves nothing behind.
-pub async fn check_storage(location: &S3Location, controlplane: &str, settings: &Settings) -> Result<(), Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let upload = sink.create_upload(&format!("{KEY_PREFIX}/{controlplane}/.storage-check"), &[]).await;
-    sink.abort_upload(&upload.map_err(Error::Upload)?).await.map_err(Error::Upload)
-}
-
-/// Aborts uploads recorded by earlier attempts; returns those S3 could not abort, with why.
-pub async fn abort_uploads(
-    location: &S3Location,
-    uploads: &[UploadRef],
-    settings: &Settings,
-) -> Result<Vec<(UploadRef, Error)>, Error> {
-    let sink = S3Sink::new(location, settings.request_timeout).map_err(Error::Upload)?;
-    let mut left = Vec::new();
-    for upload in uploads {
-        if let Err(e) = sink.abort_upload(upload).await {
-            left.push((upload.clone(), Error::Upload(e)));
-        }
-    }
-    Ok(left)
 }
 
 #[cfg(test)]

@@ -1,0 +1,101 @@
+//! What is in the bucket: list, verify, find the latest, delete; and the checks and clean-ups of
+//! uploads.
+
+use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
+
+use crate::backup::{FORMAT, KEY_PREFIX, fingerprints_of};
+use crate::{Error, Settings};
+
+/// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
+/// the SHA-256 for those stored plain.
+#[derive(Clone, Debug)]
+pub struct ListedBackup {
+    pub key: String,
+    /// Bytes stored.
+    pub size: u64,
+    pub last_modified: jiff::Timestamp,
+    pub cluster: Option<String>,
+    pub node: Option<String>,
+    pub sha256: Option<String>,
+    /// `plain`, `zstd`, `age` or `zstd+age`.
+    pub encoding: Option<String>,
+    /// Fingerprints of the age recipients.
+    pub recipients: Vec<String>,
+}
+
+/// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
+/// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer).
+pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<ListedBackup>, Error> {
+    let mut listed = Vec::new();
+    for (key, size, modified) in storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)? {
+        let stored = storage.stored(&key).await.map_err(Error::Upload)?;
+        let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
+        let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
+        listed.push(ListedBackup {
+            cluster: meta("cluster"),
+            node: meta("node"),
+            sha256: ours.as_ref().and_then(|s| s.sha256.clone()),
+            encoding: ours.as_ref().map(|s| s.format.name().to_owned()),
+            recipients: ours.as_ref().map(|s| fingerprints_of(&s.metadata)).unwrap_or_default(),
+            last_modified: jiff::Timestamp::from_second(modified).unwrap_or_default(),
+            key,
+            size,
+        });
+    }
+    listed.sort_by(|a, b| (a.last_modified, &a.key).cmp(&(b.last_modified, &b.key)));
+    Ok(listed)
+}
+
+/// Reads the snapshot at `key` back and checks it: its SHA-256 trailer and its bbolt structure. A
+/// compressed or encrypted one (as its metadata, else its key, says) is decoded on the way, with
+/// `identities` when encrypted.
+pub async fn verify(
+    storage: &Storage,
+    key: &str,
+    identities: &[Identity],
+    settings: &Settings,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<CheckedSnapshot, Error> {
+    let failed = |cause| Error::Verify { key: key.to_owned(), cause };
+    let format = storage.stored(key).await.map_err(failed)?.map_or_else(|| Format::of_key(key), |s| s.format);
+    storage.verify(key, format, identities, settings.limits.idle_timeout, progress).await.map_err(failed)
+}
+
+/// The key of the newest object under the specification's prefix (of `cluster` only, when given).
+pub async fn latest_key(storage: &Storage, cluster: Option<&str>) -> Result<Option<String>, Error> {
+    let listed = storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;
+    let snapshots = listed.into_iter().filter(|(key, _, _)| key.contains("/etcd-snapshot-"));
+    Ok(snapshots.max_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0))).map(|(key, _, _)| key))
+}
+
+fn prefix_of(cluster: Option<&str>) -> String {
+    match cluster {
+        Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
+        None => format!("{KEY_PREFIX}/"),
+    }
+}
+
+/// Deletes a stored snapshot (a missing one counts as deleted): retention and `deletionPolicy: Delete`.
+pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<(), Error> {
+    storage.delete(key).await.map_err(Error::Upload)
+}
+
+/// A cheap check that backups of `controlplane` can be stored, with the permissions a backup uses:
+/// a multipart upload under the backups' prefix is started (PutObject) and aborted at once
+/// (AbortMultipartUpload). It finds a missing bucket, wrong credentials, endpoint, region or CA, and
+/// leaves nothing behind.
+pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), Error> {
+    let upload = storage.create_upload(&format!("{KEY_PREFIX}/{controlplane}/.storage-check"), &[]).await;
+    storage.abort_upload(&upload.map_err(Error::Upload)?).await.map_err(Error::Upload)
+}
+
+/// Aborts uploads recorded by earlier attempts; returns those the store could not abort, with why.
+pub async fn abort_uploads(storage: &Storage, uploads: &[UploadRef]) -> Vec<(UploadRef, Error)> {
+    let mut left = Vec::new();
+    for upload in uploads {
+        if let Err(e) = storage.abort_upload(upload).await {
+            left.push((upload.clone(), Error::Upload(e)));
+        }
+    }
+    left
+}

@@ -1,0 +1,67 @@
+/// Why a use case failed. Each message starts with the specification's troubleshooting phrase, then
+/// says what to fix; none carries a secret. Inner errors are part of the message, not `source()`s,
+/// so nothing is printed twice.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Failed to reach the Talos API: {0}")]
+    Talos(teb_talos::Error),
+    #[error("Failed to stream etcd snapshot from node {node}: {cause}; the upload was aborted")]
+    Snapshot { node: String, cause: teb_pipeline::Error },
+    #[error("Failed to upload snapshot to S3: {0}")]
+    Upload(teb_pipeline::Error),
+    #[error("Failed to verify the stored snapshot {key}: {cause}")]
+    Verify { key: String, cause: teb_pipeline::Error },
+    /// A key the command line may not use (taken, or none free).
+    #[error("Failed to upload snapshot to S3: {0}")]
+    Key(String),
+    #[error("Restore refused or failed: {0}")]
+    Restore(String),
+    /// Refused before anything was changed: etcd runs on the node.
+    #[error("Restore refused or failed: {0}")]
+    RestoreRefused(String),
+}
+
+impl Error {
+    /// Whether another attempt may succeed without the user changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Talos(e) => e.is_transient(),
+            Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
+            // Reading it again helps only when reading failed, not when what was read is damaged.
+            Error::Verify { cause, .. } => {
+                matches!(cause, teb_pipeline::Error::Storage { .. } | teb_pipeline::Error::IdleTimeout { .. })
+                    && cause.is_transient()
+            }
+            Error::Key(_) | Error::Restore(_) | Error::RestoreRefused(_) => false,
+        }
+    }
+
+    /// What failed, as the `kind` label of `teb_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Talos(_) => "talos",
+            Error::Snapshot { .. } => "snapshot",
+            Error::Upload(_) | Error::Key(_) => "s3",
+            Error::Verify { .. } => "verify",
+            Error::Restore(_) | Error::RestoreRefused(_) => "restore",
+        }
+    }
+
+    /// Wraps a pipeline error: a bad stream is the snapshot's fault, everything else the upload's.
+    pub fn from_pipeline(node: &str, e: teb_pipeline::Error) -> Self {
+        use teb_pipeline::Error as P;
+        match e {
+            P::Source { .. }
+            | P::IdleTimeout { .. }
+            | P::Truncated { .. }
+            | P::ChecksumMismatch { .. }
+            | P::Structure { .. } => Error::Snapshot { node: node.to_owned(), cause: e },
+            P::TotalTimeout { .. }
+            | P::Storage { .. }
+            | P::Invalid { .. }
+            | P::Config(_)
+            | P::Encode(_)
+            | P::Decode(_) => Error::Upload(e),
+        }
+    }
+}
