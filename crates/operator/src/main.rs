@@ -40,7 +40,7 @@ enum Command {
     List(ListArgs),
     /// Read a stored backup back and check it: SHA-256 trailer and bbolt structure. Exit code 0 when
     /// sound, 1 when not.
-    Verify(VerifyArgs),
+    Verify(StoredBackupArgs),
     /// Restore a control plane's etcd from a stored backup (Talos EtcdRecover, then Bootstrap with
     /// recover_etcd), streamed from S3 and checked on the way. Refused while etcd runs on the node.
     Restore(RestoreArgs),
@@ -261,9 +261,9 @@ struct BackupChoice {
 
 impl BackupChoice {
     /// The key named, or the newest backup's in the bucket (`what` says what it is for, in the error).
-    async fn key(self, storage: &Storage, what: &str) -> anyhow::Result<String> {
-        match self.key {
-            Some(key) => Ok(key),
+    async fn key(&self, storage: &Storage, what: &str) -> anyhow::Result<String> {
+        match &self.key {
+            Some(key) => Ok(key.clone()),
             None => catalog::latest_key(storage, self.cluster.as_deref())
                 .await?
                 .with_context(|| format!("no backup in {} to {what}", storage.container())),
@@ -272,7 +272,7 @@ impl BackupChoice {
 }
 
 #[derive(Args)]
-struct VerifyArgs {
+struct StoredBackupArgs {
     #[command(flatten)]
     backup: BackupChoice,
     #[command(flatten)]
@@ -284,12 +284,25 @@ struct VerifyArgs {
     progress: Progress,
 }
 
+impl StoredBackupArgs {
+    /// The storage handle, the age identities and the backup's key (`what` the backup is read for,
+    /// in the error when there is none).
+    async fn open(
+        &self,
+        settings: &Settings,
+        what: &str,
+    ) -> anyhow::Result<(Storage, Vec<teb_pipeline::Identity>, String)> {
+        let storage = self.bucket.storage(settings)?;
+        let identities = self.decrypt.identities()?;
+        let key = self.backup.key(&storage, what).await?;
+        Ok((storage, identities, key))
+    }
+}
+
 #[derive(Args)]
 struct RestoreArgs {
     #[command(flatten)]
     talos: TalosArgs,
-    #[command(flatten)]
-    backup: BackupChoice,
     /// Control-plane node to recover on; the talosconfig's first node, else the endpoint node.
     #[arg(long)]
     node: Option<String>,
@@ -300,12 +313,7 @@ struct RestoreArgs {
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     wait: Duration,
     #[command(flatten)]
-    bucket: BucketArgs,
-    #[command(flatten)]
-    decrypt: DecryptArgs,
-    /// Progress on standard error: auto shows it on a terminal.
-    #[arg(long, default_value = "auto")]
-    progress: Progress,
+    stored: StoredBackupArgs,
 }
 
 /// The talosconfig to reach the Talos API with.
@@ -499,11 +507,9 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
     let settings = Settings::default();
-    let storage = args.bucket.storage(&settings)?;
-    let identities = args.decrypt.identities()?;
-    let key = args.backup.key(&storage, "verify").await?;
+    let (storage, identities, key) = args.open(&settings, "verify").await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let started = Instant::now();
@@ -545,9 +551,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     use teb_core::restore::{self, EtcdState};
     let talos = args.talos.load()?.target(args.talos.context.as_deref())?;
     let settings = Settings::default();
-    let storage = args.bucket.storage(&settings)?;
-    let identities = args.decrypt.identities()?;
-    let key = args.backup.key(&storage, "restore").await?;
+    let (storage, identities, key) = args.stored.open(&settings, "restore").await?;
     let (client, plan) = restore::plan(&talos, &storage, &key, args.node.as_deref(), &settings).await?;
     let etcd = match &plan.etcd {
         EtcdState::Running { member_id, db_size } => {
@@ -556,7 +560,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         EtcdState::NotRunning { reason } => serde_json::json!({"running": false, "reason": reason}),
     };
     let mut summary = serde_json::json!({
-        "node": plan.node_label, "bucket": args.bucket.bucket, "key": plan.key, "stored_size": plan.size,
+        "node": plan.node_label, "bucket": args.stored.bucket.bucket, "key": plan.key, "stored_size": plan.size,
         "size": plan.sha256.is_some().then_some(plan.size),
         "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd,
     });
@@ -576,7 +580,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         println!("{summary}");
         return Ok(());
     }
-    let progress = ProgressLine::start(args.progress);
+    let progress = ProgressLine::start(args.stored.progress);
     let counter = progress.counter();
     let result = restore::restore(&client, &plan, &storage, &identities, &settings, args.wait, &move |bytes| {
         counter.store(bytes, Ordering::Relaxed)

@@ -54,7 +54,7 @@ impl Resolver {
         validate_spec(spec)?;
         let controlplane = spec.talos_control_plane_ref.name.clone();
         let reference = spec.talosconfig_secret_ref.as_ref();
-        let talos = self.talos_target(&controlplane, reference, cert_validity, teb_talos::ROLE_ETCD_BACKUP).await?;
+        let talos = self.talos(&controlplane, reference, cert_validity, teb_talos::ROLE_ETCD_BACKUP).await?;
         let storage = self.storage(&spec.backup_storage, "spec.").await?;
         let encoding = encoding(&mut self.secrets, spec).await?;
         Ok(BackupPlan { controlplane, talos, storage, encoding, owner })
@@ -77,16 +77,6 @@ impl Resolver {
             field("talosconfigSecretRef.name", teb_api::validate::object_name(&reference.name))?;
             field("talosconfigSecretRef.key", teb_api::validate::secret_key(&reference.key))?;
         }
-        self.talos_target(controlplane, talosconfig, cert_validity, role).await
-    }
-
-    async fn talos_target(
-        &mut self,
-        controlplane: &str,
-        talosconfig: Option<&SecretKeyRef>,
-        cert_validity: Duration,
-        role: &str,
-    ) -> Result<Target, Error> {
         let secrets = &mut self.secrets;
         let namespace = secrets.namespace.clone();
         if let Some(reference) = talosconfig {

@@ -1,37 +1,30 @@
 //! Two operator processes on the real apiserver: only the Lease holder runs backups; when it is killed
 //! the other takes over within the lease duration, and every backup ends Ready with exactly one object.
 
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use teb_api::TalosEtcdBackup;
 use teb_api::conditions::{self, READY};
-use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::emulator::EmulatorOptions;
 use teb_testkit::fixtures;
-use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
+use teb_testkit::ground::ProvingGround;
+use teb_testkit::kube::create_control_plane;
 use teb_testkit::process::ChildProcess;
-use teb_testkit::s3::S3Server;
 use teb_testkit::spec::{SECRET_YAML, backup_yaml, endpoint_field};
 
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 
 /// An operator process and the port of its health server (`/metrics`).
-fn replica(env: &KubeEnv, ns: &str, identity: &str, log: &std::path::Path) -> (ChildProcess, u16) {
+fn replica(ground: &ProvingGround, identity: &str, log: &std::path::Path) -> (ChildProcess, u16) {
     let port = teb_testkit::free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+    let mut command = ground.operator_command(env!("CARGO_BIN_EXE_talos-etcd-backup"), port);
     command
-        .arg("operator")
-        .arg("--kubeconfig")
-        .arg(env.kubeconfig_path("operator"))
-        .args(["--namespace", ns, "--part-size-mib", "5", "--retry-backoff", "1s"])
-        .args(["--leader-election-name", &format!("ha-{ns}"), "--lease-duration", "4s"])
+        .args(["--leader-election-name", &format!("ha-{}", ground.ns), "--lease-duration", "4s"])
         .args(["--renew-deadline", "3s", "--retry-period", "500ms"])
-        .args(["--health-addr", &format!("127.0.0.1:{port}")])
         .env("POD_NAME", identity)
-        .env("POD_NAMESPACE", "talos-etcd-backup")
-        .env("RUST_LOG", "info");
+        .env("POD_NAMESPACE", "talos-etcd-backup");
     (ChildProcess::spawn(identity, command, log).unwrap(), port)
 }
 
@@ -62,13 +55,10 @@ async fn ready_count(api: &Api<TalosEtcdBackup>) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() {
-    let env = KubeEnv::shared().unwrap();
-    let ns = env.namespace("ha").await.unwrap();
-    let admin = env.admin_client().await.unwrap();
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION).unwrap();
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let ground =
+        ProvingGround::start("ha", EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }, false)
+            .await;
+    let (ns, admin, s3, emulator) = (&ground.ns, &ground.admin, &ground.s3, &ground.emulator);
     emulator.etcd().put(b"/big/0", &vec![b'x'; 1 << 20]).await.unwrap();
     // About a second per backup, so that some are running when the leader dies.
     emulator.faults.limit_bandwidth(1 << 20);
@@ -76,16 +66,15 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
     // started in the same second would share a key.
     for i in 0..20 {
         let name = format!("cp-{i:02}");
-        let cp =
-            fixtures::control_plane_with_bundle(&name, &ns, &emulator.ca, std::slice::from_ref(&emulator.endpoint));
-        create_control_plane(&admin, &cp).await.unwrap();
+        let cp = fixtures::control_plane_with_bundle(&name, ns, &emulator.ca, std::slice::from_ref(&emulator.endpoint));
+        create_control_plane(admin, &cp).await.unwrap();
     }
-    apply_yaml(&admin, SECRET_YAML, Some(&ns)).await.unwrap();
+    ground.apply(SECRET_YAML).await;
 
     let logs = tempfile::tempdir().unwrap();
     let log = |id: &str| logs.path().join(format!("{id}.log"));
-    let (a, port_a) = replica(env, &ns, "replica-a", &log("replica-a"));
-    let (b, port_b) = replica(env, &ns, "replica-b", &log("replica-b"));
+    let (a, port_a) = replica(&ground, "replica-a", &log("replica-a"));
+    let (b, port_b) = replica(&ground, "replica-b", &log("replica-b"));
     let mut replicas = [Some(a), Some(b)];
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "talos-etcd-backup");
     let lease = format!("ha-{ns}");
@@ -100,11 +89,11 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
     let (leader_index, standby, standby_port) =
         if leader == "replica-a" { (0, "replica-b", port_b) } else { (1, "replica-a", port_a) };
 
-    let api: Api<TalosEtcdBackup> = Api::namespaced(admin.clone(), &ns);
+    let api: Api<TalosEtcdBackup> = Api::namespaced(admin.clone(), ns);
     for i in 0..20 {
         let yaml = backup_yaml(&format!("backup-{i:02}"), &endpoint_field(&s3.endpoint))
             .replace("name: my-controlplane", &format!("name: cp-{i:02}"));
-        apply_yaml(&admin, &yaml, Some(&ns)).await.unwrap();
+        ground.apply(&yaml).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ready_count(&api).await < 4 {

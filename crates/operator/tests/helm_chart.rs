@@ -23,35 +23,26 @@ fn helm(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// The prometheus-operator's two kinds, schema-less: enough for the API server to take the chart's
+/// A prometheus-operator kind, schema-less: enough for the API server to take the chart's
 /// ServiceMonitor and PrometheusRule.
-const MONITORING_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+fn monitoring_crd(kind: &str, plural: &str) -> String {
+    let singular = kind.to_lowercase();
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
+metadata: {{name: {plural}.monitoring.coreos.com}}
 spec:
   group: monitoring.coreos.com
-  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor}
+  names: {{kind: {kind}, plural: {plural}, singular: {singular}}}
   scope: Namespaced
   versions:
   - name: v1
     served: true
     storage: true
-    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: prometheusrules.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
-"#;
+    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}
+"
+    )
+}
 
 #[test]
 fn the_chart_lints_without_errors() {
@@ -76,7 +67,9 @@ fn rules(rules: Option<Vec<PolicyRule>>) -> Vec<(Vec<String>, Vec<String>, Vec<S
 async fn the_chart_installs_with_every_operator_flag_and_the_rbac_of_deploy() {
     let env = KubeEnv::shared().unwrap();
     let admin = env.admin_client().await.unwrap();
-    apply_yaml(&admin, MONITORING_CRDS, None).await.unwrap();
+    for (kind, plural) in [("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")] {
+        apply_yaml(&admin, &monitoring_crd(kind, plural), None).await.unwrap();
+    }
     tokio::time::sleep(std::time::Duration::from_secs(2)).await; // the new kinds reach discovery
     let ns = env.namespace("helm").await.unwrap();
     let values = serde_json::json!({

@@ -3,37 +3,53 @@
 use std::process::Command;
 
 use object_store::ObjectStoreExt as _;
-use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::emulator::EmulatorOptions;
+use teb_testkit::ground::CliGround;
 use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
-fn command(talosconfig: &std::path::Path, s3: &S3Server) -> Command {
+/// `talos-etcd-backup <subcommand> --bucket backups --endpoint <the S3 server>`, its keys in the
+/// environment.
+fn cli(subcommand: &str, s3: &S3Server) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
     command
-        .arg("snapshot")
-        .arg("--talosconfig")
-        .arg(talosconfig)
-        .args(["--bucket", "backups", "--endpoint", &s3.endpoint, "--cluster", "demo"])
+        .args([subcommand, "--bucket", "backups", "--endpoint", &s3.endpoint])
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("AGE_IDENTITY_FILE")
         .env_remove("RUST_LOG");
     command
 }
 
+/// The `snapshot` command of cluster `demo` with `talosconfig`.
+fn command(talosconfig: &std::path::Path, s3: &S3Server) -> Command {
+    let mut command = cli("snapshot", s3);
+    command.arg("--talosconfig").arg(talosconfig).args(["--cluster", "demo"]);
+    command
+}
+
+/// Runs `command` (off the async runtime's threads): whether it succeeded, its JSON summary (null
+/// when it printed none) and its standard error.
+fn outcome(command: &mut Command) -> (bool, serde_json::Value, String) {
+    let output = tokio::task::block_in_place(|| command.output().unwrap());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// A successful `snapshot` with `talosconfig`: its summary and key.
+fn snapshot_with(talosconfig: &std::path::Path, s3: &S3Server) -> (serde_json::Value, String) {
+    let (ok, summary, stderr) = outcome(&mut command(talosconfig, s3));
+    assert!(ok, "{stderr}");
+    let key = summary["key"].as_str().unwrap().to_owned();
+    (summary, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_command_uploads_a_verified_snapshot() {
-    let emulator = TalosEmulator::start(EmulatorOptions::default()).await.unwrap();
-    emulator.etcd().put(b"/cli/key", b"value").await.unwrap();
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let talosconfig = dir.path().join("talosconfig");
-    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let ground = CliGround::start_with(EmulatorOptions::default(), false).await;
+    ground.emulator.etcd().put(b"/cli/key", b"value").await.unwrap();
+    let (s3, talosconfig) = (&ground.s3, ground.talosconfig("talosconfig", "os:etcd:backup"));
 
-    let output = tokio::task::spawn_blocking(move || command(&talosconfig, &s3).output().map(|o| (o, s3)))
-        .await
-        .unwrap()
-        .unwrap();
-    let (output, s3) = output;
+    let output = tokio::task::block_in_place(|| command(&talosconfig, s3).output().unwrap());
     assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let key = summary["key"].as_str().unwrap();
@@ -69,25 +85,14 @@ async fn snapshot_command_explains_bad_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn total_timeout_bounds_a_slow_backup_and_leaves_nothing() {
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let ground = CliGround::start().await;
     // About 400 KiB of data: some 25 s at 16 KiB/s, far past the 2 s limit.
-    for i in 0..100 {
-        emulator.etcd().put(format!("/slow/{i}").as_bytes(), &[b's'; 4096]).await.unwrap();
-    }
-    emulator.faults.limit_bandwidth(16 * 1024);
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let talosconfig = dir.path().join("talosconfig");
-    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    ground.fill("/slow", 100, 4096).await;
+    ground.emulator.faults.limit_bandwidth(16 * 1024);
+    let (s3, talosconfig) = (&ground.s3, ground.talosconfig("talosconfig", "os:etcd:backup"));
 
-    let (output, s3) = tokio::task::spawn_blocking(move || {
-        let output = command(&talosconfig, &s3).args(["--total-timeout", "2s"]).output().unwrap();
-        (output, s3)
-    })
-    .await
-    .unwrap();
+    let output =
+        tokio::task::block_in_place(|| command(&talosconfig, s3).args(["--total-timeout", "2s"]).output().unwrap());
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("did not finish within 2s"), "{stderr}");
@@ -98,15 +103,12 @@ async fn total_timeout_bounds_a_slow_backup_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
     use teb_testkit::s3::{WEB_IDENTITY_ROLE, WEB_IDENTITY_TOKEN};
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
     // The S3 server over TLS also answers STS; it accepts the temporary keys STS hands out, checking
     // their signatures, so a stored object proves the exchange happened and its keys were used.
-    let s3 = S3Server::start_tls().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let talosconfig = dir.path().join("talosconfig");
-    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let ground =
+        CliGround::start_with(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }, true).await;
+    let (s3, dir) = (&ground.s3, &ground.dir);
+    let talosconfig = ground.talosconfig("talosconfig", "os:etcd:backup");
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, s3.ca_pem.as_deref().unwrap()).unwrap();
     let run = |token: &str| {
@@ -147,17 +149,12 @@ async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_command_shows_what_the_bucket_holds() {
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let talosconfig = dir.path().join("talosconfig");
-    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let ground = CliGround::start().await;
+    let (s3, talosconfig) = (&ground.s3, ground.talosconfig("talosconfig", "os:etcd:backup"));
     let mut summaries = Vec::new();
     for (cluster, key) in [("demo", "a"), ("demo", "b"), ("other", "c")] {
         let key = format!("talos-operator-etcd-backups/{cluster}/etcd-snapshot-{key}.db");
-        let output = tokio::task::block_in_place(|| command(&talosconfig, &s3).args(["--key", &key]).output().unwrap());
+        let output = tokio::task::block_in_place(|| command(&talosconfig, s3).args(["--key", &key]).output().unwrap());
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         summaries.push(serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap());
     }
@@ -166,13 +163,7 @@ async fn list_command_shows_what_the_bucket_holds() {
     s3.client("backups").unwrap().put(&object_store::path::Path::from(foreign), "hello".into()).await.unwrap();
 
     let list = |extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
-        command
-            .args(["list", "--bucket", "backups", "--endpoint", &s3.endpoint])
-            .args(extra)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        let output = tokio::task::block_in_place(|| command.output().unwrap());
+        let output = tokio::task::block_in_place(|| cli("list", s3).args(extra).output().unwrap());
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
@@ -198,32 +189,14 @@ async fn list_command_shows_what_the_bucket_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_command_passes_real_snapshots_and_catches_damage() {
     use sha2::Digest as _;
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let ground = CliGround::start().await;
+    let (emulator, s3) = (&ground.emulator, &ground.s3);
     for i in 0..300 {
         emulator.etcd().put(format!("/registry/secrets/ns/s-{i}").as_bytes(), &[b'v'; 2048]).await.unwrap();
     }
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let talosconfig = dir.path().join("talosconfig");
-    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
-    let output = tokio::task::block_in_place(|| command(&talosconfig, &s3).output().unwrap());
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let snapshot: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let key = snapshot["key"].as_str().unwrap().to_owned();
-
-    let verify = |extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
-        command
-            .args(["verify", "--bucket", "backups", "--endpoint", &s3.endpoint])
-            .args(extra)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        let output = tokio::task::block_in_place(|| command.output().unwrap());
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
-    };
+    let talosconfig = ground.talosconfig("talosconfig", "os:etcd:backup");
+    let (snapshot, key) = snapshot_with(&talosconfig, s3);
+    let verify = |extra: &[&str]| outcome(cli("verify", s3).args(extra));
     // A real etcd snapshot passes: its trailer, meta pages, size and page headers.
     let (ok, summary, stderr) = verify(&["--key", &key]);
     assert!(ok, "{summary} {stderr}");
@@ -269,37 +242,18 @@ async fn verify_command_passes_real_snapshots_and_catches_damage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_damaged_backup() {
     use sha2::Digest as _;
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let ground = CliGround::start().await;
+    let (emulator, s3) = (&ground.emulator, &ground.s3);
     for i in 0..200 {
         emulator.etcd().put(format!("/registry/configmaps/ns/before-{i}").as_bytes(), &[b'b'; 1024]).await.unwrap();
     }
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let backup_config = dir.path().join("backup.talosconfig");
-    std::fs::write(&backup_config, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
-    let admin_config = dir.path().join("admin.talosconfig");
-    std::fs::write(&admin_config, emulator.talosconfig(&["os:admin"]).unwrap()).unwrap();
-    let output = tokio::task::block_in_place(|| command(&backup_config, &s3).output().unwrap());
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let snapshot: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let key = snapshot["key"].as_str().unwrap().to_owned();
+    let backup_config = ground.talosconfig("backup.talosconfig", "os:etcd:backup");
+    let admin_config = ground.talosconfig("admin.talosconfig", "os:admin");
+    let (snapshot, key) = snapshot_with(&backup_config, s3);
     emulator.etcd().put(b"/registry/configmaps/ns/after", b"a").await.unwrap();
 
     let restore = |talosconfig: &std::path::Path, extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
-        command
-            .arg("restore")
-            .arg("--talosconfig")
-            .arg(talosconfig)
-            .args(["--bucket", "backups", "--endpoint", &s3.endpoint, "--wait", "60s"])
-            .args(extra)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        let output = tokio::task::block_in_place(|| command.output().unwrap());
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+        outcome(cli("restore", s3).arg("--talosconfig").arg(talosconfig).args(["--wait", "60s"]).args(extra))
     };
 
     // Dry run: the plan, and nothing changes.
@@ -371,27 +325,19 @@ fn shell(dir: &std::path::Path, script: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
     use sha2::Digest as _;
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
+    let ground = CliGround::start().await;
+    let (emulator, s3, dir) = (&ground.emulator, &ground.s3, &ground.dir);
     for i in 0..300 {
         emulator.etcd().put(format!("/registry/secrets/ns/s-{i}").as_bytes(), &[b's'; 2048]).await.unwrap();
     }
-    let s3 = S3Server::start().await.unwrap();
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let backup_config = dir.path().join("backup.talosconfig");
-    std::fs::write(&backup_config, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
+    let backup_config = ground.talosconfig("backup.talosconfig", "os:etcd:backup");
     // Keys made by Debian's age-keygen: the standard tool's keys work here, and the reverse.
     shell(dir.path(), "age-keygen -o key.txt 2>/dev/null && age-keygen -o other.txt 2>/dev/null");
     let recipient = String::from_utf8(shell(dir.path(), "age-keygen -y key.txt")).unwrap().trim().to_owned();
     let secret = std::fs::read_to_string(dir.path().join("key.txt")).unwrap();
     let secret_line = secret.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_owned();
 
-    let snapshot = |extra: &[&str]| {
-        let output = tokio::task::block_in_place(|| command(&backup_config, &s3).args(extra).output().unwrap());
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
-    };
+    let snapshot = |extra: &[&str]| outcome(command(&backup_config, s3).args(extra));
     let (ok, summary, stderr) = snapshot(&["--zstd", "--zstd-level", "9", "--age-recipient", &recipient]);
     assert!(ok, "{stderr}");
     let key = summary["key"].as_str().unwrap().to_owned();
@@ -428,18 +374,7 @@ async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
     assert_eq!(hex::encode(sha2::Sha256::digest(db)), zstd_only["sha256"].as_str().unwrap());
 
     // verify and list decode on the fly; a missing or wrong identity, a truncated object: clear errors.
-    let run = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
-        command
-            .args(args)
-            .args(["--bucket", "backups", "--endpoint", &s3.endpoint])
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env_remove("AGE_IDENTITY_FILE");
-        let output = tokio::task::block_in_place(|| command.output().unwrap());
-        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
-    };
+    let run = |args: &[&str]| outcome(cli(args[0], s3).args(&args[1..]));
     let key_file = dir.path().join("key.txt").display().to_string();
     let other_file = dir.path().join("other.txt").display().to_string();
     let (ok, verified, stderr) = run(&["verify", "--key", &key, "--age-identity-file", &key_file]);
@@ -492,25 +427,17 @@ async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
 /// as it was), and a generated key already taken gets the next numbered key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_command_never_overwrites_an_object() {
-    let emulator =
-        TalosEmulator::start(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await.unwrap();
-    let s3 = std::sync::Arc::new(S3Server::start().await.unwrap());
-    s3.create_bucket("backups").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let talosconfig = dir.path().join("talosconfig");
-    std::fs::write(&talosconfig, emulator.talosconfig(&["os:etcd:backup"]).unwrap()).unwrap();
-    let run = |extra: Vec<String>| {
-        let (talosconfig, s3) = (talosconfig.clone(), s3.clone());
-        async move {
-            tokio::task::spawn_blocking(move || command(&talosconfig, &s3).args(extra).output().unwrap()).await.unwrap()
-        }
-    };
+    let ground = CliGround::start().await;
+    let (emulator, s3) = (&ground.emulator, &ground.s3);
+    let talosconfig = ground.talosconfig("talosconfig", "os:etcd:backup");
+    let run =
+        |extra: Vec<String>| tokio::task::block_in_place(|| command(&talosconfig, s3).args(extra).output().unwrap());
     let key = "manual/etcd.db".to_owned();
-    let first = run(vec!["--key".into(), key.clone()]).await;
+    let first = run(vec!["--key".into(), key.clone()]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let (before, _) = s3.get("backups", &key).await.unwrap();
     emulator.etcd().put(b"/cli/changed", b"after the first backup").await.unwrap();
-    let second = run(vec!["--key".into(), key.clone()]).await;
+    let second = run(vec!["--key".into(), key.clone()]);
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("an object is already stored at manual/etcd.db") && stderr.contains("--key"), "{stderr}");
@@ -528,7 +455,7 @@ async fn snapshot_command_never_overwrites_an_object() {
     while jiff::Timestamp::now().as_second() < at.as_second() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let third = run(vec![]).await;
+    let third = run(vec![]);
     assert!(third.status.success(), "{}", String::from_utf8_lossy(&third.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
     let stored = summary["key"].as_str().unwrap();

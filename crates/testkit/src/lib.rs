@@ -8,6 +8,7 @@
 //!   real etcd cluster, with fault injection.
 //! - [`fixtures`]: OS CA, secrets bundle, talosconfig files and TalosControlPlane objects in the shapes
 //!   talosctl and the upstream operator write.
+//! - [`ground`]: those wired into the scenarios every test file shares.
 //!
 //! Every server listens on 127.0.0.1 only.
 
@@ -15,6 +16,7 @@ pub mod assets;
 pub mod emulator;
 pub mod etcd;
 pub mod fixtures;
+pub mod ground;
 pub mod kube;
 pub mod ping_policy;
 pub mod process;

@@ -124,19 +124,10 @@ async fn attempt(
         let message = format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name);
         ctx.event(backup, EventType::Normal, "BackupStarted", message).await;
     }
-    // An attempt cut off after its upload completed (its Ready status could not be written) left the
-    // backup in the bucket: record it rather than store a second copy nobody would point at.
-    if let Some(key) = status.attempt_key.clone() {
-        match crate::isolate(find_stored(backup, resolver, &key)).await {
-            Ok(Some(outcome)) => {
-                tracing::info!(%namespace, %name, %key, "found the snapshot an interrupted attempt stored");
-                // Its upload is complete: S3 no longer knows it, so this only clears the record.
-                abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
-                return succeed(api, backup, ctx, status, outcome).await;
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%namespace, %name, %error, "cannot look for an earlier attempt's snapshot"),
-        }
+    if let Some(outcome) = interrupted_outcome(backup, resolver, &status).await {
+        // Its upload is complete: S3 no longer knows it, so this only clears the record.
+        abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
+        return succeed(api, backup, ctx, status, outcome).await;
     }
     // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
     abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
@@ -439,9 +430,31 @@ async fn verify_stored(
     Ok(ctx.after_finish(&status))
 }
 
-async fn find_stored(backup: &TalosEtcdBackup, resolver: &mut Resolver, key: &str) -> Result<Option<Outcome>, Error> {
-    let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
-    Ok(core_backup::find_stored(&storage, key, &backup.uid().unwrap_or_default()).await?)
+/// What an attempt cut off after its upload completed (its Ready status could not be written) left in
+/// the bucket: recorded rather than stored a second time, where nobody would point at the first.
+async fn interrupted_outcome(
+    backup: &TalosEtcdBackup,
+    resolver: &mut Resolver,
+    status: &TalosEtcdBackupStatus,
+) -> Option<Outcome> {
+    let key = status.attempt_key.as_deref()?;
+    let found = crate::isolate(async {
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+        Ok(core_backup::find_stored(&storage, key, &backup.uid().unwrap_or_default()).await?)
+    })
+    .await;
+    let name = backup.name_any();
+    match found {
+        Ok(Some(outcome)) => {
+            tracing::info!(%name, %key, "found the snapshot an interrupted attempt stored");
+            Some(outcome)
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(%name, %error, "cannot look for an earlier attempt's snapshot");
+            None
+        }
+    }
 }
 
 /// One attempt. Its upload is recorded in the status before the first part is sent, so that a crash

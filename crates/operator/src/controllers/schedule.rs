@@ -41,6 +41,38 @@ const STORAGE_RECHECK_INTERVAL: Duration = Duration::from_secs(300);
 /// Label values are at most 63 characters, and every backup carries the schedule's name in one.
 const MAX_NAME: usize = 63;
 
+/// What a reconcile of a schedule does, decided from the object and the time alone ([`decide`]).
+#[derive(Debug)]
+enum Step {
+    /// Being deleted: nothing to do (its backups stay).
+    Deleted,
+    /// The spec cannot run: say why.
+    Invalid(String),
+    /// Paused: no run, whatever is due.
+    Paused(Schedule),
+    /// Act on what is due: nothing yet, a run, or a run missed past `startingDeadlineSeconds`.
+    Active(Schedule, Due),
+}
+
+fn decide(schedule: &TalosEtcdBackupSchedule, now: Timestamp) -> Step {
+    if schedule.metadata.deletion_timestamp.is_some() {
+        return Step::Deleted;
+    }
+    let parsed = match check(schedule) {
+        Ok(parsed) => parsed,
+        Err(message) => return Step::Invalid(message),
+    };
+    if schedule.spec.paused {
+        return Step::Paused(parsed);
+    }
+    let created = schedule.creation_timestamp().map_or(now, |t| t.0);
+    let status = schedule.status.clone().unwrap_or_default();
+    let since = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
+    let deadline = schedule.spec.starting_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
+    let due = parsed.due(since, now, deadline);
+    Step::Active(parsed, due)
+}
+
 pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
@@ -57,18 +89,17 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     // Schedules of earlier versions held a finalizer to release their backups on deletion; with no owner
     // reference left there is nothing to wait for, and deleting a schedule never touches its backups.
     finalizer::set(&api, &schedule, false).await?;
-    if schedule.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let now = Timestamp::now();
     let created = schedule.creation_timestamp().map_or(now, |t| t.0);
     let previous = schedule.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = schedule.metadata.generation;
     let generation = status.observed_generation;
-    let parsed = match check(&schedule) {
-        Ok(parsed) => parsed,
-        Err(message) => return report_invalid(&api, &schedule, &ctx, &previous, status, message).await,
+    let (parsed, due) = match decide(&schedule, now) {
+        Step::Deleted => return Ok(Action::await_change()),
+        Step::Invalid(message) => return report_invalid(&api, &schedule, &ctx, &previous, status, message).await,
+        Step::Paused(parsed) => (parsed, None),
+        Step::Active(parsed, due) => (parsed, Some(due)),
     };
     let owned: Vec<TalosEtcdBackup> = labelled
         .into_iter()
@@ -77,13 +108,15 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let mut active: Vec<String> =
         owned.iter().filter(|b| state_of(b) == State::Running).map(|b| b.name_any()).collect();
     record_success(&mut status, &owned, schedule.spec.verify);
-    let ready = if schedule.spec.paused {
-        status.next_schedule_time = None;
-        (conditions::SCHEDULE_PAUSED, "Paused: no backups are created until spec.paused is false".to_owned())
-    } else {
-        take_due_run(&backups, &schedule, &ctx, &parsed, &owned, &mut active, &mut status).await?;
+    let ready = if let Some(due) = due {
+        take_due_run(&backups, &schedule, &ctx, due, &owned, &mut active, &mut status).await?;
+        let last = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
+        status.next_schedule_time = parsed.next_after(last).map(Time);
         let next = status.next_schedule_time.as_ref().map(|t| t.0);
         (conditions::SCHEDULE_ACTIVE, next.map_or("No further runs".to_owned(), |t| format!("Next backup at {t}")))
+    } else {
+        status.next_schedule_time = None;
+        (conditions::SCHEDULE_PAUSED, "Paused: no backups are created until spec.paused is false".to_owned())
     };
     active.sort();
     status.active_backups = active;
@@ -132,22 +165,18 @@ async fn report_invalid(
     Ok(Action::await_change())
 }
 
-/// Acts on the run due now, if any (a backup created, or a run too late skipped), and records it in
-/// `lastScheduleTime`; sets `nextScheduleTime`.
+/// Acts on the run `due` (a backup created, or a run too late skipped), and records it in
+/// `lastScheduleTime`.
 async fn take_due_run(
     backups: &Api<TalosEtcdBackup>,
     schedule: &TalosEtcdBackupSchedule,
     ctx: &Context,
-    parsed: &Schedule,
+    due: Due,
     owned: &[TalosEtcdBackup],
     active: &mut Vec<String>,
     status: &mut TalosEtcdBackupScheduleStatus,
 ) -> Result<(), Error> {
-    let now = Timestamp::now();
-    let created = schedule.creation_timestamp().map_or(now, |t| t.0);
-    let since = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
-    let deadline = schedule.spec.starting_deadline_seconds.map(|s| Duration::from_secs(s.max(0) as u64));
-    match parsed.due(since, now, deadline) {
+    match due {
         Due::NotYet => {}
         Due::Run(at) => {
             run(backups, schedule, ctx, at, owned, active).await?;
@@ -156,15 +185,13 @@ async fn take_due_run(
         Due::Missed(at) => {
             let message = format!(
                 "Skipped the run scheduled at {at}: more than startingDeadlineSeconds ({}) late",
-                deadline.unwrap_or_default().as_secs()
+                schedule.spec.starting_deadline_seconds.unwrap_or_default()
             );
             ctx.metrics.schedule_runs.get_or_create(&RunLabels { outcome: RunOutcome::missed }).inc();
             ctx.event(schedule, EventType::Warning, "MissedSchedule", message).await;
             status.last_schedule_time = Some(Time(at));
         }
     }
-    status.next_schedule_time =
-        parsed.next_after(status.last_schedule_time.as_ref().map_or(created, |t| t.0)).map(Time);
     Ok(())
 }
 
@@ -459,6 +486,45 @@ mod tests {
         let ((state, _, message), _) = staleness(&parsed, Some(at(15)), created, stale_at);
         assert_eq!(state, Status::False);
         assert!(message.starts_with("Newest successful backup completed at"), "{message}");
+    }
+
+    /// A schedule created at `created` (seconds) on `@every 10s`, last run at `last`.
+    fn schedule(created: i64, last: Option<i64>, yaml: &str) -> TalosEtcdBackupSchedule {
+        let spec = format!(
+            "schedule: '@every 10s'\nbackupTemplate:\n  spec:\n    talosControlPlaneRef: {{name: cp}}\n    \
+             backupStorage: {{s3: {{bucket: my-backups, region: us-east-1}}}}\n{yaml}"
+        );
+        let mut schedule = TalosEtcdBackupSchedule::new("nightly", serde_yaml::from_str(&spec).unwrap());
+        let at = |s: i64| Time(Timestamp::from_second(s).unwrap());
+        schedule.metadata.creation_timestamp = Some(at(created));
+        let status = TalosEtcdBackupScheduleStatus { last_schedule_time: last.map(at), ..Default::default() };
+        schedule.status = Some(status);
+        schedule
+    }
+
+    #[test]
+    fn decide_covers_every_state() {
+        let now = |s: i64| Timestamp::from_second(s).unwrap();
+        let at = now;
+        let step = |schedule: &TalosEtcdBackupSchedule, s: i64| match decide(schedule, now(s)) {
+            Step::Active(_, due) => format!("{due:?}"),
+            Step::Invalid(message) => format!("Invalid: {message}"),
+            other => format!("{other:?}").split('(').next().unwrap_or_default().to_owned(),
+        };
+        // Not yet due, then due (the latest run since the last), then missed past the deadline.
+        let fresh = schedule(1_000, None, "");
+        assert_eq!(step(&fresh, 1_005), format!("{:?}", Due::NotYet));
+        assert_eq!(step(&schedule(1_000, Some(1_010), ""), 1_025), format!("{:?}", Due::Run(at(1_020))));
+        let late = schedule(1_000, Some(1_010), "startingDeadlineSeconds: 3\n");
+        assert_eq!(step(&late, 1_025), format!("{:?}", Due::Missed(at(1_020))));
+        // Paused, invalid and deleted come before anything due.
+        assert_eq!(step(&schedule(1_000, None, "paused: true\n"), 5_000), "Paused");
+        let mut invalid = schedule(1_000, None, "");
+        invalid.spec.schedule = "not a schedule".into();
+        assert!(matches!(decide(&invalid, now(5_000)), Step::Invalid(m) if m.starts_with("Invalid spec.schedule")));
+        let mut deleted = invalid.clone();
+        deleted.metadata.deletion_timestamp = Some(Time(now(5_000)));
+        assert_eq!(step(&deleted, 5_000), "Deleted");
     }
 
     #[test]
