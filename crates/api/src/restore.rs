@@ -41,6 +41,12 @@ pub struct TalosEtcdRestoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub node: Option<String>,
+    /// Talos API endpoints to use instead of the control plane's (`host` or `host:port`, as
+    /// talosctl's `--endpoints`). When etcd is lost a Talos VIP is down too (it is held through an
+    /// etcd election): name control-plane node addresses here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 261)))]
+    pub endpoints: Vec<String>,
     /// Optional Secret key holding a talosconfig with the os:admin role; when unset a client
     /// certificate with os:admin is minted from the control plane's secrets bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,11 +1,14 @@
 //! Restoring a control plane's etcd from a stored backup: the `restore` command and the
 //! TalosEtcdRestore controller run it.
 //!
-//! Talos takes a recovery in two calls: EtcdRecover uploads the snapshot (a file; accepted whatever
-//! etcd's state), then Bootstrap with `recover_etcd` starts etcd from it, which Talos refuses while
-//! the node has etcd data ("etcd data directory is not empty"). So the plan checks first that etcd is
-//! not running on the node, and the upload is checked on the way (SHA-256 trailer, bbolt structure):
-//! a snapshot that fails is cancelled before its end, Talos discards it, and nothing is bootstrapped.
+//! Talos takes a recovery in two calls: EtcdRecover uploads the snapshot (the node's own file;
+//! accepted whatever etcd's state), then Bootstrap with `recover_etcd` starts the etcd service, whose
+//! pre stage recovers from the file. Talos refuses the Bootstrap while the node's etcd data directory
+//! has entries, running or not ("etcd data directory is not empty"), and answers it at once: a
+//! recovery that fails shows only as the etcd service `Failed`. So the plan first reads every
+//! control-plane node (etcd running? data left?), the upload is checked on the way (SHA-256 trailer,
+//! bbolt structure; a snapshot that fails is cancelled before its end and Talos discards it), and
+//! success is declared only when the recovered member answers and its cluster lists it.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,10 @@ use teb_pipeline::{CheckedSnapshot, Format, Identity, SnapshotCheck, Storage};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
 use crate::{Error, Settings};
+
+/// How long an EtcdStatus probe may take: while etcd is down Talos's etcd client waits for it until
+/// the caller gives up, so a node that does not answer within this is taken as not running.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a restore would do, found without changing anything.
 #[derive(Clone, Debug)]
@@ -29,16 +36,80 @@ pub struct RestorePlan {
     pub sha256: Option<String>,
     /// Compressed, encrypted, both or neither.
     pub format: Format,
+    /// The target node's etcd.
     pub etcd: EtcdState,
+    /// The entries of the target's etcd data directory (empty once wiped).
+    pub data: Vec<String>,
+    /// The other control-plane nodes checked, with their etcd.
+    pub others: Vec<(String, EtcdState)>,
 }
 
-/// The node's etcd before the restore.
+/// A node's etcd before the restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EtcdState {
-    /// It answers EtcdStatus: a live member, which a restore must not replace.
+    /// It answers EtcdStatus: a live member, which a restore must not replace or run beside.
     Running { member_id: u64, db_size: i64 },
-    /// It does not answer (waiting to be bootstrapped, or failed): recovery can go ahead.
+    /// It does not answer (waiting to be bootstrapped, crashed, or failed).
     NotRunning { reason: String },
+    /// The node does not answer at all (gone, or not reachable from the endpoint).
+    Unreachable { reason: String },
+}
+
+impl EtcdState {
+    /// One word for tables: `running`, `not running`, `unreachable`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EtcdState::Running { .. } => "running",
+            EtcdState::NotRunning { .. } => "not running",
+            EtcdState::Unreachable { .. } => "unreachable",
+        }
+    }
+}
+
+impl RestorePlan {
+    /// Why the restore must not go ahead, if it must not: etcd runs on the target, or on another
+    /// control-plane node (recovering beside it makes two clusters), or the target's data directory
+    /// has entries (Talos would refuse the Bootstrap after the upload).
+    pub fn refusal(&self) -> Option<String> {
+        let wipe = |node: &str| {
+            format!("talosctl -n {node} reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false")
+        };
+        if let EtcdState::Running { member_id, .. } = self.etcd {
+            return Some(format!(
+                "etcd on node {} is running (member {member_id:x}): restoring over a live etcd is refused. A \
+                 recovery needs etcd waiting to be bootstrapped: wipe etcd on every control-plane node ({}), then \
+                 restore to one of them",
+                self.node_label,
+                wipe("<node>")
+            ));
+        }
+        let running: Vec<String> = self
+            .others
+            .iter()
+            .filter_map(|(node, etcd)| match etcd {
+                EtcdState::Running { member_id, .. } => Some(format!("{node} (member {member_id:x})")),
+                _ => None,
+            })
+            .collect();
+        if !running.is_empty() {
+            return Some(format!(
+                "etcd still runs on {}: a member of the old cluster is alive, and recovering next to it makes two \
+                 clusters. Wipe etcd on every control-plane node first ({}), or recover that member instead",
+                running.join(", "),
+                wipe("<node>")
+            ));
+        }
+        if !self.data.is_empty() {
+            return Some(format!(
+                "etcd's data directory on node {} is not empty ({}) although etcd is not running there (a crashed \
+                 member): Talos refuses to bootstrap over it. Wipe it first: {}",
+                self.node_label,
+                self.data.join(", "),
+                wipe(self.node.as_deref().unwrap_or(&self.node_label))
+            ));
+        }
+        None
+    }
 }
 
 /// A restore that went through.
@@ -51,29 +122,36 @@ pub struct Restored {
     pub seconds: f64,
 }
 
-/// Looks at the backup and the node: the object's size and trailer SHA-256, and whether etcd runs.
+/// Looks at the backup and the control plane, changing nothing: the object's size and trailer
+/// SHA-256; on the target node (`node`, else the target's first node, else the endpoint node)
+/// whether etcd runs and what its data directory holds; and etcd on each of `others` (the other
+/// control-plane nodes, by address).
 pub async fn plan(
     talos: &Target,
     storage: &Storage,
     key: &str,
     node: Option<&str>,
+    others: &[String],
     settings: &Settings,
 ) -> Result<(TalosClient, RestorePlan), Error> {
     let stored = storage.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
         Error::Restore(format!("no backup at {key:?} in {}: `list` shows what it holds", storage.container()))
     })?;
-    let client = TalosClient::connect(talos, settings.connect_timeout).await.map_err(Error::Talos)?;
+    let client = TalosClient::connect(talos, settings.connect_timeout).await.map_err(|e| connect_failed(talos, e))?;
     let node = node.map(str::to_owned).or_else(|| talos.nodes.first().cloned());
     let node_label = node.clone().unwrap_or_else(|| client.endpoint().to_owned());
-    let etcd = match client.etcd_status_on(node.as_deref()).await {
-        Ok(status) => EtcdState::Running { member_id: status.member_id, db_size: status.db_size },
-        Err(e) if e.is_permission_denied() => {
-            return Err(Error::Restore(format!(
-                "{e}; a restore needs a talosconfig with the os:admin role (EtcdRecover and Bootstrap are admin-only)"
-            )));
-        }
-        Err(e) => EtcdState::NotRunning { reason: e.to_string() },
+    let etcd = etcd_state(&client, node.as_deref()).await?;
+    let data = match &etcd {
+        EtcdState::Running { .. } => vec![],
+        _ => client.etcd_data_entries(node.as_deref()).await.map_err(|e| refused_call(e, "List"))?,
     };
+    // Probed at once: a node whose etcd is down answers only when the probe gives up.
+    let others: Vec<&String> = others.iter().filter(|o| Some(o.as_str()) != node.as_deref()).collect();
+    let states = futures::future::join_all(others.iter().map(|other| etcd_state(&client, Some(other)))).await;
+    let mut checked = Vec::new();
+    for (other, state) in others.into_iter().zip(states) {
+        checked.push((other.clone(), state?));
+    }
     let plan = RestorePlan {
         node,
         node_label,
@@ -82,13 +160,51 @@ pub async fn plan(
         sha256: stored.sha256,
         format: stored.format,
         etcd,
+        data,
+        others: checked,
     };
     Ok((client, plan))
 }
 
-/// Carries out `plan`: refuses a running etcd; streams the object from S3 into EtcdRecover
-/// (decrypted with `identities` and decompressed on the way when it is stored so), checking it on the
-/// way; bootstraps with `recover_etcd`; waits up to `wait` for etcd to answer.
+/// A node's etcd, by a short EtcdStatus probe.
+async fn etcd_state(client: &TalosClient, node: Option<&str>) -> Result<EtcdState, Error> {
+    match client.etcd_status_within(node, PROBE_TIMEOUT).await {
+        Ok(status) => Ok(EtcdState::Running { member_id: status.member_id, db_size: status.db_size }),
+        Err(e) if e.is_permission_denied() || matches!(e, teb_talos::Error::NoForwarding { .. }) => {
+            Err(refused_call(e, "EtcdStatus"))
+        }
+        Err(e) if e.is_unreachable() => Ok(EtcdState::Unreachable { reason: e.to_string() }),
+        Err(e) => Ok(EtcdState::NotRunning { reason: e.to_string() }),
+    }
+}
+
+/// A refused call: a missing role, or a worker endpoint that cannot forward.
+fn refused_call(e: teb_talos::Error, call: &str) -> Error {
+    if e.is_permission_denied() {
+        return Error::Restore(format!(
+            "{e}; a restore needs a talosconfig with the os:admin role ({call}, EtcdRecover and Bootstrap)"
+        ));
+    }
+    Error::Talos(e)
+}
+
+/// A connection that failed during a restore: when etcd is lost, a Talos VIP (held through an etcd
+/// election) is down too, so say how to name a node instead.
+fn connect_failed(talos: &Target, e: teb_talos::Error) -> Error {
+    if matches!(e, teb_talos::Error::Connect { certificate: false, .. }) {
+        return Error::Restore(format!(
+            "{e}. If {} is a Talos VIP, it is down while etcd is (the VIP is held through an etcd election): name a \
+             control-plane node's address instead (--endpoints, or spec.endpoints of the TalosEtcdRestore)",
+            talos.endpoints.join(", ")
+        ));
+    }
+    Error::Talos(e)
+}
+
+/// Carries out `plan`: refuses what [`RestorePlan::refusal`] names; streams the object from the
+/// bucket into EtcdRecover (decrypted with `identities` and decompressed on the way when it is stored
+/// so), checking it on the way; bootstraps with `recover_etcd`; waits up to `wait` for the recovered
+/// member to answer, failing as soon as Talos shows the recovery failed.
 pub async fn restore(
     client: &TalosClient,
     plan: &RestorePlan,
@@ -100,13 +216,8 @@ pub async fn restore(
 ) -> Result<Restored, Error> {
     let started = Instant::now();
     let node = plan.node.as_deref();
-    if let EtcdState::Running { member_id, .. } = plan.etcd {
-        return Err(Error::RestoreRefused(format!(
-            "etcd on node {} is running (member {member_id:x}): restoring over a live etcd is refused. A \
-             recovery needs etcd waiting to be bootstrapped: wipe etcd on every control-plane node (talosctl \
-             reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false), then restore to one of them",
-            plan.node_label
-        )));
+    if let Some(refusal) = plan.refusal() {
+        return Err(Error::RestoreRefused(refusal));
     }
     let object = storage
         .read_snapshot(&plan.key, plan.format, identities, settings.limits.idle_timeout)
@@ -182,20 +293,59 @@ async fn stream_into_recover(
     }
 }
 
-/// Waits up to `wait` for etcd on the node to answer after the recovery bootstrap: its member ID and
-/// database size.
+/// Waits up to `wait` for the recovered member after the Bootstrap: the etcd service `Running` and
+/// healthy, EtcdStatus answering and the member list holding that member. A service that shows
+/// `Failed` (the recovery failed in its pre stage) ends the wait at once with Talos's reason.
 async fn wait_for_etcd(client: &TalosClient, plan: &RestorePlan, wait: Duration) -> Result<(u64, i64), Error> {
+    let node = plan.node.as_deref();
     let deadline = Instant::now() + wait;
-    loop {
-        match client.etcd_status_on(plan.node.as_deref()).await {
-            Ok(status) => return Ok((status.member_id, status.db_size)),
-            Err(e) if Instant::now() >= deadline => {
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match recovered_member(client, node).await {
+            Ok(Some(member)) => return Ok(member),
+            Ok(None) => {}
+            Err(Recovery::Failed(why)) => {
                 return Err(Error::Restore(format!(
-                    "etcd did not come up on node {} within {wait:?} of the recovery bootstrap: {e}",
-                    plan.node_label
+                    "the recovery on node {} failed after Bootstrap: {why}. The upload stays on the node when \
+                     the snapshot could not be read; after a failed restore its data directory may not be empty: \
+                     wipe it (talosctl -n {} reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false) \
+                     before restoring again",
+                    plan.node_label,
+                    node.unwrap_or(&plan.node_label)
                 )));
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(Recovery::NotYet(why)) => last = why,
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(Error::Restore(format!(
+        "etcd did not come up on node {} within {wait:?} of the recovery bootstrap: {last}",
+        plan.node_label
+    )))
+}
+
+enum Recovery {
+    /// Talos shows the recovery failed, saying why.
+    Failed(String),
+    /// Not there yet, saying what was seen.
+    NotYet(String),
+}
+
+/// The recovered member (ID, database size) once it runs and its cluster lists it (wiped nodes may
+/// join it at once, so it need not be alone for long).
+async fn recovered_member(client: &TalosClient, node: Option<&str>) -> Result<Option<(u64, i64)>, Recovery> {
+    let service = client.etcd_service(node).await.map_err(|e| Recovery::NotYet(e.to_string()))?;
+    if service.state == "Failed" {
+        return Err(Recovery::Failed(service.last_event));
+    }
+    if service.state != "Running" || !service.healthy {
+        return Err(Recovery::NotYet(format!("the etcd service is {}: {}", service.state, service.last_event)));
+    }
+    let status = client.etcd_status_within(node, PROBE_TIMEOUT).await.map_err(|e| Recovery::NotYet(e.to_string()))?;
+    let members = client.etcd_members_of(node).await.map_err(|e| Recovery::NotYet(e.to_string()))?;
+    if members.iter().any(|m| m.id == status.member_id) {
+        Ok(Some((status.member_id, status.db_size)))
+    } else {
+        Err(Recovery::NotYet(format!("the member list does not hold member {:x} yet", status.member_id)))
     }
 }

@@ -306,6 +306,10 @@ struct RestoreArgs {
     /// Control-plane node to recover on; the talosconfig's first node, else the endpoint node.
     #[arg(long)]
     node: Option<String>,
+    /// Every control-plane node, comma-separated: each is checked before anything changes (none may
+    /// still run etcd); the talosconfig's nodes when unset.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
     /// Print the plan (node, backup, its size and SHA-256, etcd's state) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -325,9 +329,21 @@ struct TalosArgs {
     /// talosconfig context; its current context when unset.
     #[arg(long)]
     context: Option<String>,
+    /// Talos API endpoints instead of the talosconfig's (talosctl's `--endpoints`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
 }
 
 impl TalosArgs {
+    /// The Talos target: the talosconfig's context, with `--endpoints` when given.
+    fn target(&self) -> anyhow::Result<teb_talos::Target> {
+        let mut target = self.load()?.target(self.context.as_deref())?;
+        if !self.endpoints.is_empty() {
+            target.endpoints = self.endpoints.clone();
+        }
+        Ok(target)
+    }
+
     fn load(&self) -> anyhow::Result<teb_talos::Talosconfig> {
         let path = match self.talosconfig.clone() {
             Some(path) => path,
@@ -434,7 +450,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
 
 async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let talosconfig = args.talos.load()?;
-    let talos = talosconfig.target(args.talos.context.as_deref())?;
+    let talos = args.talos.target()?;
     let cluster =
         args.cluster.clone().unwrap_or_else(|| args.talos.context.clone().unwrap_or(talosconfig.context.clone()));
     let mut recipient_entries: Vec<String> = args.age_recipients.clone();
@@ -549,20 +565,21 @@ async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
 
 async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     use teb_core::restore::{self, EtcdState};
-    let talos = args.talos.load()?.target(args.talos.context.as_deref())?;
+    let talos = args.talos.target()?;
     let settings = Settings::default();
     let (storage, identities, key) = args.stored.open(&settings, "restore").await?;
-    let (client, plan) = restore::plan(&talos, &storage, &key, args.node.as_deref(), &settings).await?;
-    let etcd = match &plan.etcd {
-        EtcdState::Running { member_id, db_size } => {
-            serde_json::json!({"running": true, "member_id": format!("{member_id:x}"), "db_size": db_size})
-        }
-        EtcdState::NotRunning { reason } => serde_json::json!({"running": false, "reason": reason}),
-    };
+    let nodes = if args.nodes.is_empty() { talos.nodes.clone() } else { args.nodes.clone() };
+    let target = args.node.as_deref().or(nodes.first().map(String::as_str));
+    let (client, plan) = restore::plan(&talos, &storage, &key, target, &nodes, &settings).await?;
+    let mut etcd = node_state(&plan.node_label, &plan.etcd, Some(&plan.data));
+    etcd["running"] = matches!(plan.etcd, EtcdState::Running { .. }).into();
+    // Every control-plane node checked, the target first: the table a dry run prints.
+    let mut checked = vec![etcd.clone()];
+    checked.extend(plan.others.iter().map(|(node, other)| node_state(node, other, None)));
     let mut summary = serde_json::json!({
         "node": plan.node_label, "bucket": args.stored.bucket.bucket, "key": plan.key, "stored_size": plan.size,
         "size": plan.sha256.is_some().then_some(plan.size),
-        "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd,
+        "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd, "nodes": checked,
     });
     anyhow::ensure!(
         !plan.format.age || !identities.is_empty() || args.dry_run,
@@ -571,12 +588,15 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     );
     if args.dry_run {
         summary["dry_run"] = true.into();
-        summary["would"] = match plan.etcd {
-            EtcdState::Running { .. } => "refuse: etcd is running on the node".into(),
-            EtcdState::NotRunning { .. } => {
-                "stream the backup into EtcdRecover (checked on the way), then Bootstrap with recover_etcd".into()
-            }
+        summary["would"] = match plan.refusal() {
+            Some(why) => format!("refuse: {why}").into(),
+            None => "stream the backup into EtcdRecover (checked on the way), then Bootstrap with recover_etcd".into(),
         };
+        for row in &checked {
+            let data = row["data"].as_array().map_or("-".to_owned(), |d| format!("{} entries", d.len()));
+            let (node, etcd) = (row["node"].as_str().unwrap_or("-"), row["etcd"].as_str().unwrap_or("-"));
+            eprintln!("{node:<24} {etcd:<12} data directory: {data}");
+        }
         println!("{summary}");
         return Ok(());
     }
@@ -598,6 +618,24 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     summary["peak_rss_bytes"] = peak_rss_bytes().into();
     println!("{summary}");
     Ok(())
+}
+
+/// A control-plane node's etcd before a restore, as the summary shows it; `data`: the entries of its
+/// data directory, when read (the target's).
+fn node_state(node: &str, etcd: &teb_core::restore::EtcdState, data: Option<&[String]>) -> serde_json::Value {
+    use teb_core::restore::EtcdState;
+    let mut row = serde_json::json!({"node": node, "etcd": etcd.label()});
+    match etcd {
+        EtcdState::Running { member_id, db_size } => {
+            row["member_id"] = format!("{member_id:x}").into();
+            row["db_size"] = (*db_size).into();
+        }
+        EtcdState::NotRunning { reason } | EtcdState::Unreachable { reason } => row["reason"] = reason.clone().into(),
+    }
+    if let Some(data) = data {
+        row["data"] = data.to_vec().into();
+    }
+    row
 }
 
 /// Bytes streamed and the rate, redrawn on standard error four times a second while it runs.

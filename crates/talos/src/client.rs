@@ -7,12 +7,25 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::proto::common::{Data, Metadata};
 use crate::proto::machine::machine_service_client::MachineServiceClient;
 use crate::proto::machine::{
-    BootstrapRequest, EtcdMember, EtcdMemberListRequest, EtcdMemberStatus, EtcdSnapshotRequest,
+    BootstrapRequest, EtcdMember, EtcdMemberListRequest, EtcdMemberStatus, EtcdSnapshotRequest, ListRequest,
 };
 use crate::{DEFAULT_PORT, Error, Target, normalize_key_pem};
 
 /// Talos applies no deadline of its own; a unary call (or a snapshot's first answer) gets this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// etcd's data directory on a Talos node (`constants.EtcdDataPath`).
+pub const ETCD_DATA_PATH: &str = "/var/lib/etcd";
+
+/// A node's etcd service, as `talosctl service etcd` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceState {
+    /// `Running`, `Preparing`, `Waiting`, `Failed`, `Finished`, ...
+    pub state: String,
+    pub healthy: bool,
+    /// The newest event's message (why it failed, when it did).
+    pub last_event: String,
+}
 
 /// Talos caps gRPC messages at 32 MiB; so do we.
 const MAX_MESSAGE_SIZE: usize = 32 << 20;
@@ -103,13 +116,17 @@ impl TalosClient {
 
     /// The etcd members as the endpoint node sees them.
     pub async fn etcd_members(&self) -> Result<Vec<EtcdMember>, Error> {
-        let request = tonic::Request::new(EtcdMemberListRequest { query_local: false });
-        let response = self
-            .deadline("EtcdMemberList", &self.endpoint, self.machine.clone().etcd_member_list(request))
-            .await?
-            .into_inner();
+        self.etcd_members_of(None).await
+    }
+
+    /// The etcd members as `node` (the endpoint node when `None`) sees them.
+    pub async fn etcd_members_of(&self, node: Option<&str>) -> Result<Vec<EtcdMember>, Error> {
+        let request = for_node(EtcdMemberListRequest { query_local: false }, node)?;
+        let node = node.unwrap_or(&self.endpoint);
+        let response =
+            self.deadline("EtcdMemberList", node, self.machine.clone().etcd_member_list(request)).await?.into_inner();
         let first = response.messages.into_iter().next().unwrap_or_default();
-        check_in_band("EtcdMemberList", &self.endpoint, first.metadata.as_ref())?;
+        check_in_band("EtcdMemberList", node, first.metadata.as_ref())?;
         Ok(first.members)
     }
 
@@ -120,9 +137,16 @@ impl TalosClient {
 
     /// EtcdStatus of `node`'s etcd member, or of the endpoint node's when `None`.
     pub async fn etcd_status_on(&self, node: Option<&str>) -> Result<EtcdMemberStatus, Error> {
+        self.etcd_status_within(node, CALL_TIMEOUT).await
+    }
+
+    /// [`TalosClient::etcd_status_on`] with its own deadline: while etcd is down Talos's etcd client
+    /// waits for it until the caller gives up, so a probe of a node that may be down wants a short one.
+    pub async fn etcd_status_within(&self, node: Option<&str>, within: Duration) -> Result<EtcdMemberStatus, Error> {
         let request = for_node((), node)?;
         let node = node.unwrap_or(&self.endpoint);
-        let response = self.deadline("EtcdStatus", node, self.machine.clone().etcd_status(request)).await?.into_inner();
+        let mut machine = self.machine.clone();
+        let response = self.deadline_of("EtcdStatus", node, within, machine.etcd_status(request)).await?.into_inner();
         let first = response.messages.into_iter().next().unwrap_or_default();
         check_in_band("EtcdStatus", node, first.metadata.as_ref())?;
         first.member_status.ok_or_else(|| Error::Call {
@@ -296,19 +320,82 @@ impl TalosClient {
         check_in_band("Bootstrap", node, first.metadata.as_ref())
     }
 
+    /// The etcd service of `node` (the endpoint node when `None`) as Talos's service list shows it:
+    /// its state (`Running`, `Preparing`, `Failed`, ...), health and newest event.
+    pub async fn etcd_service(&self, node: Option<&str>) -> Result<ServiceState, Error> {
+        let request = for_node((), node)?;
+        let node = node.unwrap_or(&self.endpoint);
+        let response =
+            self.deadline("ServiceList", node, self.machine.clone().service_list(request)).await?.into_inner();
+        let first = response.messages.into_iter().next().unwrap_or_default();
+        check_in_band("ServiceList", node, first.metadata.as_ref())?;
+        let etcd = first.services.into_iter().find(|s| s.id == "etcd").ok_or_else(|| Error::Call {
+            call: "ServiceList",
+            node: node.to_owned(),
+            code: tonic::Code::NotFound,
+            message: "the node runs no etcd service".into(),
+        })?;
+        let health = etcd.health.unwrap_or_default();
+        let last_event = etcd.events.and_then(|e| e.events.into_iter().last()).map(|e| e.msg).unwrap_or_default();
+        Ok(ServiceState { state: etcd.state, healthy: health.healthy, last_event })
+    }
+
+    /// The entries of etcd's data directory (`/var/lib/etcd`) on `node` (List, not recursive): empty
+    /// once wiped, and what makes Talos refuse a Bootstrap otherwise.
+    pub async fn etcd_data_entries(&self, node: Option<&str>) -> Result<Vec<String>, Error> {
+        let request = for_node(ListRequest { root: ETCD_DATA_PATH.into(), recurse: false, recursion_depth: 0 }, node)?;
+        let node = node.unwrap_or(&self.endpoint);
+        let mut stream = self.deadline("List", node, self.machine.clone().list(request)).await?.into_inner();
+        let mut entries = Vec::new();
+        loop {
+            let next = tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.map_err(|_| Error::Call {
+                call: "List",
+                node: node.to_owned(),
+                code: tonic::Code::DeadlineExceeded,
+                message: format!("no answer within {CALL_TIMEOUT:?}"),
+            })?;
+            let Some(info) = next.map_err(|s| Error::call("List", node, &s))? else {
+                return Ok(entries);
+            };
+            check_in_band("List", node, info.metadata.as_ref())?;
+            // The walk names the root itself first (".").
+            if !info.error.is_empty() && info.relative_name.is_empty() {
+                return Err(Error::Call {
+                    call: "List",
+                    node: node.to_owned(),
+                    code: tonic::Code::Unknown,
+                    message: info.error,
+                });
+            }
+            if info.name != ETCD_DATA_PATH && info.relative_name != "." {
+                entries.push(info.relative_name);
+            }
+        }
+    }
+
     async fn deadline<T>(
         &self,
         call: &'static str,
         node: &str,
         future: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<tonic::Response<T>, Error> {
-        match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        self.deadline_of(call, node, CALL_TIMEOUT, future).await
+    }
+
+    async fn deadline_of<T>(
+        &self,
+        call: &'static str,
+        node: &str,
+        within: Duration,
+        future: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<tonic::Response<T>, Error> {
+        match tokio::time::timeout(within, future).await {
             Ok(result) => result.map_err(|s| Error::call(call, node, &s)),
             Err(_) => Err(Error::Call {
                 call,
                 node: node.to_owned(),
                 code: tonic::Code::DeadlineExceeded,
-                message: format!("no answer within {CALL_TIMEOUT:?}"),
+                message: format!("no answer within {within:?}"),
             }),
         }
     }
@@ -380,6 +467,12 @@ fn endpoint_uri(endpoint: &str) -> Result<(String, String), Error> {
     };
     let uri_host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
     Ok((format!("https://{uri_host}:{port}"), host.to_owned()))
+}
+
+/// The host an endpoint (`host`, `host:port` or `https://host:port`) names: the node's address, as
+/// `node` metadata names it.
+pub fn endpoint_host(endpoint: &str) -> Option<String> {
+    endpoint_uri(endpoint).ok().map(|(_, host)| host)
 }
 
 /// The host of a URL such as `https://10.5.0.2:2380`.

@@ -26,6 +26,13 @@ pub enum Error {
          the certificate was minted from"
     )]
     CertificateRefused { call: &'static str, alert: String },
+    /// apid of a worker node holds no client certificate for other nodes: it refuses every call
+    /// targeted with `node`/`nodes` (apid's director.go, `singleDirector`, v1.13.0).
+    #[error(
+        "Talos API call {call} for node {node} was refused with \"no request forwarding\": the endpoint is a worker \
+         node, which cannot forward calls to other nodes; use a control-plane node's address as the endpoint"
+    )]
+    NoForwarding { call: &'static str, node: String },
     #[error("{0}")]
     Unhealthy(String),
     /// `transient`: every reason may go away by itself (a node restarting, a leader election).
@@ -45,6 +52,9 @@ impl Error {
             }
             source = cause.source();
         }
+        if status.code() == tonic::Code::PermissionDenied && message.contains("no request forwarding") {
+            return Error::NoForwarding { call, node: node.to_owned() };
+        }
         match message.split_once("received fatal alert: ") {
             Some((_, alert)) if CERTIFICATE_ALERTS.iter().any(|a| alert.starts_with(a)) => {
                 Error::CertificateRefused { call, alert: format!("TLS alert {alert}") }
@@ -56,6 +66,11 @@ impl Error {
     /// A call refused for the client certificate's roles.
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, Error::Call { code: tonic::Code::PermissionDenied, .. })
+    }
+
+    /// Whether the node (or every endpoint) did not answer at all: gone, or unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Connect { certificate: false, .. } | Error::Call { code: tonic::Code::Unavailable, .. })
     }
 
     /// Whether trying again later may succeed (network trouble, an overloaded or restarting node).
@@ -81,6 +96,17 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_endpoint_is_named_not_a_missing_role() {
+        let status = tonic::Status::permission_denied("no request forwarding");
+        let error = Error::call("EtcdStatus", "10.0.0.2", &status);
+        assert!(matches!(error, Error::NoForwarding { .. }), "{error}");
+        assert!(!error.is_permission_denied() && !error.is_transient());
+        assert!(error.to_string().contains("the endpoint is a worker node"), "{error}");
+        let roles = Error::call("EtcdStatus", "10.0.0.2", &tonic::Status::permission_denied("not authorized"));
+        assert!(roles.is_permission_denied(), "{roles}");
+    }
 
     #[test]
     fn a_tls_alert_refusing_the_certificate_is_named_and_not_retried() {

@@ -7,7 +7,7 @@ mod config;
 mod error;
 mod mint;
 
-pub use client::{ChosenNode, MemberRole, RecoverPart, TalosClient};
+pub use client::{ChosenNode, ETCD_DATA_PATH, MemberRole, RecoverPart, ServiceState, TalosClient, endpoint_host};
 pub use config::{Credentials, SecretsBundle, TalosContext, Talosconfig, Target, normalize_key_pem};
 pub use error::Error;
 pub use mint::{MintedClient, mint_client_certificate};

@@ -61,7 +61,15 @@ impl EtcdCluster {
         let mut members = Vec::new();
         for (name, (client, peer)) in names.iter().zip(&ports) {
             let data_dir = dir.path().join(name);
-            members.push(start_member(name, *client, *peer, &data_dir, &initial_cluster, options, dir.path())?);
+            let start = MemberStart {
+                name,
+                client: *client,
+                peer: *peer,
+                data_dir: &data_dir,
+                initial_cluster: &initial_cluster,
+                state: "new",
+            };
+            members.push(start_member(start, options, dir.path())?);
         }
         let cluster = EtcdCluster { members, _dir: dir };
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -72,29 +80,66 @@ impl EtcdCluster {
     /// (which checks the snapshot's SHA-256 trailer).
     pub async fn restore(snapshot: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("teb-etcd-restored-").tempdir()?;
-        let (client, peer) = (crate::free_port(), crate::free_port());
-        let name = "restored";
-        let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
+        let data_dir = dir.path().join("restored");
+        let (name, peer) = restore_data(snapshot, &data_dir, false)?;
+        EtcdCluster::start_restored(dir, &name, peer).await
+    }
+
+    /// A one-member cluster started on `data_dir` (in `dir`), which [`restore_data`] filled.
+    pub async fn start_restored(dir: tempfile::TempDir, name: &str, peer: u16) -> anyhow::Result<Self> {
         let data_dir = dir.path().join(name);
-        let output = Command::new(&assets()?.etcdctl)
-            .env("ETCDCTL_API", "3")
-            .args(["snapshot", "restore"])
-            .arg(snapshot)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--name", name, "--initial-cluster", &initial_cluster])
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
-            .output()?;
-        anyhow::ensure!(
-            output.status.success(),
-            "etcdctl snapshot restore failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let member =
-            start_member(name, client, peer, &data_dir, &initial_cluster, &EtcdOptions::default(), dir.path())?;
+        let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
+        let start = MemberStart {
+            name,
+            client: crate::free_port(),
+            peer,
+            data_dir: &data_dir,
+            initial_cluster: &initial_cluster,
+            state: "new",
+        };
+        let member = start_member(start, &EtcdOptions::default(), dir.path())?;
         let cluster = EtcdCluster { members: vec![member], _dir: dir };
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(cluster)
+    }
+
+    /// Adds a member named `name` (`etcdctl member add`, then the process with
+    /// `--initial-cluster-state=existing`), as a control-plane node that was wiped joins a cluster.
+    pub async fn add_member(&mut self, name: &str) -> anyhow::Result<()> {
+        let (client, peer) = (crate::free_port(), crate::free_port());
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let output = Command::new(&assets()?.etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_urls().join(",")))
+            .args(["member", "add", name, &format!("--peer-urls={peer_url}")])
+            .output()?;
+        anyhow::ensure!(output.status.success(), "etcdctl member add: {}", String::from_utf8_lossy(&output.stderr));
+        // `member add` prints the ETCD_INITIAL_CLUSTER the new member must start with.
+        let text = String::from_utf8_lossy(&output.stdout);
+        let initial_cluster = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+            .map(|l| l.trim_end_matches('"').to_owned())
+            .context("etcdctl member add printed no ETCD_INITIAL_CLUSTER")?;
+        let data_dir = self._dir.path().join(name);
+        let log_dir = self._dir.path().to_owned();
+        let options = EtcdOptions::default();
+        let start = MemberStart {
+            name,
+            client,
+            peer,
+            data_dir: &data_dir,
+            initial_cluster: &initial_cluster,
+            state: "existing",
+        };
+        let member = start_member(start, &options, &log_dir)?;
+        self.members.push(member);
+        self.wait_for_leader(Duration::from_secs(30)).await
+    }
+
+    /// Stops one member's process; its data stays (a crashed etcd).
+    pub fn stop_member(&self, index: usize) {
+        self.members[index].process.lock().expect("etcd process lock").take();
     }
 
     /// Stops every member's process (its data stays on disk until the cluster is dropped).
@@ -144,15 +189,52 @@ impl EtcdCluster {
     }
 }
 
-fn start_member(
-    name: &str,
+/// `etcdctl snapshot status` of `snapshot`: whether it is a bbolt database etcd can read (what
+/// Talos's recovery checks first, "error verifying snapshot").
+pub fn snapshot_status(snapshot: &Path) -> anyhow::Result<()> {
+    let output =
+        Command::new(&assets()?.etcdctl).env("ETCDCTL_API", "3").args(["snapshot", "status"]).arg(snapshot).output()?;
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr).trim());
+    Ok(())
+}
+
+/// `etcdctl snapshot restore` of `snapshot` into `data_dir` (member `restored`, a peer port chosen
+/// here), checking its SHA-256 trailer unless `skip_hash_check`. Returns the member's name and peer
+/// port. A failed hash check leaves what etcdctl wrote in `data_dir`.
+pub fn restore_data(snapshot: &Path, data_dir: &Path, skip_hash_check: bool) -> anyhow::Result<(String, u16)> {
+    let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("restored").to_owned();
+    let peer = crate::free_port();
+    let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
+    let mut command = Command::new(&assets()?.etcdctl);
+    command
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--name", &name, "--initial-cluster", &initial_cluster])
+        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"));
+    if skip_hash_check {
+        command.arg("--skip-hash-check");
+    }
+    let output = command.output()?;
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr).trim());
+    Ok((name, peer))
+}
+
+/// How one member starts: its name, ports, data, the cluster it starts in and whether that is `new`
+/// or `existing`.
+struct MemberStart<'a> {
+    name: &'a str,
     client: u16,
     peer: u16,
-    data_dir: &Path,
-    initial_cluster: &str,
-    options: &EtcdOptions,
-    log_dir: &Path,
-) -> anyhow::Result<EtcdMember> {
+    data_dir: &'a Path,
+    initial_cluster: &'a str,
+    state: &'a str,
+}
+
+fn start_member(start: MemberStart<'_>, options: &EtcdOptions, log_dir: &Path) -> anyhow::Result<EtcdMember> {
+    let MemberStart { name, client, peer, data_dir, initial_cluster, state } = start;
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut command = Command::new(&assets()?.etcd);
@@ -165,7 +247,7 @@ fn start_member(
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster={initial_cluster}"))
-        .arg("--initial-cluster-state=new")
+        .arg(format!("--initial-cluster-state={state}"))
         .arg("--initial-cluster-token=teb-test")
         .args(["--logger=zap", "--log-level=warn"]);
     if let Some(quota) = options.quota_backend_bytes {

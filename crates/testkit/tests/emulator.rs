@@ -276,46 +276,66 @@ async fn fault_modes_do_what_they_say() {
     assert!(started.elapsed() >= expected.mul_f64(0.9), "{:?} < {expected:?}", started.elapsed());
 }
 
+/// An EtcdRecover upload of `snapshot` to `node`, as talosctl sends it (4 KiB chunks).
+async fn recover(machine: &MachineServiceClient<tonic::transport::Channel>, node: &str, snapshot: &[u8]) {
+    use teb_talos::proto::common::Data;
+    let chunks: Vec<Data> = snapshot.chunks(4096).map(|c| Data { metadata: None, bytes: c.to_vec().into() }).collect();
+    let mut request = tonic::Request::new(futures::stream::iter(chunks));
+    request.metadata_mut().insert("node", node.parse().unwrap());
+    machine.clone().etcd_recover(request).await.expect("EtcdRecover takes any upload");
+}
+
+/// Bootstrap with recover_etcd on `node`.
+async fn bootstrap(
+    machine: &MachineServiceClient<tonic::transport::Channel>,
+    node: &str,
+    skip_hash_check: bool,
+) -> Result<(), tonic::Status> {
+    use teb_talos::proto::machine::BootstrapRequest;
+    let message = BootstrapRequest { recover_etcd: true, recover_skip_hash_check: skip_hash_check };
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("node", node.parse().unwrap());
+    machine.clone().bootstrap(request).await.map(drop)
+}
+
+/// Waits for the etcd service of `node` to leave `Preparing`: its state and last event.
+async fn settled(client: &TalosClient, node: &str) -> teb_talos::ServiceState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let service = client.etcd_service(Some(node)).await.unwrap();
+        if service.state != "Preparing" {
+            return service;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "etcd on {node} is still preparing: {service:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn recover_and_bootstrap_restore_a_snapshot() {
-    use teb_talos::proto::common::Data;
-    use teb_talos::proto::machine::BootstrapRequest;
     let emulator = emulator().await;
     emulator.etcd().put(b"/restore/me", b"yes").await.unwrap();
     let client = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
+    let admin = TalosClient::connect(&role_target(&emulator, &["os:admin"]), Duration::from_secs(5)).await.unwrap();
     let node = emulator.nodes()[0].address.clone();
     let (snapshot, _) = drain(&client, &node).await.unwrap();
-
     emulator.etcd().put(b"/after/the/backup", b"lost").await.unwrap();
+    let machine = raw_machine(&emulator, "os:admin").await;
 
-    let mut machine = raw_machine(&emulator, "os:admin").await;
-    let recover = |machine: &mut MachineServiceClient<tonic::transport::Channel>| {
-        // talosctl sends 4 KiB chunks.
-        let chunks: Vec<Data> =
-            snapshot.chunks(4096).map(|c| Data { metadata: None, bytes: c.to_vec().into() }).collect();
-        let mut request = tonic::Request::new(futures::stream::iter(chunks));
-        request.metadata_mut().insert("node", node.parse().unwrap());
-        let mut machine = machine.clone();
-        async move { machine.etcd_recover(request).await }
-    };
-    let bootstrap = |machine: &mut MachineServiceClient<tonic::transport::Channel>| {
-        let mut request = tonic::Request::new(BootstrapRequest { recover_etcd: true, recover_skip_hash_check: false });
-        request.metadata_mut().insert("node", node.parse().unwrap());
-        let mut machine = machine.clone();
-        async move { machine.bootstrap(request).await }
-    };
     // etcd runs: the upload is taken (a file), but Bootstrap refuses, as machined does.
-    recover(&mut machine).await.expect("EtcdRecover accepts the snapshot");
-    let refused = bootstrap(&mut machine).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
-    assert_eq!(refused.message(), "etcd data directory is not empty");
+    recover(&machine, &node, &snapshot).await;
+    let refused = bootstrap(&machine, &node, false).await.unwrap_err();
+    assert_eq!((refused.code(), refused.message()), (tonic::Code::AlreadyExists, "etcd data directory is not empty"));
 
-    // Wiped: etcd waits to be bootstrapped, EtcdStatus fails; recovery restores the snapshot's keys.
+    // Wiped: no quick "not running" answer (Talos's etcd client waits for etcd until the caller gives
+    // up), the data directory is empty, and the recovery runs after Bootstrap answered.
     emulator.wipe_etcd();
-    let down = client.etcd_status(&node).await.unwrap_err();
-    assert!(down.to_string().contains("etcd is not running: waiting to be bootstrapped"), "{down}");
-    recover(&mut machine).await.expect("EtcdRecover accepts the snapshot");
-    bootstrap(&mut machine).await.expect("Bootstrap recovers etcd");
+    let down = admin.etcd_status_within(Some(&node), Duration::from_secs(2)).await.unwrap_err();
+    assert_eq!(code(&down), Some(tonic::Code::DeadlineExceeded), "{down}");
+    assert_eq!(admin.etcd_data_entries(Some(&node)).await.unwrap(), Vec::<String>::new());
+    recover(&machine, &node, &snapshot).await;
+    bootstrap(&machine, &node, false).await.expect("Bootstrap answers at once");
+    assert_eq!(settled(&admin, &node).await.state, "Running");
     let (kept, lost) = emulator
         .with_restored(|etcd| {
             let etcd = etcd.unwrap();
@@ -323,9 +343,78 @@ async fn recover_and_bootstrap_restore_a_snapshot() {
         })
         .await;
     assert_eq!((kept.as_deref(), lost), (Some("yes"), None));
-    // The node serves etcd again (from the restored member), and a second bootstrap is refused.
-    client.etcd_status(&node).await.expect("etcd runs after recovery");
-    assert_eq!(bootstrap(&mut machine).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+    // The node serves etcd again, its upload is used up, and a second bootstrap is refused.
+    admin.etcd_status(&node).await.expect("etcd runs after recovery");
+    assert!(!emulator.has_upload_on(0));
+    assert_eq!(admin.etcd_data_entries(Some(&node)).await.unwrap(), vec!["member".to_owned()]);
+    assert_eq!(bootstrap(&machine, &node, false).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+}
+
+/// machined refuses Bootstrap on data whether or not etcd runs; a recovery fails after Bootstrap
+/// answered, leaving the data directory as `snapshot restore` left it; uploads are per node.
+#[tokio::test]
+async fn recoveries_fail_after_bootstrap_as_talos_recoveries_do() {
+    let emulator = emulator().await;
+    emulator.etcd().put(b"/restore/me", b"yes").await.unwrap();
+    let client = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
+    let admin = TalosClient::connect(&role_target(&emulator, &["os:admin"]), Duration::from_secs(5)).await.unwrap();
+    let (first, second) = (emulator.nodes()[0].address.clone(), emulator.nodes()[1].address.clone());
+    let (snapshot, _) = drain(&client, &first).await.unwrap();
+    let machine = raw_machine(&emulator, "os:admin").await;
+
+    // A crash-looping member: etcd is down, its data stays, and Bootstrap is refused all the same.
+    emulator.crash_etcd(0);
+    assert_eq!(admin.etcd_service(Some(&first)).await.unwrap().state, "Waiting");
+    assert_eq!(admin.etcd_data_entries(Some(&first)).await.unwrap(), vec!["member".to_owned()]);
+    recover(&machine, &first, &snapshot).await;
+    assert_eq!(bootstrap(&machine, &first, false).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+
+    // A hash mismatch: Bootstrap is accepted, the service fails, the data directory is no longer empty.
+    emulator.wipe_node(0).await;
+    let mut corrupt = snapshot.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x01;
+    recover(&machine, &first, &corrupt).await;
+    bootstrap(&machine, &first, false).await.expect("Bootstrap answers before the recovery runs");
+    let failed = settled(&admin, &first).await;
+    assert_eq!(failed.state, "Failed");
+    assert!(failed.last_event.starts_with("Failed to run pre stage: error recovering from the snapshot"), "{failed:?}");
+    assert!(!admin.etcd_data_entries(Some(&first)).await.unwrap().is_empty());
+    assert_eq!(bootstrap(&machine, &first, false).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+
+    // recover_skip_hash_check takes the same snapshot.
+    emulator.wipe_node(0).await;
+    recover(&machine, &first, &corrupt).await;
+    bootstrap(&machine, &first, true).await.unwrap();
+    assert_eq!(settled(&admin, &first).await.state, "Running");
+
+    // Not a database: the service fails verifying it, the directory stays empty and the upload stays
+    // for the next Bootstrap. An upload is the node's own: none on the second node.
+    emulator.wipe_etcd();
+    emulator.wipe_node(1).await;
+    recover(&machine, &second, b"not an etcd snapshot, not even a bbolt file").await;
+    bootstrap(&machine, &second, false).await.unwrap();
+    let failed = settled(&admin, &second).await;
+    assert!(failed.last_event.starts_with("Failed to run pre stage: error verifying snapshot"), "{failed:?}");
+    assert!(admin.etcd_data_entries(Some(&second)).await.unwrap().is_empty());
+    assert!(emulator.has_upload_on(1));
+    bootstrap(&machine, &first, false).await.unwrap();
+    let failed = settled(&admin, &first).await;
+    assert!(failed.last_event.contains("/var/lib/etcd.snapshot: no such file or directory"), "{failed:?}");
+}
+
+/// A worker's apid cannot forward: every targeted call is refused (director.go, v1.13.0).
+#[tokio::test]
+async fn a_worker_endpoint_refuses_to_forward() {
+    let emulator = emulator_with(EmulatorOptions { endpoint_is_worker: true, ..Default::default() }).await;
+    let admin = TalosClient::connect(&role_target(&emulator, &["os:admin"]), Duration::from_secs(5)).await.unwrap();
+    let node = emulator.nodes()[0].address.clone();
+    let err = admin.etcd_status(&node).await.unwrap_err();
+    assert!(matches!(err, teb_talos::Error::NoForwarding { .. }), "{err}");
+    assert!(err.to_string().contains("the endpoint is a worker node"), "{err}");
+    // Untargeted, the worker answers itself: it has no etcd.
+    let err = admin.etcd_status_on(None).await.unwrap_err();
+    assert_eq!(code(&err), Some(tonic::Code::Unimplemented), "{err}");
 }
 
 #[tokio::test]

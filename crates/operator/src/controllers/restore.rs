@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS};
 use teb_api::{TalosEtcdBackup, TalosEtcdRestore, TalosEtcdRestoreStatus};
-use teb_core::restore::{self, EtcdState};
+use teb_core::restore;
 use teb_pipeline::{Identity, Storage};
 use teb_talos::Target;
 
@@ -86,10 +86,21 @@ async fn run(
 ) -> Result<(), Error> {
     let (talos, storage, key, identities) = resolve_restore(restore, ctx).await?;
     let settings = &ctx.config.settings;
-    let (client, plan) = restore::plan(&talos, &storage, &key, restore.spec.node.as_deref(), settings).await?;
+    // Every control-plane node the control plane names (its endpoints, before spec.endpoints
+    // replaces them, or its talosconfig's nodes) is checked before anything changes.
+    let nodes: Vec<String> = match talos.nodes.is_empty() {
+        true => talos.endpoints.iter().filter_map(|e| teb_talos::endpoint_host(e)).collect(),
+        false => talos.nodes.clone(),
+    };
+    let mut talos = talos;
+    if !restore.spec.endpoints.is_empty() {
+        talos.endpoints = restore.spec.endpoints.clone();
+    }
+    let node = restore.spec.node.as_deref();
+    let (client, plan) = restore::plan(&talos, &storage, &key, node, &nodes, settings).await?;
     status.node = Some(plan.node_label.clone());
     status.key = Some(key.clone());
-    if let EtcdState::NotRunning { .. } = plan.etcd {
+    if plan.refusal().is_none() {
         let message = format!("Restoring {key} ({} bytes) onto node {}", plan.size, plan.node_label);
         set_phase(status, Phase::InProgress, &message);
         patch_status(api, &restore.name_any(), status).await?;

@@ -38,6 +38,9 @@ struct Args {
     /// Extra names and addresses in the apid certificate (machine.certSANs); repeatable.
     #[arg(long = "cert-san")]
     cert_sans: Vec<String>,
+    /// Serve as the first worker's apid: calls for other nodes get "no request forwarding".
+    #[arg(long)]
+    endpoint_is_worker: bool,
     /// Folder for the generated talosconfig files and secrets bundle.
     #[arg(long)]
     out: PathBuf,
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         talos_version: args.talos_version,
         ca_key: args.ca_key,
         cert_sans: args.cert_sans.clone(),
+        endpoint_is_worker: args.endpoint_is_worker,
     };
     let emulator = TalosEmulator::start(options).await?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;

@@ -1,6 +1,9 @@
 //! A Talos machine API emulator: apid's wire protocol, mTLS and role rules, node routing and
-//! snapshot streaming, backed by a real etcd cluster.
+//! snapshot streaming, backed by a real etcd cluster; etcd's recovery as [`recovery`] describes.
 
+mod recovery;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +26,7 @@ use crate::etcd_proto::{
 };
 use crate::fixtures::{CaKeyType, OsCa};
 use crate::ping_policy::PingPolicy;
+use recovery::NodeEtcd;
 use teb_talos::proto::common::{Data, Metadata};
 use teb_talos::proto::google::rpc;
 use teb_talos::proto::machine::machine_service_server::{MachineService, MachineServiceServer};
@@ -30,6 +34,10 @@ use teb_talos::proto::machine::*;
 
 /// Talos streams snapshots one KiB a message.
 pub const CHUNK: usize = 1024;
+
+/// How long a call that needs a node's etcd waits while it does not run, standing in for "until the
+/// caller gives up" (the Talos client's own deadline is as long).
+const ETCD_CLIENT_WAIT: Duration = Duration::from_secs(30);
 
 /// The Talos release whose behaviour the emulator follows where releases differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,7 +71,7 @@ impl TalosVersion {
             }
             "EtcdStatus" => &["os:admin", "os:operator"],
             "EtcdMemberList" => &["os:admin", "os:operator", "os:reader"],
-            "Version" => &["os:admin", "os:operator", "os:reader"],
+            "Version" | "List" | "ServiceList" => &["os:admin", "os:operator", "os:reader"],
             _ => &["os:admin"],
         }
     }
@@ -109,6 +117,7 @@ pub struct TalosFaults {
     corrupt_trailer: AtomicBool,
     unavailable: AtomicBool,
     bytes_per_second: AtomicU64,
+    fail_recovery: AtomicBool,
 }
 
 const OFF: u64 = u64::MAX;
@@ -140,6 +149,12 @@ impl TalosFaults {
         self.unavailable.store(on, Ordering::SeqCst);
     }
 
+    /// Fail the next recoveries after their Bootstrap was accepted, as a full or broken disk would:
+    /// the etcd service ends `Failed`, with what `snapshot restore` wrote left in the data directory.
+    pub fn fail_recovery(&self, on: bool) {
+        self.fail_recovery.store(on, Ordering::SeqCst);
+    }
+
     /// Cap snapshot streaming at `bytes_per_second` (0: no cap).
     pub fn limit_bandwidth(&self, bytes_per_second: u64) {
         self.bytes_per_second.store(bytes_per_second, Ordering::SeqCst);
@@ -150,6 +165,7 @@ impl TalosFaults {
         self.stall_after.store(OFF, Ordering::SeqCst);
         self.corrupt_trailer.store(false, Ordering::SeqCst);
         self.unavailable.store(false, Ordering::SeqCst);
+        self.fail_recovery.store(false, Ordering::SeqCst);
         self.bytes_per_second.store(0, Ordering::SeqCst);
     }
 }
@@ -168,6 +184,9 @@ pub struct EmulatorOptions {
     pub ca_key: CaKeyType,
     /// `machine.certSANs`: extra names and addresses in the apid certificate.
     pub cert_sans: Vec<String>,
+    /// The endpoint is the first worker's apid instead of the first control plane's: it serves calls
+    /// without `node` metadata itself and refuses to forward any other.
+    pub endpoint_is_worker: bool,
 }
 
 impl Default for EmulatorOptions {
@@ -180,22 +199,9 @@ impl Default for EmulatorOptions {
             talos_version: TalosVersion::V1_11_0,
             ca_key: CaKeyType::default(),
             cert_sans: Vec::new(),
+            endpoint_is_worker: false,
         }
     }
-}
-
-/// A control-plane node's etcd, as Talos sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum NodeEtcd {
-    /// A running member of the emulator's cluster.
-    Member,
-    /// Its data wiped: etcd waits to be bootstrapped (EtcdStatus fails, Bootstrap is accepted).
-    Waiting,
-    /// Bootstrapped: the one-member cluster in `State::restored` (recovered from the uploaded
-    /// snapshot, or empty).
-    Bootstrapped,
-    /// Bootstrapped, but etcd failed to start (a recovery from a bad or missing snapshot).
-    Failed(String),
 }
 
 struct State {
@@ -204,10 +210,15 @@ struct State {
     etcd: EtcdCluster,
     /// Indexed like `etcd.members`.
     node_etcd: Mutex<Vec<NodeEtcd>>,
+    /// Indexed like `nodes`: machines that are gone (nothing answers at their address).
+    down: Mutex<Vec<bool>>,
+    /// The node that serves calls without `node` metadata.
+    endpoint_node: usize,
     faults: Arc<TalosFaults>,
     recovery_dir: tempfile::TempDir,
-    /// The snapshot EtcdRecover stored, and the member whose node took it.
-    recovered_snapshot: Mutex<Option<(usize, PathBuf)>>,
+    /// The snapshot each node's EtcdRecover stored (`/var/lib/etcd.snapshot`), by etcd member.
+    uploads: Mutex<HashMap<usize, PathBuf>>,
+    /// The cluster a recovery started, once one did.
     restored: tokio::sync::Mutex<Option<EtcdCluster>>,
 }
 
@@ -253,14 +264,18 @@ impl TalosEmulator {
         let (cert_pem, key_pem) = ca.server(&sans.iter().map(String::as_str).collect::<Vec<_>>())?;
         let tls = server_tls_config(&ca.cert_pem, &cert_pem, &key_pem)?;
         let faults = Arc::new(TalosFaults::new());
+        let endpoint_node = if options.endpoint_is_worker { options.control_planes } else { 0 };
+        anyhow::ensure!(endpoint_node < nodes.len(), "a worker endpoint needs a worker");
         let state = Arc::new(State {
             version: options.talos_version,
+            down: Mutex::new(vec![false; nodes.len()]),
             nodes,
             node_etcd: Mutex::new(vec![NodeEtcd::Member; options.control_planes]),
+            endpoint_node,
             etcd,
             faults: faults.clone(),
             recovery_dir: tempfile::Builder::new().prefix("teb-talos-recover-").tempdir()?,
-            recovered_snapshot: Mutex::new(None),
+            uploads: Mutex::new(HashMap::new()),
             restored: tokio::sync::Mutex::new(None),
         });
         let task = tokio::spawn(serve(listener, tls, Emulator { state: state.clone() }));
@@ -284,12 +299,55 @@ impl TalosEmulator {
     /// does: the members stop, their data is gone, and each node's etcd waits to be bootstrapped.
     pub fn wipe_etcd(&self) {
         self.state.etcd.stop();
+        if let Ok(mut restored) = self.state.restored.try_lock() {
+            restored.take();
+        }
+        self.state.uploads.lock().expect("uploads lock").clear();
         self.state.node_etcd.lock().expect("node etcd lock").fill(NodeEtcd::Waiting);
     }
 
-    /// Whether an EtcdRecover upload is stored (and not yet used by a Bootstrap).
+    /// Wipes etcd on control-plane node `index` only (its member of the first cluster stops, its data
+    /// and upload go); the node then joins a recovered cluster if one runs. A member of a recovered
+    /// cluster is wiped only with all the others ([`TalosEmulator::wipe_etcd`]).
+    pub async fn wipe_node(&self, index: usize) {
+        let member = self.state.nodes[index].etcd_member.expect("a control-plane node");
+        if self.state.node_etcd.lock().expect("node etcd lock")[member] == NodeEtcd::Member {
+            self.state.etcd.stop_member(member);
+        }
+        self.state.uploads.lock().expect("uploads lock").remove(&member);
+        self.state.node_etcd.lock().expect("node etcd lock")[member] = NodeEtcd::Waiting;
+        Emulator { state: self.state.clone() }.join_waiting().await;
+    }
+
+    /// etcd on control-plane node `index` crashes and keeps crashing: its member stops, its data stays.
+    pub fn crash_etcd(&self, index: usize) {
+        let member = self.state.nodes[index].etcd_member.expect("a control-plane node");
+        self.state.etcd.stop_member(member);
+        self.state.node_etcd.lock().expect("node etcd lock")[member] = NodeEtcd::Stopped;
+    }
+
+    /// Node `index` is gone (`false`: it is back): nothing answers at its address, and its etcd member,
+    /// if any, is gone with it.
+    pub fn set_down(&self, index: usize, down: bool) {
+        if let Some(member) = self.state.nodes[index].etcd_member.filter(|_| down) {
+            let mut states = self.state.node_etcd.lock().expect("node etcd lock");
+            if states[member] == NodeEtcd::Member {
+                self.state.etcd.stop_member(member);
+                states[member] = NodeEtcd::Stopped;
+            }
+        }
+        self.state.down.lock().expect("down lock")[index] = down;
+    }
+
+    /// Whether node `index`'s EtcdRecover upload is stored (and not yet used by a recovery).
+    pub fn has_upload_on(&self, index: usize) -> bool {
+        let member = self.state.nodes[index].etcd_member.expect("a control-plane node");
+        self.state.uploads.lock().expect("uploads lock").contains_key(&member)
+    }
+
+    /// Whether any node holds an EtcdRecover upload.
     pub fn has_recovery_snapshot(&self) -> bool {
-        self.state.recovered_snapshot.lock().expect("recover lock").is_some()
+        !self.state.uploads.lock().expect("uploads lock").is_empty()
     }
 
     /// The etcd restored by `Bootstrap{recover_etcd: true}`, if any.
@@ -434,15 +492,23 @@ impl Emulator {
 
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
         // apid dials the node as named; on loopback no hostname resolves, so only addresses route.
+        let down = self.state.down.lock().expect("down lock").clone();
         let find = |name: &str| {
             self.state
                 .nodes
                 .iter()
-                .find(|n| n.address == name)
-                .cloned()
+                .enumerate()
+                .find(|(i, n)| n.address == name && !down[*i])
+                .map(|(_, n)| n.clone())
                 .ok_or_else(|| Status::unavailable(format!("connection error: desc = \"transport: error while dialing: dial tcp {name}:50000: connect: no route to host\"")))
         };
         let md = request.metadata();
+        // A worker's apid has no client certificate for other nodes: every call it would forward is
+        // refused (internal/app/apid/pkg/director/director.go, singleDirector/aggregateDirector, v1.13.0).
+        let endpoint = &self.state.nodes[self.state.endpoint_node];
+        if endpoint.etcd_member.is_none() && (md.get("node").is_some() || md.get("nodes").is_some()) {
+            return Err(Status::permission_denied("no request forwarding"));
+        }
         if let Some(node) = md.get("node") {
             return Ok(Route::One(find(node.to_str().unwrap_or_default())?));
         }
@@ -454,8 +520,8 @@ impl Emulator {
             .filter(|s| !s.is_empty())
             .collect();
         if many.is_empty() {
-            // No targeting: the endpoint node (the first control plane) serves the call itself.
-            return Ok(Route::One(self.state.nodes[0].clone()));
+            // No targeting: the endpoint node serves the call itself.
+            return Ok(Route::One(endpoint.clone()));
         }
         // An unreachable node in one-to-many mode is reported in-band, like any other node error.
         // apid's one-to-many proxy labels each answer with the target as the client named it.
@@ -471,7 +537,8 @@ impl Emulator {
     }
 
     fn member(&self, node: &Node, api: &str) -> Result<usize, Status> {
-        if !self.state.nodes.iter().any(|n| n.address == node.address) {
+        let down = self.state.down.lock().expect("down lock").clone();
+        if !self.state.nodes.iter().enumerate().any(|(i, n)| n.address == node.address && !down[i]) {
             return Err(Status::unavailable(format!("connection error: node {} unreachable", node.address)));
         }
         node.etcd_member.ok_or_else(|| Status::unimplemented(format!("{api} is only available on control plane nodes")))
@@ -485,21 +552,75 @@ impl Emulator {
         self.state.node_etcd.lock().expect("node etcd lock")[member] = etcd;
     }
 
-    /// A channel to the etcd serving `member`'s node; machined's local etcd client fails the call
-    /// when etcd does not run there.
+    /// A channel to the etcd serving `member`'s node. Where etcd does not run, machined's local etcd
+    /// client (clientv3 with WaitForReady) waits for it until the caller gives up: there is no quick
+    /// "not running" answer (EtcdStatus in v1alpha1_server.go; internal/pkg/etcd/etcd.go, v1.13.0).
     async fn etcd_channel(&self, member: usize) -> Result<tonic::transport::Channel, Status> {
-        let not_running =
-            |why: &str| Status::unknown(format!("failed to create etcd client: etcd is not running: {why}"));
         let channel = match self.node_etcd(member) {
             NodeEtcd::Member => self.state.etcd.members[member].channel().await,
-            NodeEtcd::Bootstrapped => match self.state.restored.lock().await.as_ref() {
-                Some(cluster) => cluster.members[0].channel().await,
-                None => return Err(not_running("no data")),
+            NodeEtcd::Restored(index) => match self.state.restored.lock().await.as_ref() {
+                Some(cluster) => cluster.members[index].channel().await,
+                None => Err(anyhow::anyhow!("no recovered cluster")),
             },
-            NodeEtcd::Waiting => return Err(not_running("waiting to be bootstrapped")),
-            NodeEtcd::Failed(why) => return Err(not_running(&why)),
+            _ => {
+                tokio::time::sleep(ETCD_CLIENT_WAIT).await;
+                return Err(Status::deadline_exceeded("failed to query etcd status: context deadline exceeded"));
+            }
         };
         channel.map_err(|e| Status::unavailable(format!("etcd: {e}")))
+    }
+
+    /// The etcd service's pre stage after a Bootstrap of `member`'s node: recovery from the node's
+    /// upload (or an empty cluster), then the other wiped nodes join.
+    async fn recover(&self, member: usize, options: BootstrapRequest) {
+        let upload = self.state.uploads.lock().expect("uploads lock").get(&member).cloned();
+        let work = tempfile::Builder::new().prefix("teb-etcd-restored-").tempdir();
+        let result = match work {
+            _ if self.state.faults.fail_recovery.load(Ordering::SeqCst) => {
+                Err(("error recovering from the snapshot: write /var/lib/etcd/member/snap/db: no space left on device (injected fault)".to_owned(), true))
+            }
+            Ok(work) => {
+                let (recover, skip) = (options.recover_etcd, options.recover_skip_hash_check);
+                recovery::run_bootstrap(upload.as_deref(), recover, skip, work).await
+            }
+            Err(e) => Err((e.to_string(), false)),
+        };
+        match result {
+            Ok(cluster) => {
+                // Used: machined removes the upload once the recovery succeeded.
+                if let Some(path) = upload {
+                    let _ = std::fs::remove_file(path);
+                    self.state.uploads.lock().expect("uploads lock").remove(&member);
+                }
+                *self.state.restored.lock().await = Some(cluster);
+                self.set_node_etcd(member, NodeEtcd::Restored(0));
+                self.join_waiting().await;
+            }
+            Err((why, data)) => self.set_node_etcd(member, NodeEtcd::Failed { why, data }),
+        }
+    }
+
+    /// Wiped control-plane nodes that are up join the recovered cluster, once one runs.
+    async fn join_waiting(&self) {
+        let mut restored = self.state.restored.lock().await;
+        let Some(cluster) = restored.as_mut() else {
+            return;
+        };
+        let down = self.state.down.lock().expect("down lock").clone();
+        for node in self.state.nodes.iter().enumerate().filter(|(i, _)| !down[*i]).map(|(_, n)| n) {
+            let Some(member) = node.etcd_member else {
+                continue;
+            };
+            if self.node_etcd(member) != NodeEtcd::Waiting {
+                continue;
+            }
+            match cluster.add_member(&node.hostname).await {
+                Ok(()) => self.set_node_etcd(member, NodeEtcd::Restored(cluster.members.len() - 1)),
+                Err(e) => {
+                    tracing::warn!(node = %node.address, error = %e, "the node could not join the recovered cluster")
+                }
+            }
+        }
     }
 
     async fn status_of(&self, node: &Node) -> Result<EtcdMemberStatus, Status> {
@@ -668,9 +789,8 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Data, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl MachineService for Emulator {
-    /// machined's Bootstrap: refused while the node has etcd data (AlreadyExists); otherwise accepted
-    /// at once, etcd then starting from the EtcdRecover upload (`recover_etcd`) or empty. A recovery
-    /// that fails leaves etcd down, as the etcd service does, while the call itself succeeded.
+    /// machined's Bootstrap, as [`recovery`] describes: refused while the node's etcd data directory
+    /// has entries, running or not; otherwise accepted at once, the recovery running afterwards.
     async fn bootstrap(&self, request: Request<BootstrapRequest>) -> Result<Response<BootstrapResponse>, Status> {
         self.authorize(&request, "Bootstrap")?;
         let Route::One(node) = self.route(&request)? else {
@@ -678,30 +798,14 @@ impl MachineService for Emulator {
         };
         let member = self.member(&node, "bootstrap")?;
         let options = request.into_inner();
-        if options.recover_skip_hash_check {
-            return Err(Status::unimplemented("the emulator always checks the snapshot hash"));
+        match self.node_etcd(member) {
+            NodeEtcd::Starting => return Err(Status::failed_precondition("bootstrap is not available yet")),
+            etcd if etcd.has_data() => return Err(Status::already_exists("etcd data directory is not empty")),
+            _ => {}
         }
-        if matches!(self.node_etcd(member), NodeEtcd::Member | NodeEtcd::Bootstrapped) {
-            return Err(Status::already_exists("etcd data directory is not empty"));
-        }
-        let started = if options.recover_etcd {
-            let uploaded = self.state.recovered_snapshot.lock().expect("recover lock").take();
-            match uploaded {
-                Some((uploaded_to, path)) if uploaded_to == member => {
-                    EtcdCluster::restore(&path).await.map_err(|e| format!("error recovering from the snapshot: {e:#}"))
-                }
-                _ => Err("error verifying snapshot: open /var/lib/etcd.snapshot: no such file or directory".to_owned()),
-            }
-        } else {
-            EtcdCluster::start(1, &EtcdOptions::default()).await.map_err(|e| format!("{e:#}"))
-        };
-        match started {
-            Ok(cluster) => {
-                *self.state.restored.lock().await = Some(cluster);
-                self.set_node_etcd(member, NodeEtcd::Bootstrapped);
-            }
-            Err(why) => self.set_node_etcd(member, NodeEtcd::Failed(why)),
-        }
+        self.set_node_etcd(member, NodeEtcd::Starting);
+        let emulator = self.clone();
+        tokio::spawn(async move { emulator.recover(member, options).await });
         Ok(Response::new(BootstrapResponse { messages: vec![Bootstrap { metadata: None }] }))
     }
 
@@ -728,12 +832,12 @@ impl MachineService for Emulator {
         let Route::One(node) = route else {
             return Err(Status::invalid_argument("EtcdRecover needs one target node"));
         };
-        // Accepted whatever etcd's state (machined only needs /var mounted): it is a file that only a
-        // Bootstrap with recover_etcd reads. A stream that ends in an error leaves no file.
+        // Accepted whatever etcd's state (machined only needs /var mounted): it is the node's own file
+        // that only a Bootstrap with recover_etcd reads. A stream that ends in an error leaves no file.
         let member = self.member(&node, "etcd recover")?;
-        let path = self.state.recovery_dir.path().join("snapshot.db");
+        let path = self.state.recovery_dir.path().join(format!("etcd-{member}.snapshot"));
         // machined truncates the file first (and removes it unless the upload completes).
-        self.state.recovered_snapshot.lock().expect("recover lock").take();
+        self.state.uploads.lock().expect("uploads lock").remove(&member);
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
         let mut stream = request.into_inner();
         while let Some(data) = stream.message().await? {
@@ -742,7 +846,7 @@ impl MachineService for Emulator {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| Status::internal(e.to_string()))?;
-        *self.state.recovered_snapshot.lock().expect("recover lock") = Some((member, path));
+        self.state.uploads.lock().expect("uploads lock").insert(member, path);
         Ok(Response::new(EtcdRecoverResponse { messages: vec![EtcdRecover { metadata: None }] }))
     }
 
@@ -795,6 +899,57 @@ impl MachineService for Emulator {
         Ok(Response::new(EtcdStatusResponse { messages }))
     }
 
+    /// The node's services as machined lists them; only etcd's state is modelled.
+    async fn service_list(&self, request: Request<()>) -> Result<Response<ServiceListResponse>, Status> {
+        self.authorize(&request, "ServiceList")?;
+        let route = self.route(&request)?;
+        let services = |node: Node| async move {
+            let mut services = vec![service("apid", "Running", true, "Health check successful")];
+            if let Some(member) = node.etcd_member {
+                let (state, healthy, message) = self.node_etcd(member).service();
+                services.push(service("etcd", state, healthy, &message));
+            }
+            Ok(services)
+        };
+        let messages = unary(route, services)
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok((metadata, services)) => ServiceList { metadata, services },
+                Err(metadata) => ServiceList { metadata: Some(metadata), services: vec![] },
+            })
+            .collect();
+        Ok(Response::new(ServiceListResponse { messages }))
+    }
+
+    type ListStream = Pin<Box<dyn Stream<Item = Result<FileInfo, Status>> + Send>>;
+
+    /// machined's List, for etcd's data directory only: the root (".") and `member` when it has data.
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+        self.authorize(&request, "List")?;
+        let Route::One(node) = self.route(&request)? else {
+            return Err(Status::unimplemented("the emulator lists one node at a time"));
+        };
+        let root = request.into_inner().root;
+        let root = format!("/{}", root.trim_matches('/'));
+        if root != "/var/lib/etcd" {
+            return Err(Status::unimplemented("the emulator lists only /var/lib/etcd"));
+        }
+        let has_data = node.etcd_member.is_some_and(|member| self.node_etcd(member).has_data());
+        let entry = |relative: &str, name: String| FileInfo {
+            name,
+            is_dir: true,
+            mode: 0o40700,
+            relative_name: relative.to_owned(),
+            ..Default::default()
+        };
+        let mut entries = vec![Ok(entry(".", root.clone()))];
+        if has_data {
+            entries.push(Ok(entry("member", format!("{root}/member"))));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(entries))))
+    }
+
     async fn version(&self, request: Request<()>) -> Result<Response<VersionResponse>, Status> {
         self.authorize(&request, "Version")?;
         let route = self.route(&request)?;
@@ -817,5 +972,16 @@ impl MachineService for Emulator {
             })
             .collect();
         Ok(Response::new(VersionResponse { messages }))
+    }
+}
+
+fn service(id: &str, state: &str, healthy: bool, message: &str) -> ServiceInfo {
+    ServiceInfo {
+        id: id.to_owned(),
+        state: state.to_owned(),
+        events: Some(ServiceEvents {
+            events: vec![ServiceEvent { msg: message.to_owned(), state: state.to_owned(), ts: None }],
+        }),
+        health: Some(ServiceHealth { unknown: false, healthy, last_message: message.to_owned(), last_change: None }),
     }
 }
