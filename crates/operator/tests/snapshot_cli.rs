@@ -292,7 +292,10 @@ async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_da
     // The wiped etcd waits to be bootstrapped: the backup is restored, with the keys it held.
     let (ok, plan, stderr) = restore(&admin_config, &["--key", &key, "--dry-run"]);
     assert!(ok && plan["etcd_before"]["running"] == false, "{plan} {stderr}");
-    assert!(plan["etcd_before"]["reason"].as_str().unwrap().contains("waiting to be bootstrapped"), "{plan}");
+    assert_eq!(
+        (&plan["etcd_before"]["etcd"], &plan["etcd_before"]["data"]),
+        (&"not running".into(), &serde_json::json!([]))
+    );
     let (ok, _, stderr) = restore(&admin_config, &["--latest", "--cluster", "demo"]);
     assert!(!ok && stderr.contains("not a sound etcd"), "--latest takes the newest object, the damaged one: {stderr}");
     let (ok, restored, stderr) = restore(&admin_config, &["--key", &key]);
@@ -313,6 +316,99 @@ async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_da
     // etcd runs again: a second restore is refused.
     let (ok, _, stderr) = restore(&admin_config, &["--key", &key]);
     assert!(!ok && stderr.contains("is running"), "{stderr}");
+}
+
+/// A disaster as it happens: two members gone with their machines, the third crash-looping with its
+/// data, the talosconfig's endpoint a VIP that went down with etcd. The restore refuses while another
+/// member runs and while the target has data, connects through a node address, and the wiped nodes
+/// that come back join the recovered member; a recovery that fails after Bootstrap is reported at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disaster_drill_recovers_through_a_node_address() {
+    let ground =
+        CliGround::start_with(EmulatorOptions { control_planes: 3, workers: 1, ..Default::default() }, false).await;
+    let (emulator, s3) = (&ground.emulator, &ground.s3);
+    for i in 0..100 {
+        emulator.etcd().put(format!("/registry/configmaps/ns/before-{i}").as_bytes(), &[b'b'; 1024]).await.unwrap();
+    }
+    let backup_config = ground.talosconfig("backup.talosconfig", "os:etcd:backup");
+    let (snapshot, key) = snapshot_with(&backup_config, s3);
+    emulator.etcd().put(b"/registry/configmaps/ns/after", b"a").await.unwrap();
+    // The talosconfig names a VIP (nothing answers there once etcd is lost); the nodes by address.
+    let nodes: Vec<String> = emulator.nodes()[..3].iter().map(|n| n.address.clone()).collect();
+    let vip = emulator.ca.talosconfig("emulator", &["127.0.0.9:1".to_owned()], &nodes, &["os:admin"]).unwrap();
+    let vip_config = ground.dir.path().join("vip.talosconfig");
+    std::fs::write(&vip_config, vip).unwrap();
+    let restore = |extra: &[&str]| {
+        outcome(
+            cli("restore", s3).arg("--talosconfig").arg(&vip_config).args(["--key", &key, "--wait", "60s"]).args(extra),
+        )
+    };
+    let through_node = ["--endpoints", emulator.endpoint.as_str()];
+
+    // etcd crash-loops on the first node while the two others still run: recovering beside them would
+    // make two clusters.
+    emulator.crash_etcd(0);
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(
+        !ok && stderr.contains("etcd still runs on 127.0.10.2 (member") && stderr.contains("127.0.10.3"),
+        "{stderr}"
+    );
+    assert!(!emulator.has_recovery_snapshot(), "nothing may be uploaded");
+
+    // Their machines are gone. The VIP is down: the error says to name a node address.
+    emulator.set_down(1, true);
+    emulator.set_down(2, true);
+    let (ok, _, stderr) = restore(&[]);
+    assert!(!ok && stderr.contains("Talos VIP") && stderr.contains("--endpoints"), "{stderr}");
+
+    // Through a node address: the dry run shows every node; the crashed member's data refuses the restore.
+    let (ok, plan, stderr) = restore(&[&through_node[..], &["--dry-run"]].concat());
+    assert!(ok, "{stderr}");
+    let states: Vec<(&str, &str)> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["etcd"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("127.0.10.1", "not running"), ("127.0.10.2", "unreachable"), ("127.0.10.3", "unreachable")]);
+    assert_eq!(plan["etcd_before"]["data"], serde_json::json!(["member"]));
+    let wipe = "talosctl -n 127.0.10.1 reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false";
+    assert!(plan["would"].as_str().unwrap().contains(wipe), "{plan}");
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(
+        !ok && stderr.contains("data directory on node 127.0.10.1 is not empty") && stderr.contains(wipe),
+        "{stderr}"
+    );
+    assert!(!emulator.has_recovery_snapshot());
+
+    // Wiped, it is restored with the backup's keys and none written after it.
+    emulator.wipe_node(0).await;
+    let (ok, restored, stderr) = restore(&through_node);
+    assert!(ok, "{stderr}");
+    assert_eq!(restored["sha256"], snapshot["sha256"]);
+    let read = |key: &'static str| emulator.with_restored(move |etcd| etcd.expect("restored").get(key).unwrap());
+    assert_eq!(read("/registry/configmaps/ns/before-42").await.map(|v| v.len()), Some(1024));
+    assert_eq!(read("/registry/configmaps/ns/after").await, None);
+
+    // The lost machines come back wiped and join the recovered member.
+    for index in [1, 2] {
+        emulator.set_down(index, false);
+        emulator.wipe_node(index).await;
+    }
+    assert_eq!(emulator.with_restored(|etcd| etcd.expect("restored").members.len()).await, 3);
+    assert_eq!(read("/registry/configmaps/ns/before-7").await.map(|v| v.len()), Some(1024));
+
+    // A recovery that fails after Bootstrap answered (the disk fills) is reported at once, not after
+    // --wait; the directory it left must be wiped before the next try.
+    emulator.wipe_etcd();
+    emulator.faults.fail_recovery(true);
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(!ok && stderr.contains("failed after Bootstrap: Failed to run pre stage"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(40), "{:?}", started.elapsed());
+    emulator.faults.clear();
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(!ok && stderr.contains("is not empty"), "{stderr}");
 }
 
 /// Runs `script` with sh in `dir`; its standard output.

@@ -108,12 +108,25 @@ impl EtcdCluster {
     pub async fn add_member(&mut self, name: &str) -> anyhow::Result<()> {
         let (client, peer) = (crate::free_port(), crate::free_port());
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let output = Command::new(&assets()?.etcdctl)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.client_urls().join(",")))
-            .args(["member", "add", name, &format!("--peer-urls={peer_url}")])
-            .output()?;
-        anyhow::ensure!(output.status.success(), "etcdctl member add: {}", String::from_utf8_lossy(&output.stderr));
+        // etcd refuses a new member until the last one has started and caught up ("unhealthy
+        // cluster"), as Talos's join retries.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let output = loop {
+            let output = Command::new(&assets()?.etcdctl)
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.client_urls().join(",")))
+                .args(["member", "add", name, &format!("--peer-urls={peer_url}")])
+                .output()?;
+            if output.status.success() {
+                break output;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "etcdctl member add: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         // `member add` prints the ETCD_INITIAL_CLUSTER the new member must start with.
         let text = String::from_utf8_lossy(&output.stdout);
         let initial_cluster = text

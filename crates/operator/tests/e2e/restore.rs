@@ -1,4 +1,4 @@
-//! TalosEtcdRestore: recovering a wiped etcd, refusing a live one.
+//! TalosEtcdRestore: recovering a wiped etcd through the endpoints it names, refusing a live one.
 
 use super::*;
 
@@ -60,9 +60,14 @@ async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
         "{message}"
     );
 
-    // Wiped: the backup is restored with its keys, the later one is gone.
+    // Wiped. spec.endpoints replaces the control plane's: a dead VIP fails saying to name a node, a
+    // node address restores the backup with its keys, the later one gone.
     scenario.emulator.wipe_etcd();
-    scenario.apply(&restore_yaml("recover", "")).await;
+    scenario.apply(&restore_yaml("through-vip", "  endpoints: [\"127.0.0.9:1\"]\n")).await;
+    let (_, message) = failed(&finished("through-vip").await).expect("Failed");
+    assert!(message.contains("Talos VIP") && message.contains("spec.endpoints"), "{message}");
+    let endpoints = format!("  endpoints: [\"{}\"]\n", scenario.emulator.endpoint);
+    scenario.apply(&restore_yaml("recover", &endpoints)).await;
     let status = finished("recover").await;
     let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{status:?}"));
     assert_eq!(ready.reason, "RestoreSucceeded");
