@@ -231,7 +231,8 @@ pub async fn restore(
         )));
     }
     client.bootstrap_recover(node).await.map_err(Error::Talos)?;
-    let (member_id, db_size) = wait_for_etcd(client, plan, wait).await?;
+    let database = checked.size.saturating_sub(32);
+    let (member_id, db_size) = wait_for_etcd(client, plan, database, wait).await?;
     Ok(Restored { checked, member_id, db_size, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -294,14 +295,28 @@ async fn stream_into_recover(
 }
 
 /// Waits up to `wait` for the recovered member after the Bootstrap: the etcd service `Running` and
-/// healthy, EtcdStatus answering and the member list holding that member. A service that shows
-/// `Failed` (the recovery failed in its pre stage) ends the wait at once with Talos's reason.
-async fn wait_for_etcd(client: &TalosClient, plan: &RestorePlan, wait: Duration) -> Result<(u64, i64), Error> {
+/// healthy, EtcdStatus answering, the member list holding that member, and its database at least the
+/// backup's `database` bytes (a restore only adds to the file: membership, consistent index). A
+/// service that shows `Failed` (the recovery failed in its pre stage) ends the wait at once with
+/// Talos's reason.
+async fn wait_for_etcd(
+    client: &TalosClient,
+    plan: &RestorePlan,
+    database: u64,
+    wait: Duration,
+) -> Result<(u64, i64), Error> {
     let node = plan.node.as_deref();
     let deadline = Instant::now() + wait;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         match recovered_member(client, node).await {
+            Ok(Some((_, db_size))) if (db_size.max(0) as u64) < database => {
+                return Err(Error::Restore(format!(
+                    "etcd came up on node {} with a database of {db_size} bytes, smaller than the backup's {database}: \
+                     it does not hold the backup",
+                    plan.node_label
+                )));
+            }
             Ok(Some(member)) => return Ok(member),
             Ok(None) => {}
             Err(Recovery::Failed(why)) => {

@@ -409,6 +409,12 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     emulator.faults.clear();
     let (ok, _, stderr) = restore(&through_node);
     assert!(!ok && stderr.contains("is not empty"), "{stderr}");
+
+    // An etcd that comes up healthy without the backup's data is no success.
+    emulator.wipe_etcd();
+    emulator.faults.recover_empty(true);
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(!ok && stderr.contains("it does not hold the backup"), "{stderr}");
 }
 
 /// Runs `script` with sh in `dir`; its standard output.

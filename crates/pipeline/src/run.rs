@@ -68,12 +68,10 @@ where
     let started = Instant::now();
     let mut parts = Parts::new(storage, upload);
     let mut verifier = TrailerVerifier::new();
-    let streamed = tokio::time::timeout(
-        limits.total_timeout,
-        stream_into(source, &mut parts, &mut verifier, limits, encoding, progress),
-    )
-    .await
-    .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
+    let how = How { limits, encoding, progress };
+    let streamed = tokio::time::timeout(limits.total_timeout, stream_into(source, &mut parts, &mut verifier, &how))
+        .await
+        .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
     let size = verifier.total();
     let completed = match streamed.and_then(|stored| Ok((stored, verifier.finish()?))) {
         Ok((stored, digest)) => parts.complete().await.map(|()| (stored, digest)),
@@ -161,19 +159,25 @@ impl<'a> Parts<'a> {
     }
 }
 
+/// How one run streams: its bounds, the encoding, whom to tell of progress.
+struct How<'a> {
+    limits: &'a Limits,
+    encoding: &'a Encoding,
+    progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
 /// Returns the bytes stored.
 async fn stream_into<S, E>(
     source: S,
     parts: &mut Parts<'_>,
     verifier: &mut TrailerVerifier,
-    limits: &Limits,
-    encoding: &Encoding,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    how: &How<'_>,
 ) -> Result<u64, Error>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let How { limits, encoding, progress } = how;
     let mut source = std::pin::pin!(source);
     // Talos sends 1 KiB messages. The encoder copies them (plain, or compressed and encrypted) into one
     // contiguous buffer per part: a memcpy, but each part is one allocation (memory is part_size per

@@ -1,4 +1,5 @@
-//! The specification's example YAML, verbatim, for tests and the demo.
+//! The specification's example YAML, verbatim, for tests and the demo (the backup read from
+//! docs/specification.md itself).
 
 /// The region of the specification's example bucket: the test S3 server creates `my-etcd-backups`
 /// there, and refuses requests signed for another region as AWS does.
@@ -16,30 +17,28 @@ stringData:
   secretAccessKey: "YOUR_SECRET_ACCESS_KEY"
 "#;
 
-/// "2. Create TalosEtcdBackup Resource".
-pub const BACKUP_YAML: &str = r#"apiVersion: talos.alperen.cloud/v1alpha1
-kind: TalosEtcdBackup
-metadata:
-  name: my-backup
-spec:
-  talosControlPlaneRef:
-    name: my-controlplane
-  backupStorage:
-    s3:
-      bucket: my-etcd-backups
-      region: us-west-2
-      accessKeyID:
-        name: my-s3-credentials
-        key: accessKeyID
-      secretAccessKey:
-        name: my-s3-credentials
-        key: secretAccessKey
-"#;
+/// docs/specification.md, the user's specification: its examples must work unchanged.
+const SPECIFICATION: &str = include_str!("../../../docs/specification.md");
 
-/// [`BACKUP_YAML`] named `name`, with `s3_fields` (lines indented six spaces, such as the
+/// The first YAML example of the specification that holds `marker`, verbatim.
+fn example(marker: &str) -> &'static str {
+    SPECIFICATION
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(yaml, _)| yaml))
+        .find(|yaml| yaml.contains(marker))
+        .unwrap_or_else(|| panic!("docs/specification.md has no YAML example with {marker:?}"))
+}
+
+/// "2. Create TalosEtcdBackup Resource", read from the specification.
+pub fn backup_yaml_verbatim() -> &'static str {
+    example("kind: TalosEtcdBackup\n")
+}
+
+/// [`backup_yaml_verbatim`] named `name`, with `s3_fields` (lines indented six spaces, such as the
 /// `endpoint:` and `insecureSkipTLSVerify:` of "Using S3-Compatible Storage") added under `s3:`.
 pub fn backup_yaml(name: &str, s3_fields: &str) -> String {
-    BACKUP_YAML
+    backup_yaml_verbatim()
         .replace("name: my-backup", &format!("name: {name}"))
         .replace("      region: us-west-2\n", &format!("      region: us-west-2\n{s3_fields}"))
 }
@@ -82,4 +81,15 @@ pub fn schedule_yaml(name: &str, schedule: &str, spec_fields: &str, s3_fields: &
         .replace("name: daily-backup", &format!("name: {name}"))
         .replace("  schedule: \"0 2 * * *\"\n", &format!("  schedule: \"{schedule}\"\n{spec_fields}"))
         .replace("          region: us-west-2\n", &format!("          region: us-west-2\n{s3_fields}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backup_example_is_read_from_the_specification() {
+        let yaml = super::backup_yaml_verbatim();
+        assert!(yaml.starts_with("apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackup\n"), "{yaml}");
+        assert!(yaml.ends_with("        key: secretAccessKey\n"), "{yaml}");
+        assert!(super::backup_yaml("b", "").contains("  name: b\n"));
+    }
 }

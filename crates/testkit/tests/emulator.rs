@@ -216,7 +216,7 @@ async fn raw_machine_with(
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&creds.ca_pem))
         .identity(tonic::transport::Identity::from_pem(&creds.crt_pem, &creds.key_pem))
-        .domain_name("127.0.0.1");
+        .domain_name(emulator.endpoint.rsplit_once(':').unwrap().0);
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", emulator.endpoint))?
         .tls_config(tls)?
         .http2_keep_alive_interval(ping_every.unwrap_or(Duration::from_secs(3600)))
@@ -417,6 +417,22 @@ async fn a_worker_endpoint_refuses_to_forward() {
     assert_eq!(code(&err), Some(tonic::Code::Unimplemented), "{err}");
 }
 
+/// Bootstrap on a worker: FailedPrecondition before v1.13, Unimplemented from v1.13 (v1alpha1_server.go).
+#[tokio::test]
+async fn bootstrap_on_a_worker_answers_as_each_release_does() {
+    for (minor, expected, message) in [
+        (12, tonic::Code::FailedPrecondition, "bootstrap can only be performed on a control plane node"),
+        (13, tonic::Code::Unimplemented, "bootstrap is only available on control plane nodes"),
+    ] {
+        let talos_version = TalosVersion { major: 1, minor, patch: 0 };
+        let emulator = emulator_with(EmulatorOptions { control_planes: 1, talos_version, ..Default::default() }).await;
+        let machine = raw_machine(&emulator, "os:admin").await;
+        let worker = emulator.nodes()[1].address.clone();
+        let refused = bootstrap(&machine, &worker, false).await.unwrap_err();
+        assert_eq!((refused.code(), refused.message()), (expected, message), "v1.{minor}");
+    }
+}
+
 #[tokio::test]
 async fn talos_1_10_0_refuses_etcd_reads_to_the_backup_role_and_the_client_falls_back() {
     let emulator = emulator_with(EmulatorOptions {
@@ -440,7 +456,7 @@ async fn talos_1_10_0_refuses_etcd_reads_to_the_backup_role_and_the_client_falls
     let chosen = backup.choose_node(&[]).await.expect("falls back instead of failing");
     assert_eq!(chosen.role, teb_talos::MemberRole::Unchecked);
     assert!(!chosen.targeted);
-    assert_eq!(chosen.node, "127.0.0.1");
+    assert_eq!(chosen.node, "127.0.10.1");
     assert!(chosen.unchecked_because.as_deref().unwrap().contains("PermissionDenied"), "{chosen:?}");
     let mut stream = Box::pin(backup.etcd_snapshot_of(&chosen).await.unwrap());
     let mut len = 0;
@@ -503,6 +519,26 @@ async fn an_endpoint_name_missing_from_the_certificate_is_explained() {
     let mut by_name = role_target(&emulator, &["os:etcd:backup"]);
     by_name.endpoints = vec![format!("localhost:{}", port(&emulator))];
     client(&by_name).await.unwrap().choose_node(&[]).await.expect("connects by name");
+}
+
+/// apid's certificate names 127.0.0.1 from Talos v1.13.4 on, and never before (api_cert_sans.go); the
+/// node's own address always.
+#[tokio::test]
+async fn apid_names_127_0_0_1_only_from_1_13_4() {
+    for (patch, named) in [(3, false), (4, true)] {
+        let talos_version = TalosVersion { major: 1, minor: 13, patch };
+        let emulator = emulator_with(EmulatorOptions { control_planes: 1, talos_version, ..Default::default() }).await;
+        let mut by_loopback = role_target(&emulator, &["os:etcd:backup"]);
+        let port = emulator.endpoint.rsplit_once(':').unwrap().1.to_owned();
+        by_loopback.endpoints = vec![format!("127.0.0.1:{port}")];
+        match client(&by_loopback).await {
+            Ok(_) => assert!(named, "v1.13.{patch} names 127.0.0.1"),
+            Err(e) => assert!(!named && e.to_string().contains("does not name \"127.0.0.1\""), "v1.13.{patch}: {e}"),
+        }
+        let by_address = role_target(&emulator, &["os:etcd:backup"]);
+        assert!(by_address.endpoints[0].starts_with("127.0.10.1:"), "{:?}", by_address.endpoints);
+        client(&by_address).await.expect("the node's address is always named");
+    }
 }
 
 /// Enough etcd data that a paused reader fills the HTTP/2 windows and Talos has to wait.

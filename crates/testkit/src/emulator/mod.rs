@@ -50,6 +50,12 @@ pub struct TalosVersion {
 impl TalosVersion {
     pub const V1_10_0: TalosVersion = TalosVersion { major: 1, minor: 10, patch: 0 };
     pub const V1_11_0: TalosVersion = TalosVersion { major: 1, minor: 11, patch: 0 };
+    pub const V1_13_0: TalosVersion = TalosVersion { major: 1, minor: 13, patch: 0 };
+
+    /// apid's certificate names 127.0.0.1 from v1.13.4 on (api_cert_sans.go, absent at v1.13.3).
+    fn names_loopback(self) -> bool {
+        self >= TalosVersion { major: 1, minor: 13, patch: 4 }
+    }
 
     /// "relax etcd APIs RBAC" (siderolabs/talos#10821) let os:etcd:backup (and os:reader) call
     /// EtcdStatus, EtcdMemberList and EtcdAlarmList from 1.9.6, 1.10.1 and 1.11.0 on.
@@ -118,6 +124,7 @@ pub struct TalosFaults {
     unavailable: AtomicBool,
     bytes_per_second: AtomicU64,
     fail_recovery: AtomicBool,
+    recover_empty: AtomicBool,
 }
 
 const OFF: u64 = u64::MAX;
@@ -155,6 +162,12 @@ impl TalosFaults {
         self.fail_recovery.store(on, Ordering::SeqCst);
     }
 
+    /// Start the next recoveries empty, as a Bootstrap without `recover_etcd` would: etcd comes up
+    /// healthy, without the backup's data.
+    pub fn recover_empty(&self, on: bool) {
+        self.recover_empty.store(on, Ordering::SeqCst);
+    }
+
     /// Cap snapshot streaming at `bytes_per_second` (0: no cap).
     pub fn limit_bandwidth(&self, bytes_per_second: u64) {
         self.bytes_per_second.store(bytes_per_second, Ordering::SeqCst);
@@ -166,6 +179,7 @@ impl TalosFaults {
         self.corrupt_trailer.store(false, Ordering::SeqCst);
         self.unavailable.store(false, Ordering::SeqCst);
         self.fail_recovery.store(false, Ordering::SeqCst);
+        self.recover_empty.store(false, Ordering::SeqCst);
         self.bytes_per_second.store(0, Ordering::SeqCst);
     }
 }
@@ -224,7 +238,9 @@ struct State {
 
 /// A running emulator; stopped (with its etcd cluster) when dropped.
 pub struct TalosEmulator {
-    /// `127.0.0.1:PORT`, the apid endpoint.
+    /// `ADDRESS:PORT`: the apid endpoint, at the endpoint node's address (`127.0.10.1` for the first
+    /// control plane), which every release's certificate names. The same port answers on the
+    /// `listen` address (`127.0.0.1`) too, whose name is in the certificate from v1.13.4 only.
     pub endpoint: String,
     pub ca: OsCa,
     pub faults: Arc<TalosFaults>,
@@ -255,17 +271,22 @@ impl TalosEmulator {
             hostname: format!("worker-{}", i + 1),
             etcd_member: None,
         }));
-        let listener = TcpListener::bind(&options.listen).await?;
-        let endpoint = listener.local_addr()?.to_string();
-        // apid's certificate as Talos issues it for the endpoint node: machine.certSANs, the node's
-        // addresses, 127.0.0.1 and its hostname; no "localhost", no other node's names.
+        let endpoint_node = if options.endpoint_is_worker { options.control_planes } else { 0 };
+        anyhow::ensure!(endpoint_node < nodes.len(), "a worker endpoint needs a worker");
+        let served = &nodes[endpoint_node];
+        let listeners = listen(&served.address, &options.listen).await?;
+        let endpoint = listeners[0].local_addr()?.to_string();
+        // apid's certificate as Talos issues it for the endpoint node (api_cert_sans.go):
+        // machine.certSANs, the node's addresses and its hostname, and 127.0.0.1 only from v1.13.4 on;
+        // no "localhost", no other node's names.
         let mut sans = options.cert_sans.clone();
-        sans.extend([nodes[0].address.clone(), "127.0.0.1".to_owned(), nodes[0].hostname.clone()]);
+        sans.extend([served.address.clone(), served.hostname.clone()]);
+        if options.talos_version.names_loopback() {
+            sans.push("127.0.0.1".to_owned());
+        }
         let (cert_pem, key_pem) = ca.server(&sans.iter().map(String::as_str).collect::<Vec<_>>())?;
         let tls = server_tls_config(&ca.cert_pem, &cert_pem, &key_pem)?;
         let faults = Arc::new(TalosFaults::new());
-        let endpoint_node = if options.endpoint_is_worker { options.control_planes } else { 0 };
-        anyhow::ensure!(endpoint_node < nodes.len(), "a worker endpoint needs a worker");
         let state = Arc::new(State {
             version: options.talos_version,
             down: Mutex::new(vec![false; nodes.len()]),
@@ -278,7 +299,7 @@ impl TalosEmulator {
             uploads: Mutex::new(HashMap::new()),
             restored: tokio::sync::Mutex::new(None),
         });
-        let task = tokio::spawn(serve(listener, tls, Emulator { state: state.clone() }));
+        let task = tokio::spawn(serve(listeners, tls, Emulator { state: state.clone() }));
         Ok(TalosEmulator { endpoint, ca, faults, state, task })
     }
 
@@ -439,27 +460,51 @@ impl ClientCertVerifier for TalosClientVerifier {
     }
 }
 
-async fn serve(listener: TcpListener, tls: rustls::ServerConfig, emulator: Emulator) {
+/// Listeners on `address` and on the `listen` address, one port for both (the port `listen` names,
+/// or a free one for both).
+async fn listen(address: &str, listen: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let listen: std::net::SocketAddr = listen.parse()?;
+    anyhow::ensure!(listen.ip().is_loopback(), "the emulator listens on loopback only, not {listen}");
+    let address: std::net::IpAddr = address.parse()?;
+    for _ in 0..20 {
+        let primary = TcpListener::bind((address, listen.port())).await?;
+        let port = primary.local_addr()?.port();
+        match TcpListener::bind((listen.ip(), port)).await {
+            Ok(loopback) => return Ok(vec![primary, loopback]),
+            Err(e) if listen.port() != 0 => return Err(e.into()),
+            Err(_) => continue,
+        }
+    }
+    anyhow::bail!("no port free on both {address} and {}", listen.ip())
+}
+
+async fn serve(listeners: Vec<TcpListener>, tls: rustls::ServerConfig, emulator: Emulator) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     type Connection = PingPolicy<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
     let (tx, rx) = mpsc::channel::<Result<Connection, std::io::Error>>(16);
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            // Handshakes run apart so a refused or slow client does not hold up the others.
-            tokio::spawn(async move {
-                if let Ok(stream) = acceptor.accept(socket).await {
-                    let _ = tx.send(Ok(PingPolicy::new(stream))).await;
-                }
-            });
-        }
-    });
+    // Held to the end: dropping the server (the emulator is dropped) stops accepting.
+    let mut accepting = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        accepting.spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                // Handshakes run apart so a refused or slow client does not hold up the others.
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(socket).await {
+                        let _ = tx.send(Ok(PingPolicy::new(stream))).await;
+                    }
+                });
+            }
+        });
+    }
     let _ = tonic::transport::Server::builder()
         .add_service(MachineServiceServer::new(emulator).max_decoding_message_size(32 << 20))
         .serve_with_incoming(ReceiverStream::new(rx))
         .await;
+    drop(accepting);
 }
 
 #[derive(Clone)]
@@ -580,7 +625,8 @@ impl Emulator {
                 Err(("error recovering from the snapshot: write /var/lib/etcd/member/snap/db: no space left on device (injected fault)".to_owned(), true))
             }
             Ok(work) => {
-                let (recover, skip) = (options.recover_etcd, options.recover_skip_hash_check);
+                let empty = self.state.faults.recover_empty.load(Ordering::SeqCst);
+                let (recover, skip) = (options.recover_etcd && !empty, options.recover_skip_hash_check);
                 recovery::run_bootstrap(upload.as_deref(), recover, skip, work).await
             }
             Err(e) => Err((e.to_string(), false)),
@@ -796,6 +842,11 @@ impl MachineService for Emulator {
         let Route::One(node) = self.route(&request)? else {
             return Err(Status::invalid_argument("Bootstrap needs one target node"));
         };
+        // On a worker: FailedPrecondition before v1.13, then machinehelper.CheckControlplane's
+        // Unimplemented (v1alpha1_server.go `Bootstrap`, v1.12.0 and v1.13.0).
+        if node.etcd_member.is_none() && self.state.version < TalosVersion::V1_13_0 {
+            return Err(Status::failed_precondition("bootstrap can only be performed on a control plane node"));
+        }
         let member = self.member(&node, "bootstrap")?;
         let options = request.into_inner();
         match self.node_etcd(member) {
