@@ -55,6 +55,13 @@ pub struct TalosEtcdBackupSpec {
     /// Secret of the cluster in plain text in the bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// The recovery kit stored beside the snapshot: the TalosControlPlane's secrets bundle and bundle
+    /// config, what new nodes need to come back as this cluster. `Encrypted` (default): sealed to the
+    /// `encryption.age` recipients, and none without them; `Plaintext`: also stored unencrypted when
+    /// the backup has no recipients, as the upstream operator stores its state backup; `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "recovery_kit_schema")]
+    pub recovery_kit: Option<RecoveryKitPolicy>,
 }
 
 /// See [`TalosEtcdBackupSpec::compression`].
@@ -99,6 +106,19 @@ impl TalosEtcdBackupSpec {
     pub fn deletion_policy(&self) -> DeletionPolicy {
         self.deletion_policy.unwrap_or(DeletionPolicy::Retain)
     }
+}
+
+/// See [`TalosEtcdBackupSpec::recovery_kit`].
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RecoveryKitPolicy {
+    #[default]
+    Encrypted,
+    Plaintext,
+    Never,
+}
+
+fn recovery_kit_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["Encrypted", "Plaintext", "Never"]})
 }
 
 /// See [`TalosEtcdBackupSpec::deletion_policy`].
@@ -196,6 +216,11 @@ pub struct TalosEtcdBackupStatus {
     /// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-<timestamp>.db`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// The key of the recovery kit stored beside the snapshot (`…/state-<timestamp>.yaml.age`, or
+    /// `.yaml` when stored plain), as the upstream operator names its state backup; unset when none
+    /// was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_filename: Option<String>,
     /// The key the running attempt writes, recorded before its upload starts so that an attempt cut
     /// off after its upload completed (the status could not be written) is recognised instead of
     /// being uploaded again. Cleared when the backup finishes.

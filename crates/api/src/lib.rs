@@ -9,8 +9,9 @@ mod schedule;
 pub mod validate;
 
 pub use backup::{
-    AgeEncryption, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption, S3Storage, SECRET_KEY,
-    SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
+    AgeEncryption, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption, RecoveryKitPolicy, S3Storage,
+    SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus,
+    UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 pub use restore::{

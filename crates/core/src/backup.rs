@@ -8,6 +8,7 @@ use teb_pipeline::{Encoding, Format, Limits, Report, Storage, UploadRef};
 use teb_talos::{ChosenNode, TalosClient, Target};
 
 use crate::Error;
+use crate::kit::{self, KitPolicy, RecoveryKit};
 
 /// Everything a backup needs, as plain values and a storage handle.
 #[derive(Clone, Debug)]
@@ -21,6 +22,41 @@ pub struct BackupPlan {
     /// The TalosEtcdBackup's UID, recorded in the object's metadata (`backup`) so that only its own
     /// object is ever taken for an interrupted attempt's result. None outside Kubernetes.
     pub owner: Option<String>,
+    /// What the recovery kit holds of the cluster, when it is known (a TalosControlPlane with its
+    /// secrets bundle), and how it may be stored.
+    pub kit: Option<KitSource>,
+    pub kit_policy: KitPolicy,
+}
+
+/// The cluster's part of a recovery kit. Debug output never shows it.
+#[derive(Clone)]
+pub struct KitSource {
+    pub secrets_bundle: String,
+    pub bundle_config: String,
+}
+
+impl std::fmt::Debug for KitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KitSource { .. }")
+    }
+}
+
+/// Stores the recovery kit of the snapshot `outcome` reports, as the plan says: its key, or None when
+/// none may be stored (no cluster secrets known, no recipients to seal it to, or `Never`).
+pub async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<String>, Error> {
+    let Some(source) = &plan.kit else {
+        return Ok(None);
+    };
+    let kit = RecoveryKit {
+        cluster: plan.controlplane.clone(),
+        secrets_bundle: source.secrets_bundle.clone(),
+        bundle_config: source.bundle_config.clone(),
+        backup_key: outcome.report.key.clone(),
+        backup_sha256: outcome.report.sha256.clone(),
+        backup_node: outcome.node.clone(),
+        backup_time: jiff::Timestamp::now().to_string(),
+    };
+    kit::store(&plan.storage, &kit, &plan.encoding.recipients, plan.kit_policy).await
 }
 
 /// The specification's key prefix.
@@ -56,6 +92,8 @@ pub struct Outcome {
     pub node: String,
     /// Why the node's etcd health was not checked before the snapshot, when it was not.
     pub unchecked_because: Option<String>,
+    /// The key of the recovery kit stored with it, once stored.
+    pub kit: Option<String>,
 }
 
 /// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-2025-10-04T11-30-00Z.db`, ending in
@@ -85,7 +123,7 @@ pub async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Op
         Report { key: key.to_owned(), size, stored_size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
     let fingerprints = fingerprints_of(&stored.metadata);
     let node = stored.metadata.get("node").cloned().unwrap_or_default();
-    Ok(Some(Outcome { report, format: stored.format, fingerprints, node, unchecked_because: None }))
+    Ok(Some(Outcome { report, format: stored.format, fingerprints, node, unchecked_because: None, kit: None }))
 }
 
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`, which the
@@ -181,9 +219,12 @@ pub async fn unused_key(storage: &Storage, key: &str, explicit: bool) -> Result<
     Err(Error::Key(message))
 }
 
-/// The first of `key`, `key-2`, `key-3`, ... that `claim` grants.
+/// The first of `key`, `key-2`, `key-3`, ... whose stem (the key up to `.db`) `claim` grants: two
+/// backups of one second never share a stem whatever their formats, so neither do their recovery
+/// kits (`state-<stem>.yaml`).
 pub fn first_free_key(key: &str, claim: &(dyn Fn(&str) -> bool + Sync)) -> Option<String> {
-    (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)).find(|candidate| claim(candidate))
+    let stem = |candidate: &str| candidate.rfind(".db").map_or(candidate, |at| &candidate[..at]).to_owned();
+    (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)).find(|candidate| claim(&stem(candidate)))
 }
 
 /// Keys handed to attempts in the last minute. A key names its second, so once that second is past
@@ -230,6 +271,7 @@ impl Prepared {
             fingerprints: self.encoding.fingerprints(),
             node,
             unchecked_because: self.chosen.unchecked_because,
+            kit: None,
         })
     }
 }
@@ -248,6 +290,16 @@ mod tests {
             keys,
             [key, "p/etcd-snapshot-2025-10-04T11-30-00Z-2.db", "p/etcd-snapshot-2025-10-04T11-30-00Z-3.db"]
         );
+    }
+
+    #[test]
+    fn backups_of_one_second_in_two_formats_get_two_stems() {
+        let claims = KeyClaims::default();
+        let claim = |k: &str| claims.claim(k);
+        let plain = first_free_key("p/etcd-snapshot-2025-10-04T11-30-00Z.db", &claim).unwrap();
+        let sealed = first_free_key("p/etcd-snapshot-2025-10-04T11-30-00Z.db.age", &claim).unwrap();
+        assert_eq!(sealed, "p/etcd-snapshot-2025-10-04T11-30-00Z-2.db.age");
+        assert_ne!(crate::kit::kit_key(&plain, true), crate::kit::kit_key(&sealed, true));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
 
 use crate::backup::{FORMAT, KEY_PREFIX, fingerprints_of};
+use crate::kit;
 use crate::{Error, Settings};
 
 /// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
@@ -21,13 +22,21 @@ pub struct ListedBackup {
     pub encoding: Option<String>,
     /// Fingerprints of the age recipients.
     pub recipients: Vec<String>,
+    /// The key of its recovery kit, when one is stored beside it.
+    pub kit: Option<String>,
 }
 
 /// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
 /// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer).
 pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<ListedBackup>, Error> {
     let mut listed = Vec::new();
-    for (key, size, modified) in storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)? {
+    let objects = storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;
+    // Recovery kits are shown with their snapshot, not as entries of their own.
+    let kits: std::collections::BTreeSet<&str> =
+        objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| is_kit(key)).collect();
+    for (key, size, modified) in objects.iter().filter(|(key, _, _)| !is_kit(key)).cloned() {
+        let kit =
+            [true, false].map(|sealed| kit::kit_key(&key, sealed)).into_iter().find(|k| kits.contains(k.as_str()));
         let stored = storage.stored(&key).await.map_err(Error::Upload)?;
         let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
         let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
@@ -38,6 +47,7 @@ pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<Listed
             encoding: ours.as_ref().map(|s| s.format.name().to_owned()),
             recipients: ours.as_ref().map(|s| fingerprints_of(&s.metadata)).unwrap_or_default(),
             last_modified: jiff::Timestamp::from_second(modified).unwrap_or_default(),
+            kit,
             key,
             size,
         });
@@ -68,6 +78,12 @@ pub async fn latest_key(storage: &Storage, cluster: Option<&str>) -> Result<Opti
     Ok(snapshots.max_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0))).map(|(key, _, _)| key))
 }
 
+/// A recovery kit's key: `…/state-<timestamp>.yaml` (`.age`).
+fn is_kit(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with("state-") && (name.ends_with(".yaml") || name.ends_with(".yaml.age"))
+}
+
 fn prefix_of(cluster: Option<&str>) -> String {
     match cluster {
         Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
@@ -76,8 +92,35 @@ fn prefix_of(cluster: Option<&str>) -> String {
 }
 
 /// Deletes a stored snapshot (a missing one counts as deleted): retention and `deletionPolicy: Delete`.
+/// Its recovery kit goes with it, sealed or plain: a kit is never left behind.
 pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<(), Error> {
-    storage.delete(key).await.map_err(Error::Upload)
+    storage.delete(key).await.map_err(Error::Upload)?;
+    for sealed in [true, false] {
+        storage.delete(&kit::kit_key(key, sealed)).await.map_err(Error::Upload)?;
+    }
+    Ok(())
+}
+
+/// Opens the recovery kit stored beside the snapshot at `key` with `identities` and checks it: it
+/// parses, holds a usable secrets bundle and belongs to the snapshot's cluster. Its key, or None
+/// when the backup has no kit.
+pub async fn verify_kit(storage: &Storage, key: &str, identities: &[Identity]) -> Result<Option<String>, Error> {
+    Ok(read_kit(storage, key, identities).await?.map(|(key, _)| key))
+}
+
+/// The recovery kit stored beside the snapshot at `key`, opened with `identities` and checked as
+/// [`verify_kit`] does: its key and what it holds.
+pub async fn read_kit(
+    storage: &Storage,
+    key: &str,
+    identities: &[Identity],
+) -> Result<Option<(String, kit::RecoveryKit)>, Error> {
+    let stored = storage.stored(key).await.map_err(Error::Upload)?;
+    let cluster = stored.as_ref().and_then(|s| s.metadata.get("cluster").cloned()).unwrap_or_else(|| {
+        // Objects of other writers: the control plane from the key's folder.
+        key.rsplit('/').nth(1).unwrap_or_default().to_owned()
+    });
+    kit::read(storage, key, &cluster, identities).await
 }
 
 /// A cheap check that backups of `controlplane` can be stored, with the permissions a backup uses:

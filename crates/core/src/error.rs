@@ -14,6 +14,9 @@ pub enum Error {
     /// A key the command line may not use (taken, or none free).
     #[error("Failed to upload snapshot to S3: {0}")]
     Key(String),
+    /// A recovery kit that cannot be opened or does not belong to its snapshot.
+    #[error("Failed to read the recovery kit {key}: {reason}")]
+    Kit { key: String, reason: String },
     #[error("Restore refused or failed: {0}")]
     Restore(String),
     /// Refused before anything was changed: etcd runs on the node.
@@ -32,7 +35,7 @@ impl Error {
                 matches!(cause, teb_pipeline::Error::Storage { .. } | teb_pipeline::Error::IdleTimeout { .. })
                     && cause.is_transient()
             }
-            Error::Key(_) | Error::Restore(_) | Error::RestoreRefused(_) => false,
+            Error::Key(_) | Error::Kit { .. } | Error::Restore(_) | Error::RestoreRefused(_) => false,
         }
     }
 
@@ -43,6 +46,7 @@ impl Error {
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) | Error::Key(_) => "s3",
             Error::Verify { .. } => "verify",
+            Error::Kit { .. } => "kit",
             Error::Restore(_) | Error::RestoreRefused(_) => "restore",
         }
     }

@@ -41,6 +41,9 @@ enum Command {
     /// Read a stored backup back and check it: SHA-256 trailer and bbolt structure. Exit code 0 when
     /// sound, 1 when not.
     Verify(StoredBackupArgs),
+    /// Write a backup's recovery kit out: its secrets bundle (for `talosctl gen config --with-secrets`)
+    /// and an os:admin talosconfig minted from its OS CA, valid for --validity.
+    Kit(KitArgs),
     /// Restore a control plane's etcd from a stored backup (Talos EtcdRecover, then Bootstrap with
     /// recover_etcd), streamed from S3 and checked on the way. Refused while etcd runs on the node.
     Restore(RestoreArgs),
@@ -300,6 +303,85 @@ impl StoredBackupArgs {
 }
 
 #[derive(Args)]
+struct KitArgs {
+    #[command(flatten)]
+    stored: StoredBackupArgs,
+    /// Folder to write `secrets.yaml` and `talosconfig` into (created; files mode 0600).
+    #[arg(long)]
+    out: PathBuf,
+    /// Talos API endpoints for the talosconfig, comma-separated; the kit's bundle config when unset.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// How long the minted talosconfig is valid.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    validity: Duration,
+}
+
+/// The recovery kit of the chosen backup, opened: its key and what it holds.
+async fn open_kit(
+    storage: &Storage,
+    key: &str,
+    identities: &[teb_pipeline::Identity],
+) -> anyhow::Result<(String, teb_core::kit::RecoveryKit)> {
+    catalog::read_kit(storage, key, identities).await?.with_context(|| {
+        format!("no recovery kit is stored beside {key} (state-<timestamp>.yaml.age): the backup was taken without one")
+    })
+}
+
+/// A Talos target with an os:admin client certificate minted from `kit`'s OS CA, for `validity`, at
+/// `endpoints` (the kit's bundle config when empty).
+fn kit_target(
+    kit: &teb_core::kit::RecoveryKit,
+    endpoints: &[String],
+    validity: Duration,
+) -> anyhow::Result<teb_talos::Target> {
+    let bundle = teb_talos::SecretsBundle::from_yaml(&kit.secrets_bundle)?;
+    let credentials = bundle.mint_client(&[teb_talos::ROLE_ADMIN], validity)?;
+    let endpoints = if endpoints.is_empty() {
+        let config: teb_api::BundleConfig =
+            serde_json::from_str(&kit.bundle_config).context("the kit's bundleConfig is not valid JSON")?;
+        config.talos_endpoints()
+    } else {
+        endpoints.to_vec()
+    };
+    Ok(teb_talos::Target { endpoints, nodes: Vec::new(), credentials })
+}
+
+async fn kit(args: KitArgs) -> anyhow::Result<()> {
+    let settings = Settings::default();
+    let (storage, identities, key) = args.stored.open(&settings, "read the recovery kit of").await?;
+    let (kit_key, kit) = open_kit(&storage, &key, &identities).await?;
+    let target = kit_target(&kit, &args.endpoints, args.validity)?;
+    let talosconfig =
+        teb_talos::Talosconfig::single(&kit.cluster, target.endpoints.clone(), Vec::new(), &target.credentials);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let secrets = args.out.join("secrets.yaml");
+    let config = args.out.join("talosconfig");
+    write_private(&secrets, &kit.secrets_bundle)?;
+    write_private(&config, &talosconfig.to_yaml())?;
+    let summary = serde_json::json!({
+        "kit": kit_key, "cluster": kit.cluster, "backup": key, "secrets": secrets, "talosconfig": config,
+        "endpoints": target.endpoints, "valid_for_seconds": args.validity.as_secs(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Writes `text` to `path`, readable by its owner only (it holds keys).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Args)]
 struct RestoreArgs {
     #[command(flatten)]
     talos: TalosArgs,
@@ -310,6 +392,10 @@ struct RestoreArgs {
     /// still run etcd); the talosconfig's nodes when unset.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    /// Take the Talos credentials from the backup's recovery kit (an os:admin certificate minted from
+    /// its OS CA) instead of a talosconfig: all a restore needs is then the bucket and an age identity.
+    #[arg(long)]
+    kit: bool,
     /// Print the plan (node, backup, its size and SHA-256, etcd's state) and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -395,6 +481,7 @@ fn main() -> anyhow::Result<()> {
         Command::List(args) => runtime.block_on(list(args)),
         Command::Verify(args) => runtime.block_on(verify(args)),
         Command::Restore(args) => runtime.block_on(restore(args)),
+        Command::Kit(args) => runtime.block_on(kit(args)),
     }
 }
 
@@ -470,7 +557,10 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings();
     // Check the storage settings before touching Talos: they are cheaper to get wrong.
     let storage = args.bucket.storage(&settings)?;
-    let plan = BackupPlan { owner: None, controlplane: cluster.clone(), talos, storage, encoding };
+    // No secrets bundle on the command line: the command stores no recovery kit.
+    let kit_policy = teb_core::kit::KitPolicy::Never;
+    let plan =
+        BackupPlan { owner: None, controlplane: cluster.clone(), talos, storage, encoding, kit: None, kit_policy };
     let key = args.key.clone().unwrap_or_else(|| backup::snapshot_key(&cluster, jiff::Timestamp::now(), format));
     let key = backup::unused_key(&plan.storage, &key, args.key.is_some()).await?;
     let progress = ProgressLine::start(args.progress);
@@ -506,19 +596,20 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "key": b.key, "size": b.size, "time": b.last_modified.to_string(),
                     "cluster": b.cluster, "node": b.node, "sha256": b.sha256,
-                    "encoding": b.encoding, "recipients": b.recipients,
+                    "encoding": b.encoding, "recipients": b.recipients, "kit": b.kit,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(entries));
         return Ok(());
     }
-    println!("{:<24} {:>12}  {:<16} {:<14} {:<9} KEY", "TIME", "SIZE", "NODE", "SHA256", "ENCODING");
+    println!("{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} KEY", "TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT");
     for b in &listed {
         let sha = b.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
         let time = b.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let (node, encoding) = (b.node.as_deref().unwrap_or("-"), b.encoding.as_deref().unwrap_or("-"));
-        println!("{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {}", b.size, b.key);
+        let kit = if b.kit.is_some() { "yes" } else { "-" };
+        println!("{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {}", b.size, b.key);
     }
     Ok(())
 }
@@ -529,17 +620,22 @@ async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
     let started = Instant::now();
-    let result =
-        catalog::verify(&storage, &key, &identities, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed))
-            .await;
+    let result = async {
+        let progress = move |bytes| counter.store(bytes, Ordering::Relaxed);
+        let checked = catalog::verify(&storage, &key, &identities, &settings, &progress).await?;
+        // The recovery kit is part of the backup: it must open and belong to the same cluster.
+        Ok::<_, teb_core::Error>((checked, catalog::verify_kit(&storage, &key, &identities).await?))
+    }
+    .await;
     progress.stop();
     let seconds = started.elapsed().as_secs_f64();
     match result {
-        Ok(checked) => {
+        Ok((checked, kit)) => {
             let summary = serde_json::json!({
                 "result": "pass",
                 "bucket": args.bucket.bucket,
                 "key": key,
+                "kit": kit,
                 "size": checked.size,
                 "sha256": checked.sha256,
                 "page_size": checked.db.page_size,
@@ -565,9 +661,16 @@ async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
 
 async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     use teb_core::restore::{self, EtcdState};
-    let talos = args.talos.target()?;
     let settings = Settings::default();
     let (storage, identities, key) = args.stored.open(&settings, "restore").await?;
+    let talos = match args.kit {
+        true => kit_target(
+            &open_kit(&storage, &key, &identities).await?.1,
+            &args.talos.endpoints,
+            Duration::from_secs(3600),
+        )?,
+        false => args.talos.target()?,
+    };
     let nodes = if args.nodes.is_empty() { talos.nodes.clone() } else { args.nodes.clone() };
     let target = args.node.as_deref().or(nodes.first().map(String::as_str));
     let (client, plan) = restore::plan(&talos, &storage, &key, target, &nodes, &settings).await?;

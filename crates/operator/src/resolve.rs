@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use teb_api::{BackupStorage, BundleConfig, Compression, SecretKeyRef, TalosControlPlane, TalosEtcdBackupSpec};
-use teb_core::BackupPlan;
+use teb_api::{
+    BackupStorage, BundleConfig, Compression, RecoveryKitPolicy, SecretKeyRef, TalosControlPlane, TalosEtcdBackupSpec,
+};
+use teb_core::kit::KitPolicy;
+use teb_core::{BackupPlan, KitSource};
 use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
 use teb_pipeline::{Encoding, Format, Identity, S3Credentials, S3Location, Storage, StorageLocation, validate};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
@@ -57,7 +60,25 @@ impl Resolver {
         let talos = self.talos(&controlplane, reference, cert_validity, teb_talos::ROLE_ETCD_BACKUP).await?;
         let storage = self.storage(&spec.backup_storage, "spec.").await?;
         let encoding = encoding(&mut self.secrets, spec).await?;
-        Ok(BackupPlan { controlplane, talos, storage, encoding, owner })
+        let kit = self.kit_source(&controlplane).await;
+        let kit_policy = match spec.recovery_kit.unwrap_or_default() {
+            RecoveryKitPolicy::Encrypted => KitPolicy::Encrypted,
+            RecoveryKitPolicy::Plaintext => KitPolicy::Plaintext,
+            RecoveryKitPolicy::Never => KitPolicy::Never,
+        };
+        Ok(BackupPlan { controlplane, talos, storage, encoding, owner, kit, kit_policy })
+    }
+
+    /// The recovery kit's part of `controlplane`: its secrets bundle and bundle config, when the
+    /// TalosControlPlane has them (a backup through a talosconfig Secret may have none).
+    async fn kit_source(&mut self, controlplane: &str) -> Option<KitSource> {
+        let api = Api::<TalosControlPlane>::namespaced(self.secrets.client.clone(), &self.secrets.namespace);
+        let status = api.get_opt(controlplane).await.ok().flatten()?.status?;
+        let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        Some(KitSource {
+            secrets_bundle: nonempty(status.secret_bundle)?,
+            bundle_config: nonempty(status.bundle_config)?,
+        })
     }
 
     /// The Talos API target of `controlplane`: from the talosconfig Secret key `talosconfig` when

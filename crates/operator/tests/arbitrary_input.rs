@@ -66,6 +66,7 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
             compression: None,
             compression_level: None,
             encryption: None,
+            recovery_kit: None,
             talosconfig_secret_ref: talosconfig,
             deletion_policy: Default::default(),
             verify: false,

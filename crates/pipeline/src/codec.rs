@@ -275,6 +275,33 @@ type Reader = Pin<Box<dyn AsyncBufRead + Send>>;
 /// Chunks read from a decoded stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A small document (a recovery kit) encrypted to `recipients` as one age file.
+pub fn seal(plain: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>, Error> {
+    let recipients = recipients.iter().map(|r| &*r.key as &dyn age::Recipient);
+    let encryptor = age::Encryptor::with_recipients(recipients).map_err(|e| Error::Encode(e.to_string()))?;
+    let mut sealed = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut sealed).map_err(|e| Error::Encode(e.to_string()))?;
+    writer.write_all(plain).and_then(|()| writer.finish().map(drop)).map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(sealed)
+}
+
+/// What [`seal`] sealed, opened with one of `identities`; a wrong identity or a damaged file is
+/// [`Error::Decode`].
+pub fn open(sealed: &[u8], identities: &[Identity]) -> Result<Vec<u8>, Error> {
+    if identities.is_empty() {
+        return Err(Error::Decode(
+            "it is encrypted with age; give the identity (AGE-SECRET-KEY-1…) of one of its recipients".into(),
+        ));
+    }
+    let decryptor = age::Decryptor::new(sealed).map_err(decrypt_error)?;
+    let mut reader =
+        decryptor.decrypt(identities.iter().map(|i| &*i.0 as &dyn age::Identity)).map_err(decrypt_error)?;
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut plain)
+        .map_err(|e| Error::Decode(format!("cannot decrypt it (truncated or damaged?): {e}")))?;
+    Ok(plain)
+}
+
 /// Turns a stored object back into the plain snapshot, as a stream: decrypted with `identities` (when
 /// `format.age`), then decompressed (when `format.zstd`). Errors of `stored` come out unchanged;
 /// a wrong identity, a truncated or damaged object are [`Error::Decode`].
@@ -424,6 +451,18 @@ mod tests {
             Ok(stream) => std::pin::pin!(stream).next().await.unwrap().unwrap_err(),
         };
         assert!(matches!(err, Error::Truncated { bytes: 7 }), "{err}");
+    }
+
+    #[test]
+    fn small_documents_seal_and_open_only_with_a_recipients_identity() {
+        let (identity, recipient, _) = keys();
+        let (other, _, _) = keys();
+        let sealed = seal(b"cluster secrets", &[recipient]).unwrap();
+        assert!(sealed.starts_with(b"age-encryption.org/v1"));
+        assert_eq!(open(&sealed, std::slice::from_ref(&identity)).unwrap(), b"cluster secrets");
+        let err = open(&sealed, &[other]).unwrap_err();
+        assert!(err.to_string().contains("encrypted to other recipients"), "{err}");
+        assert!(matches!(open(&sealed[..sealed.len() - 5], &[identity]), Err(Error::Decode(_))));
     }
 
     #[test]

@@ -63,6 +63,14 @@ impl OsCa {
         Ok(OsCa { cert_pem, key_pem, issuer: Issuer::new(params, key) })
     }
 
+    /// The CA of an existing cluster, from its certificate and key PEM (as a secrets bundle holds them,
+    /// base64-decoded): new nodes built from a recovery kit.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        let key = KeyPair::from_pem(&teb_talos::normalize_key_pem(key_pem))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(OsCa { cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned(), issuer })
+    }
+
     /// A client certificate with `roles` in Subject O and the given ExtKeyUsages (Talos accepts only
     /// exactly `[ClientAuth]`), minted the way the operator mints them.
     pub fn client(&self, roles: &[&str], ekus: &[ExtendedKeyUsagePurpose]) -> anyhow::Result<Credentials> {

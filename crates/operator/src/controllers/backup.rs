@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
-use teb_api::{DeletionPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
+use teb_api::{DeletionPolicy, RecoveryKitPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
 use teb_core::{Outcome, backup as core_backup, catalog};
 use teb_pipeline::{Format, UploadRef};
 
@@ -124,7 +124,8 @@ async fn attempt(
         let message = format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name);
         ctx.event(backup, EventType::Normal, "BackupStarted", message).await;
     }
-    if let Some(outcome) = interrupted_outcome(backup, resolver, &status).await {
+    if let Some(mut outcome) = interrupted_outcome(backup, resolver, &status).await {
+        outcome.kit = interrupted_kit(backup, ctx, resolver, &outcome).await;
         // Its upload is complete: S3 no longer knows it, so this only clears the record.
         abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
         return succeed(api, backup, ctx, status, outcome).await;
@@ -248,6 +249,28 @@ async fn clean_up(
     }
 }
 
+/// Why no recovery kit was stored with the backup, when one should have been: it holds the cluster's
+/// secrets, so it is stored only sealed unless the spec says otherwise.
+fn kit_missing_because(backup: &TalosEtcdBackup, outcome: &Outcome) -> Option<String> {
+    let policy = backup.spec.recovery_kit.unwrap_or_default();
+    if outcome.kit.is_some() || policy == RecoveryKitPolicy::Never {
+        return None;
+    }
+    if backup.spec.encryption.is_none() && policy == RecoveryKitPolicy::Encrypted {
+        return Some(
+            "No recovery kit stored with this backup: it would hold the cluster's secrets, and the backup has no age \
+             recipients to seal it to. Set spec.encryption.age.recipients to store it encrypted, or spec.recoveryKit: \
+             Plaintext to store it unencrypted (as the upstream operator does), or spec.recoveryKit: Never"
+                .to_owned(),
+        );
+    }
+    Some(format!(
+        "No recovery kit stored with this backup: TalosControlPlane {:?} has no status.secretBundle and \
+         status.bundleConfig to keep",
+        backup.spec.talos_control_plane_ref.name
+    ))
+}
+
 /// Why the snapshot of a deleted `deletionPolicy: Delete` backup stays: a snapshot goes only when the
 /// deletion was asked of the backup itself, by a user or by retention, never in a cascade. A backup
 /// with an owner may be deleted by the garbage collector because its owner went; one in a namespace
@@ -330,6 +353,7 @@ async fn succeed(
 ) -> Result<Action, Error> {
     let report = &outcome.report;
     status.filename = Some(report.key.clone());
+    status.state_filename = outcome.kit.clone();
     status.size = report.size.map(|size| size as i64);
     status.stored_size = Some(report.stored_size as i64);
     status.sha256 = report.sha256.clone();
@@ -358,6 +382,9 @@ async fn succeed(
     ctx.metrics.stored_bytes.inc_by(report.stored_size);
     ctx.record_success_time(backup, &status);
     tracing::info!(name = %backup.name_any(), key = %report.key, stored = report.stored_size, "backup succeeded");
+    if let Some(because) = kit_missing_because(backup, &outcome) {
+        ctx.event(backup, EventType::Warning, "RecoveryKitNotStored", because).await;
+    }
     if let Some(because) = outcome.unchecked_because {
         ctx.event(backup, EventType::Warning, "NodeHealthUnchecked", because).await;
     }
@@ -384,23 +411,31 @@ async fn verify_stored(
             Some(reference) => resolver.identities(reference).await?,
             None => Vec::new(),
         };
-        Ok(catalog::verify(&storage, &key, &identities, &ctx.config.settings, &|_| {}).await?)
+        let checked = catalog::verify(&storage, &key, &identities, &ctx.config.settings, &|_| {}).await?;
+        // The kit is part of the backup: it must open and belong to the snapshot's cluster too.
+        let kit = catalog::verify_kit(&storage, &key, &identities).await?;
+        Ok((checked, kit))
     })
     .await;
     let outcome = match result {
-        Ok(checked) if status.sha256.as_ref().is_some_and(|sha| *sha != checked.sha256) => Err(format!(
+        Ok((checked, _)) if status.sha256.as_ref().is_some_and(|sha| *sha != checked.sha256) => Err(format!(
             "the object at {key} has SHA-256 {}, not the {} recorded when it was stored: it was replaced",
             checked.sha256,
             status.sha256.as_deref().unwrap_or("-")
         )),
-        Ok(checked) => {
+        Ok((checked, kit)) => {
             // Known now if a crash left them unknown (an encoded object recorded after a restart).
             status.sha256.get_or_insert_with(|| checked.sha256.clone());
             status.size.get_or_insert(checked.size as i64);
+            let kit = kit.map(|k| format!("; its recovery kit {k} opens and belongs to the same cluster"));
             Ok(format!(
                 "Read back {} bytes of {key}: the SHA-256 trailer matches, the bbolt meta pages, size ({} pages of {} \
-             bytes) and {} page headers are sound",
-                checked.size, checked.db.pages, checked.db.page_size, checked.db.pages_checked
+                 bytes) and {} page headers are sound{}",
+                checked.size,
+                checked.db.pages,
+                checked.db.page_size,
+                checked.db.pages_checked,
+                kit.unwrap_or_default()
             ))
         }
         Err(error) if error.is_transient() => {
@@ -428,6 +463,30 @@ async fn verify_stored(
         }
     }
     Ok(ctx.after_finish(&status))
+}
+
+/// The recovery kit of a snapshot an interrupted attempt stored: the one beside it, else stored now.
+async fn interrupted_kit(
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    resolver: &mut Resolver,
+    outcome: &Outcome,
+) -> Option<String> {
+    let found = crate::isolate(async {
+        let plan = resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity).await?;
+        for sealed in [true, false] {
+            let key = teb_core::kit::kit_key(&outcome.report.key, sealed);
+            if plan.storage.size(&key).await.map_err(Error::storage)?.is_some() {
+                return Ok(Some(key));
+            }
+        }
+        Ok(core_backup::store_kit(&plan, outcome).await?)
+    })
+    .await;
+    found.unwrap_or_else(|error| {
+        tracing::warn!(name = %backup.name_any(), %error, "cannot store the recovery kit of an interrupted attempt");
+        None
+    })
 }
 
 /// What an attempt cut off after its upload completed (its Ready status could not be written) left in
@@ -482,8 +541,18 @@ async fn attempt_backup(
         return Err(error);
     }
     let upload_id = upload.upload_id.clone();
-    let outcome = prepared.stream(&|_| {}).await?;
+    let mut outcome = prepared.stream(&|_| {}).await?;
     status.unfinished_uploads.retain(|u| u.upload_id != upload_id);
+    // Snapshot and kit are one backup: without the kit it is to be, the snapshot goes too.
+    match core_backup::store_kit(&plan, &outcome).await {
+        Ok(kit) => outcome.kit = kit,
+        Err(error) => {
+            if let Err(e) = catalog::delete_snapshot(&plan.storage, &outcome.report.key).await {
+                tracing::warn!(key = %outcome.report.key, error = %e, "cannot delete the snapshot whose kit failed");
+            }
+            return Err(error.into());
+        }
+    }
     Ok(outcome)
 }
 

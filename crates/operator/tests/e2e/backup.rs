@@ -308,6 +308,8 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     let uid = api.get("my-backup").await.unwrap().metadata.uid.unwrap();
     let key = backup::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
     let plan = BackupPlan {
+        kit: None,
+        kit_policy: teb_core::kit::KitPolicy::Never,
         controlplane: "my-controlplane".into(),
         encoding: Default::default(),
         owner: Some(uid),

@@ -26,6 +26,7 @@ use teb_testkit::spec::{SECRET_YAML as SPEC_SECRET, backup_yaml, endpoint_field,
 mod backup;
 mod encryption;
 mod hostile_input;
+mod recovery_kit;
 mod restore;
 mod schedule;
 

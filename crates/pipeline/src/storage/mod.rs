@@ -32,6 +32,7 @@ pub enum Operation {
     CompleteMultipartUpload,
     AbortMultipartUpload,
     GetObject,
+    PutObject,
     DeleteObject,
     ListObjects,
 }
@@ -221,6 +222,31 @@ impl Storage {
         let objects: Vec<object_store::ObjectMeta> =
             self.store.list(Some(&prefix)).try_collect().await.map_err(|e| self.error(Operation::ListObjects, e))?;
         Ok(objects.into_iter().map(|o| (o.location.to_string(), o.size, o.last_modified.timestamp())).collect())
+    }
+
+    /// Stores a small object (a recovery kit) at `key` in one request, with `metadata` as its user
+    /// metadata. An object already there is replaced.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, String)]) -> Result<(), Error> {
+        use object_store::PutOptions;
+        let mut attributes = Attributes::new();
+        for (name, value) in metadata {
+            attributes.insert(Attribute::Metadata(name.to_string().into()), value.clone().into());
+        }
+        let options = PutOptions { attributes, ..Default::default() };
+        self.store
+            .put_opts(&Path::from(key), bytes.into(), options)
+            .await
+            .map(drop)
+            .map_err(|e| self.error(Operation::PutObject, e))
+    }
+
+    /// A small object read whole, or None when there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, Error> {
+        match self.store.get_opts(&Path::from(key), Default::default()).await {
+            Ok(result) => result.bytes().await.map(Some).map_err(|e| self.error(Operation::GetObject, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(Operation::GetObject, e)),
+        }
     }
 
     /// Deletes the object at `key`; a missing object counts as deleted.

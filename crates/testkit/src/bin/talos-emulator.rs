@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         ca_key: args.ca_key,
         cert_sans: args.cert_sans.clone(),
         endpoint_is_worker: args.endpoint_is_worker,
+        os_ca: None,
     };
     let emulator = TalosEmulator::start(options).await?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;

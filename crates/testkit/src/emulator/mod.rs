@@ -201,6 +201,9 @@ pub struct EmulatorOptions {
     /// The endpoint is the first worker's apid instead of the first control plane's: it serves calls
     /// without `node` metadata itself and refuses to forward any other.
     pub endpoint_is_worker: bool,
+    /// The OS CA (certificate and key PEM) of an existing cluster, as new nodes built from its
+    /// secrets bundle have it; a new CA when unset.
+    pub os_ca: Option<(String, String)>,
 }
 
 impl Default for EmulatorOptions {
@@ -214,6 +217,7 @@ impl Default for EmulatorOptions {
             ca_key: CaKeyType::default(),
             cert_sans: Vec::new(),
             endpoint_is_worker: false,
+            os_ca: None,
         }
     }
 }
@@ -258,7 +262,10 @@ impl TalosEmulator {
     pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(options.control_planes > 0, "at least one control plane is needed");
         let etcd = EtcdCluster::start(options.control_planes, &options.etcd).await?;
-        let ca = OsCa::generate_with(options.ca_key)?;
+        let ca = match &options.os_ca {
+            Some((cert, key)) => OsCa::from_pem(cert, key)?,
+            None => OsCa::generate_with(options.ca_key)?,
+        };
         let mut nodes: Vec<Node> = (0..options.control_planes)
             .map(|i| Node {
                 address: format!("127.0.10.{}", i + 1),

@@ -1,0 +1,202 @@
+//! The recovery kit: the cluster's secrets kept with every backup, sealed to its age recipients, so that
+//! a cluster comes back with nothing but the bucket and an age identity when the management cluster
+//! is gone.
+
+use super::*;
+use object_store::ObjectStoreExt as _;
+
+/// The command line against the scenario's bucket: whether it succeeded, its JSON summary, stderr.
+fn cli(scenario: &Scenario, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"))
+            .args(args)
+            .args(["--bucket", "my-etcd-backups", "--region", teb_testkit::spec::SPEC_REGION])
+            .args(["--endpoint", &scenario.s3.endpoint])
+            .env("AWS_ACCESS_KEY_ID", teb_testkit::s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", teb_testkit::s3::SECRET_KEY)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    });
+    let summary = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// The OS CA (certificate and key PEM) of a secrets bundle's YAML.
+fn os_ca(bundle: &str) -> (String, String) {
+    use base64::Engine as _;
+    let bundle: serde_yaml::Value = serde_yaml::from_str(bundle).unwrap();
+    let pem = |field: &str| {
+        let encoded = bundle["certs"]["os"][field].as_str().unwrap();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap()
+    };
+    (pem("crt"), pem("key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identity() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-kit", options, false, test_config()).await;
+    for i in 0..100 {
+        scenario.emulator.etcd().put(format!("/registry/secrets/ns/before-{i}").as_bytes(), b"kept").await.unwrap();
+    }
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let identity = age::x25519::Identity::generate();
+    let keys = tempfile::tempdir().unwrap();
+    let identity_file = keys.path().join("identity.txt");
+    std::fs::write(&identity_file, age::secrecy::ExposeSecret::expose_secret(&identity.to_string())).unwrap();
+    let other_file = keys.path().join("other.txt");
+    let other = age::x25519::Identity::generate();
+    std::fs::write(&other_file, age::secrecy::ExposeSecret::expose_secret(&other.to_string())).unwrap();
+    let s3 = endpoint_field(&scenario.s3.endpoint);
+
+    // Encrypted: the kit is sealed to the backup's recipient, beside the snapshot, named as upstream names it.
+    let sealed = format!(
+        "{}  encryption:\n    age:\n      recipients: [\"{}\"]\n",
+        backup_yaml("sealed", &s3),
+        identity.to_public()
+    );
+    scenario.apply(&sealed).await;
+    let status = scenario.wait_finished("sealed").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let snapshot = status.filename.clone().unwrap();
+    let kit_key = status.state_filename.clone().expect("a kit");
+    assert_eq!(kit_key, teb_core::kit::kit_key(&snapshot, true));
+    assert!(kit_key.contains("/state-") && kit_key.ends_with(".yaml.age"), "{kit_key}");
+    let (stored, _) = scenario.s3.get("my-etcd-backups", &kit_key).await.unwrap();
+    assert!(stored.starts_with(b"age-encryption.org/v1"), "the kit is sealed");
+    let bundle = scenario.emulator.ca.secrets_bundle_yaml();
+    let (ca_cert, _) = os_ca(&bundle);
+    let stored_text = String::from_utf8_lossy(&stored);
+    assert!(!stored_text.contains("secretBundle") && !stored_text.contains(&ca_cert[30..60]), "no secret in the clear");
+
+    // No recipients: no kit, and the backup says which field to set. Plaintext, asked for: stored as upstream does.
+    scenario.apply(&backup_yaml("unsealed", &s3)).await;
+    let status = scenario.wait_finished("unsealed").await;
+    assert_eq!(status.state_filename, None);
+    assert!(scenario.event_reasons().await.contains(&"RecoveryKitNotStored".to_owned()));
+    scenario.apply(&format!("{}  recoveryKit: Plaintext\n", backup_yaml("plaintext", &s3))).await;
+    let status = scenario.wait_finished("plaintext").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let plain_key = status.state_filename.expect("a plain kit");
+    assert!(plain_key.ends_with(".yaml") && plain_key.contains("/state-"), "{plain_key}");
+    let (plain, _) = scenario.s3.get("my-etcd-backups", &plain_key).await.unwrap();
+    let secret: serde_yaml::Value = serde_yaml::from_slice(&plain).unwrap();
+    assert_eq!(
+        (secret["kind"].as_str(), secret["metadata"]["name"].as_str()),
+        (Some("Secret"), Some("my-controlplane-state"))
+    );
+    assert!(secret["data"]["secretBundle"].is_string() && secret["data"]["bundleConfig"].is_string());
+
+    // `list` shows which backups have a kit; `verify` opens it.
+    let (ok, listed, stderr) = cli(&scenario, &["list", "--output", "json"]);
+    assert!(ok, "{stderr}");
+    let kit_of = |key: &str| listed.as_array().unwrap().iter().find(|b| b["key"] == key).map(|b| b["kit"].clone());
+    assert_eq!(kit_of(&snapshot), Some(kit_key.as_str().into()), "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 3, "kits are no entries of their own: {listed}");
+    assert_eq!(listed.as_array().unwrap().iter().filter(|b| b["kit"].is_null()).count(), 1, "{listed}");
+    let id = identity_file.to_str().unwrap();
+    let (ok, verified, stderr) = cli(&scenario, &["verify", "--key", &snapshot, "--age-identity-file", id]);
+    assert!(ok && verified["kit"] == kit_key.as_str(), "{verified} {stderr}");
+
+    // Snapshot and kit are one backup: deleting a `Delete` backup takes both.
+    let doomed = sealed.replace("name: sealed", "name: doomed").replace("spec:\n", "spec:\n  deletionPolicy: Delete\n");
+    scenario.apply(&doomed).await;
+    let status = scenario.wait_finished("doomed").await;
+    let (doomed_snapshot, doomed_kit) = (status.filename.unwrap(), status.state_filename.expect("a kit"));
+    scenario.backups().delete("doomed", &Default::default()).await.unwrap();
+    scenario
+        .eventually(30, "the snapshot and its kit to go", || async {
+            let keys: Vec<String> =
+                scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+            (!keys.contains(&doomed_snapshot) && !keys.contains(&doomed_kit)).then_some(())
+        })
+        .await;
+    assert!(
+        scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == kit_key),
+        "other kits stay"
+    );
+
+    // The management cluster is gone: its TalosControlPlane, Secrets and namespace; and so are the nodes.
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/after", b"lost").await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(scenario.admin.clone());
+    namespaces.delete(&scenario.ns, &Default::default()).await.unwrap();
+    scenario
+        .eventually(60, "the namespace to go", || async {
+            namespaces.get_opt(&scenario.ns).await.unwrap().is_none().then_some(())
+        })
+        .await;
+
+    // The kit, with only the bucket's keys and the age identity: the secrets bundle and a talosconfig.
+    let out = keys.path().join("kit");
+    let (ok, summary, stderr) =
+        cli(&scenario, &["kit", "--key", &snapshot, "--age-identity-file", id, "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["cluster"], "my-controlplane");
+    let kit_bundle = std::fs::read_to_string(out.join("secrets.yaml")).unwrap();
+    assert_eq!(kit_bundle, bundle, "the secrets bundle comes back as it was");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(out.join("secrets.yaml")).unwrap().permissions().mode() & 0o777, 0o600);
+    teb_talos::Talosconfig::from_yaml(&std::fs::read_to_string(out.join("talosconfig")).unwrap()).unwrap();
+
+    // New nodes from the kit's secrets (its OS CA), waiting to be bootstrapped; restored through the kit.
+    let rebuilt = teb_testkit::emulator::TalosEmulator::start(EmulatorOptions {
+        control_planes: 1,
+        workers: 0,
+        os_ca: Some(os_ca(&kit_bundle)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    rebuilt.wipe_etcd();
+    let restore = |key: &str, identity: &str| {
+        cli(
+            &scenario,
+            &[
+                "restore",
+                "--kit",
+                "--endpoints",
+                &rebuilt.endpoint,
+                "--key",
+                key,
+                "--age-identity-file",
+                identity,
+                "--wait",
+                "60s",
+            ],
+        )
+    };
+
+    // Bad input first: another identity, a kit of another cluster, a damaged kit: clear errors, nothing restored.
+    let (ok, _, stderr) = restore(&snapshot, other_file.to_str().unwrap());
+    assert!(!ok && stderr.contains("encrypted to other recipients"), "{stderr}");
+    let store = scenario.s3.client("my-etcd-backups").unwrap();
+    let foreign = "talos-operator-etcd-backups/other-cluster/etcd-snapshot-2025-10-04T11-30-00Z.db.age";
+    let foreign_kit = teb_core::kit::kit_key(foreign, true);
+    store.put(&object_store::path::Path::from(foreign_kit.as_str()), stored.clone().into()).await.unwrap();
+    let (ok, _, stderr) =
+        cli(&scenario, &["kit", "--key", foreign, "--age-identity-file", id, "--out", out.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains("it is the kit of cluster \"my-controlplane\", not of \"other-cluster\""),
+        "{stderr}"
+    );
+    let damaged = stored.slice(..stored.len() - 20);
+    store.put(&object_store::path::Path::from(kit_key.as_str()), damaged.into()).await.unwrap();
+    let (ok, _, stderr) = restore(&snapshot, id);
+    assert!(!ok && stderr.contains("Failed to read the recovery kit"), "{stderr}");
+    assert!(!rebuilt.has_recovery_snapshot() && rebuilt.with_restored(|etcd| etcd.is_none()).await, "nothing restored");
+
+    // The kit as it was: the cluster comes back with the backup's data and nothing written after it.
+    store.put(&object_store::path::Path::from(kit_key.as_str()), stored.into()).await.unwrap();
+    let (ok, restored, stderr) = restore(&snapshot, id);
+    assert!(ok, "{stderr}");
+    assert_eq!(restored["restored"], true);
+    let (kept, lost) = rebuilt
+        .with_restored(|etcd| {
+            let etcd = etcd.expect("restored");
+            (etcd.get("/registry/secrets/ns/before-42").unwrap(), etcd.get("/registry/secrets/ns/after").unwrap())
+        })
+        .await;
+    assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
+}
