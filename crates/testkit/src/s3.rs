@@ -7,7 +7,8 @@
 //!   (`AuthorizationHeaderMalformed`, 400, naming the expected region);
 //! - temporary keys (from STS) need their session token in `x-amz-security-token` (`InvalidToken`);
 //! - CompleteMultipartUpload checks each part's ETag and that every part but the last has at least
-//!   5 MiB (`InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`);
+//!   5 MiB (`InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`), and, as Cloudflare R2 does, that
+//!   they all have the same size (`InvalidPart`);
 //! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`.
 
 use std::collections::BTreeMap;
@@ -424,10 +425,12 @@ impl FaultyStore {
     }
 
     /// What S3 checks of the parts a CompleteMultipartUpload names, and s3s-fs does not: each was
-    /// uploaded with that ETag, in ascending order, and all but the last have at least 5 MiB.
+    /// uploaded with that ETag, in ascending order, and all but the last have at least 5 MiB and (R2's
+    /// rule, stricter than AWS) one size.
     fn check_parts(&self, upload_id: &str, parts: &[CompletedPart]) -> S3Result<()> {
         let received = self.parts.lock().expect("parts lock");
         let mut previous = 0;
+        let mut first_size = None;
         for (index, part) in parts.iter().enumerate() {
             let number = part.part_number.unwrap_or(0);
             if number <= previous {
@@ -448,6 +451,9 @@ impl FaultyStore {
             let (_, size) = received[&(upload_id.to_owned(), number)];
             if index + 1 < parts.len() && size < MIN_PART_SIZE {
                 return Err(s3_error!(EntityTooSmall, "Your proposed upload is smaller than the minimum allowed size"));
+            }
+            if index + 1 < parts.len() && *first_size.get_or_insert(size) != size {
+                return Err(s3_error!(InvalidPart, "All non-trailing parts must have the same length."));
             }
         }
         Ok(())

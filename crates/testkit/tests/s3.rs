@@ -164,6 +164,14 @@ async fn completing_an_upload_checks_its_parts_as_s3_does() {
     let err = complete(id.clone(), vec![small, last]).await.expect_err("too small");
     assert!(err.contains("EntityTooSmall"), "{err}");
     client.abort_multipart(&path, &id).await.unwrap();
+    // Parts but the last of different sizes (R2 refuses them).
+    let id = client.create_multipart(&path).await.unwrap();
+    let first = client.put_part(&path, &id, 0, big()).await.unwrap();
+    let second = client.put_part(&path, &id, 1, PutPayload::from(vec![1u8; (5 << 20) + 1])).await.unwrap();
+    let last = client.put_part(&path, &id, 2, PutPayload::from_static(b"tail")).await.unwrap();
+    let err = complete(id.clone(), vec![first, second, last]).await.expect_err("unequal parts");
+    assert!(err.contains("All non-trailing parts must have the same length"), "{err}");
+    client.abort_multipart(&path, &id).await.unwrap();
     // An unknown upload ID.
     let err = client.abort_multipart(&path, &"no-such-upload".to_owned()).await.expect_err("unknown");
     assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
