@@ -178,6 +178,19 @@ pub struct S3Storage {
     /// endpoint, in addition to the system roots; for endpoints with a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<SecretKeyRef>,
+    /// Server-side encryption of every object written: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS, with
+    /// `kmsKeyID` or the bucket's default key). Needed where a bucket policy refuses unencrypted writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "sse_schema")]
+    pub server_side_encryption: Option<String>,
+    /// The KMS key (ID, alias or ARN) for `serverSideEncryption: aws:kms`.
+    #[serde(rename = "kmsKeyID", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^[A-Za-z0-9:/_.+=,@-]+$"))]
+    pub kms_key_id: Option<String>,
+}
+
+fn sse_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["AES256", "aws:kms"]})
 }
 
 /// A multipart upload, as S3 names it.

@@ -185,6 +185,12 @@ struct BucketArgs {
     access_key_id: Option<String>,
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, requires = "access_key_id")]
     secret_access_key: Option<String>,
+    /// Server-side encryption of the objects written: AES256 or aws:kms.
+    #[arg(long)]
+    sse: Option<String>,
+    /// KMS key (ID, alias or ARN) for --sse aws:kms.
+    #[arg(long, requires = "sse")]
+    sse_kms_key_id: Option<String>,
 }
 
 impl BucketArgs {
@@ -212,6 +218,13 @@ impl BucketArgs {
                 .clone()
                 .zip(self.secret_access_key.clone())
                 .map(|(access_key_id, secret_access_key)| S3Credentials { access_key_id, secret_access_key }),
+            sse: match &self.sse {
+                Some(algorithm) => Some(
+                    teb_pipeline::ServerSideEncryption::parse(algorithm, self.sse_kms_key_id.as_deref())
+                        .map_err(|reason| anyhow::anyhow!("--sse: {reason}"))?,
+                ),
+                None => None,
+            },
         })
     }
 }

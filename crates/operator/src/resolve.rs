@@ -13,7 +13,9 @@ use teb_api::{
 use teb_core::kit::KitPolicy;
 use teb_core::{BackupPlan, KitSource};
 use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
-use teb_pipeline::{Encoding, Format, Identity, S3Credentials, S3Location, Storage, StorageLocation, validate};
+use teb_pipeline::{
+    Encoding, Format, Identity, S3Credentials, S3Location, ServerSideEncryption, Storage, StorageLocation, validate,
+};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
 
 use crate::Error;
@@ -175,7 +177,21 @@ async fn s3_location(secrets: &mut Secrets, storage: &BackupStorage, at: &str) -
             }),
             None => None,
         },
+        sse: server_side_encryption(storage, at)?,
     })
+}
+
+/// `serverSideEncryption` and `kmsKeyID`, checked together.
+fn server_side_encryption(storage: &BackupStorage, at: &str) -> Result<Option<ServerSideEncryption>, Error> {
+    let s3 = &storage.s3;
+    let field = |path: &str, reason: String| Error::Spec(format!("{at}backupStorage.s3.{path}: {reason}"));
+    match (s3.server_side_encryption.as_deref(), s3.kms_key_id.as_deref()) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(field("kmsKeyID", "set serverSideEncryption: aws:kms with it".into())),
+        (Some(algorithm), key) => ServerSideEncryption::parse(algorithm, key)
+            .map(Some)
+            .map_err(|reason| field("serverSideEncryption", reason)),
+    }
 }
 
 /// Every field of `spec` checked before any I/O, each error naming the field. The CRD schema rejects
@@ -213,6 +229,7 @@ fn validate_storage(storage: &BackupStorage, at: &str) -> Result<(), Error> {
         field("endpoint", validate::endpoint(endpoint))?;
     }
     key_refs(storage, at)?;
+    server_side_encryption(storage, at)?;
     let references = [
         ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
         ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),

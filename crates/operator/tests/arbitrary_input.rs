@@ -49,8 +49,18 @@ fn reference() -> impl Strategy<Value = SecretKeyRef> {
 }
 
 fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
-    (text(), text(), text(), proptest::option::of(text()), reference(), reference(), proptest::option::of(reference()))
-        .prop_map(|(cp, bucket, region, endpoint, access, secret, talosconfig)| TalosEtcdBackupSpec {
+    let sse = (proptest::option::of(prop_oneof![text(), Just("aws:kms".to_owned())]), proptest::option::of(text()));
+    (
+        text(),
+        text(),
+        text(),
+        proptest::option::of(text()),
+        reference(),
+        reference(),
+        proptest::option::of(reference()),
+        sse,
+    )
+        .prop_map(|(cp, bucket, region, endpoint, access, secret, talosconfig, (sse, kms))| TalosEtcdBackupSpec {
             talos_control_plane_ref: TalosControlPlaneRef { name: cp },
             backup_storage: BackupStorage {
                 s3: S3Storage {
@@ -61,6 +71,8 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
                     access_key_id: Some(access),
                     secret_access_key: Some(secret),
                     ca_bundle: None,
+                    server_side_encryption: sse,
+                    kms_key_id: kms,
                 },
             },
             compression: None,
@@ -207,6 +219,7 @@ proptest! {
             insecure_skip_tls_verify: false,
             ca_pem: None,
             credentials: Some(S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() }),
+            sse: None,
         };
         let storage = match Storage::new(&StorageLocation::S3(location), Duration::from_secs(5)) {
             Ok(storage) => storage,

@@ -18,6 +18,6 @@ pub use bbolt::DbSummary;
 pub use codec::{Encoding, Format, Identity, Recipient};
 pub use error::Error;
 pub use run::{Limits, Report, run};
-pub use storage::aws::{self, S3Credentials, S3Field, S3Location, validate};
+pub use storage::aws::{self, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate};
 pub use storage::{Operation, Storage, StorageLocation, StoredSnapshot, UploadRef};
 pub use verify::{CheckedSnapshot, SnapshotCheck, TrailerVerifier};

@@ -9,7 +9,9 @@
 //! - CompleteMultipartUpload checks each part's ETag and that every part but the last has at least
 //!   5 MiB (`InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`), and, as Cloudflare R2 does, that
 //!   they all have the same size (`InvalidPart`);
-//! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`.
+//! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`;
+//! - a bucket can require server-side encryption, as a bucket policy denying unencrypted writes does
+//!   (`AccessDenied` for a PutObject or CreateMultipartUpload without `x-amz-server-side-encryption`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -139,6 +141,7 @@ pub struct S3Server {
     uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
     parts_received: Arc<AtomicU64>,
     regions: Regions,
+    encryption: Arc<Mutex<Encryption>>,
     _root: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -168,7 +171,9 @@ impl S3Server {
         let uploads = Arc::new(Mutex::new(BTreeMap::new()));
         let parts_received = Arc::new(AtomicU64::new(0));
         let regions = Regions { root: Arc::new(root.path().to_owned()), named: Arc::default() };
+        let encryption = Arc::new(Mutex::new(Encryption::default()));
         let store = FaultyStore {
+            encryption: encryption.clone(),
             inner: s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
             root: root.path().to_owned(),
             faults: faults.clone(),
@@ -200,6 +205,7 @@ impl S3Server {
             uploads,
             parts_received,
             regions,
+            encryption,
             _root: root,
             task,
         })
@@ -232,6 +238,17 @@ impl S3Server {
         std::fs::create_dir_all(self._root.path().join(bucket))?;
         self.regions.named.lock().expect("regions lock").insert(bucket.to_owned(), region.to_owned());
         Ok(())
+    }
+
+    /// From now on `bucket` refuses writes without server-side encryption, as a bucket policy can.
+    pub fn require_encryption(&self, bucket: &str) {
+        self.encryption.lock().expect("encryption lock").required.insert(bucket.to_owned());
+    }
+
+    /// The server-side encryption an object was written with: `AES256`, `aws:kms` or
+    /// `aws:kms:<key>`.
+    pub fn encryption_of(&self, bucket: &str, key: &str) -> Option<String> {
+        self.encryption.lock().expect("encryption lock").of.get(&(bucket.to_owned(), key.to_owned())).cloned()
     }
 
     /// Keys and sizes of the objects in `bucket`, read over S3.
@@ -377,8 +394,40 @@ async fn serve(
     }
 }
 
+/// Buckets that require server-side encryption, and what each object was written with.
+#[derive(Default)]
+struct Encryption {
+    required: std::collections::BTreeSet<String>,
+    of: BTreeMap<(String, String), String>,
+}
+
+impl Encryption {
+    /// Refuses an unencrypted write to a bucket that requires encryption; records what it is.
+    fn write(
+        &mut self,
+        bucket: &str,
+        key: &str,
+        sse: Option<&ServerSideEncryption>,
+        kms: Option<&str>,
+    ) -> S3Result<()> {
+        let Some(sse) = sse else {
+            if self.required.contains(bucket) {
+                return Err(s3_error!(AccessDenied, "Access Denied"));
+            }
+            return Ok(());
+        };
+        let named = match kms {
+            Some(kms) => format!("{}:{kms}", sse.as_str()),
+            None => sse.as_str().to_owned(),
+        };
+        self.of.insert((bucket.to_owned(), key.to_owned()), named);
+        Ok(())
+    }
+}
+
 /// s3s-fs with faults and a record of unfinished multipart uploads.
 struct FaultyStore {
+    encryption: Arc<Mutex<Encryption>>,
     inner: s3s_fs::FileSystem,
     root: std::path::PathBuf,
     faults: Arc<S3Faults>,
@@ -498,7 +547,6 @@ impl S3 for FaultyStore {
         head_bucket: HeadBucketInput => HeadBucketOutput;
         list_buckets: ListBucketsInput => ListBucketsOutput;
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
-        put_object: PutObjectInput => PutObjectOutput;
         get_object: GetObjectInput => GetObjectOutput;
         head_object: HeadObjectInput => HeadObjectOutput;
         delete_object: DeleteObjectInput => DeleteObjectOutput;
@@ -513,12 +561,23 @@ impl S3 for FaultyStore {
         self.inner.list_parts(req).await
     }
 
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.check()?;
+        let input = &req.input;
+        let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
+        self.encryption.lock().expect("encryption lock").write(&input.bucket, &input.key, sse, kms)?;
+        self.inner.put_object(req).await
+    }
+
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.check()?;
         self.check_bucket(&req.input.bucket)?;
+        let input = &req.input;
+        let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
+        self.encryption.lock().expect("encryption lock").write(&input.bucket, &input.key, sse, kms)?;
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let response = self.inner.create_multipart_upload(req).await?;
         if let Some(upload_id) = response.output.upload_id.clone() {

@@ -177,3 +177,25 @@ async fn completing_an_upload_checks_its_parts_as_s3_does() {
     assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
     assert!(server.unfinished_uploads().is_empty());
 }
+
+#[tokio::test]
+async fn a_bucket_can_require_server_side_encryption() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("locked-down").unwrap();
+    server.require_encryption("locked-down");
+    let plain = server.client("locked-down").unwrap();
+    let err = plain.put(&Path::from("plain"), PutPayload::from_static(b"x")).await.unwrap_err().to_string();
+    assert!(err.contains("AccessDenied"), "{err}");
+    let err = plain.create_multipart(&Path::from("plain")).await.unwrap_err().to_string();
+    assert!(err.contains("AccessDenied"), "{err}");
+    let encrypted = builder(&server, "locked-down")
+        .with_config("aws_server_side_encryption".parse().unwrap(), "AES256")
+        .build()
+        .unwrap();
+    encrypted.put(&Path::from("sealed"), PutPayload::from_static(b"x")).await.unwrap();
+    assert_eq!(server.encryption_of("locked-down", "sealed").as_deref(), Some("AES256"));
+    let kms = builder(&server, "locked-down").with_sse_kms_encryption("alias/backups").build().unwrap();
+    let id = kms.create_multipart(&Path::from("kms")).await.unwrap();
+    kms.abort_multipart(&Path::from("kms"), &id).await.unwrap();
+    assert_eq!(server.encryption_of("locked-down", "kms").as_deref(), Some("aws:kms:alias/backups"));
+}

@@ -72,7 +72,7 @@ pub struct Storage {
     pub(crate) service: &'static str,
     /// The bucket, as messages name it: `bucket "my-etcd-backups"`.
     pub(crate) container: String,
-    pub(crate) failure: fn(object_store::Error) -> Failure,
+    pub(crate) failure: Arc<dyn Fn(object_store::Error) -> Failure + Send + Sync>,
 }
 
 impl fmt::Debug for Storage {

@@ -42,6 +42,44 @@ pub struct S3Location {
     /// Access keys; `None` for the process's own credentials, found as the AWS SDKs find them
     /// (`AWS_*` environment variables, web identity, container credentials, instance metadata).
     pub credentials: Option<S3Credentials>,
+    /// Server-side encryption asked of S3 for every object written.
+    pub sse: Option<ServerSideEncryption>,
+}
+
+/// Server-side encryption of the objects written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerSideEncryption {
+    /// SSE-S3 (`AES256`).
+    S3,
+    /// SSE-KMS (`aws:kms`), with a key, or the bucket's default one.
+    Kms { key_id: Option<String> },
+}
+
+impl ServerSideEncryption {
+    /// From the names S3 uses (`AES256`, `aws:kms`) and an optional KMS key.
+    pub fn parse(algorithm: &str, kms_key_id: Option<&str>) -> Result<Self, String> {
+        match (algorithm, kms_key_id) {
+            ("AES256", None) => Ok(ServerSideEncryption::S3),
+            ("AES256", Some(_)) => Err("a KMS key goes only with aws:kms".to_owned()),
+            ("aws:kms", Some(key)) if !kms_key_id_valid(key) => Err(format!(
+                "kmsKeyID is not a KMS key ID, alias or ARN: use letters, digits and :/_.+=,@- only, 1 to 2048 of \
+                 them (it has {} characters)",
+                key.chars().count()
+            )),
+            ("aws:kms", key) => Ok(ServerSideEncryption::Kms { key_id: key.map(str::to_owned) }),
+            (other, _) => Err(format!("{other:?} is not a server-side encryption S3 knows: use AES256 or aws:kms")),
+        }
+    }
+}
+
+/// object_store's `aws_server_side_encryption` setting (its key enum is not exported by name).
+fn sse_key() -> object_store::aws::AmazonS3ConfigKey {
+    "aws_server_side_encryption".parse().expect("object_store knows aws_server_side_encryption")
+}
+
+/// A KMS key ID, alias or ARN: what fits in a header, as KMS spells them.
+fn kms_key_id_valid(key: &str) -> bool {
+    (1..=2048).contains(&key.len()) && key.chars().all(|c| c.is_ascii_alphanumeric() || ":/_.+=,@-".contains(c))
 }
 
 /// The storage handle of `location`; `request_timeout` bounds each request, a part upload included.
@@ -67,6 +105,12 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
             max_retries: 3,
             retry_timeout: Duration::from_secs(60),
         });
+    builder = match &location.sse {
+        None => builder,
+        Some(ServerSideEncryption::S3) => builder.with_config(sse_key(), "AES256"),
+        Some(ServerSideEncryption::Kms { key_id: Some(key) }) => builder.with_sse_kms_encryption(key),
+        Some(ServerSideEncryption::Kms { key_id: None }) => builder.with_config(sse_key(), "aws:kms"),
+    };
     if let Some(endpoint) = location.endpoint.as_deref() {
         let url = endpoint.trim_end_matches('/');
         options = options.with_allow_http(url.starts_with("http://"));
@@ -80,6 +124,8 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
         }
     }
     let store = builder.with_client_options(options).build().map_err(|e| Error::Config(e.to_string()))?;
+    let encrypted = location.sse.is_some();
+    let failure = Arc::new(move |e| failure(e, encrypted));
     Ok(Storage { store: Arc::new(store), service: "S3", container: format!("bucket {:?}", location.bucket), failure })
 }
 
@@ -99,7 +145,9 @@ const PERMANENT_CODES: [&str; 9] = [
 /// What failed, as S3 says it. object_store repeats itself down its source chain; what matters is the
 /// S3 error in the response body when there is one, else the root cause (refused connection, bad
 /// certificate).
-fn failure(e: object_store::Error) -> Failure {
+/// `encrypted`: whether server-side encryption was asked for; a write refused without it may be a
+/// bucket policy that requires it, which the message then says.
+fn failure(e: object_store::Error, encrypted: bool) -> Failure {
     let e = anyhow::Error::new(e);
     let full = format!("{e:#}");
     let code = xml_tag(&full, "Code");
@@ -107,6 +155,13 @@ fn failure(e: object_store::Error) -> Failure {
         let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
         causes[causes.len().saturating_sub(2)..].join(": ")
     });
+    let message = match code.as_deref() {
+        Some("AccessDenied") if !encrypted => format!(
+            "{message} (if a bucket policy requires server-side encryption, set backupStorage.s3.serverSideEncryption: \
+             AES256 or aws:kms)"
+        ),
+        _ => message,
+    };
     let permanent = match code.as_deref() {
         Some(code) => PERMANENT_CODES.contains(&code),
         // Without a code, certificate problems are permanent; connection trouble is not.
@@ -137,6 +192,15 @@ mod tests {
     }
 
     #[test]
+    fn server_side_encryption_names_are_s3s() {
+        assert_eq!(ServerSideEncryption::parse("AES256", None), Ok(ServerSideEncryption::S3));
+        let kms = ServerSideEncryption::parse("aws:kms", Some("alias/backups")).unwrap();
+        assert_eq!(kms, ServerSideEncryption::Kms { key_id: Some("alias/backups".into()) });
+        assert!(ServerSideEncryption::parse("AES256", Some("k")).unwrap_err().contains("only with aws:kms"));
+        assert!(ServerSideEncryption::parse("aes", None).unwrap_err().contains("use AES256 or aws:kms"));
+    }
+
+    #[test]
     fn credentials_never_show_in_debug_output() {
         let creds = S3Credentials { access_key_id: "AKIAEXAMPLE".into(), secret_access_key: "s3cr3t".into() };
         let text = format!("{creds:?}");
@@ -152,6 +216,7 @@ mod tests {
             insecure_skip_tls_verify: false,
             ca_pem: None,
             credentials: Some(S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() }),
+            sse: None,
         };
         let err = Storage::new(&StorageLocation::S3(location), Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().starts_with("invalid S3 endpoint: \"minio.example.com\""), "{err}");
