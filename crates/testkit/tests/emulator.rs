@@ -403,6 +403,33 @@ async fn recoveries_fail_after_bootstrap_as_talos_recoveries_do() {
     assert!(failed.last_event.contains("/var/lib/etcd.snapshot: no such file or directory"), "{failed:?}");
 }
 
+/// Bootstrap takes `nodes` metadata as talosctl sends it: the answer names the node, a refusal travels
+/// in band.
+#[tokio::test]
+async fn bootstrap_takes_nodes_metadata_like_node() {
+    use teb_talos::proto::machine::BootstrapRequest;
+    let emulator = emulator_with(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await;
+    let admin = TalosClient::connect(&role_target(&emulator, &["os:admin"]), Duration::from_secs(5)).await.unwrap();
+    let node = emulator.nodes()[0].address.clone();
+    let machine = raw_machine(&emulator, "os:admin").await;
+    let bootstrap_nodes = || {
+        let mut request = tonic::Request::new(BootstrapRequest { recover_etcd: false, recover_skip_hash_check: false });
+        request.metadata_mut().insert("nodes", node.parse().unwrap());
+        let mut machine = machine.clone();
+        async move { machine.bootstrap(request).await.unwrap().into_inner().messages }
+    };
+    // etcd runs: refused, in band.
+    let answer = bootstrap_nodes().await;
+    let metadata = answer[0].metadata.clone().unwrap();
+    assert_eq!(metadata.hostname, node);
+    assert!(metadata.error.contains("etcd data directory is not empty"), "{metadata:?}");
+    // Wiped: accepted, and etcd comes up (empty: no recover_etcd).
+    emulator.wipe_etcd();
+    let answer = bootstrap_nodes().await;
+    assert!(answer[0].metadata.as_ref().unwrap().error.is_empty(), "{answer:?}");
+    assert_eq!(settled(&admin, &node).await.state, "Running");
+}
+
 /// A worker's apid cannot forward: every targeted call is refused (director.go, v1.13.0).
 #[tokio::test]
 async fn a_worker_endpoint_refuses_to_forward() {

@@ -622,6 +622,25 @@ impl Emulator {
         channel.map_err(|e| Status::unavailable(format!("etcd: {e}")))
     }
 
+    /// Bootstrap on one node.
+    async fn bootstrap_node(&self, node: Node, options: BootstrapRequest) -> Result<(), Status> {
+        // On a worker: FailedPrecondition before v1.13, then machinehelper.CheckControlplane's
+        // Unimplemented (v1alpha1_server.go `Bootstrap`, v1.12.0 and v1.13.0).
+        if node.etcd_member.is_none() && self.state.version < TalosVersion::V1_13_0 {
+            return Err(Status::failed_precondition("bootstrap can only be performed on a control plane node"));
+        }
+        let member = self.member(&node, "bootstrap")?;
+        match self.node_etcd(member) {
+            NodeEtcd::Starting => return Err(Status::failed_precondition("bootstrap is not available yet")),
+            etcd if etcd.has_data() => return Err(Status::already_exists("etcd data directory is not empty")),
+            _ => {}
+        }
+        self.set_node_etcd(member, NodeEtcd::Starting);
+        let emulator = self.clone();
+        tokio::spawn(async move { emulator.recover(member, options).await });
+        Ok(())
+    }
+
     /// The etcd service's pre stage after a Bootstrap of `member`'s node: recovery from the node's
     /// upload (or an empty cluster), then the other wiped nodes join.
     async fn recover(&self, member: usize, options: BootstrapRequest) {
@@ -844,27 +863,20 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Data, Status>> + Send>>;
 impl MachineService for Emulator {
     /// machined's Bootstrap, as [`recovery`] describes: refused while the node's etcd data directory
     /// has entries, running or not; otherwise accepted at once, the recovery running afterwards.
+    /// Targeted with `node` or, as talosctl does, `nodes` (answers then carry the node, errors in band).
     async fn bootstrap(&self, request: Request<BootstrapRequest>) -> Result<Response<BootstrapResponse>, Status> {
         self.authorize(&request, "Bootstrap")?;
-        let Route::One(node) = self.route(&request)? else {
-            return Err(Status::invalid_argument("Bootstrap needs one target node"));
-        };
-        // On a worker: FailedPrecondition before v1.13, then machinehelper.CheckControlplane's
-        // Unimplemented (v1alpha1_server.go `Bootstrap`, v1.12.0 and v1.13.0).
-        if node.etcd_member.is_none() && self.state.version < TalosVersion::V1_13_0 {
-            return Err(Status::failed_precondition("bootstrap can only be performed on a control plane node"));
-        }
-        let member = self.member(&node, "bootstrap")?;
+        let route = self.route(&request)?;
         let options = request.into_inner();
-        match self.node_etcd(member) {
-            NodeEtcd::Starting => return Err(Status::failed_precondition("bootstrap is not available yet")),
-            etcd if etcd.has_data() => return Err(Status::already_exists("etcd data directory is not empty")),
-            _ => {}
-        }
-        self.set_node_etcd(member, NodeEtcd::Starting);
-        let emulator = self.clone();
-        tokio::spawn(async move { emulator.recover(member, options).await });
-        Ok(Response::new(BootstrapResponse { messages: vec![Bootstrap { metadata: None }] }))
+        let messages = unary(route, |node| self.bootstrap_node(node, options))
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok((metadata, ())) => Bootstrap { metadata },
+                Err(metadata) => Bootstrap { metadata: Some(metadata) },
+            })
+            .collect();
+        Ok(Response::new(BootstrapResponse { messages }))
     }
 
     async fn etcd_member_list(
