@@ -676,13 +676,12 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     use teb_core::restore::{self, EtcdState};
     let settings = Settings::default();
     let (storage, identities, key) = args.stored.open(&settings, "restore").await?;
-    let talos = match args.kit {
-        true => kit_target(
-            &open_kit(&storage, &key, &identities).await?.1,
-            &args.talos.endpoints,
-            Duration::from_secs(3600),
-        )?,
-        false => args.talos.target()?,
+    // With --kit the credentials come from the bucket: an os:admin certificate for the next hour.
+    let talos = if args.kit {
+        let (_, kit) = open_kit(&storage, &key, &identities).await?;
+        kit_target(&kit, &args.talos.endpoints, Duration::from_secs(3600))?
+    } else {
+        args.talos.target()?
     };
     let nodes = if args.nodes.is_empty() { talos.nodes.clone() } else { args.nodes.clone() };
     let target = args.node.as_deref().or(nodes.first().map(String::as_str));

@@ -88,9 +88,10 @@ async fn run(
     let settings = &ctx.config.settings;
     // Every control-plane node the control plane names (its endpoints, before spec.endpoints
     // replaces them, or its talosconfig's nodes) is checked before anything changes.
-    let nodes: Vec<String> = match talos.nodes.is_empty() {
-        true => talos.endpoints.iter().filter_map(|e| teb_talos::endpoint_host(e)).collect(),
-        false => talos.nodes.clone(),
+    let nodes: Vec<String> = if talos.nodes.is_empty() {
+        talos.endpoints.iter().filter_map(|e| teb_talos::endpoint_host(e)).collect()
+    } else {
+        talos.nodes.clone()
     };
     let mut talos = talos;
     if !restore.spec.endpoints.is_empty() {
