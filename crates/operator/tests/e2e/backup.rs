@@ -287,25 +287,15 @@ async fn specification_flow_on_talos_1_10_0_and_with_an_ecdsa_os_ca() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
+/// An attempt of the backup `name` (applied from `yaml`, with the controller stopped) that uploaded its
+/// snapshot, then lost the API server before it could write Ready: the object is in the bucket and
+/// the status still says the attempt is running at that key. The controller is started again.
+async fn interrupted_attempt(scenario: &mut Scenario, name: &str, yaml: &str) -> (String, teb_core::Outcome) {
     use teb_core::{BackupPlan, backup};
-    let mut scenario = Scenario::start_with(
-        "e2e-interrupted",
-        EmulatorOptions { control_planes: 1, ..Default::default() },
-        false,
-        test_config(),
-    )
-    .await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
-
-    // An attempt that uploaded its snapshot, then lost the API server before it could write Ready:
-    // the object is in the bucket and the status still says the attempt is running at that key.
     scenario.controller.abort();
-    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
+    scenario.apply(yaml).await;
     let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
-    let uid = api.get("my-backup").await.unwrap().metadata.uid.unwrap();
+    let uid = api.get(name).await.unwrap().metadata.uid.unwrap();
     let key = backup::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
     let plan = BackupPlan {
         kit: None,
@@ -343,9 +333,25 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
             "message": "Backup attempt 1 of 2 in progress", "lastTransitionTime": "2025-10-04T11:30:00Z"}],
     }});
     let params = kube::api::PatchParams::apply(controllers::MANAGER).force();
-    api.patch_status("my-backup", &params, &kube::api::Patch::Apply(&interrupted)).await.unwrap();
-
+    api.patch_status(name, &params, &kube::api::Patch::Apply(&interrupted)).await.unwrap();
     scenario.restart_controller().await;
+    (key, stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
+    let mut scenario = Scenario::start_with(
+        "e2e-interrupted",
+        EmulatorOptions { control_planes: 1, ..Default::default() },
+        false,
+        test_config(),
+    )
+    .await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+
+    let yaml = backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint));
+    let (key, stored) = interrupted_attempt(&mut scenario, "my-backup", &yaml).await;
     let status = scenario.wait_finished("my-backup").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
     assert_eq!(status.filename.as_deref(), Some(key.as_str()));
@@ -355,6 +361,17 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     assert_eq!(status.attempts, 1, "no new attempt");
     assert_eq!(status.attempt_key, None);
     assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1, "no second object");
+
+    // The same with a recovery kit to keep: the snapshot the interrupted attempt left gets its kit.
+    let yaml = format!("{}  recoveryKit: Plaintext\n", backup_yaml("with-kit", &endpoint_field(&scenario.s3.endpoint)));
+    let (key, _) = interrupted_attempt(&mut scenario, "with-kit", &yaml).await;
+    let status = scenario.wait_finished("with-kit").await;
+    assert_eq!((status.filename.as_deref(), status.attempts), (Some(key.as_str()), 1), "{status:?}");
+    let kit = status.state_filename.expect("the kit of the recorded snapshot");
+    assert_eq!(kit, teb_core::kit::kit_key(&key, false));
+    let objects: Vec<String> =
+        scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(objects.contains(&kit) && objects.len() == 3, "{objects:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
