@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fills a cache folder with the binaries the proving ground needs: etcd (Debian's etcd-server),
+# Fills a cache folder with the binaries the proving ground needs: Azurite (npm; always in the cache
+# folder), etcd (Debian's etcd-server),
 # kube-apiserver and kube-controller-manager (built from Debian's `kubernetes` source package, with the
 # reflect2 fix for Go 1.18+; the controller manager runs the garbage collector and namespace controller).
 # Prints the folder on its last line. A second run finds the cache and takes seconds.
@@ -18,15 +19,24 @@ apt_install() {
 # Debian's age and zstd: a test opens a stored backup with the standard tools.
 apt_install age zstd
 
+cache="${TEB_ASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/talos-etcd-backup/assets}"
+mkdir -p "$cache"
+log() { echo "setup-test-assets: $*" >&2; }
+
+# Azurite, Microsoft's Azure Storage emulator (npm), for the Azure Blob Storage backend's tests.
+azurite_version=3.37.0
+if [[ ! -x "$cache/azurite/node_modules/.bin/azurite-blob" ]] \
+  || ! grep -qs "\"version\": \"$azurite_version\"" "$cache/azurite/node_modules/azurite/package.json"; then
+  command -v npm >/dev/null || apt_install nodejs npm
+  log "installing azurite $azurite_version (npm)"
+  npm install --silent --no-audit --no-fund --prefix "$cache/azurite" "azurite@$azurite_version" >&2
+fi
+
 if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" \
   && -x "$KUBEBUILDER_ASSETS/kube-controller-manager" ]]; then
   echo "$KUBEBUILDER_ASSETS"
   exit 0
 fi
-
-cache="${TEB_ASSETS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/talos-etcd-backup/assets}"
-mkdir -p "$cache"
-log() { echo "setup-test-assets: $*" >&2; }
 
 # etcd + etcdctl (etcdctl is used by tests to check snapshots with `etcdctl snapshot restore`).
 apt_install etcd-server etcd-client

@@ -141,10 +141,94 @@ pub struct TalosControlPlaneRef {
     pub name: String,
 }
 
+/// Where backups are stored: exactly one of `s3`, `azure` and `gcs`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.s3) ? 1 : 0) + (has(self.azure) ? 1 : 0) + (has(self.gcs) ? 1 : 0) == 1",
+    "message": "set exactly one of s3, azure and gcs"
+}]))]
 pub struct BackupStorage {
     /// S3 or S3-compatible object storage.
-    pub s3: S3Storage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+    /// Azure Blob Storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureStorage>,
+    /// Google Cloud Storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<GcsStorage>,
+}
+
+/// The backend a [`BackupStorage`] names.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend<'a> {
+    S3(&'a S3Storage),
+    Azure(&'a AzureStorage),
+    Gcs(&'a GcsStorage),
+}
+
+impl BackupStorage {
+    /// The one backend set, or why not (none, or more than one).
+    pub fn backend(&self) -> Result<Backend<'_>, String> {
+        match (&self.s3, &self.azure, &self.gcs) {
+            (Some(s3), None, None) => Ok(Backend::S3(s3)),
+            (None, Some(azure), None) => Ok(Backend::Azure(azure)),
+            (None, None, Some(gcs)) => Ok(Backend::Gcs(gcs)),
+            (None, None, None) => Err("no storage: set one of s3, azure and gcs".into()),
+            _ => Err("set exactly one of s3, azure and gcs".into()),
+        }
+    }
+
+    /// The bucket or container, as messages name it: `bucket "my-etcd-backups"`.
+    pub fn describe(&self) -> String {
+        match self.backend() {
+            Ok(Backend::S3(s3)) => format!("bucket {:?}", s3.bucket),
+            Ok(Backend::Azure(azure)) => format!("container {:?} of account {:?}", azure.container, azure.account),
+            Ok(Backend::Gcs(gcs)) => format!("GCS bucket {:?}", gcs.bucket),
+            Err(_) => "no storage".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureStorage {
+    /// Storage account name: 3 to 24 lowercase letters and digits.
+    #[schemars(length(min = 3, max = 24), regex(pattern = r"^[a-z0-9]{3,24}$"))]
+    pub account: String,
+    /// Container name (3 to 63 lowercase letters, digits and single hyphens); the container must exist.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9](-?[a-z0-9])+$"))]
+    pub container: String,
+    /// The blob service URL when not `https://<account>.blob.core.windows.net`: a sovereign cloud
+    /// (`https://<account>.blob.core.usgovcloudapi.net`) or Azurite
+    /// (`http://127.0.0.1:10000/devstoreaccount1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s?#@]+$"))]
+    pub endpoint: Option<String>,
+    /// Secret key (in the resource's namespace) holding the storage account key. Or `sasToken`, or
+    /// neither: then the operator's own identity is used (Azure workload identity or managed identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<SecretKeyRef>,
+    /// Secret key (in the resource's namespace) holding a SAS token (`sv=…&sig=…`) for the container,
+    /// with read, add, create, write, delete and list permissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sas_token: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcsStorage {
+    /// Bucket name, following GCS's naming rules; the bucket must exist.
+    #[schemars(length(min = 3, max = 222), regex(pattern = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"))]
+    pub bucket: String,
+    /// The service URL when not `https://storage.googleapis.com` (a private endpoint or an emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s/?#@]+/?$"))]
+    pub endpoint: Option<String>,
+    /// Secret key (in the resource's namespace) holding a service account's JSON key. Without it the
+    /// operator's own credentials are used (GKE workload identity, application default credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key: Option<SecretKeyRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -9,9 +9,9 @@ mod schedule;
 pub mod validate;
 
 pub use backup::{
-    AgeEncryption, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption, RecoveryKitPolicy, S3Storage,
-    SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus,
-    UploadRecord,
+    AgeEncryption, AzureStorage, Backend, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption,
+    GcsStorage, RecoveryKitPolicy, S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup,
+    TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 pub use restore::{

@@ -63,7 +63,7 @@ impl Error {
             P::TotalTimeout { .. }
             | P::Storage { .. }
             | P::Invalid { .. }
-            | P::Config(_)
+            | P::Config { .. }
             | P::Encode(_)
             | P::Decode(_) => Error::Upload(e),
         }

@@ -9,7 +9,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use talos_etcd_backup::controllers;
 use teb_core::{BackupPlan, Settings, backup, catalog};
-use teb_pipeline::{Limits, S3Credentials, S3Location, Storage, StorageLocation};
+use teb_pipeline::{
+    AzureCredentials, AzureLocation, GcsLocation, Limits, S3Credentials, S3Location, ServiceAccountKey, Storage,
+    StorageLocation,
+};
 
 /// Backs up the etcd of Talos Linux control planes into S3: streamed, verified, no local disk.
 #[derive(Parser)]
@@ -161,16 +164,18 @@ struct SnapshotArgs {
     tuning: Tuning,
 }
 
-/// Where the backups are, and how to reach the bucket.
+/// Where the backups are, and how to reach the bucket or container.
 #[derive(Args)]
 struct BucketArgs {
-    /// S3 bucket.
+    /// S3 bucket, or a bucket or container as a URL: s3://bucket, az://container, gs://bucket.
+    /// Needed unless --key is an object URL.
     #[arg(long, env = "S3_BUCKET")]
-    bucket: String,
+    bucket: Option<String>,
     /// S3 region.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     region: String,
-    /// Custom S3 endpoint URL (path-style requests).
+    /// Custom endpoint URL: an S3-compatible store (path-style requests), the Azure blob service
+    /// (Azurite: http://127.0.0.1:10000/devstoreaccount1) or a GCS endpoint.
     #[arg(long, env = "S3_ENDPOINT")]
     endpoint: Option<String>,
     /// Skip TLS verification of the S3 endpoint.
@@ -191,16 +196,100 @@ struct BucketArgs {
     /// KMS key (ID, alias or ARN) for --sse aws:kms.
     #[arg(long, requires = "sse")]
     sse_kms_key_id: Option<String>,
+    /// Azure storage account of an az:// container.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT_NAME")]
+    azure_account: Option<String>,
+    /// Azure storage account key; or --azure-sas-token; neither: workload or managed identity.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT_KEY", hide_env_values = true, conflicts_with = "azure_sas_token")]
+    azure_account_key: Option<String>,
+    /// Azure SAS token (sv=…&sig=…) for the container.
+    #[arg(long, env = "AZURE_STORAGE_SAS_TOKEN", hide_env_values = true)]
+    azure_sas_token: Option<String>,
+    /// GCS service account JSON key file of a gs:// bucket; application default credentials when unset.
+    #[arg(long, value_name = "FILE")]
+    gcs_service_account_key: Option<PathBuf>,
+}
+
+/// A bucket or container as a URL in object_store's conventions, and the key after it, if any.
+struct ObjectUrl<'a> {
+    scheme: &'a str,
+    container: &'a str,
+    key: Option<&'a str>,
+}
+
+impl<'a> ObjectUrl<'a> {
+    fn parse(text: &'a str) -> Option<Self> {
+        let (scheme, rest) = text.split_once("://")?;
+        let (container, key) = match rest.split_once('/') {
+            Some((container, key)) => (container, Some(key).filter(|k| !k.is_empty())),
+            None => (rest, None),
+        };
+        Some(ObjectUrl { scheme, container, key })
+    }
 }
 
 impl BucketArgs {
-    /// The storage handle: built once, used for every request of the command.
-    fn storage(&self, settings: &Settings) -> anyhow::Result<Storage> {
-        let location = StorageLocation::S3(self.location()?);
+    /// The storage handle: built once, used for every request of the command. `key`: the key a
+    /// command was given, which may be an object URL (then it names the bucket or container).
+    fn storage(&self, settings: &Settings, key: Option<&str>) -> anyhow::Result<Storage> {
+        let location = self.location(key)?;
         Ok(Storage::new(&location, settings.request_timeout).map_err(teb_core::Error::Upload)?)
     }
 
-    fn location(&self) -> anyhow::Result<S3Location> {
+    /// The bucket or container as given (a name or a URL), for summaries.
+    fn name(&self, key: Option<&str>) -> String {
+        match key.and_then(ObjectUrl::parse) {
+            Some(url) => format!("{}://{}", url.scheme, url.container),
+            None => self.bucket.clone().unwrap_or_default(),
+        }
+    }
+
+    fn location(&self, key: Option<&str>) -> anyhow::Result<StorageLocation> {
+        let from_key = key.and_then(ObjectUrl::parse);
+        let from_bucket = self
+            .bucket
+            .as_deref()
+            .map(|b| ObjectUrl::parse(b).unwrap_or(ObjectUrl { scheme: "s3", container: b, key: None }));
+        let url = match (from_key, from_bucket) {
+            (Some(key), Some(bucket)) if (key.scheme, key.container) != (bucket.scheme, bucket.container) => {
+                anyhow::bail!("--key names {}://{} but --bucket names {}", key.scheme, key.container, self.name(None))
+            }
+            (Some(url), _) | (None, Some(url)) => url,
+            (None, None) => anyhow::bail!(
+                "--bucket is required, or --key as an object URL (s3://bucket/key, az://container/key, gs://bucket/key)"
+            ),
+        };
+        anyhow::ensure!(url.key.is_none(), "--bucket: give the bucket or container only, without a key");
+        let container = url.container.to_owned();
+        let endpoint = self.endpoint.clone();
+        Ok(match url.scheme {
+            "s3" => StorageLocation::S3(self.s3_location(container)?),
+            "az" | "azure" => StorageLocation::Azure(AzureLocation {
+                account: self.azure_account.clone().context("--azure-account is required for an az:// container")?,
+                container,
+                endpoint,
+                credentials: match (&self.azure_account_key, &self.azure_sas_token) {
+                    (Some(key), _) => Some(AzureCredentials::AccountKey(key.clone())),
+                    (None, Some(token)) => Some(AzureCredentials::Sas(token.clone())),
+                    (None, None) => None,
+                },
+            }),
+            "gs" => StorageLocation::Gcs(GcsLocation {
+                bucket: container,
+                endpoint,
+                service_account_key: match &self.gcs_service_account_key {
+                    Some(file) => Some(ServiceAccountKey(
+                        std::fs::read_to_string(file)
+                            .with_context(|| format!("reading key file {}", file.display()))?,
+                    )),
+                    None => None,
+                },
+            }),
+            other => anyhow::bail!("{other}:// is not a store this tool knows: use s3://, az:// or gs://"),
+        })
+    }
+
+    fn s3_location(&self, bucket: String) -> anyhow::Result<S3Location> {
         let ca_pem = match &self.ca_file {
             Some(file) => {
                 Some(std::fs::read_to_string(file).with_context(|| format!("reading CA file {}", file.display()))?)
@@ -208,7 +297,7 @@ impl BucketArgs {
             None => None,
         };
         Ok(S3Location {
-            bucket: self.bucket.clone(),
+            bucket,
             region: self.region.clone(),
             endpoint: self.endpoint.clone(),
             insecure_skip_tls_verify: self.insecure_skip_tls_verify,
@@ -227,6 +316,11 @@ impl BucketArgs {
             },
         })
     }
+}
+
+/// The key of `text`: itself, or the part after the bucket or container of an object URL.
+fn object_key(text: &str) -> String {
+    ObjectUrl::parse(text).and_then(|url| url.key).unwrap_or(text).to_owned()
 }
 
 #[derive(Args)]
@@ -279,7 +373,7 @@ impl BackupChoice {
     /// The key named, or the newest backup's in the bucket (`what` says what it is for, in the error).
     async fn key(&self, storage: &Storage, what: &str) -> anyhow::Result<String> {
         match &self.key {
-            Some(key) => Ok(key.clone()),
+            Some(key) => Ok(object_key(key)),
             None => catalog::latest_key(storage, self.cluster.as_deref())
                 .await?
                 .with_context(|| format!("no backup in {} to {what}", storage.container())),
@@ -308,7 +402,7 @@ impl StoredBackupArgs {
         settings: &Settings,
         what: &str,
     ) -> anyhow::Result<(Storage, Vec<teb_pipeline::Identity>, String)> {
-        let storage = self.bucket.storage(settings)?;
+        let storage = self.bucket.storage(settings, self.backup.key.as_deref())?;
         let identities = self.decrypt.identities()?;
         let key = self.backup.key(&storage, what).await?;
         Ok((storage, identities, key))
@@ -569,12 +663,13 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let format = encoding.format();
     let settings = args.tuning.settings();
     // Check the storage settings before touching Talos: they are cheaper to get wrong.
-    let storage = args.bucket.storage(&settings)?;
+    let storage = args.bucket.storage(&settings, args.key.as_deref())?;
     // No secrets bundle on the command line: the command stores no recovery kit.
     let kit_policy = teb_core::kit::KitPolicy::Never;
     let plan =
         BackupPlan { owner: None, controlplane: cluster.clone(), talos, storage, encoding, kit: None, kit_policy };
-    let key = args.key.clone().unwrap_or_else(|| backup::snapshot_key(&cluster, jiff::Timestamp::now(), format));
+    let given = args.key.as_deref().map(object_key);
+    let key = given.clone().unwrap_or_else(|| backup::snapshot_key(&cluster, jiff::Timestamp::now(), format));
     let key = backup::unused_key(&plan.storage, &key, args.key.is_some()).await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
@@ -584,7 +679,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let seconds = outcome.report.duration.as_secs_f64();
     let size = outcome.report.size.unwrap_or_default();
     let summary = serde_json::json!({
-        "bucket": args.bucket.bucket,
+        "bucket": args.bucket.name(args.key.as_deref()),
         "key": outcome.report.key,
         "size": size,
         "stored_size": outcome.report.stored_size,
@@ -601,7 +696,7 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let listed = catalog::list(&args.bucket.storage(&Settings::default())?, args.cluster.as_deref()).await?;
+    let listed = catalog::list(&args.bucket.storage(&Settings::default(), None)?, args.cluster.as_deref()).await?;
     if args.output == Output::Json {
         let entries: Vec<serde_json::Value> = listed
             .iter()
@@ -646,7 +741,7 @@ async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
         Ok((checked, kit)) => {
             let summary = serde_json::json!({
                 "result": "pass",
-                "bucket": args.bucket.bucket,
+                "bucket": args.bucket.name(args.backup.key.as_deref()),
                 "key": key,
                 "kit": kit,
                 "size": checked.size,
@@ -664,7 +759,7 @@ async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
         }
         Err(error) => {
             let summary = serde_json::json!({
-                "result": "fail", "bucket": args.bucket.bucket, "key": key, "error": error.to_string(),
+                "result": "fail", "bucket": args.bucket.name(args.backup.key.as_deref()), "key": key, "error": error.to_string(),
             });
             println!("{summary}");
             Err(error.into())
@@ -692,7 +787,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let mut checked = vec![etcd.clone()];
     checked.extend(plan.others.iter().map(|(node, other)| node_state(node, other, None)));
     let mut summary = serde_json::json!({
-        "node": plan.node_label, "bucket": args.stored.bucket.bucket, "key": plan.key, "stored_size": plan.size,
+        "node": plan.node_label, "bucket": args.stored.bucket.name(args.stored.backup.key.as_deref()), "key": plan.key, "stored_size": plan.size,
         "size": plan.sha256.is_some().then_some(plan.size),
         "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd, "nodes": checked,
     });

@@ -8,13 +8,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use teb_api::{
-    BackupStorage, BundleConfig, Compression, RecoveryKitPolicy, SecretKeyRef, TalosControlPlane, TalosEtcdBackupSpec,
+    AzureStorage, Backend, BackupStorage, BundleConfig, Compression, GcsStorage, RecoveryKitPolicy, S3Storage,
+    SecretKeyRef, TalosControlPlane, TalosEtcdBackupSpec,
 };
 use teb_core::kit::KitPolicy;
 use teb_core::{BackupPlan, KitSource};
 use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
 use teb_pipeline::{
-    Encoding, Format, Identity, S3Credentials, S3Location, ServerSideEncryption, Storage, StorageLocation, validate,
+    AzureCredentials, AzureLocation, Encoding, Format, GcsLocation, Identity, S3Credentials, S3Location,
+    ServerSideEncryption, ServiceAccountKey, Storage, StorageLocation, validate,
 };
 use teb_talos::{SecretsBundle, Talosconfig, Target};
 
@@ -42,7 +44,11 @@ impl Resolver {
             return Ok(built.clone());
         }
         validate_storage(storage, at)?;
-        let location = StorageLocation::S3(s3_location(&mut self.secrets, storage, at).await?);
+        let location = match storage.backend().map_err(|reason| Error::Spec(format!("{at}backupStorage: {reason}")))? {
+            Backend::S3(s3) => StorageLocation::S3(s3_location(&mut self.secrets, s3, at).await?),
+            Backend::Azure(azure) => StorageLocation::Azure(azure_location(&mut self.secrets, azure, at).await?),
+            Backend::Gcs(gcs) => StorageLocation::Gcs(gcs_location(&mut self.secrets, gcs).await?),
+        };
         let built = Storage::new(&location, self.request_timeout).map_err(Error::storage)?;
         self.storage = Some(built.clone());
         Ok(built)
@@ -158,8 +164,7 @@ async fn encoding(secrets: &mut Secrets, spec: &TalosEtcdBackupSpec) -> Result<E
     Ok(Encoding { zstd_level, recipients })
 }
 
-async fn s3_location(secrets: &mut Secrets, storage: &BackupStorage, at: &str) -> Result<S3Location, Error> {
-    let s3 = &storage.s3;
+async fn s3_location(secrets: &mut Secrets, s3: &S3Storage, at: &str) -> Result<S3Location, Error> {
     let ca_pem = match &s3.ca_bundle {
         Some(reference) => Some(secrets.checked_value(reference, validate::ca_bundle).await?),
         None => None,
@@ -170,20 +175,68 @@ async fn s3_location(secrets: &mut Secrets, storage: &BackupStorage, at: &str) -
         endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
         insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
         ca_pem,
-        credentials: match key_refs(storage, at)? {
+        credentials: match key_refs(s3, at)? {
             Some((access, secret)) => Some(S3Credentials {
                 access_key_id: secrets.checked_value(access, validate::access_key_id).await?,
                 secret_access_key: secrets.checked_value(secret, validate::secret_access_key).await?,
             }),
             None => None,
         },
-        sse: server_side_encryption(storage, at)?,
+        sse: server_side_encryption(s3, at)?,
     })
 }
 
+async fn azure_location(secrets: &mut Secrets, azure: &AzureStorage, at: &str) -> Result<AzureLocation, Error> {
+    let credentials = match azure_credential_ref(azure, at)? {
+        Some(AzureCredentialRef::AccountKey(key)) => {
+            Some(AzureCredentials::AccountKey(secrets.checked_value(key, teb_pipeline::azure::account_key).await?))
+        }
+        Some(AzureCredentialRef::Sas(token)) => {
+            Some(AzureCredentials::Sas(secrets.checked_value(token, teb_pipeline::azure::sas_token).await?))
+        }
+        None => None,
+    };
+    Ok(AzureLocation {
+        account: azure.account.clone(),
+        container: azure.container.clone(),
+        endpoint: azure.endpoint.clone().filter(|e| !e.is_empty()),
+        credentials,
+    })
+}
+
+async fn gcs_location(secrets: &mut Secrets, gcs: &GcsStorage) -> Result<GcsLocation, Error> {
+    let service_account_key = match &gcs.service_account_key {
+        Some(key) => Some(ServiceAccountKey(secrets.checked_value(key, teb_pipeline::gcp::service_account_key).await?)),
+        None => None,
+    };
+    Ok(GcsLocation {
+        bucket: gcs.bucket.clone(),
+        endpoint: gcs.endpoint.clone().filter(|e| !e.is_empty()),
+        service_account_key,
+    })
+}
+
+/// An Azure credential's Secret key.
+enum AzureCredentialRef<'a> {
+    AccountKey(&'a SecretKeyRef),
+    Sas(&'a SecretKeyRef),
+}
+
+/// `accountKey` or `sasToken`, or neither (the operator's own identity); not both.
+fn azure_credential_ref<'a>(azure: &'a AzureStorage, at: &str) -> Result<Option<AzureCredentialRef<'a>>, Error> {
+    match (&azure.account_key, &azure.sas_token) {
+        (Some(key), None) => Ok(Some(AzureCredentialRef::AccountKey(key))),
+        (None, Some(token)) => Ok(Some(AzureCredentialRef::Sas(token))),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(Error::Spec(format!(
+            "{at}backupStorage.azure: set accountKey or sasToken, not both (or neither to use the operator's own \
+             identity)"
+        ))),
+    }
+}
+
 /// `serverSideEncryption` and `kmsKeyID`, checked together.
-fn server_side_encryption(storage: &BackupStorage, at: &str) -> Result<Option<ServerSideEncryption>, Error> {
-    let s3 = &storage.s3;
+fn server_side_encryption(s3: &S3Storage, at: &str) -> Result<Option<ServerSideEncryption>, Error> {
     let field = |path: &str, reason: String| Error::Spec(format!("{at}backupStorage.s3.{path}: {reason}"));
     match (s3.server_side_encryption.as_deref(), s3.kms_key_id.as_deref()) {
         (None, None) => Ok(None),
@@ -217,25 +270,50 @@ pub fn validate_spec_at(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Erro
     references_valid(&references, at)
 }
 
-/// The S3 fields of a spec's `backupStorage` found at `at`.
+/// The fields of a spec's `backupStorage` found at `at`: exactly one backend, and its fields.
 fn validate_storage(storage: &BackupStorage, at: &str) -> Result<(), Error> {
-    let field = |path: &str, result: Result<(), String>| {
-        result.map_err(|reason| Error::Spec(format!("{at}backupStorage.s3.{path}: {reason}")))
+    let backend = storage.backend().map_err(|reason| Error::Spec(format!("{at}backupStorage: {reason}")))?;
+    let field = |backend: &str, path: &str, result: Result<(), String>| {
+        result.map_err(|reason| Error::Spec(format!("{at}backupStorage.{backend}.{path}: {reason}")))
     };
-    let s3 = &storage.s3;
-    field("bucket", validate::bucket(&s3.bucket))?;
-    field("region", validate::region(&s3.region))?;
-    if let Some(endpoint) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        field("endpoint", validate::endpoint(endpoint))?;
+    let endpoint = |e: &Option<String>| e.clone().filter(|e| !e.is_empty());
+    match backend {
+        Backend::S3(s3) => {
+            field("s3", "bucket", validate::bucket(&s3.bucket))?;
+            field("s3", "region", validate::region(&s3.region))?;
+            if let Some(url) = endpoint(&s3.endpoint) {
+                field("s3", "endpoint", validate::endpoint(&url))?;
+            }
+            key_refs(s3, at)?;
+            server_side_encryption(s3, at)?;
+            let references = [
+                ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
+                ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
+                ("backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
+            ];
+            references_valid(&references, at)
+        }
+        Backend::Azure(azure) => {
+            field("azure", "account", teb_pipeline::azure::account(&azure.account))?;
+            field("azure", "container", teb_pipeline::azure::container(&azure.container))?;
+            if let Some(url) = endpoint(&azure.endpoint) {
+                field("azure", "endpoint", teb_pipeline::azure::endpoint(&url))?;
+            }
+            azure_credential_ref(azure, at)?;
+            let references = [
+                ("backupStorage.azure.accountKey", azure.account_key.as_ref()),
+                ("backupStorage.azure.sasToken", azure.sas_token.as_ref()),
+            ];
+            references_valid(&references, at)
+        }
+        Backend::Gcs(gcs) => {
+            field("gcs", "bucket", teb_pipeline::gcp::bucket(&gcs.bucket))?;
+            if let Some(url) = endpoint(&gcs.endpoint) {
+                field("gcs", "endpoint", teb_pipeline::validate::endpoint(&url))?;
+            }
+            references_valid(&[("backupStorage.gcs.serviceAccountKey", gcs.service_account_key.as_ref())], at)
+        }
     }
-    key_refs(storage, at)?;
-    server_side_encryption(storage, at)?;
-    let references = [
-        ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
-        ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
-        ("backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
-    ];
-    references_valid(&references, at)
 }
 
 /// Secret key references (path below `at`, reference): names and keys the API server would take.
@@ -286,8 +364,7 @@ fn validate_encoding(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Error> 
 }
 
 /// The access key references: both, or neither (the operator's own credentials).
-fn key_refs<'a>(storage: &'a BackupStorage, at: &str) -> Result<Option<(&'a SecretKeyRef, &'a SecretKeyRef)>, Error> {
-    let s3 = &storage.s3;
+fn key_refs<'a>(s3: &'a S3Storage, at: &str) -> Result<Option<(&'a SecretKeyRef, &'a SecretKeyRef)>, Error> {
     match (&s3.access_key_id, &s3.secret_access_key) {
         (Some(access), Some(secret)) => Ok(Some((access, secret))),
         (None, None) => Ok(None),
@@ -440,7 +517,7 @@ mod tests {
              spec.backupTemplate.spec.compression is not zstd"
         );
         template.compression_level = None;
-        template.backup_storage.s3.region = "us west".into();
+        template.backup_storage.s3.as_mut().unwrap().region = "us west".into();
         let err = validate_spec_at(&template, "spec.backupTemplate.spec.").unwrap_err().to_string();
         assert!(err.starts_with("Invalid spec: spec.backupTemplate.spec.backupStorage.s3.region: "), "{err}");
     }
@@ -448,13 +525,32 @@ mod tests {
     #[test]
     fn access_keys_come_in_pairs_or_not_at_all() {
         let both = "    accessKeyID: {name: s, key: a}\n    secretAccessKey: {name: s, key: b}\n";
-        assert!(key_refs(&spec(both).backup_storage, "spec.").unwrap().is_some());
+        assert!(key_refs(spec(both).backup_storage.s3.as_ref().unwrap(), "spec.").unwrap().is_some());
         assert!(
-            key_refs(&spec("").backup_storage, "spec.").unwrap().is_none(),
+            key_refs(spec("").backup_storage.s3.as_ref().unwrap(), "spec.").unwrap().is_none(),
             "neither: the operator's own credentials"
         );
         let one = spec("    accessKeyID: {name: s, key: a}\n");
         let err = validate_spec(&one).unwrap_err().to_string();
         assert!(err.contains("set both accessKeyID and secretAccessKey, or neither"), "{err}");
+    }
+
+    #[test]
+    fn exactly_one_backend_each_checked_by_its_own_rules() {
+        let yaml = |storage: &str| format!("talosControlPlaneRef: {{name: cp}}\nbackupStorage:\n{storage}");
+        let spec = |storage: &str| serde_yaml::from_str::<TalosEtcdBackupSpec>(&yaml(storage)).unwrap();
+        let err = |storage: &str| validate_spec(&spec(storage)).unwrap_err().to_string();
+        assert!(err("  {}\n").contains("spec.backupStorage: no storage: set one of s3, azure and gcs"));
+        let both = "  s3: {bucket: my-backups, region: us-east-1}\n  gcs: {bucket: my-backups}\n";
+        assert!(err(both).contains("spec.backupStorage: set exactly one of s3, azure and gcs"));
+        let azure = "  azure: {account: Acme, container: etcd}\n";
+        assert!(err(azure).contains("spec.backupStorage.azure.account: \"Acme\" is not a valid storage account"));
+        let azure = "  azure:\n    account: acme\n    container: etcd\n    accountKey: {name: s, key: k}\n    sasToken: {name: s, key: t}\n";
+        assert!(err(azure).contains("set accountKey or sasToken, not both"));
+        assert!(validate_spec(&spec("  azure: {account: acme, container: etcd-backups}\n")).is_ok());
+        let gcs = "  gcs: {bucket: goog-backups}\n";
+        assert!(err(gcs).contains("spec.backupStorage.gcs.bucket: \"goog-backups\" is not a valid GCS bucket name"));
+        let gcs = "  gcs: {bucket: my-backups, endpoint: \"http://127.0.0.1:4443/x\"}\n";
+        assert!(err(gcs).contains("spec.backupStorage.gcs.endpoint: "));
     }
 }

@@ -63,7 +63,7 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
         .prop_map(|(cp, bucket, region, endpoint, access, secret, talosconfig, (sse, kms))| TalosEtcdBackupSpec {
             talos_control_plane_ref: TalosControlPlaneRef { name: cp },
             backup_storage: BackupStorage {
-                s3: S3Storage {
+                s3: Some(S3Storage {
                     bucket,
                     region,
                     endpoint,
@@ -73,7 +73,9 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
                     ca_bundle: None,
                     server_side_encryption: sse,
                     kms_key_id: kms,
-                },
+                }),
+                azure: None,
+                gcs: None,
             },
             compression: None,
             compression_level: None,

@@ -1,13 +1,15 @@
 use std::time::Duration;
 
-use crate::{Operation, S3Field};
+use crate::Operation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid S3 {field}: {reason}")]
-    Invalid { field: S3Field, reason: String },
-    #[error("invalid S3 configuration: {0}")]
-    Config(String),
+    /// A setting of the storage location the backend would refuse (or choke on): `service` and
+    /// `field` as the spec names them (`S3`, `bucket`).
+    #[error("invalid {service} {field}: {reason}")]
+    Invalid { service: &'static str, field: &'static str, reason: String },
+    #[error("invalid {service} configuration: {message}")]
+    Config { service: &'static str, message: String },
     // `cause` rather than `source`: its text is already in this message.
     #[error("snapshot source failed after {bytes} bytes: {cause}")]
     Source { bytes: u64, cause: Box<dyn std::error::Error + Send + Sync> },
@@ -47,7 +49,7 @@ impl Error {
     /// broken stream. Wrong credentials, a missing bucket or bad configuration are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Invalid { .. } | Error::Config(_) | Error::Encode(_) | Error::Decode(_) => false,
+            Error::Invalid { .. } | Error::Config { .. } | Error::Encode(_) | Error::Decode(_) => false,
             Error::Storage { permanent, .. } => !permanent,
             Error::Source { .. }
             | Error::IdleTimeout { .. }

@@ -1,6 +1,6 @@
 //! The backup path with no Kubernetes in it: a byte stream in, an object in a store out.
 //!
-//! [`Storage`] is the handle on one bucket, built once from a [`StorageLocation`] (S3 today; one
+//! [`Storage`] is the handle on one bucket, built once from a [`StorageLocation`] (S3, Azure Blob Storage or GCS; one
 //! builder module per backend). [`run`] streams a snapshot into a multipart upload while
 //! [`TrailerVerifier`] checks the etcd snapshot's SHA-256 trailer. The upload is completed only after
 //! the trailer matched; on any failure it is aborted, so a failed backup leaves neither an object nor
@@ -19,5 +19,7 @@ pub use codec::{Encoding, Format, Identity, Recipient};
 pub use error::Error;
 pub use run::{Limits, Report, run};
 pub use storage::aws::{self, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate};
+pub use storage::azure::{self, AzureCredentials, AzureLocation};
+pub use storage::gcp::{self, GcsLocation, ServiceAccountKey};
 pub use storage::{Operation, Storage, StorageLocation, StoredSnapshot, UploadRef};
 pub use verify::{CheckedSnapshot, SnapshotCheck, TrailerVerifier};

@@ -2,12 +2,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use object_store::PutPayload;
 use object_store::multipart::PartId;
-use object_store::path::Path;
 use tokio::task::JoinSet;
 
 use crate::codec::Encoder;
+use crate::storage::PartWriter;
 use crate::{Encoding, Error, Operation, Storage, TrailerVerifier, UploadRef};
 
 /// Bounds on one backup's memory and time.
@@ -66,7 +65,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let mut parts = Parts::new(storage, upload);
+    let mut parts = Parts::new(storage, storage.writer(upload).await?);
     let mut verifier = TrailerVerifier::new();
     let how = How { limits, encoding, progress };
     let streamed = tokio::time::timeout(limits.total_timeout, stream_into(source, &mut parts, &mut verifier, &how))
@@ -99,16 +98,14 @@ where
 /// The parts of one upload: at most `parts_in_flight` uploading at once, their ids kept in order.
 struct Parts<'a> {
     storage: &'a Storage,
-    upload: &'a UploadRef,
-    path: Path,
+    writer: PartWriter,
     running: JoinSet<Result<(usize, PartId), object_store::Error>>,
     done: Vec<Option<PartId>>,
 }
 
 impl<'a> Parts<'a> {
-    fn new(storage: &'a Storage, upload: &'a UploadRef) -> Self {
-        let path = Path::from(upload.key.as_str());
-        Parts { storage, upload, path, running: JoinSet::new(), done: Vec::new() }
+    fn new(storage: &'a Storage, writer: PartWriter) -> Self {
+        Parts { storage, writer, running: JoinSet::new(), done: Vec::new() }
     }
 
     /// Uploads `data` as the next part, once fewer than `in_flight` parts are uploading
@@ -119,12 +116,8 @@ impl<'a> Parts<'a> {
         }
         let index = self.done.len();
         self.done.push(None);
-        let store = self.storage.store.clone();
-        let (path, id) = (self.path.clone(), self.upload.upload_id.clone());
-        self.running.spawn(async move {
-            let part = store.put_part(&path, &id, index, PutPayload::from(data)).await?;
-            Ok((index, part))
-        });
+        let part = self.writer.part(index, data);
+        self.running.spawn(async move { Ok((index, part.await?)) });
         Ok(())
     }
 
@@ -146,12 +139,8 @@ impl<'a> Parts<'a> {
             self.join_one().await?;
         }
         let parts: Vec<PartId> = std::mem::take(&mut self.done).into_iter().flatten().collect();
-        self.storage
-            .store
-            .complete_multipart(&self.path, &self.upload.upload_id, parts)
-            .await
-            .map_err(|e| self.storage.error(Operation::CompleteMultipartUpload, e))?;
-        Ok(())
+        let completed = self.writer.complete(parts).await;
+        completed.map_err(|e| self.storage.error(Operation::CompleteMultipartUpload, e))
     }
 
     fn cancel(&mut self) {

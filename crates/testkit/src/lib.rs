@@ -4,6 +4,7 @@
 //!   limited to the operator's own RBAC manifests.
 //! - [`s3::S3Server`]: an S3 server (s3s) that checks SigV4 signatures, does multipart uploads, serves
 //!   plain HTTP or TLS, and injects faults.
+//! - [`azure::Azurite`]: Azurite's blob service (npm), checking SharedKey and SAS signatures.
 //! - [`emulator::TalosEmulator`]: the Talos machine API over mTLS with Talos's role rules, backed by a
 //!   real etcd cluster, with fault injection.
 //! - [`fixtures`]: OS CA, secrets bundle, talosconfig files and TalosControlPlane objects in the shapes
@@ -13,6 +14,7 @@
 //! Every server listens on 127.0.0.1 only.
 
 pub mod assets;
+pub mod azure;
 pub mod emulator;
 pub mod etcd;
 pub mod fixtures;

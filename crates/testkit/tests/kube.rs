@@ -23,7 +23,7 @@ async fn stores_crds_and_serves_watches() {
     let seen =
         tokio::time::timeout(std::time::Duration::from_secs(20), events.try_next()).await.unwrap().unwrap().unwrap();
     assert_eq!(seen.metadata.name.as_deref(), Some("watched"));
-    assert_eq!(seen.spec.backup_storage.s3.bucket, "my-etcd-backups");
+    assert_eq!(seen.spec.backup_storage.s3.unwrap().bucket, "my-etcd-backups");
 }
 
 #[tokio::test]

@@ -214,10 +214,10 @@ async fn clean_up(
             }
             if let Some((key, because)) = kept {
                 let message = format!(
-                    "Kept the snapshot {key} in bucket {:?} although deletionPolicy is Delete: {because}. Only \
+                    "Kept the snapshot {key} in {} although deletionPolicy is Delete: {because}. Only \
                      deleting the TalosEtcdBackup itself (or retention) deletes a snapshot; delete it in the bucket \
                      if it is no longer wanted",
-                    backup.spec.backup_storage.s3.bucket
+                    backup.spec.backup_storage.describe()
                 );
                 tracing::info!(name = %backup.name_any(), %key, %because, "kept the snapshot of a deleted TalosEtcdBackup");
                 ctx.event(backup, EventType::Normal, "SnapshotKept", message).await;
@@ -298,7 +298,7 @@ fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus) -> 
 }
 
 fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {
-    status.unfinished_uploads.iter().map(|u| UploadRef { key: u.key.clone(), upload_id: u.upload_id.clone() }).collect()
+    status.unfinished_uploads.iter().map(|u| UploadRef::recorded(u.key.clone(), u.upload_id.clone())).collect()
 }
 
 /// Aborts the uploads `status` records as unfinished and writes the status when that changed it.
@@ -370,9 +370,9 @@ async fn succeed(
         None => format!("{} bytes ({}; recovered after a restart)", report.stored_size, outcome.format.name()),
     };
     let message = format!(
-        "Snapshot of {size} from node {} stored in bucket {:?} at {} ({:.1} s)",
+        "Snapshot of {size} from node {} stored in {} at {} ({:.1} s)",
         outcome.node,
-        backup.spec.backup_storage.s3.bucket,
+        backup.spec.backup_storage.describe(),
         report.key,
         report.duration.as_secs_f64()
     );

@@ -267,14 +267,14 @@ async fn storage_condition(
     })
     .await;
     status.last_storage_check_time = Some(Time(now));
-    let bucket = &template.backup_storage.s3.bucket;
+    // `Bucket "my-etcd-backups"`, `Container "etcd" of account "acme"`.
+    let place = template.backup_storage.describe();
+    let place = format!("{}{}", place[..1].to_uppercase(), &place[1..]);
     let (state, reason, message) = match &result {
-        Ok(()) => (Status::True, conditions::STORAGE_REACHABLE, format!("Bucket {bucket:?} accepted a test upload")),
-        Err(error) => (
-            Status::False,
-            conditions::STORAGE_UNREACHABLE,
-            format!("Bucket {bucket:?} refused a test upload: {error}"),
-        ),
+        Ok(()) => (Status::True, conditions::STORAGE_REACHABLE, format!("{place} accepted a test upload")),
+        Err(error) => {
+            (Status::False, conditions::STORAGE_UNREACHABLE, format!("{place} refused a test upload: {error}"))
+        }
     };
     if result.is_err() && !conditions::is_false(&previous.conditions, conditions::STORAGE_READY) {
         tracing::warn!(schedule = %schedule.name_any(), %message, "storage check failed");

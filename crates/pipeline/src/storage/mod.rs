@@ -1,27 +1,58 @@
 //! The storage handle: one bucket (or container) of an object store, built once from a
 //! [`StorageLocation`] and used for everything a backup does there: multipart uploads, reads, lists,
-//! deletes. Each backend is one builder module (`aws` today) that turns its location into a handle
-//! and says how its service names failures; nothing above this module knows which backend it uses.
-//! Adding one (Azure, GCS) is a module and a [`StorageLocation`] variant.
+//! deletes. Each backend is one builder module (`aws`, `azure`, `gcp`) that turns its location into
+//! a handle and says how its service names failures; nothing above this module knows which backend
+//! it uses. Adding one is a module and a [`StorageLocation`] variant.
 
 pub mod aws;
+pub mod azure;
+pub(crate) mod check;
+pub mod gcp;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::multipart::MultipartStore;
+use futures::future::BoxFuture;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions};
+use object_store::{Attribute, Attributes, MultipartUpload, ObjectStore, PutMultipartOptions, PutPayload};
 
 use crate::{CheckedSnapshot, Error, Format, Identity, SnapshotCheck};
 use aws::S3Location;
+use azure::AzureLocation;
+use gcp::GcsLocation;
 
 /// Where backups are stored, as the user configured it.
 #[derive(Clone, Debug)]
 pub enum StorageLocation {
     S3(S3Location),
+    Azure(AzureLocation),
+    Gcs(GcsLocation),
+}
+
+impl StorageLocation {
+    /// The service, as messages name it: `S3`, `Azure Blob Storage`, `GCS`.
+    pub fn service(&self) -> &'static str {
+        match self {
+            StorageLocation::S3(_) => aws::SERVICE,
+            StorageLocation::Azure(_) => azure::SERVICE,
+            StorageLocation::Gcs(_) => gcp::SERVICE,
+        }
+    }
+}
+
+/// How a backend takes a multipart upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Uploads {
+    /// S3 and GCS: an upload the store names and lists, parts sent to it by number; aborting it
+    /// drops them.
+    Named,
+    /// Azure: blocks staged against the blob and committed with its metadata in one block list.
+    /// There is nothing to name or abort: uncommitted blocks are invisible and the service
+    /// discards them after a week (or at the next commit to the blob).
+    Blocks,
 }
 
 /// The request to the store that failed.
@@ -68,6 +99,7 @@ pub struct StoredSnapshot {
 #[derive(Clone)]
 pub struct Storage {
     pub(crate) store: Arc<dyn Backend>,
+    pub(crate) uploads: Uploads,
     /// The service, as error messages name it: `S3`.
     pub(crate) service: &'static str,
     /// The bucket, as messages name it: `bucket "my-etcd-backups"`.
@@ -87,6 +119,8 @@ impl Storage {
     pub fn new(location: &StorageLocation, request_timeout: Duration) -> Result<Self, Error> {
         match location {
             StorageLocation::S3(s3) => aws::build(s3, request_timeout),
+            StorageLocation::Azure(azure) => azure::build(azure, request_timeout),
+            StorageLocation::Gcs(gcs) => gcp::build(gcs, request_timeout),
         }
     }
 
@@ -228,11 +262,8 @@ impl Storage {
     /// metadata. An object already there is replaced.
     pub async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, String)]) -> Result<(), Error> {
         use object_store::PutOptions;
-        let mut attributes = Attributes::new();
-        for (name, value) in metadata {
-            attributes.insert(Attribute::Metadata(name.to_string().into()), value.clone().into());
-        }
-        let options = PutOptions { attributes, ..Default::default() };
+        let metadata: Vec<(String, String)> = metadata.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        let options = PutOptions { attributes: attributes(&metadata), ..Default::default() };
         self.store
             .put_opts(&Path::from(key), bytes.into(), options)
             .await
@@ -261,26 +292,42 @@ impl Storage {
     /// Starts a multipart upload at `key`. `metadata` becomes the object's user metadata
     /// (`x-amz-meta-*` on S3).
     pub async fn create_upload(&self, key: &str, metadata: &[(&str, String)]) -> Result<UploadRef, Error> {
-        let mut attributes = Attributes::new();
-        for (name, value) in metadata {
-            attributes.insert(Attribute::Metadata(name.to_string().into()), value.clone().into());
-        }
-        let options = PutMultipartOptions { attributes, ..Default::default() };
-        let upload_id = self
-            .store
-            .create_multipart_opts(&Path::from(key), options)
-            .await
-            .map_err(|e| self.error(Operation::CreateMultipartUpload, e))?;
-        Ok(UploadRef { key: key.to_owned(), upload_id })
+        let metadata: Vec<(String, String)> = metadata.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        let upload_id = match self.uploads {
+            Uploads::Named => {
+                let options = PutMultipartOptions { attributes: attributes(&metadata), ..Default::default() };
+                let path = Path::from(key);
+                let created = self.store.create_multipart_opts(&path, options).await;
+                created.map_err(|e| self.error(Operation::CreateMultipartUpload, e))?
+            }
+            Uploads::Blocks => BLOCKS.to_owned(),
+        };
+        Ok(UploadRef { key: key.to_owned(), upload_id, metadata })
     }
 
     /// Aborts `upload`, dropping its parts. An upload the store no longer knows (completed, or
     /// aborted already) counts as aborted.
     pub async fn abort_upload(&self, upload: &UploadRef) -> Result<(), Error> {
+        if self.uploads == Uploads::Blocks {
+            return Ok(());
+        }
         match self.store.abort_multipart(&Path::from(upload.key.as_str()), &upload.upload_id).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(Operation::AbortMultipartUpload, e)),
         }
+    }
+
+    /// The writer of `upload`'s parts.
+    pub(crate) async fn writer(&self, upload: &UploadRef) -> Result<PartWriter, Error> {
+        let path = Path::from(upload.key.as_str());
+        Ok(match self.uploads {
+            Uploads::Named => PartWriter::Named { store: self.store.clone(), path, id: upload.upload_id.clone() },
+            Uploads::Blocks => {
+                let options = PutMultipartOptions { attributes: attributes(&upload.metadata), ..Default::default() };
+                let blocks = self.store.put_multipart_opts(&path, options).await;
+                PartWriter::Blocks(blocks.map_err(|e| self.error(Operation::CreateMultipartUpload, e))?)
+            }
+        })
     }
 
     pub(crate) fn error(&self, operation: Operation, e: object_store::Error) -> Error {
@@ -289,10 +336,82 @@ impl Storage {
     }
 }
 
+/// Client options every backend starts from: `request_timeout` bounds each request, a part upload
+/// included.
+pub(crate) fn client_options(request_timeout: Duration) -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_timeout(request_timeout).with_connect_timeout(Duration::from_secs(10))
+}
+
+/// A few quick retries for a lost part; the controller retries whole attempts beyond that.
+pub(crate) fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+/// The upload id recorded for an Azure blob's staged blocks, which the service does not name.
+const BLOCKS: &str = "uncommitted-blocks";
+
+/// User metadata as object_store takes it.
+fn attributes(metadata: &[(String, String)]) -> Attributes {
+    let mut attributes = Attributes::new();
+    for (name, value) in metadata {
+        attributes.insert(Attribute::Metadata(name.clone().into()), value.clone().into());
+    }
+    attributes
+}
+
 /// A multipart upload as the store names it: recorded before any part is sent, so that one left
 /// unfinished (by a crash, or by an abort the store could not take) can be aborted later.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadRef {
     pub key: String,
     pub upload_id: String,
+    /// The object's user metadata, for a backend that sets it when the upload completes (Azure);
+    /// empty for an upload read back from a record, which is only ever aborted.
+    metadata: Vec<(String, String)>,
+}
+
+impl UploadRef {
+    /// An upload recorded earlier (in a status), to abort.
+    pub fn recorded(key: String, upload_id: String) -> Self {
+        UploadRef { key, upload_id, metadata: Vec::new() }
+    }
+}
+
+/// Sends the parts of one upload and completes it.
+pub(crate) enum PartWriter {
+    Named { store: Arc<dyn Backend>, path: Path, id: String },
+    Blocks(Box<dyn MultipartUpload>),
+}
+
+impl PartWriter {
+    /// The request sending part `index` (0-based; parts are started in order).
+    pub(crate) fn part(
+        &mut self,
+        index: usize,
+        data: bytes::Bytes,
+    ) -> BoxFuture<'static, Result<PartId, object_store::Error>> {
+        use futures::FutureExt as _;
+        match self {
+            PartWriter::Named { store, path, id } => {
+                let (store, path, id) = (store.clone(), path.clone(), id.clone());
+                async move { store.put_part(&path, &id, index, PutPayload::from(data)).await }.boxed()
+            }
+            // The block's id is the upload's own, by the order of the calls.
+            PartWriter::Blocks(blocks) => {
+                let staged = blocks.put_part(PutPayload::from(data));
+                async move { staged.await.map(|()| PartId { content_id: String::new() }) }.boxed()
+            }
+        }
+    }
+
+    pub(crate) async fn complete(&mut self, parts: Vec<PartId>) -> Result<(), object_store::Error> {
+        match self {
+            PartWriter::Named { store, path, id } => store.complete_multipart(path, id, parts).await.map(drop),
+            PartWriter::Blocks(blocks) => blocks.complete().await.map(drop),
+        }
+    }
 }

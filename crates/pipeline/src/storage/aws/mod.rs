@@ -8,13 +8,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use object_store::Certificate;
 use object_store::aws::AmazonS3Builder;
-use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
 pub use validate::S3Field;
 
-use super::{Failure, Storage};
+use super::check::code_and_message;
+use super::{Failure, Storage, Uploads, client_options, retry};
 use crate::Error;
+
+/// The service, as messages name it.
+pub const SERVICE: &str = "S3";
 
 /// S3 access keys. Debug output never shows them.
 #[derive(Clone)]
@@ -86,25 +90,15 @@ fn kms_key_id_valid(key: &str) -> bool {
 /// The location is validated first: nothing unchecked reaches the S3 client.
 pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<Storage, Error> {
     location.validate()?;
-    let mut options = ClientOptions::new()
-        .with_timeout(request_timeout)
-        .with_connect_timeout(Duration::from_secs(10))
-        .with_allow_invalid_certificates(location.insecure_skip_tls_verify);
+    let mut options =
+        client_options(request_timeout).with_allow_invalid_certificates(location.insecure_skip_tls_verify);
     let builder = match &location.credentials {
         Some(keys) => AmazonS3Builder::new()
             .with_access_key_id(&keys.access_key_id)
             .with_secret_access_key(&keys.secret_access_key),
         None => AmazonS3Builder::from_env(),
     };
-    let mut builder = builder
-        .with_bucket_name(&location.bucket)
-        .with_region(&location.region)
-        // A few quick retries for a lost part; the controller retries whole attempts beyond that.
-        .with_retry(RetryConfig {
-            backoff: BackoffConfig::default(),
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(60),
-        });
+    let mut builder = builder.with_bucket_name(&location.bucket).with_region(&location.region).with_retry(retry());
     builder = match &location.sse {
         None => builder,
         Some(ServerSideEncryption::S3) => builder.with_config(sse_key(), "AES256"),
@@ -117,16 +111,28 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
         builder = builder.with_endpoint(url).with_virtual_hosted_style_request(false);
     }
     if let Some(pem) = location.ca_pem.as_deref() {
-        let certs = Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| Error::Invalid { field: S3Field::CaBundle, reason: e.to_string() })?;
+        let certs = Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| Error::Invalid {
+            service: SERVICE,
+            field: S3Field::CaBundle.name(),
+            reason: e.to_string(),
+        })?;
         for cert in certs {
             options = options.with_root_certificate(cert);
         }
     }
-    let store = builder.with_client_options(options).build().map_err(|e| Error::Config(e.to_string()))?;
+    let store = builder
+        .with_client_options(options)
+        .build()
+        .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
     let encrypted = location.sse.is_some();
     let failure = Arc::new(move |e| failure(e, encrypted));
-    Ok(Storage { store: Arc::new(store), service: "S3", container: format!("bucket {:?}", location.bucket), failure })
+    Ok(Storage {
+        store: Arc::new(store),
+        uploads: Uploads::Named,
+        service: SERVICE,
+        container: format!("bucket {:?}", location.bucket),
+        failure,
+    })
 }
 
 /// S3 error codes that another try cannot fix: credentials, the bucket, the request itself.
@@ -142,19 +148,11 @@ const PERMANENT_CODES: [&str; 9] = [
     "InvalidRequest",
 ];
 
-/// What failed, as S3 says it. object_store repeats itself down its source chain; what matters is the
-/// S3 error in the response body when there is one, else the root cause (refused connection, bad
-/// certificate).
+/// What failed, as S3 says it.
 /// `encrypted`: whether server-side encryption was asked for; a write refused without it may be a
 /// bucket policy that requires it, which the message then says.
 fn failure(e: object_store::Error, encrypted: bool) -> Failure {
-    let e = anyhow::Error::new(e);
-    let full = format!("{e:#}");
-    let code = xml_tag(&full, "Code");
-    let message = xml_tag(&full, "Message").unwrap_or_else(|| {
-        let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
-        causes[causes.len().saturating_sub(2)..].join(": ")
-    });
+    let (code, message) = code_and_message(e);
     let message = match code.as_deref() {
         Some("AccessDenied") if !encrypted => format!(
             "{message} (if a bucket policy requires server-side encryption, set backupStorage.s3.serverSideEncryption: \
@@ -170,26 +168,10 @@ fn failure(e: object_store::Error, encrypted: bool) -> Failure {
     Failure { code, message, permanent }
 }
 
-/// S3 errors carry an XML body such as `<Error><Code>NoSuchBucket</Code>...`.
-fn xml_tag(text: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = text.find(&open)? + open.len();
-    let len = text[start..].find(&format!("</{tag}>"))?;
-    Some(text[start..start + len].to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::StorageLocation;
-
-    #[test]
-    fn s3_error_code_and_message_come_from_the_xml_body() {
-        let text = "Client error with status 404: <?xml?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
-        assert_eq!(xml_tag(text, "Code").as_deref(), Some("NoSuchBucket"));
-        assert_eq!(xml_tag(text, "Message").as_deref(), Some("The specified bucket does not exist"));
-        assert_eq!(xml_tag("no xml", "Code"), None);
-    }
 
     #[test]
     fn server_side_encryption_names_are_s3s() {

@@ -4,8 +4,9 @@
 //! otherwise comes back as a misleading S3 error such as `NoSuchBucket` or `SignatureDoesNotMatch`.
 //! Messages quote bucket, region and endpoint (they are not secrets) but never a key.
 
-use super::S3Location;
+use super::{S3Location, SERVICE};
 use crate::Error;
+use crate::storage::check::{describe_char, quote};
 
 /// The S3 setting an [`Error::Invalid`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ impl std::fmt::Display for S3Field {
 impl S3Location {
     /// Every setting checked, the first problem returned.
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |field, reason| Error::Invalid { field, reason };
+        let invalid = |field: S3Field, reason| Error::Invalid { service: SERVICE, field: field.name(), reason };
         bucket(&self.bucket).map_err(|r| invalid(S3Field::Bucket, r))?;
         region(&self.region).map_err(|r| invalid(S3Field::Region, r))?;
         if let Some(url) = &self.endpoint {
@@ -100,37 +101,7 @@ pub fn region(name: &str) -> Result<(), String> {
 
 /// `http(s)://host[:port]`, with nothing after the authority but an optional `/`.
 pub fn endpoint(url: &str) -> Result<(), String> {
-    let bad = |rule: &str| Err(format!("{} is not a valid endpoint URL: {rule}", quote(url)));
-    if url.len() > 512 {
-        return bad("it is longer than 512 characters");
-    }
-    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
-        return bad("it must start with https:// or http://, such as https://minio.example.com");
-    };
-    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return bad(&format!("it holds {}; remove it", describe_char(c)));
-    }
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return bad("it has no host");
-    }
-    if authority.contains(['/', '?', '#']) {
-        return bad("it has a path or query; give only scheme, host and port (the bucket is set by the bucket field, \
-             and requests use path style)");
-    }
-    if authority.contains('@') {
-        return bad("it holds user information; credentials belong in the Secret");
-    }
-    let uri: http::Uri = url.parse().map_err(|e| format!("{} is not a valid endpoint URL: {e}", quote(url)))?;
-    if uri.host().is_none_or(str::is_empty) {
-        return bad("it has no host");
-    }
-    // A port is what follows the last colon after an IPv6 address's closing bracket.
-    let after_host = &authority[authority.rfind(']').map_or(0, |i| i + 1)..];
-    if after_host.contains(':') && uri.port_u16().is_none_or(|p| p == 0) {
-        return bad("its port must be a number between 1 and 65535");
-    }
-    Ok(())
+    super::super::check::url(url, None)
 }
 
 /// Access key IDs go into the Authorization header: printable ASCII, no spaces.
@@ -172,23 +143,6 @@ pub fn ca_bundle(pem: &str) -> Result<(), String> {
         return Err("it holds no PEM certificate (no -----BEGIN CERTIFICATE----- block)".into());
     }
     Ok(())
-}
-
-/// A value for a message: Debug-quoted (control characters escaped), and cut when very long.
-fn quote(value: &str) -> String {
-    let cut: String = value.chars().take(100).collect();
-    if cut.len() < value.len() { format!("{cut:?}... ({} bytes)", value.len()) } else { format!("{cut:?}") }
-}
-
-fn describe_char(c: char) -> String {
-    match c {
-        ' ' => "a space".into(),
-        '\n' | '\r' => "a line break".into(),
-        '\t' => "a tab".into(),
-        c if c.is_control() => format!("the control character {:?}", c),
-        c if c.is_ascii_uppercase() => format!("the uppercase letter {c:?}"),
-        c => format!("the character {c:?}"),
-    }
 }
 
 #[cfg(test)]
