@@ -5,6 +5,7 @@
 //! - [`s3::S3Server`]: an S3 server (s3s) that checks SigV4 signatures, does multipart uploads, serves
 //!   plain HTTP or TLS, and injects faults.
 //! - [`azure::Azurite`]: Azurite's blob service (npm), checking SharedKey and SAS signatures.
+//! - [`gcs::GcsServer`]: GCS's XML API with multipart uploads, checking service account JWTs.
 //! - [`emulator::TalosEmulator`]: the Talos machine API over mTLS with Talos's role rules, backed by a
 //!   real etcd cluster, with fault injection.
 //! - [`fixtures`]: OS CA, secrets bundle, talosconfig files and TalosControlPlane objects in the shapes
@@ -18,6 +19,7 @@ pub mod azure;
 pub mod emulator;
 pub mod etcd;
 pub mod fixtures;
+pub mod gcs;
 pub mod ground;
 pub mod kube;
 pub mod ping_policy;
