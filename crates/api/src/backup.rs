@@ -142,11 +142,15 @@ pub struct TalosControlPlaneRef {
 }
 
 /// Where backups are stored: exactly one of `s3`, `azure` and `gcs`.
+///
+/// `oneOf` of `required` rather than a CEL rule: API servers before 1.23 refuse
+/// `x-kubernetes-validations`, and `oneOf` says "exactly one" on every version.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "(has(self.s3) ? 1 : 0) + (has(self.azure) ? 1 : 0) + (has(self.gcs) ? 1 : 0) == 1",
-    "message": "set exactly one of s3, azure and gcs"
-}]))]
+#[schemars(extend("oneOf" = [
+    {"required": ["s3"]},
+    {"required": ["azure"]},
+    {"required": ["gcs"]}
+]))]
 pub struct BackupStorage {
     /// S3 or S3-compatible object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
