@@ -33,7 +33,7 @@ pub struct TalosEtcdRestoreSpec {
     /// Where the backup is, when not named by `backupRef` (for example one taken by another cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_storage: Option<BackupStorage>,
-    /// The backup's S3 key, with `backupStorage`.
+    /// The backup's object key, with `backupStorage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub key: Option<String>,

@@ -7,7 +7,9 @@ pub enum Error {
     Talos(teb_talos::Error),
     #[error("Failed to stream etcd snapshot from node {node}: {cause}; the upload was aborted")]
     Snapshot { node: String, cause: teb_pipeline::Error },
-    #[error("Failed to upload snapshot to S3: {0}")]
+    /// Named after the service that refused (`S3`, `Azure Blob Storage`, `GCS`); S3 when the
+    /// failure was no service's (compression, encryption).
+    #[error("Failed to upload snapshot to {service}: {0}", service = .0.service().unwrap_or("S3"))]
     Upload(teb_pipeline::Error),
     #[error("Failed to verify the stored snapshot {key}: {cause}")]
     Verify { key: String, cause: teb_pipeline::Error },

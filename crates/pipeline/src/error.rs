@@ -45,6 +45,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The storage service the error comes from, if it comes from one.
+    pub fn service(&self) -> Option<&'static str> {
+        match self {
+            Error::Invalid { service, .. } | Error::Config { service, .. } | Error::Storage { service, .. } => {
+                Some(service)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a new attempt may succeed: network trouble, throttling, server errors, a stalled or
     /// broken stream. Wrong credentials, a missing bucket or bad configuration are not.
     pub fn is_transient(&self) -> bool {

@@ -17,7 +17,10 @@ async fn upload(storage: &Storage, key: &str, data: Vec<u8>) -> Result<teb_pipel
     let limits = Limits { part_size: 5 << 20, ..Limits::default() };
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
         data.chunks(1024).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
-    let upload = storage.create_upload(key, &[("cluster", "cp".to_owned()), ("format", "teb".to_owned())]).await?;
+    // `age-recipients`: a name Azure refuses as it is (names are C# identifiers).
+    let metadata =
+        [("cluster", "cp".to_owned()), ("format", "teb".to_owned()), ("age-recipients", "sha256:ab".to_owned())];
+    let upload = storage.create_upload(key, &metadata).await?;
     teb_pipeline::run(futures::stream::iter(chunks), storage, &upload, &limits, &Default::default(), &|_| {}).await
 }
 
@@ -34,6 +37,7 @@ async fn blocks_are_committed_with_the_blobs_metadata_and_a_failed_upload_commit
     let stored = storage.stored("a/etcd-snapshot.db").await.unwrap().expect("committed");
     assert_eq!(stored.size, data.len() as u64);
     assert_eq!(stored.metadata.get("cluster").map(String::as_str), Some("cp"));
+    assert_eq!(stored.metadata.get("age-recipients").map(String::as_str), Some("sha256:ab"));
     assert_eq!(stored.sha256.as_deref(), Some(hex::encode(&data[data.len() - 32..]).as_str()));
     assert_eq!(storage.get("a/etcd-snapshot.db").await.unwrap().unwrap().as_ref(), data.as_slice());
 

@@ -11,7 +11,6 @@ fn shell(dir: &std::path::Path, script: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_compressed_backups_verify_and_restore_through_resources() {
-    use teb_api::TalosEtcdRestore;
     let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
     let scenario = Scenario::start_with("e2e-sealed", options, false, test_config()).await;
     for i in 0..200 {
@@ -96,18 +95,11 @@ async fn encrypted_compressed_backups_verify_and_restore_through_resources() {
 
     // Restore: decrypted with the Secret's identity and decompressed on the way into EtcdRecover.
     scenario.emulator.wipe_etcd();
-    let restores: Api<TalosEtcdRestore> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
     let restore = "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: unseal\nspec:\n  \
                    talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: sealed\n  decryption:\n    \
                    age:\n      identitySecretRef: {name: backup-age, key: identity}\n";
     scenario.apply(restore).await;
-    let restored = scenario
-        .eventually(90, "the restore", || async {
-            let status = restores.get("unseal").await.unwrap().status.unwrap_or_default();
-            let done = status.conditions.iter().any(|c| (c.type_ == READY || c.type_ == FAILED) && c.status == "True");
-            done.then_some(status)
-        })
-        .await;
+    let restored = scenario.restore_finished("unseal").await;
     let ready = restored.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{restored:?}"));
     assert_eq!(ready.reason, "RestoreSucceeded");
     assert_eq!((restored.sha256.as_ref(), restored.size), (status.sha256.as_ref(), Some(size)));

@@ -23,6 +23,7 @@ use teb_testkit::ground::ProvingGround;
 use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
 use teb_testkit::spec::{SECRET_YAML as SPEC_SECRET, backup_yaml, endpoint_field, schedule_yaml};
 
+mod backends;
 mod backup;
 mod encryption;
 mod hostile_input;
@@ -206,6 +207,17 @@ impl Scenario {
             assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The status of the TalosEtcdRestore `name` once it is Ready or Failed.
+    async fn restore_finished(&self, name: &str) -> teb_api::TalosEtcdRestoreStatus {
+        let restores: Api<teb_api::TalosEtcdRestore> = Api::namespaced(self.admin.clone(), &self.ns);
+        self.eventually(90, &format!("restore {name} to finish"), || async {
+            let status = restores.get(name).await.unwrap().status.unwrap_or_default();
+            let done = status.conditions.iter().any(|c| (c.type_ == READY || c.type_ == FAILED) && c.status == "True");
+            done.then_some(status)
+        })
+        .await
     }
 }
 

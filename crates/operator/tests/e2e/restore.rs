@@ -24,28 +24,13 @@ async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
              talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: source\n{extra}"
         )
     };
-    let finished = |name: &'static str| {
-        let restores = restores.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-            loop {
-                let status = restores.get(name).await.unwrap().status.unwrap_or_default();
-                let done = |t: &str| status.conditions.iter().any(|c| c.type_ == t && c.status == "True");
-                if done(READY) || done(FAILED) {
-                    return status;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "restore {name} did not finish: {status:?}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    };
     let failed = |status: &teb_api::TalosEtcdRestoreStatus| {
         status.conditions.iter().find(|c| c.type_ == FAILED).map(|c| (c.reason.clone(), c.message.clone()))
     };
 
     // etcd is live: refused, and nothing is uploaded to the node.
     scenario.apply(&restore_yaml("too-early", "")).await;
-    let status = finished("too-early").await;
+    let status = scenario.restore_finished("too-early").await;
     let (reason, message) = failed(&status).expect("Failed");
     assert_eq!(reason, "RestoreRefused");
     assert!(message.contains("restoring over a live etcd is refused"), "{message}");
@@ -53,7 +38,7 @@ async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
 
     // A spec naming two sources is refused with what to set.
     scenario.apply(&restore_yaml("two-sources", "  key: some/key.db\n")).await;
-    let (reason, message) = failed(&finished("two-sources").await).expect("Failed");
+    let (reason, message) = failed(&scenario.restore_finished("two-sources").await).expect("Failed");
     assert_eq!(reason, "RestoreFailed");
     assert!(
         message.contains("set spec.backupRef (a TalosEtcdBackup), or spec.backupStorage and spec.key"),
@@ -64,11 +49,11 @@ async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
     // node address restores the backup with its keys, the later one gone.
     scenario.emulator.wipe_etcd();
     scenario.apply(&restore_yaml("through-vip", "  endpoints: [\"127.0.0.9:1\"]\n")).await;
-    let (_, message) = failed(&finished("through-vip").await).expect("Failed");
+    let (_, message) = failed(&scenario.restore_finished("through-vip").await).expect("Failed");
     assert!(message.contains("Talos VIP") && message.contains("spec.endpoints"), "{message}");
     let endpoints = format!("  endpoints: [\"{}\"]\n", scenario.emulator.endpoint);
     scenario.apply(&restore_yaml("recover", &endpoints)).await;
-    let status = finished("recover").await;
+    let status = scenario.restore_finished("recover").await;
     let ready = status.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{status:?}"));
     assert_eq!(ready.reason, "RestoreSucceeded");
     assert_eq!(status.sha256, backup.sha256);

@@ -160,7 +160,7 @@ impl Storage {
             .attributes
             .iter()
             .filter_map(|(attribute, value)| match attribute {
-                Attribute::Metadata(name) => Some((name.to_string(), value.to_string())),
+                Attribute::Metadata(name) => Some((self.metadata_name(name), value.to_string())),
                 _ => None,
             })
             .collect();
@@ -263,7 +263,7 @@ impl Storage {
     pub async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, String)]) -> Result<(), Error> {
         use object_store::PutOptions;
         let metadata: Vec<(String, String)> = metadata.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
-        let options = PutOptions { attributes: attributes(&metadata), ..Default::default() };
+        let options = PutOptions { attributes: self.attributes(&metadata), ..Default::default() };
         self.store
             .put_opts(&Path::from(key), bytes.into(), options)
             .await
@@ -295,7 +295,7 @@ impl Storage {
         let metadata: Vec<(String, String)> = metadata.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         let upload_id = match self.uploads {
             Uploads::Named => {
-                let options = PutMultipartOptions { attributes: attributes(&metadata), ..Default::default() };
+                let options = PutMultipartOptions { attributes: self.attributes(&metadata), ..Default::default() };
                 let path = Path::from(key);
                 let created = self.store.create_multipart_opts(&path, options).await;
                 created.map_err(|e| self.error(Operation::CreateMultipartUpload, e))?
@@ -323,11 +323,34 @@ impl Storage {
         Ok(match self.uploads {
             Uploads::Named => PartWriter::Named { store: self.store.clone(), path, id: upload.upload_id.clone() },
             Uploads::Blocks => {
-                let options = PutMultipartOptions { attributes: attributes(&upload.metadata), ..Default::default() };
+                let options =
+                    PutMultipartOptions { attributes: self.attributes(&upload.metadata), ..Default::default() };
                 let blocks = self.store.put_multipart_opts(&path, options).await;
                 PartWriter::Blocks(blocks.map_err(|e| self.error(Operation::CreateMultipartUpload, e))?)
             }
         })
+    }
+
+    /// User metadata as object_store takes it. Azure takes only C# identifiers as names, so its
+    /// `age-recipients` is stored as `age_recipients`.
+    fn attributes(&self, metadata: &[(String, String)]) -> Attributes {
+        let mut attributes = Attributes::new();
+        for (name, value) in metadata {
+            let name = match self.uploads {
+                Uploads::Named => name.clone(),
+                Uploads::Blocks => name.replace('-', "_"),
+            };
+            attributes.insert(Attribute::Metadata(name.into()), value.clone().into());
+        }
+        attributes
+    }
+
+    /// A stored metadata name as the writer named it: the inverse of [`Storage::attributes`].
+    fn metadata_name(&self, stored: &str) -> String {
+        match self.uploads {
+            Uploads::Named => stored.to_owned(),
+            Uploads::Blocks => stored.replace('_', "-"),
+        }
     }
 
     pub(crate) fn error(&self, operation: Operation, e: object_store::Error) -> Error {
@@ -353,15 +376,6 @@ pub(crate) fn retry() -> object_store::RetryConfig {
 
 /// The upload id recorded for an Azure blob's staged blocks, which the service does not name.
 const BLOCKS: &str = "uncommitted-blocks";
-
-/// User metadata as object_store takes it.
-fn attributes(metadata: &[(String, String)]) -> Attributes {
-    let mut attributes = Attributes::new();
-    for (name, value) in metadata {
-        attributes.insert(Attribute::Metadata(name.clone().into()), value.clone().into());
-    }
-    attributes
-}
 
 /// A multipart upload as the store names it: recorded before any part is sent, so that one left
 /// unfinished (by a crash, or by an abort the store could not take) can be aborted later.

@@ -1,0 +1,259 @@
+//! Azure Blob Storage (Azurite) and Google Cloud Storage (the testkit's XML-API server) through the
+//! resources: a verified zstd+age backup with its recovery kit, restored and deleted; and each
+//! refusal a backend gives ending as a clear condition with nothing left behind.
+
+use teb_testkit::azure::{self, Azurite};
+use teb_testkit::gcs::GcsServer;
+
+use super::*;
+
+/// The container or bucket the backups go to.
+const PLACE: &str = "etcd-backups";
+
+/// A TalosEtcdBackup of `my-controlplane` to `storage` (the lines under `backupStorage:`), with
+/// `extra` spec lines.
+fn backup(name: &str, storage: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackup\nmetadata:\n  name: {name}\nspec:\n  \
+         talosControlPlaneRef:\n    name: my-controlplane\n  backupStorage:\n{storage}{extra}"
+    )
+}
+
+/// A Secret `name` holding `key: value`.
+fn secret(name: &str, key: &str, value: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        string_data: Some([(key.to_owned(), value.to_owned())].into()),
+        ..Default::default()
+    }
+}
+
+/// The server a scenario stores to, as the tests look into it.
+enum Server<'a> {
+    Azure(&'a Azurite),
+    Gcs(&'a GcsServer),
+}
+
+impl Server<'_> {
+    /// The keys stored in [`PLACE`].
+    async fn keys(&self) -> Vec<String> {
+        let objects = match self {
+            Server::Azure(azurite) => azurite.blobs(PLACE).await.unwrap(),
+            Server::Gcs(gcs) => gcs.objects(PLACE),
+        };
+        objects.into_iter().map(|(key, _)| key).collect()
+    }
+
+    /// Asserts that nothing is half-written: no staged blocks on Azure, no open multipart upload on GCS.
+    async fn assert_nothing_unfinished(&self) {
+        match self {
+            Server::Azure(azurite) => assert_eq!(azurite.uncommitted_blobs(PLACE).await.unwrap(), Vec::<String>::new()),
+            Server::Gcs(gcs) => assert_eq!(gcs.unfinished_uploads(), Vec::<String>::new()),
+        }
+    }
+}
+
+/// A scenario with 300 secrets in etcd, the control plane with its secrets bundle and an age key
+/// pair in the Secret `backup-age` (`identity`); the recipient.
+async fn sealed_scenario(prefix: &str) -> (Scenario, String) {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with(prefix, options, false, test_config()).await;
+    for i in 0..300 {
+        let value = format!("secret value {i} ").repeat(40);
+        scenario.emulator.etcd().put(format!("/registry/secrets/ns/s-{i}").as_bytes(), value.as_bytes()).await.unwrap();
+    }
+    scenario.control_plane_with_bundle().await;
+    let identity = age::x25519::Identity::generate();
+    let secret_key = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_owned();
+    scenario.create_secret(&secret("backup-age", "identity", &secret_key)).await;
+    (scenario, identity.to_public().to_string())
+}
+
+/// The spec lines of a verified, zstd-compressed, age-encrypted backup that `Delete`s its objects.
+fn sealed(recipient: &str) -> String {
+    format!(
+        "  verify: true\n  compression: zstd\n  deletionPolicy: Delete\n  encryption:\n    age:\n      recipients: \
+         [\"{recipient}\"]\n      identitySecretRef: {{name: backup-age, key: identity}}\n"
+    )
+}
+
+/// Backs up to `storage` sealed, restores it through `source` (the restore spec's lines that say
+/// where the backup is; `{key}` stands for its key) after etcd is wiped, then deletes it: snapshot
+/// and kit leave the store with it.
+async fn backup_verify_restore_delete(
+    scenario: &Scenario,
+    server: Server<'_>,
+    storage: &str,
+    recipient: &str,
+    source: &str,
+) {
+    scenario.apply(&backup("sealed", storage, &sealed(recipient))).await;
+    let status = scenario
+        .eventually(90, "the verified backup", || async {
+            let status = scenario.backups().get("sealed").await.unwrap().status.unwrap_or_default();
+            (status.verified.is_some() || teb_api::conditions::is_true(&status.conditions, FAILED)).then_some(status)
+        })
+        .await;
+    assert_eq!(status.verified, Some(true), "{status:?}");
+    assert_eq!(status.encoding.as_deref(), Some("zstd+age"));
+    let key = status.filename.clone().unwrap();
+    assert!(key.starts_with("talos-operator-etcd-backups/my-controlplane/") && key.ends_with(".db.zst.age"), "{key}");
+    let kit = status.state_filename.clone().expect("a recovery kit");
+    let mut stored = server.keys().await;
+    stored.sort();
+    assert_eq!(stored, [key.clone(), kit.clone()], "the snapshot and its kit");
+    server.assert_nothing_unfinished().await;
+
+    // etcd is lost; the restore decrypts and decompresses on the way into EtcdRecover.
+    scenario.emulator.wipe_etcd();
+    let restore = format!(
+        "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: back\nspec:\n  \
+         talosControlPlaneRef:\n    name: my-controlplane\n{}  decryption:\n    age:\n      identitySecretRef: {{name: \
+         backup-age, key: identity}}\n",
+        source.replace("{key}", &key)
+    );
+    scenario.apply(&restore).await;
+    let restored = scenario.restore_finished("back").await;
+    let ready = restored.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{restored:?}"));
+    assert_eq!(ready.reason, "RestoreSucceeded");
+    assert_eq!((restored.sha256.as_ref(), restored.size), (status.sha256.as_ref(), status.size));
+    let value = scenario
+        .emulator
+        .with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-299").unwrap())
+        .await;
+    assert_eq!(value, Some("secret value 299 ".repeat(40)));
+
+    // Deleting the backup deletes both objects.
+    scenario.backups().delete("sealed", &Default::default()).await.unwrap();
+    scenario
+        .eventually(30, "the snapshot and its kit to go", || async { server.keys().await.is_empty().then_some(()) })
+        .await;
+}
+
+/// Applies a plain backup `name` to `storage` and expects it Failed with a message that starts
+/// with `starts_with` and contains `contains`, quoting no `secret`, and the store as it was.
+async fn expect_refused(
+    scenario: &Scenario,
+    server: &Server<'_>,
+    (name, storage): (&str, &str),
+    (starts_with, contains): (&str, &str),
+    secret: &str,
+) {
+    let before = server.keys().await;
+    scenario.apply(&backup(name, storage, "")).await;
+    let status = scenario.expect_failed(name, starts_with, contains).await;
+    let failed = condition(&status, FAILED).unwrap();
+    assert!(!failed.message.contains(secret), "a secret leaked: {}", failed.message);
+    assert_eq!(server.keys().await, before, "{name} stored nothing");
+    server.assert_nothing_unfinished().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_blob_storage_backs_up_verifies_restores_and_refuses_clearly() {
+    let (scenario, recipient) = sealed_scenario("e2e-azure").await;
+    let azurite = Azurite::start().await.unwrap();
+    azurite.create_container(PLACE).await.unwrap();
+    let server = Server::Azure(&azurite);
+    let storage = |container: &str, credential: &str| {
+        format!(
+            "    azure:\n      account: {}\n      container: {container}\n      endpoint: {}\n      {credential}\n",
+            azure::ACCOUNT,
+            azurite.endpoint
+        )
+    };
+    scenario.create_secret(&secret("azure-key", "accountKey", azure::ACCOUNT_KEY)).await;
+    let with_key = storage(PLACE, "accountKey: {name: azure-key, key: accountKey}");
+
+    // Refusals first, while the container is empty.
+    let wrong = "bm90IHRoZSBhY2NvdW50IGtleQ==";
+    scenario.create_secret(&secret("azure-wrong-key", "accountKey", wrong)).await;
+    let wrong_key = storage(PLACE, "accountKey: {name: azure-wrong-key, key: accountKey}");
+    let upload_failed = "Failed to upload snapshot to Azure Blob Storage";
+    let check_credentials = "check the account key or SAS token";
+    expect_refused(&scenario, &server, ("wrong-key", &wrong_key), (upload_failed, check_credentials), wrong).await;
+    let expired = azurite.container_sas(PLACE, jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1));
+    scenario.create_secret(&secret("azure-expired", "sasToken", &expired)).await;
+    let expired_sas = storage(PLACE, "sasToken: {name: azure-expired, key: sasToken}");
+    let signature = expired.split("sig=").nth(1).unwrap();
+    expect_refused(&scenario, &server, ("expired-sas", &expired_sas), (upload_failed, check_credentials), signature)
+        .await;
+    let missing = storage("no-such-container", "accountKey: {name: azure-key, key: accountKey}");
+    let not_found = "container \"no-such-container\" of account \"tebbackups\" failed with Azure Blob Storage error \
+                     ContainerNotFound";
+    expect_refused(&scenario, &server, ("no-container", &missing), (upload_failed, not_found), azure::ACCOUNT_KEY)
+        .await;
+
+    // A valid SAS works as well as the account key.
+    let sas = azurite.container_sas(PLACE, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1));
+    scenario.create_secret(&secret("azure-sas", "sasToken", &sas)).await;
+    let by_sas = storage(PLACE, "sasToken: {name: azure-sas, key: sasToken}");
+    scenario.apply(&backup("by-sas", &by_sas, "  deletionPolicy: Delete\n")).await;
+    let status = scenario.wait_finished("by-sas").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    assert_eq!(server.keys().await, [status.filename.unwrap()]);
+    scenario.backups().delete("by-sas", &Default::default()).await.unwrap();
+    scenario.eventually(30, "the by-sas backup to go", || async { server.keys().await.is_empty().then_some(()) }).await;
+
+    // The restore names the container and key itself, as one of another cluster would.
+    let source = format!("  backupStorage:\n{}  key: {{key}}\n", with_key);
+    backup_verify_restore_delete(&scenario, server, &with_key, &recipient, &source).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
+    let (scenario, recipient) = sealed_scenario("e2e-gcs").await;
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket(PLACE);
+    let server = Server::Gcs(&gcs);
+    let storage = |bucket: &str, secret: &str| {
+        format!(
+            "    gcs:\n      bucket: {bucket}\n      endpoint: {}\n      serviceAccountKey: {{name: {secret}, key: \
+             key.json}}\n",
+            gcs.endpoint
+        )
+    };
+    scenario.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
+    let upload_failed = "Failed to upload snapshot to GCS";
+
+    // A key the server does not know, a bucket that does not exist, a part the server keeps failing.
+    let unknown = GcsServer::unknown_key().unwrap();
+    scenario.create_secret(&secret("gcs-unknown", "key.json", &unknown)).await;
+    let private_key = serde_json::from_str::<serde_json::Value>(&unknown).unwrap()["private_key"].as_str().unwrap()
+        [40..100]
+        .to_owned();
+    expect_refused(
+        &scenario,
+        &server,
+        ("unknown-key", &storage(PLACE, "gcs-unknown")),
+        (upload_failed, "AuthenticationRequired"),
+        &private_key,
+    )
+    .await;
+    let server_key = serde_json::from_str::<serde_json::Value>(&gcs.service_account_key()).unwrap()["private_key"]
+        .as_str()
+        .unwrap()[40..100]
+        .to_owned();
+    expect_refused(
+        &scenario,
+        &server,
+        ("no-bucket", &storage("no-such-bucket", "gcs-key")),
+        (upload_failed, "NoSuchBucket"),
+        &server_key,
+    )
+    .await;
+    gcs.faults.fail_upload_part(1, 1000);
+    expect_refused(
+        &scenario,
+        &server,
+        ("part-fails", &storage(PLACE, "gcs-key")),
+        (upload_failed, "UploadPart"),
+        &server_key,
+    )
+    .await;
+    let status = scenario.backups().get("part-fails").await.unwrap().status.unwrap();
+    assert_eq!(status.attempts, 2, "a server error is retried");
+    gcs.faults.fail_upload_part(0, 0);
+
+    let source = "  backupRef:\n    name: sealed\n";
+    backup_verify_restore_delete(&scenario, server, &storage(PLACE, "gcs-key"), &recipient, source).await;
+}
