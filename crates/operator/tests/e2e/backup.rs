@@ -296,7 +296,14 @@ async fn interrupted_attempt(scenario: &mut Scenario, name: &str, yaml: &str) ->
     scenario.apply(yaml).await;
     let api: Api<TalosEtcdBackup> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
     let uid = api.get(name).await.unwrap().metadata.uid.unwrap();
-    let key = backup::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
+    // A key of a second no earlier attempt used: the run below writes its key as given.
+    let key = loop {
+        let key = backup::snapshot_key("my-controlplane", jiff::Timestamp::now(), Default::default());
+        if !scenario.s3.objects("my-etcd-backups").await.unwrap().iter().any(|(k, _)| *k == key) {
+            break key;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let plan = BackupPlan {
         kit: None,
         kit_policy: teb_core::kit::KitPolicy::Never,
