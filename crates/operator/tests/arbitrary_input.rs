@@ -11,9 +11,16 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sha2::Digest as _;
 use talos_etcd_backup::resolve::validate_spec;
-use teb_api::{BackupStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackupSpec};
-use teb_pipeline::{Limits, S3Credentials, S3Location, Storage, StorageLocation};
+use teb_api::{
+    AzureStorage, BackupStorage, GcsStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackupSpec,
+};
+use teb_pipeline::{
+    AzureCredentials, AzureLocation, GcsLocation, Limits, S3Credentials, S3Location, ServiceAccountKey, Storage,
+    StorageLocation,
+};
+use teb_testkit::azure::Azurite;
 use teb_testkit::emulator::{EmulatorOptions, TalosEmulator};
+use teb_testkit::gcs::GcsServer;
 use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 /// Strings a user could paste: arbitrary unicode, ASCII with control characters, near-valid names,
@@ -48,35 +55,75 @@ fn reference() -> impl Strategy<Value = SecretKeyRef> {
     (text(), text()).prop_map(|(name, key)| SecretKeyRef { name, key })
 }
 
-fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
+/// (Boxed, as the other storage strategies: their nested value trees overflow a test thread's stack.)
+fn s3_storage() -> BoxedStrategy<S3Storage> {
     let sse = (proptest::option::of(prop_oneof![text(), Just("aws:kms".to_owned())]), proptest::option::of(text()));
+    (text(), text(), proptest::option::of(text()), reference(), reference(), sse)
+        .prop_map(|(bucket, region, endpoint, access, secret, (sse, kms))| S3Storage {
+            bucket,
+            region,
+            endpoint,
+            insecure_skip_tls_verify: None,
+            access_key_id: Some(access),
+            secret_access_key: Some(secret),
+            ca_bundle: None,
+            server_side_encryption: sse,
+            kms_key_id: kms,
+        })
+        .boxed()
+}
+
+fn azure_storage() -> BoxedStrategy<AzureStorage> {
+    let name = |valid: &'static str| prop_oneof![text(), Just(valid.to_owned())];
     (
-        text(),
-        text(),
-        text(),
+        name("tebbackups"),
+        name("etcd-backups"),
         proptest::option::of(text()),
-        reference(),
-        reference(),
         proptest::option::of(reference()),
-        sse,
+        proptest::option::of(reference()),
     )
-        .prop_map(|(cp, bucket, region, endpoint, access, secret, talosconfig, (sse, kms))| TalosEtcdBackupSpec {
+        .prop_map(|(account, container, endpoint, account_key, sas_token)| AzureStorage {
+            account,
+            container,
+            endpoint,
+            account_key,
+            sas_token,
+        })
+        .boxed()
+}
+
+fn gcs_storage() -> BoxedStrategy<GcsStorage> {
+    (
+        prop_oneof![text(), Just("my-etcd-backups".to_owned())],
+        proptest::option::of(text()),
+        proptest::option::of(reference()),
+    )
+        .prop_map(|(bucket, endpoint, service_account_key)| GcsStorage { bucket, endpoint, service_account_key })
+        .boxed()
+}
+
+/// Any of the three backends, and now and then two at once or none.
+fn backup_storage() -> BoxedStrategy<BackupStorage> {
+    let one = |s3, azure, gcs| BackupStorage { s3, azure, gcs };
+    prop_oneof![
+        s3_storage().prop_map(move |s3| one(Some(s3), None, None)),
+        azure_storage().prop_map(move |azure| one(None, Some(azure), None)),
+        gcs_storage().prop_map(move |gcs| one(None, None, Some(gcs))),
+        (
+            proptest::option::of(s3_storage()),
+            proptest::option::of(azure_storage()),
+            proptest::option::of(gcs_storage())
+        )
+            .prop_map(move |(s3, azure, gcs)| one(s3, azure, gcs)),
+    ]
+    .boxed()
+}
+
+fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
+    (text(), backup_storage(), proptest::option::of(reference())).prop_map(|(cp, backup_storage, talosconfig)| {
+        TalosEtcdBackupSpec {
             talos_control_plane_ref: TalosControlPlaneRef { name: cp },
-            backup_storage: BackupStorage {
-                s3: Some(S3Storage {
-                    bucket,
-                    region,
-                    endpoint,
-                    insecure_skip_tls_verify: None,
-                    access_key_id: Some(access),
-                    secret_access_key: Some(secret),
-                    ca_bundle: None,
-                    server_side_encryption: sse,
-                    kms_key_id: kms,
-                }),
-                azure: None,
-                gcs: None,
-            },
+            backup_storage,
             compression: None,
             compression_level: None,
             encryption: None,
@@ -84,22 +131,55 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
             talosconfig_secret_ref: talosconfig,
             deletion_policy: Default::default(),
             verify: false,
-        })
+        }
+    })
 }
 
-/// One runtime and one S3 server (bucket `my-etcd-backups`) for every case.
-fn proving_ground() -> &'static (tokio::runtime::Runtime, S3Server, TalosEmulator) {
-    static GROUND: OnceLock<(tokio::runtime::Runtime, S3Server, TalosEmulator)> = OnceLock::new();
+/// One runtime and the servers every case shares.
+struct Ground {
+    runtime: tokio::runtime::Runtime,
+    /// Bucket `my-etcd-backups`.
+    s3: S3Server,
+    emulator: TalosEmulator,
+    /// Container `etcd-backups`.
+    azurite: Azurite,
+    /// Bucket `my-etcd-backups`.
+    gcs: GcsServer,
+}
+
+fn proving_ground() -> &'static Ground {
+    static GROUND: OnceLock<Ground> = OnceLock::new();
     GROUND.get_or_init(|| {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let (s3, emulator) = runtime.block_on(async {
+        let (s3, emulator, azurite, gcs) = runtime.block_on(async {
             let s3 = S3Server::start().await.unwrap();
             s3.create_bucket_in("my-etcd-backups", teb_testkit::spec::SPEC_REGION).unwrap();
             let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-            (s3, TalosEmulator::start(options).await.unwrap())
+            let azurite = Azurite::start().await.unwrap();
+            azurite.create_container("etcd-backups").await.unwrap();
+            let gcs = GcsServer::start().await.unwrap();
+            gcs.create_bucket("my-etcd-backups");
+            (s3, TalosEmulator::start(options).await.unwrap(), azurite, gcs)
         });
-        (runtime, s3, emulator)
+        Ground { runtime, s3, emulator, azurite, gcs }
     })
+}
+
+/// Uploads a tiny snapshot through `storage`, if it could be built: the error, if any.
+fn try_upload(runtime: &tokio::runtime::Runtime, storage: Result<Storage, teb_pipeline::Error>) -> Option<String> {
+    let storage = match storage {
+        Ok(storage) => storage,
+        Err(e) => return Some(e.to_string()),
+    };
+    let limits =
+        Limits { idle_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(20), ..Limits::default() };
+    let source = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(snapshot()))]);
+    let key = "talos-operator-etcd-backups/fuzz/etcd-snapshot.db";
+    let result = runtime.block_on(async {
+        let upload = storage.create_upload(key, &[]).await?;
+        teb_pipeline::run(source, &storage, &upload, &limits, &Default::default(), &|_| {}).await
+    });
+    result.err().map(|e| e.to_string())
 }
 
 /// A tiny but valid snapshot: one 512-byte page and its SHA-256 trailer.
@@ -209,7 +289,7 @@ proptest! {
         access in prop_oneof![text(), Just(ACCESS_KEY.to_owned())],
         secret in prop_oneof![text(), Just(SECRET_KEY.to_owned())],
     ) {
-        let (runtime, s3, _) = proving_ground();
+        let Ground { runtime, s3, .. } = proving_ground();
         // The host stays 127.0.0.1 whatever the suffix, or the case is not sent anywhere.
         let endpoint = format!("{scheme}{}{suffix}", s3.endpoint.trim_start_matches("http://"));
         let public = [bucket.clone(), region.clone(), endpoint.clone()];
@@ -223,31 +303,87 @@ proptest! {
             credentials: Some(S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() }),
             sse: None,
         };
-        let storage = match Storage::new(&StorageLocation::S3(location), Duration::from_secs(5)) {
-            Ok(storage) => storage,
-            Err(e) => {
-                assert_no_secret(&e.to_string(), &[&secret], &public);
-                return Ok(());
-            }
-        };
-        let uri: http::Uri = endpoint.parse().expect("a validated endpoint parses");
-        prop_assume!(uri.host() == Some("127.0.0.1"));
-        let limits = Limits { idle_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(20), ..Limits::default() };
-        let source = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(snapshot()))]);
-        let key = "talos-operator-etcd-backups/fuzz/etcd-snapshot.db";
-        let result = runtime.block_on(async {
-            let upload = storage.create_upload(key, &[]).await?;
-            teb_pipeline::run(source, &storage, &upload, &limits, &Default::default(), &|_| {}).await
-        });
-        if let Err(e) = result {
-            assert_no_secret(&e.to_string(), &[&secret], &public);
+        let storage = Storage::new(&StorageLocation::S3(location), Duration::from_secs(5));
+        if storage.is_ok() {
+            let uri: http::Uri = endpoint.parse().expect("a validated endpoint parses");
+            prop_assume!(uri.host() == Some("127.0.0.1"));
+        }
+        if let Some(e) = try_upload(runtime, storage) {
+            assert_no_secret(&e, &[&secret], &public);
         }
         prop_assert!(s3.unfinished_uploads().is_empty());
     }
 
     #[test]
+    fn azure_settings_never_panic_the_upload(
+        account in prop_oneof![text(), Just(teb_testkit::azure::ACCOUNT.to_owned())],
+        container in prop_oneof![text(), Just("etcd-backups".to_owned())],
+        suffix in prop_oneof![text(), Just(String::new()), Just("/".to_owned())],
+        secret in prop_oneof![text(), Just(teb_testkit::azure::ACCOUNT_KEY.to_owned())],
+        sas: bool,
+    ) {
+        let Ground { runtime, azurite, .. } = proving_ground();
+        // The endpoint's host stays 127.0.0.1 after any suffix of its path.
+        let endpoint = format!("{}{suffix}", azurite.endpoint);
+        let public = [account.clone(), container.clone(), endpoint.clone()];
+        let public: Vec<&str> = public.iter().map(String::as_str).collect();
+        let credentials = if sas { AzureCredentials::Sas(secret.clone()) } else { AzureCredentials::AccountKey(secret.clone()) };
+        let location = AzureLocation { account, container, endpoint: Some(endpoint.clone()), credentials: Some(credentials) };
+        let storage = Storage::new(&StorageLocation::Azure(location), Duration::from_secs(5));
+        if storage.is_ok() {
+            let uri: http::Uri = endpoint.parse().expect("a validated endpoint parses");
+            prop_assume!(uri.host() == Some("127.0.0.1"));
+        }
+        if let Some(e) = try_upload(runtime, storage) {
+            assert_no_secret(&e, &[&secret], &public);
+        }
+        prop_assert!(runtime.block_on(azurite.uncommitted_blobs("etcd-backups")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn gcs_settings_never_panic_the_upload(
+        bucket in prop_oneof![text(), Just("my-etcd-backups".to_owned())],
+        suffix in prop_oneof![text(), Just(String::new()), Just("/".to_owned())],
+        email in prop_oneof![text(), Just(teb_testkit::gcs::CLIENT_EMAIL.to_owned())],
+        private_key in prop_oneof![text(), Just(String::new())],
+        whole in text(),
+        shape in 0..3u8,
+    ) {
+        let Ground { runtime, gcs, .. } = proving_ground();
+        let endpoint = format!("{}{suffix}", gcs.endpoint);
+        let mut key: serde_json::Value = serde_json::from_str(&gcs.service_account_key()).unwrap();
+        let pem = key["private_key"].as_str().unwrap().to_owned();
+        // The server's key with another account; a key whose PEM is garbage; garbage for a file.
+        let (json, secret) = match shape {
+            0 => {
+                key["client_email"] = email.clone().into();
+                (key.to_string(), pem)
+            }
+            1 => {
+                key["private_key"] = private_key.clone().into();
+                (key.to_string(), private_key)
+            }
+            _ => (whole.clone(), whole),
+        };
+        let public = [bucket.clone(), endpoint.clone(), email];
+        let public: Vec<&str> = public.iter().map(String::as_str).collect();
+        let location = GcsLocation { bucket, endpoint: Some(endpoint.clone()), service_account_key: Some(ServiceAccountKey(json)) };
+        let storage = Storage::new(&StorageLocation::Gcs(location), Duration::from_secs(5));
+        if storage.is_ok() {
+            let uri: http::Uri = endpoint.parse().expect("a validated endpoint parses");
+            prop_assume!(uri.host() == Some("127.0.0.1"));
+        }
+        if let Some(e) = try_upload(runtime, storage) {
+            // A PEM's lines, not just the whole: a message could quote one.
+            let lines: Vec<&str> = secret.lines().filter(|l| !l.starts_with("-----")).collect();
+            assert_no_secret(&e, &[&[secret.as_str()], lines.as_slice()].concat(), &public);
+        }
+        prop_assert!(gcs.unfinished_uploads().is_empty());
+    }
+
+    #[test]
     fn node_names_never_panic_the_talos_client(node in text()) {
-        let (runtime, _, emulator) = proving_ground();
+        let Ground { runtime, emulator, .. } = proving_ground();
         let target = teb_talos::Talosconfig::from_yaml(&emulator.talosconfig(&["os:etcd:backup"]).unwrap())
             .unwrap()
             .target(None)
