@@ -250,6 +250,10 @@ impl BucketArgs {
             .bucket
             .as_deref()
             .map(|b| ObjectUrl::parse(b).unwrap_or(ObjectUrl { scheme: "s3", container: b, key: None }));
+        anyhow::ensure!(
+            from_bucket.as_ref().is_none_or(|bucket| bucket.key.is_none()),
+            "--bucket: give the bucket or container only (az://container), the key with --key"
+        );
         let url = match (from_key, from_bucket) {
             (Some(key), Some(bucket)) if (key.scheme, key.container) != (bucket.scheme, bucket.container) => {
                 anyhow::bail!("--key names {}://{} but --bucket names {}", key.scheme, key.container, self.name(None))
@@ -259,7 +263,6 @@ impl BucketArgs {
                 "--bucket is required, or --key as an object URL (s3://bucket/key, az://container/key, gs://bucket/key)"
             ),
         };
-        anyhow::ensure!(url.key.is_none(), "--bucket: give the bucket or container only, without a key");
         let container = url.container.to_owned();
         let endpoint = self.endpoint.clone();
         Ok(match url.scheme {

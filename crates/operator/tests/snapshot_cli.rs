@@ -10,13 +10,24 @@ use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 /// `talos-etcd-backup <subcommand> --bucket backups --endpoint <the S3 server>`, its keys in the
 /// environment.
 fn cli(subcommand: &str, s3: &S3Server) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+    let mut command = bare(subcommand);
     command
-        .args([subcommand, "--bucket", "backups", "--endpoint", &s3.endpoint])
+        .args(["--bucket", "backups", "--endpoint", &s3.endpoint])
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env_remove("AGE_IDENTITY_FILE")
-        .env_remove("RUST_LOG");
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    command
+}
+
+/// `talos-etcd-backup <subcommand>`, with no storage settings from this environment.
+fn bare(subcommand: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"));
+    command.arg(subcommand).env_remove("AGE_IDENTITY_FILE").env_remove("RUST_LOG");
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET", "S3_ENDPOINT"] {
+        command.env_remove(name);
+    }
+    for name in ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"] {
+        command.env_remove(name);
+    }
     command
 }
 
@@ -563,4 +574,74 @@ async fn snapshot_command_never_overwrites_an_object() {
     let stored = summary["key"].as_str().unwrap();
     assert!(stored.ends_with("Z-2.db"), "a taken generated key is numbered: {stored}");
     assert_eq!(s3.objects("backups").await.unwrap().len(), 6);
+}
+
+/// The same commands on Azure Blob Storage (Azurite) and GCS, named by object_store's URLs:
+/// `--bucket az://container` / `gs://bucket`, or the whole object URL as `--key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_and_gcs_urls_snapshot_list_and_verify() {
+    use teb_testkit::azure::{ACCOUNT, ACCOUNT_KEY, Azurite};
+    use teb_testkit::gcs::GcsServer;
+    let ground = CliGround::start().await;
+    ground.fill("/registry/secrets/ns/", 200, 1024).await;
+    let talosconfig = ground.talosconfig("talosconfig", "os:etcd:backup");
+    let azurite = Azurite::start().await.unwrap();
+    azurite.create_container("backups").await.unwrap();
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket("backups");
+    let gcs_key = ground.dir.path().join("key.json");
+    std::fs::write(&gcs_key, gcs.service_account_key()).unwrap();
+    let gcs_key = gcs_key.to_str().unwrap();
+
+    let azure = |subcommand: &str| {
+        let mut command = bare(subcommand);
+        command
+            .args(["--endpoint", &azurite.endpoint, "--azure-account", ACCOUNT])
+            .env("AZURE_STORAGE_ACCOUNT_KEY", ACCOUNT_KEY);
+        command
+    };
+    let google = |subcommand: &str| {
+        let mut command = bare(subcommand);
+        command.args(["--endpoint", &gcs.endpoint, "--gcs-service-account-key", gcs_key]);
+        command
+    };
+    for (url, run) in [("az://backups", &azure as &dyn Fn(&str) -> Command), ("gs://backups", &google)] {
+        let (ok, summary, stderr) = outcome(
+            run("snapshot")
+                .args(["--bucket", url, "--cluster", "demo", "--zstd"])
+                .arg("--talosconfig")
+                .arg(&talosconfig),
+        );
+        assert!(ok, "{url}: {stderr}");
+        let key = summary["key"].as_str().unwrap().to_owned();
+        assert!(key.starts_with("talos-operator-etcd-backups/demo/") && key.ends_with(".db.zst"), "{key}");
+        assert_eq!(summary["bucket"], url, "{summary}");
+
+        let (ok, listed, stderr) = outcome(run("list").args(["--bucket", url, "--output", "json"]));
+        assert!(ok, "{url}: {stderr}");
+        let entries = listed.as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{listed}");
+        assert_eq!((&entries[0]["key"], &entries[0]["encoding"]), (&summary["key"], &"zstd".into()), "{listed}");
+
+        // The object URL alone names the container or bucket.
+        let (ok, verified, stderr) = outcome(run("verify").args(["--key", &format!("{url}/{key}")]));
+        assert!(ok && verified["result"] == "pass", "{url}: {verified} {stderr}");
+        assert_eq!(verified["sha256"], summary["sha256"]);
+    }
+    assert!(gcs.unfinished_uploads().is_empty());
+
+    // A SAS token for the container works as the key does; a wrong key says which service refused.
+    let sas = azurite.container_sas("backups", jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1));
+    let mut listing = bare("list");
+    listing.args(["--bucket", "az://backups", "--endpoint", &azurite.endpoint, "--azure-account", ACCOUNT]);
+    let (ok, listed, stderr) = outcome(listing.env("AZURE_STORAGE_SAS_TOKEN", &sas).args(["--output", "json"]));
+    assert!(ok && listed.as_array().unwrap().len() == 1, "{listed} {stderr}");
+    let wrong = "bm90IHRoZSBhY2NvdW50IGtleQ==";
+    let (ok, _, stderr) =
+        outcome(azure("list").args(["--bucket", "az://backups"]).env("AZURE_STORAGE_ACCOUNT_KEY", wrong));
+    assert!(!ok && stderr.contains("Azure Blob Storage error Authori"), "{stderr}");
+    assert!(!stderr.contains(wrong) && !stderr.contains(ACCOUNT_KEY), "{stderr}");
+    // An Azure container without its account is refused before any request.
+    let (ok, _, stderr) = outcome(bare("list").args(["--bucket", "az://backups", "--endpoint", &azurite.endpoint]));
+    assert!(!ok && stderr.contains("--azure-account"), "{stderr}");
 }
