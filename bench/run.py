@@ -228,6 +228,39 @@ def main():
         r = measured("verify zstd+age", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint,
                                          "--key", "bench/full.db.zst.age", "--age-identity-file", identity])
         row["verify_zstd_age"] = dict(r, **last_json(r["stdout"]))
+        # The same backups to Azure Blob Storage (Azurite, a Node.js process writing to disk) and to GCS
+        # (the test GCS server, in memory), each server started for this size only.
+        for backend in ("azure", "gcs"):
+            if backend == "azure":
+                server = subprocess.Popen([teb_bench, "azurite"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                url, account, account_key = server.stdout.readline().decode().split()
+                place = ["--bucket", "az://bench", "--endpoint", url, "--azure-account", account]
+                backend_env = dict(env, AZURE_STORAGE_ACCOUNT_KEY=account_key)
+            else:
+                key_file = os.path.join(work, "gcs-key.json")
+                server = subprocess.Popen([teb_bench, "gcs-server", "--key-file", key_file], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE)
+                url = server.stdout.readline().decode().strip()
+                place = ["--bucket", "gs://bench", "--endpoint", url, "--gcs-service-account-key", key_file]
+                backend_env = env
+            atexit.register(server.kill)
+            for name, cmd in (
+                    ("plain", [teb, "snapshot", "--talosconfig", talosconfig, "--key", "bench/full.db"] + place),
+                    ("zstd_age", [teb, "snapshot", "--talosconfig", talosconfig, "--key", "bench/full.db.zst.age",
+                                  "--zstd", "--age-recipient", recipient] + place),
+                    ("verify_zstd_age", [teb, "verify", "--key", "bench/full.db.zst.age", "--age-identity-file",
+                                         identity] + place)):
+                before = cpu_seconds([server.pid])
+                r = run(f"{backend} {name}", cmd, env=backend_env)
+                r["server_cpu_s"] = cpu_seconds([server.pid]) - before
+                r = dict(r, **last_json(r["stdout"]))
+                r["mb_per_s"] = r["size"] / 1e6 / r["seconds"] if "seconds" in r else r.get("mb_per_s", 0)
+                r.pop("stdout", None)
+                r.pop("stderr", None)
+                row[f"{backend}_{name}"] = r
+            server.stdin.close()
+            server.wait()
+
         for key in ("bench/full.db.zst", "bench/full.db.age", "bench/full.db.zst.age"):  # disk: 4 GiB rows are big
             subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
 
@@ -386,8 +419,37 @@ def write_report(results, args):
             busy = (r["cpu_s"] + r["talos_emulator_and_etcd_cpu_s"] + r["s3_server_cpu_s"]) / (2 * r["wall_s"])
             lines.append(f"| {row['label']} | {name} | {r['cpu_s']:.1f} | {r['talos_emulator_and_etcd_cpu_s']:.1f} | "
                          f"{r['s3_server_cpu_s']:.1f} | {busy:.2f} |")
+    lines += ["", "## Azure Blob Storage and GCS (the same databases)", "",
+              "Azurite 3.37 (Microsoft's emulator, Node.js, blobs on disk) and the project's GCS test server (XML",
+              "API, in memory), each its own process; the client's figures are what a backup costs wherever the",
+              "store is. S3's rows repeat the tables above.", "",
+              "| size | store | path | MB/s (snapshot bytes) | wall s | client CPU s per GiB | peak RSS MiB | store CPU s | local disk written |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    stores = (("S3", {"plain": "full", "zstd_age": "zstd_age", "verify_zstd_age": "verify_zstd_age"}),
+              ("Azure (Azurite)", {n: f"azure_{n}" for n in ("plain", "zstd_age", "verify_zstd_age")}),
+              ("GCS (test server)", {n: f"gcs_{n}" for n in ("plain", "zstd_age", "verify_zstd_age")}))
+    paths = (("plain", "`snapshot`"), ("zstd_age", "`snapshot --zstd --age-recipient`"),
+             ("verify_zstd_age", "`verify` of the zstd+age object"))
+    for row in results:
+        gib = row["source"]["bytes"] / (1 << 30)
+        for store, keys in stores:
+            for path, title in paths:
+                r = row[keys[path]]
+                store_cpu = r.get("server_cpu_s", r.get("s3_server_cpu_s"))
+                lines.append(f"| {row['label']} | {store} | {title} | {r['mb_per_s']:.0f} | {r['wall_s']:.1f} | "
+                             f"{r['cpu_s'] / gib:.1f} | {mb(r['peak_rss'])} | "
+                             f"{'' if store_cpu is None else f'{store_cpu:.1f}'} | {r['disk_write']} |")
     small, large = results[0], results[-1]
     lines += ["", "## Ratios", "", "| ratio | value | target |", "|---|---:|---|"]
+    for backend in ("azure", "gcs"):
+        for name in ("plain", "zstd_age", "verify_zstd_age"):
+            key = f"{backend}_{name}"
+            lines.append(f"| peak RSS of {backend} {name.replace('_', '+')}, {large['label']} ÷ {small['label']} | "
+                         f"{large[key]['peak_rss'] / small[key]['peak_rss']:.2f} | flat (≈ 1) |")
+            lines.append(f"| local disk written by {backend} {name.replace('_', '+')}, every size | "
+                         f"{max(row[key]['disk_write'] for row in results)} B | 0 B |")
+        lines.append(f"| {backend} plain MB/s ÷ S3 plain MB/s, {large['label']} | "
+                     f"{large[f'{backend}_plain']['mb_per_s'] / large['full']['mb_per_s']:.2f} | (the store's pace) |")
     for row in results:
         ratio = row["full"]["mb_per_s"] / min(row["source"]["mb_per_s"], row["sink"]["mb_per_s"])
         lines.append(f"| full ÷ min(source, sink), {row['label']} | {ratio:.2f} | ≥ 0.9 |")

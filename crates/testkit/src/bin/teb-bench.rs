@@ -53,6 +53,14 @@ enum Command {
     },
     /// Run the test S3 server (bucket `bench`) until standard input closes.
     S3Server,
+    /// Run Azurite (container `bench`; prints its endpoint, account and key) until standard input closes.
+    Azurite,
+    /// Run the test GCS server (bucket `bench`; prints its endpoint and writes the service account
+    /// key to `--key-file`) until standard input closes.
+    GcsServer {
+        #[arg(long)]
+        key_file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -73,6 +81,8 @@ async fn main() -> anyhow::Result<()> {
             sink(&endpoint, &bucket, bytes, part_size_mib, parts_in_flight).await
         }
         Command::S3Server => s3_server().await,
+        Command::Azurite => azurite().await,
+        Command::GcsServer { key_file } => gcs_server(&key_file).await,
     }
 }
 
@@ -321,7 +331,27 @@ async fn s3_server() -> anyhow::Result<()> {
     let server = teb_testkit::s3::S3Server::start().await?;
     server.create_bucket("bench")?;
     println!("{}", server.endpoint);
-    // Run until the harness closes our standard input.
+    until_stdin_closes().await
+}
+
+async fn azurite() -> anyhow::Result<()> {
+    use teb_testkit::azure::{ACCOUNT, ACCOUNT_KEY, Azurite};
+    let server = Azurite::start().await?;
+    server.create_container("bench").await?;
+    println!("{} {ACCOUNT} {ACCOUNT_KEY}", server.endpoint);
+    until_stdin_closes().await
+}
+
+async fn gcs_server(key_file: &std::path::Path) -> anyhow::Result<()> {
+    let server = teb_testkit::gcs::GcsServer::start().await?;
+    server.create_bucket("bench");
+    std::fs::write(key_file, server.service_account_key())?;
+    println!("{}", server.endpoint);
+    until_stdin_closes().await
+}
+
+/// Runs until the harness closes our standard input.
+async fn until_stdin_closes() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await??;
     Ok(())
 }
