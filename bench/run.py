@@ -165,6 +165,12 @@ def main():
     env.pop("AWS_CA_BUNDLE", None)  # a machine-wide bundle rclone cannot load with its own transport
     rclone = ["rclone", "--s3-no-check-bucket", "--config", "/dev/null"]
 
+    def delete(key, missing_ok=False):
+        """Deletes `key` of bucket `bench` (rclone's path is bucket/key)."""
+        done = subprocess.run(rclone + ["deletefile", f"bench:bench/{key}"], env=env, capture_output=True, text=True)
+        if done.returncode != 0 and not (missing_ok and "doesn't exist" in done.stderr):
+            sys.exit(f"rclone deletefile bench/{key} failed: {done.stderr}")
+
     results = []
     for size in sizes:
         label = f"{size // MiB} MiB" if size < 1 << 30 else f"{size // (1 << 30)} GiB"
@@ -196,7 +202,7 @@ def main():
         snapshot_bytes = row["source"]["bytes"]
         r = measured("sink", [teb_bench, "sink", "--endpoint", endpoint, "--bucket", "bench", "--bytes", str(snapshot_bytes)])
         row["sink"] = dict(r, **last_json(r["stdout"]))
-        subprocess.run(rclone + ["deletefile", "bench:bench/sink-alone.db"], env=env, capture_output=True)
+        delete("bench/sink-alone.db")
         before = env_cpu()
         full = Run("full", [teb, "snapshot", "--talosconfig", talosconfig, "--bucket", "bench", "--endpoint", endpoint,
                             "--key", "bench/full.db", "--progress", "always"], env=env, sample=True)
@@ -224,7 +230,7 @@ def main():
             row[name] = dict(r, **last_json(r["stdout"]))
             row[name]["mb_per_s"] = row[name]["size"] / 1e6 / row[name]["seconds"]
             if name != "zstd_age":  # read back below
-                subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
+                delete(key)
         r = measured("verify zstd+age", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint,
                                          "--key", "bench/full.db.zst.age", "--age-identity-file", identity])
         row["verify_zstd_age"] = dict(r, **last_json(r["stdout"]))
@@ -261,12 +267,11 @@ def main():
             server.stdin.close()
             server.wait()
 
-        for key in ("bench/full.db.zst", "bench/full.db.age", "bench/full.db.zst.age"):  # disk: 4 GiB rows are big
-            subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
+        delete("bench/full.db.zst.age")  # disk: 4 GiB rows are big
 
         snap = os.path.join(work, "two-step.db")
         save = run("etcdctl", [args.etcdctl, "--endpoints", etcd_url, "snapshot", "save", snap], env=env)
-        copy = run("rclone copyto", rclone + ["copyto", snap, "bench:bench/two-step.db"], env=env)
+        copy = run("rclone copyto", rclone + ["copyto", snap, "bench:bench/bench/two-step.db"], env=env)
         row["two_step"] = {
             "wall_s": save["wall_s"] + copy["wall_s"], "cpu_s": save["cpu_s"] + copy["cpu_s"],
             "peak_rss": max(save["peak_rss"], copy["peak_rss"]), "disk_write": save["disk_write"] + copy["disk_write"],
@@ -274,17 +279,17 @@ def main():
             "rclone": {k: copy[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")},
         }
         os.remove(snap)
-        subprocess.run(rclone + ["deletefile", "bench:bench/two-step.db"], env=env, capture_output=True)
+        delete("bench/two-step.db")
 
         started = time.monotonic()
         src = Run("source --stdout", [teb_bench, "source", "--talosconfig", talosconfig, "--stdout"], env=env)
-        rcat = Run("rclone rcat", rclone + ["rcat", "bench:bench/rcat.db"], env=env, stdin=src.proc.stdout)
+        rcat = Run("rclone rcat", rclone + ["rcat", "bench:bench/bench/rcat.db"], env=env, stdin=src.proc.stdout)
         src.proc.stdout.close()
         rcat_r, src_r = rcat.wait(), src.wait()
         wall = time.monotonic() - started
         row["rcat"] = {"wall_s": wall, "mb_per_s": snapshot_bytes / 1e6 / wall, "rclone": rcat_r,
                        "source": {k: src_r[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")}}
-        subprocess.run(rclone + ["deletefile", "bench:bench/rcat.db"], env=env, capture_output=True)
+        delete("bench/rcat.db")
         # The backup read back: verify, then restore into the emulator's wiped etcd (last: the wipe ends
         # the etcd the other rows read).
         r = measured("verify", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint, "--key", "bench/full.db"])
@@ -295,11 +300,11 @@ def main():
                                  "--endpoint", endpoint, "--key", "bench/full.db", "--wait", "10m"])
         row["restore"] = dict(r, **last_json(r["stdout"]))
         row["restore"]["mb_per_s"] = row["restore"]["size"] / 1e6 / row["restore"]["wall_s"]
-        subprocess.run(rclone + ["deletefile", "bench:bench/full.db"], env=env, capture_output=True)
+        delete("bench/full.db")
 
         for key in ("bench/full.db", "bench/two-step.db", "bench/rcat.db", "bench/sink-alone.db", "bench/full.db.zst",
                     "bench/full.db.age", "bench/full.db.zst.age"):
-            subprocess.run(rclone + ["deletefile", f"bench:{key}"], env=env, capture_output=True)
+            delete(key, missing_ok=True)
         emu.terminate()
         emu.wait()
         subprocess.run(["rm", "-rf", work])
