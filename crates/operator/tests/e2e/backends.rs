@@ -257,3 +257,64 @@ async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
     let source = "  backupRef:\n    name: sealed\n";
     backup_verify_restore_delete(&scenario, server, &storage(PLACE, "gcs-key"), &recipient, source).await;
 }
+
+/// A schedule to GCS: its storage check names the bucket and GCS's refusal, and retention deletes the
+/// pruned backups' objects from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_to_gcs_checks_its_bucket_and_prunes_to_retention() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-gcs-schedule", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket(PLACE);
+    scenario.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
+    let schedule = |name: &str, bucket: &str| {
+        let storage = format!(
+            "        gcs:\n          bucket: {bucket}\n          endpoint: {}\n          serviceAccountKey: {{name: gcs-key, \
+             key: key.json}}\n",
+            gcs.endpoint
+        );
+        format!(
+            "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackupSchedule\nmetadata:\n  name: {name}\nspec:\n  \
+             schedule: \"@every 3s\"\n  retention: 2\n  backupTemplate:\n    spec:\n      talosControlPlaneRef:\n        \
+             name: my-controlplane\n      backupStorage:\n{storage}"
+        )
+    };
+    scenario.apply(&schedule("missing", "no-such-bucket")).await;
+    scenario.apply(&schedule("every3s", PLACE)).await;
+    let scenario = &scenario;
+    let storage_ready = |name: &'static str| async move {
+        let status = scenario.schedule_status(name).await;
+        status.conditions.iter().find(|c| c.type_ == "StorageReady").map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let (ready, message) = scenario.eventually(30, "the missing bucket's check", || storage_ready("missing")).await;
+    assert_eq!(ready, "False", "{message}");
+    assert!(
+        message.starts_with("GCS bucket \"no-such-bucket\" refused a test upload") && message.contains("NoSuchBucket"),
+        "{message}"
+    );
+    let (ready, message) = scenario.eventually(30, "the bucket's check", || storage_ready("every3s")).await;
+    assert_eq!((ready.as_str(), message.as_str()), ("True", "GCS bucket \"etcd-backups\" accepted a test upload"));
+
+    // Four runs, two kept: the bucket holds exactly the live backups' objects.
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    scenario
+        .eventually(60, "four runs and retention to prune to 2", || async {
+            let backups = scenario.backups_of("every3s").await;
+            let mut seen = seen.lock().unwrap();
+            seen.extend(backups.iter().filter_map(|b| b.metadata.name.clone()));
+            let ready = backups.iter().filter(|b| is_ready(b)).count();
+            (seen.len() >= 4 && ready == 2 && backups.len() <= 3).then_some(())
+        })
+        .await;
+    scenario
+        .eventually(30, "the bucket to hold exactly the live backups' objects", || async {
+            let mut live = stored_keys(&scenario.backups_of("every3s").await);
+            live.sort();
+            let mut objects: Vec<String> = gcs.objects(PLACE).into_iter().map(|(key, _)| key).collect();
+            objects.sort();
+            (objects == live && live.len() == 2).then_some(())
+        })
+        .await;
+    assert!(gcs.unfinished_uploads().is_empty());
+}
