@@ -62,3 +62,96 @@ async fn sigkill_mid_upload_leaves_no_unfinished_upload_after_restart() {
     );
     assert_eq!(status.attempts, 2, "the interrupted attempt counts");
 }
+
+/// A Secret `name` holding `key: value`.
+fn secret(name: &str, key: &str, value: &str) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        string_data: Some([(key.to_owned(), value.to_owned())].into()),
+        ..Default::default()
+    }
+}
+
+/// The same on GCS, whose multipart upload is recorded and aborted after the restart, and on Azure,
+/// whose staged blocks are never committed (Azure has nothing to abort them with): the one blob is the
+/// restarted attempt's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_upload_to_gcs_or_azure_leaves_one_object_after_restart() {
+    use teb_testkit::azure::{ACCOUNT, ACCOUNT_KEY, Azurite};
+    use teb_testkit::gcs::GcsServer;
+    let ground = ProvingGround::start(
+        "crash-backends",
+        EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() },
+        false,
+    )
+    .await;
+    ground.fill_etcd(24).await;
+    ground.control_plane_with_bundle().await;
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket("etcd-backups");
+    let azurite = Azurite::start().await.unwrap();
+    azurite.create_container("etcd-backups").await.unwrap();
+    ground.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
+    ground.create_secret(&secret("azure-key", "accountKey", ACCOUNT_KEY)).await;
+    let storage = |name: &str| match name {
+        "to-gcs" => format!(
+            "    gcs:\n      bucket: etcd-backups\n      endpoint: {}\n      serviceAccountKey: {{name: gcs-key, key: \
+             key.json}}\n",
+            gcs.endpoint
+        ),
+        _ => format!(
+            "    azure:\n      account: {ACCOUNT}\n      container: etcd-backups\n      endpoint: {}\n      accountKey: \
+             {{name: azure-key, key: accountKey}}\n",
+            azurite.endpoint
+        ),
+    };
+    let api: Api<TalosEtcdBackup> = Api::namespaced(ground.admin.clone(), &ground.ns);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("operator.log");
+    for name in ["to-gcs", "to-azure"] {
+        ground.emulator.faults.limit_bandwidth(2 << 20);
+        let first = operator(&ground, &log);
+        ground
+            .apply(&format!(
+                "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackup\nmetadata:\n  name: {name}\nspec:\n  \
+                 talosControlPlaneRef:\n    name: my-controlplane\n  backupStorage:\n{}",
+                storage(name)
+            ))
+            .await;
+        wait_for("a part on its way", async || match name {
+            "to-gcs" => !gcs.unfinished_uploads().is_empty(),
+            _ => !azurite.uncommitted_blobs("etcd-backups").await.unwrap().is_empty(),
+        })
+        .await;
+        let recorded = api.get(name).await.unwrap().status.unwrap().unfinished_uploads;
+        drop(first); // SIGKILL
+        assert_eq!(recorded.len(), 1, "{name}: the upload was recorded before its first part");
+        if name == "to-gcs" {
+            assert_eq!(gcs.unfinished_uploads().len(), 1, "the killed process left its upload");
+        }
+
+        ground.emulator.faults.clear();
+        let second = operator(&ground, &log);
+        wait_for("Ready", async || {
+            let status = api.get(name).await.unwrap().status.unwrap_or_default();
+            conditions::is_true(&status.conditions, READY)
+        })
+        .await;
+        drop(second);
+        let status = api.get(name).await.unwrap().status.unwrap();
+        assert!(status.unfinished_uploads.is_empty(), "{status:?}");
+        assert_eq!(status.attempts, 2, "the interrupted attempt counts");
+        let stored = vec![(status.filename.clone().unwrap(), status.size.unwrap() as u64)];
+        if name == "to-gcs" {
+            assert!(gcs.unfinished_uploads().is_empty(), "{}", std::fs::read_to_string(&log).unwrap());
+            assert_eq!(gcs.objects("etcd-backups"), stored);
+        } else {
+            assert_eq!(azurite.blobs("etcd-backups").await.unwrap(), stored);
+            // What Azure leaves: the killed attempt's staged blocks, at its own key, in no listing and
+            // no blob, until the service discards them (7 days). Never a blob of its own.
+            let staged = azurite.uncommitted_blobs("etcd-backups").await.unwrap();
+            assert_eq!(staged.len(), 1, "{staged:?}");
+            assert_ne!(staged[0], status.filename.clone().unwrap());
+        }
+    }
+}
