@@ -275,6 +275,45 @@ pub struct S3Storage {
     #[serde(rename = "kmsKeyID", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^[A-Za-z0-9:/_.+=,@-]+$"))]
     pub kms_key_id: Option<String>,
+    /// S3 Object Lock on every object a backup writes (snapshot and recovery kit): nobody can delete
+    /// or overwrite them until `retention` has passed. The bucket must have been created with Object
+    /// Lock enabled. Retention and `deletionPolicy: Delete` leave a locked backup in place and delete
+    /// it once its lock has expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// See [`S3Storage::object_lock`].
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLock {
+    /// `GOVERNANCE`: users with the `s3:BypassGovernanceRetention` permission can still delete a
+    /// locked object (a way out of mistakes). `COMPLIANCE`: nobody can, the account's root user
+    /// included, until the retention has passed.
+    pub mode: ObjectLockMode,
+    /// How long each object stays locked after it is written: a number and a unit, `d` (24 hours),
+    /// `h`, `m` or `s`, such as `30d`, `36h` or `1d12h`; at most 100 years.
+    #[schemars(length(min = 2, max = 64), regex(pattern = r"^([0-9]{1,12}[dhms])+$"))]
+    pub retention: String,
+}
+
+/// See [`ObjectLock::mode`].
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ObjectLockMode {
+    #[serde(rename = "GOVERNANCE")]
+    Governance,
+    #[serde(rename = "COMPLIANCE")]
+    Compliance,
+}
+
+impl ObjectLockMode {
+    /// As S3 names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectLockMode::Governance => "GOVERNANCE",
+            ObjectLockMode::Compliance => "COMPLIANCE",
+        }
+    }
 }
 
 fn sse_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

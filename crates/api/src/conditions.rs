@@ -27,6 +27,11 @@ pub const VERIFIED: &str = "Verified";
 pub const SNAPSHOT_VERIFIED: &str = "SnapshotVerified";
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 
+/// A backup being deleted whose snapshot S3 Object Lock keeps: `SnapshotLocked` True
+/// (`ObjectLockActive`), saying until when; the backup goes with its snapshot then.
+pub const SNAPSHOT_LOCKED: &str = "SnapshotLocked";
+pub const OBJECT_LOCK_ACTIVE: &str = "ObjectLockActive";
+
 /// Reasons of a TalosEtcdRestore's conditions (its types are a backup's: Progressing, Ready, Failed).
 pub const RESTORE_IN_PROGRESS: &str = "RestoreInProgress";
 pub const RESTORE_COMPLETED: &str = "RestoreCompleted";

@@ -91,14 +91,32 @@ fn prefix_of(cluster: Option<&str>) -> String {
     }
 }
 
+/// What deleting a snapshot did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Deletion {
+    /// Snapshot and recovery kit are gone (or were never there).
+    Deleted,
+    /// S3 Object Lock keeps the snapshot or its kit until then: nothing was deleted.
+    Locked { until: jiff::Timestamp },
+}
+
 /// Deletes a stored snapshot (a missing one counts as deleted): retention and `deletionPolicy: Delete`.
-/// Its recovery kit goes with it, sealed or plain: a kit is never left behind.
-pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<(), Error> {
-    storage.delete(key).await.map_err(Error::Upload)?;
-    for sealed in [true, false] {
-        storage.delete(&kit::kit_key(key, sealed)).await.map_err(Error::Upload)?;
+/// Its recovery kit goes with it, sealed or plain: a kit is never left behind. While either is
+/// locked, neither is deleted, so a backup is whole or gone.
+pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<Deletion, Error> {
+    let keys = [key.to_owned(), kit::kit_key(key, true), kit::kit_key(key, false)];
+    let mut locked = None;
+    for key in &keys {
+        locked = locked.max(storage.locked_until(key).await.map_err(Error::Upload)?);
     }
-    Ok(())
+    if let Some(until) = locked {
+        return Ok(Deletion::Locked { until });
+    }
+    for key in &keys {
+        storage.delete(key).await.map_err(Error::Upload)?;
+    }
+    Ok(Deletion::Deleted)
 }
 
 /// Opens the recovery kit stored beside the snapshot at `key` with `identities` and checks it: it

@@ -196,6 +196,12 @@ struct BucketArgs {
     /// KMS key (ID, alias or ARN) for --sse aws:kms.
     #[arg(long, requires = "sse")]
     sse_kms_key_id: Option<String>,
+    /// S3 Object Lock mode of the objects written: GOVERNANCE or COMPLIANCE.
+    #[arg(long, requires = "object_lock_retention")]
+    object_lock_mode: Option<String>,
+    /// How long the objects written stay locked: 30d, 36h, 1d12h, 90s.
+    #[arg(long, requires = "object_lock_mode")]
+    object_lock_retention: Option<String>,
     /// Azure storage account of an az:// container.
     #[arg(long, env = "AZURE_STORAGE_ACCOUNT_NAME")]
     azure_account: Option<String>,
@@ -316,6 +322,13 @@ impl BucketArgs {
                         .map_err(|reason| anyhow::anyhow!("--sse: {reason}"))?,
                 ),
                 None => None,
+            },
+            object_lock: match (&self.object_lock_mode, &self.object_lock_retention) {
+                (Some(mode), Some(retention)) => Some(
+                    teb_pipeline::ObjectLock::parse(mode, retention)
+                        .map_err(|reason| anyhow::anyhow!("--object-lock-mode/--object-lock-retention: {reason}"))?,
+                ),
+                _ => None,
             },
         })
     }

@@ -183,7 +183,17 @@ async fn s3_location(secrets: &mut Secrets, s3: &S3Storage, at: &str) -> Result<
             None => None,
         },
         sse: server_side_encryption(s3, at)?,
+        object_lock: object_lock(s3, at)?,
     })
+}
+
+fn object_lock(s3: &S3Storage, at: &str) -> Result<Option<teb_pipeline::ObjectLock>, Error> {
+    let Some(lock) = &s3.object_lock else {
+        return Ok(None);
+    };
+    teb_pipeline::ObjectLock::parse(lock.mode.as_str(), &lock.retention)
+        .map(Some)
+        .map_err(|reason| Error::Spec(format!("{at}backupStorage.s3.objectLock: {reason}")))
 }
 
 async fn azure_location(secrets: &mut Secrets, azure: &AzureStorage, at: &str) -> Result<AzureLocation, Error> {
@@ -286,6 +296,7 @@ fn validate_storage(storage: &BackupStorage, at: &str) -> Result<(), Error> {
             }
             key_refs(s3, at)?;
             server_side_encryption(s3, at)?;
+            object_lock(s3, at)?;
             let references = [
                 ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
                 ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),

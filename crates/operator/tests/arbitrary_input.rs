@@ -12,7 +12,8 @@ use proptest::prelude::*;
 use sha2::Digest as _;
 use talos_etcd_backup::resolve::validate_spec;
 use teb_api::{
-    AzureStorage, BackupStorage, GcsStorage, S3Storage, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackupSpec,
+    AzureStorage, BackupStorage, GcsStorage, ObjectLock, ObjectLockMode, S3Storage, SecretKeyRef, TalosControlPlaneRef,
+    TalosEtcdBackupSpec,
 };
 use teb_pipeline::{
     AzureCredentials, AzureLocation, GcsLocation, Limits, S3Credentials, S3Location, ServiceAccountKey, Storage,
@@ -58,8 +59,11 @@ fn reference() -> impl Strategy<Value = SecretKeyRef> {
 /// (Boxed, as the other storage strategies: their nested value trees overflow a test thread's stack.)
 fn s3_storage() -> BoxedStrategy<S3Storage> {
     let sse = (proptest::option::of(prop_oneof![text(), Just("aws:kms".to_owned())]), proptest::option::of(text()));
-    (text(), text(), proptest::option::of(text()), reference(), reference(), sse)
-        .prop_map(|(bucket, region, endpoint, access, secret, (sse, kms))| S3Storage {
+    let mode = prop_oneof![Just(ObjectLockMode::Governance), Just(ObjectLockMode::Compliance)];
+    let lock = proptest::option::of((mode, prop_oneof![text(), Just("1d12h".to_owned())]))
+        .prop_map(|lock| lock.map(|(mode, retention)| ObjectLock { mode, retention }));
+    (text(), text(), proptest::option::of(text()), reference(), reference(), sse, lock)
+        .prop_map(|(bucket, region, endpoint, access, secret, (sse, kms), object_lock)| S3Storage {
             bucket,
             region,
             endpoint,
@@ -69,6 +73,7 @@ fn s3_storage() -> BoxedStrategy<S3Storage> {
             ca_bundle: None,
             server_side_encryption: sse,
             kms_key_id: kms,
+            object_lock,
         })
         .boxed()
 }
@@ -302,6 +307,7 @@ proptest! {
             ca_pem: None,
             credentials: Some(S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() }),
             sse: None,
+            object_lock: None,
         };
         let storage = Storage::new(&StorageLocation::S3(location), Duration::from_secs(5));
         if storage.is_ok() {

@@ -18,7 +18,9 @@ pub use bbolt::DbSummary;
 pub use codec::{Encoding, Format, Identity, Recipient};
 pub use error::Error;
 pub use run::{Limits, Report, run};
-pub use storage::aws::{self, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate};
+pub use storage::aws::{
+    self, LockMode, ObjectLock, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate,
+};
 pub use storage::azure::{self, AzureCredentials, AzureLocation};
 pub use storage::gcp::{self, GcsLocation, ServiceAccountKey};
 pub use storage::{Operation, Storage, StorageLocation, StoredSnapshot, UploadRef};

@@ -14,7 +14,8 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
 use teb_api::{DeletionPolicy, RecoveryKitPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
-use teb_core::{Outcome, backup as core_backup, catalog};
+use teb_core::catalog::{self, Deletion};
+use teb_core::{Outcome, backup as core_backup};
 use teb_pipeline::{Format, UploadRef};
 
 use super::{Context, now, patch_status};
@@ -195,7 +196,7 @@ async fn clean_up(
     let uploads = upload_refs(&status);
     let cleaned = crate::isolate(async {
         if uploads.is_empty() && delete.is_none() {
-            return Ok(());
+            return Ok(Deletion::Deleted);
         }
         let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
         if let Some((upload, error)) = catalog::abort_uploads(&storage, &uploads).await.into_iter().next() {
@@ -203,12 +204,13 @@ async fn clean_up(
         }
         match delete {
             Some(key) => Ok(catalog::delete_snapshot(&storage, key).await?),
-            None => Ok(()),
+            None => Ok(Deletion::Deleted),
         }
     })
     .await;
     match cleaned {
-        Ok(()) => {
+        Ok(Deletion::Locked { until }) => wait_for_lock(api, backup, ctx, delete.unwrap_or_default(), until).await,
+        Ok(Deletion::Deleted) => {
             if let Some(key) = delete {
                 tracing::info!(name = %backup.name_any(), %key, "deleted the snapshot with its TalosEtcdBackup");
             }
@@ -247,6 +249,41 @@ async fn clean_up(
             Ok(Action::requeue(retry))
         }
     }
+}
+
+/// A snapshot to delete that S3 Object Lock keeps: the TalosEtcdBackup stays (its finalizer held)
+/// until the lock expires, then goes with its snapshot. A `SnapshotLocked` condition and an event
+/// say until when, and how to let it go sooner.
+async fn wait_for_lock(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    key: &str,
+    until: Timestamp,
+) -> Result<Action, Error> {
+    let message = format!(
+        "The snapshot {key} and its recovery kit in {} are locked by S3 Object Lock until {until}: they are deleted \
+         then, and this TalosEtcdBackup with them. To let the TalosEtcdBackup go now and keep the snapshot, set \
+         spec.deletionPolicy: Retain",
+        backup.spec.backup_storage.describe()
+    );
+    let previous = backup.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    let generation = status.observed_generation;
+    Conditions::new(&mut status.conditions, generation, now()).set(
+        conditions::SNAPSHOT_LOCKED,
+        Status::True,
+        conditions::OBJECT_LOCK_ACTIVE,
+        &message,
+    );
+    if status != previous {
+        patch_status(api, &backup.name_any(), &status).await?;
+        tracing::info!(name = %backup.name_any(), %key, %until, "the snapshot of a deleted TalosEtcdBackup is locked");
+        ctx.event(backup, EventType::Normal, "SnapshotLocked", message).await;
+    }
+    // Checked again when the lock ends, and at least hourly (a spec change also wakes it).
+    let left = Duration::try_from(until.duration_since(Timestamp::now())).unwrap_or_default();
+    Ok(Action::requeue(left.min(Duration::from_secs(3600)) + Duration::from_secs(1)))
 }
 
 /// Why no recovery kit was stored with the backup, when one should have been: it holds the cluster's
@@ -547,8 +584,13 @@ async fn attempt_backup(
     match core_backup::store_kit(&plan, &outcome).await {
         Ok(kit) => outcome.kit = kit,
         Err(error) => {
-            if let Err(e) = catalog::delete_snapshot(&plan.storage, &outcome.report.key).await {
-                tracing::warn!(key = %outcome.report.key, error = %e, "cannot delete the snapshot whose kit failed");
+            match catalog::delete_snapshot(&plan.storage, &outcome.report.key).await {
+                Ok(Deletion::Deleted) => {}
+                Ok(Deletion::Locked { until }) => tracing::warn!(key = %outcome.report.key, %until,
+                    "the snapshot whose kit failed is locked by S3 Object Lock: it stays in the bucket"),
+                Err(e) => {
+                    tracing::warn!(key = %outcome.report.key, error = %e, "cannot delete the snapshot whose kit failed")
+                }
             }
             return Err(error.into());
         }

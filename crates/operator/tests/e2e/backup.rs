@@ -326,6 +326,7 @@ async fn interrupted_attempt(scenario: &mut Scenario, name: &str, yaml: &str) ->
                     secret_access_key: teb_testkit::s3::SECRET_KEY.into(),
                 }),
                 sse: None,
+                object_lock: None,
             }),
             Duration::from_secs(20),
         )

@@ -153,6 +153,7 @@ pub(super) fn build(location: &AzureLocation, request_timeout: Duration) -> Resu
         service: SERVICE,
         container: format!("container {:?} of account {:?}", location.container, location.account),
         failure: Arc::new(failure),
+        locked_writer: None,
     })
 }
 

@@ -134,6 +134,7 @@ pub(super) fn build(location: &GcsLocation, request_timeout: Duration) -> Result
         service: SERVICE,
         container: format!("bucket {:?}", location.bucket),
         failure: Arc::new(failure),
+        locked_writer: None,
     })
 }
 

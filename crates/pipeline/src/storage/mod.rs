@@ -105,7 +105,21 @@ pub struct Storage {
     /// The bucket, as messages name it: `bucket "my-etcd-backups"`.
     pub(crate) container: String,
     pub(crate) failure: Arc<dyn Fn(object_store::Error) -> Failure + Send + Sync>,
+    /// S3 with Object Lock: the client of each write that creates an object.
+    pub(crate) locked_writer: Option<LockedWriters>,
 }
+
+/// A client whose writes lock the objects they create until `until`.
+pub(crate) struct LockedWriter {
+    pub store: Arc<dyn Backend>,
+    pub until: jiff::Timestamp,
+}
+
+pub(crate) type LockedWriters = Arc<dyn Fn() -> Result<LockedWriter, Error> + Send + Sync>;
+
+/// The user metadata that records an object's lock, so that retention and deletion know it without
+/// asking S3 (object_store does not read lock headers).
+const LOCKED_UNTIL: &str = "locked-until";
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -262,9 +276,10 @@ impl Storage {
     /// metadata. An object already there is replaced.
     pub async fn put(&self, key: &str, bytes: Vec<u8>, metadata: &[(&str, String)]) -> Result<(), Error> {
         use object_store::PutOptions;
-        let metadata: Vec<(String, String)> = metadata.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        let mut metadata = owned(metadata);
+        let store = self.creating_store(&mut metadata)?;
         let options = PutOptions { attributes: self.attributes(&metadata), ..Default::default() };
-        self.store
+        store
             .put_opts(&Path::from(key), bytes.into(), options)
             .await
             .map(drop)
@@ -292,17 +307,48 @@ impl Storage {
     /// Starts a multipart upload at `key`. `metadata` becomes the object's user metadata
     /// (`x-amz-meta-*` on S3).
     pub async fn create_upload(&self, key: &str, metadata: &[(&str, String)]) -> Result<UploadRef, Error> {
-        let metadata: Vec<(String, String)> = metadata.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        let mut metadata = owned(metadata);
+        let store = self.creating_store(&mut metadata)?;
         let upload_id = match self.uploads {
             Uploads::Named => {
                 let options = PutMultipartOptions { attributes: self.attributes(&metadata), ..Default::default() };
                 let path = Path::from(key);
-                let created = self.store.create_multipart_opts(&path, options).await;
+                let created = store.create_multipart_opts(&path, options).await;
                 created.map_err(|e| self.error(Operation::CreateMultipartUpload, e))?
             }
             Uploads::Blocks => BLOCKS.to_owned(),
         };
         Ok(UploadRef { key: key.to_owned(), upload_id, metadata })
+    }
+
+    /// The client of a write that creates an object: with Object Lock, one that locks it, and
+    /// `locked-until` added to the object's `metadata`.
+    fn creating_store(&self, metadata: &mut Vec<(String, String)>) -> Result<Arc<dyn Backend>, Error> {
+        let Some(locked_writer) = &self.locked_writer else {
+            return Ok(self.store.clone());
+        };
+        let LockedWriter { store, until } = locked_writer()?;
+        metadata.push((LOCKED_UNTIL.to_owned(), until.to_string()));
+        Ok(store)
+    }
+
+    /// Until when the object at `key` is locked, when it was written with a lock (by this writer)
+    /// that has not expired; None for an object that is not locked, or not there.
+    pub async fn locked_until(&self, key: &str) -> Result<Option<jiff::Timestamp>, Error> {
+        use object_store::GetOptions;
+        let options = GetOptions { head: true, ..Default::default() };
+        let result = match self.store.get_opts(&Path::from(key), options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error(Operation::GetObject, e)),
+        };
+        let until = result.attributes.iter().find_map(|(attribute, value)| match attribute {
+            Attribute::Metadata(name) if self.metadata_name(name) == LOCKED_UNTIL => {
+                value.parse::<jiff::Timestamp>().ok()
+            }
+            _ => None,
+        });
+        Ok(until.filter(|until| *until > jiff::Timestamp::now()))
     }
 
     /// Aborts `upload`, dropping its parts. An upload the store no longer knows (completed, or
@@ -357,6 +403,10 @@ impl Storage {
         let Failure { code, message, permanent } = (self.failure)(e);
         Error::Storage { operation, service: self.service, container: self.container.clone(), code, message, permanent }
     }
+}
+
+fn owned(metadata: &[(&str, String)]) -> Vec<(String, String)> {
+    metadata.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
 }
 
 /// Client options every backend starts from: `request_timeout` bounds each request, a part upload

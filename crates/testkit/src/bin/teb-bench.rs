@@ -302,6 +302,7 @@ async fn sink(
             secret_access_key: teb_testkit::s3::SECRET_KEY.to_owned(),
         }),
         sse: None,
+        object_lock: None,
     };
     let storage = Storage::new(&StorageLocation::S3(location), Duration::from_secs(300))?;
     let limits = Limits { part_size: part_size_mib << 20, parts_in_flight, ..Limits::default() };

@@ -8,13 +8,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::Certificate;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, Checksum};
+use object_store::{Certificate, ClientOptions};
 
 pub use validate::S3Field;
 
 use super::check::code_and_message;
-use super::{Failure, Storage, Uploads, client_options, retry};
+use super::{Failure, LockedWriter, Storage, Uploads, client_options, retry};
 use crate::Error;
 
 /// The service, as messages name it.
@@ -48,6 +48,91 @@ pub struct S3Location {
     pub credentials: Option<S3Credentials>,
     /// Server-side encryption asked of S3 for every object written.
     pub sse: Option<ServerSideEncryption>,
+    /// S3 Object Lock set on every object written.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock on every object written: its mode, and for how long from the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub retention: Duration,
+}
+
+/// Who may lift a lock early: in GOVERNANCE mode, users with `s3:BypassGovernanceRetention`; in
+/// COMPLIANCE mode, nobody, the account's root user included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+/// The longest retention taken: 100 years, as S3 allows.
+const MAX_RETENTION_DAYS: u64 = 36_500;
+
+impl ObjectLock {
+    /// From the mode as S3 names it and a retention such as `30d`, `12h`, `1d12h` or `90s`.
+    pub fn parse(mode: &str, retention: &str) -> Result<Self, String> {
+        let mode = match mode {
+            "GOVERNANCE" => LockMode::Governance,
+            "COMPLIANCE" => LockMode::Compliance,
+            other => return Err(format!("mode {other:?} is not an Object Lock mode: use GOVERNANCE or COMPLIANCE")),
+        };
+        let retention = retention_duration(retention)?;
+        Ok(ObjectLock { mode, retention })
+    }
+}
+
+impl LockMode {
+    /// As S3 names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// `<number><unit>`, repeated: units `d` (24 hours), `h`, `m`, `s`; at least a second, at most
+/// 100 years.
+fn retention_duration(text: &str) -> Result<Duration, String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "retention {} {why}: write it as a number and a unit, d, h, m or s, such as 30d, 36h or 1d12h",
+            super::check::quote(text)
+        ))
+    };
+    let mut seconds: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        let unit = match c {
+            '0'..='9' if digits.len() < 12 => {
+                digits.push(c);
+                continue;
+            }
+            '0'..='9' => return bad("has too many digits"),
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            other => return bad(&format!("holds {}", super::check::describe_char(other))),
+        };
+        let Ok(count) = digits.parse::<u64>() else {
+            return bad("has a unit without a number before it");
+        };
+        digits.clear();
+        seconds = seconds.saturating_add(count.saturating_mul(unit));
+    }
+    if !digits.is_empty() || text.is_empty() {
+        return bad("must end with a unit");
+    }
+    if seconds == 0 {
+        return bad("is zero: a lock needs at least one second");
+    }
+    if seconds > MAX_RETENTION_DAYS * 86_400 {
+        return bad("is longer than S3's longest, 100 years (36500d)");
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Server-side encryption of the objects written.
@@ -99,6 +184,11 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
         None => AmazonS3Builder::from_env(),
     };
     let mut builder = builder.with_bucket_name(&location.bucket).with_region(&location.region).with_retry(retry());
+    if location.object_lock.is_some() {
+        // S3 takes writes that set a lock only with a checksum it checks: every PutObject and part
+        // carries its SHA-256 (the one the signature computes anyway).
+        builder = builder.with_checksum_algorithm(Checksum::SHA256);
+    }
     builder = match &location.sse {
         None => builder,
         Some(ServerSideEncryption::S3) => builder.with_config(sse_key(), "AES256"),
@@ -120,19 +210,45 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
             options = options.with_root_certificate(cert);
         }
     }
+    let locked_writer = location.object_lock.map(|lock| {
+        let (builder, options) = (builder.clone(), options.clone());
+        Arc::new(move || locked_writer(&builder, &options, lock)) as super::LockedWriters
+    });
     let store = builder
         .with_client_options(options)
         .build()
         .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
-    let encrypted = location.sse.is_some();
-    let failure = Arc::new(move |e| failure(e, encrypted));
+    let asked = Asked { encryption: location.sse.is_some(), lock: location.object_lock.is_some() };
+    let failure = Arc::new(move |e| failure(e, asked));
     Ok(Storage {
         store: Arc::new(store),
         uploads: Uploads::Named,
         service: SERVICE,
         container: format!("bucket {:?}", location.bucket),
         failure,
+        locked_writer,
     })
+}
+
+/// A client whose writes lock what they create until `lock.retention` from now. S3 takes a lock as
+/// headers of the PutObject or CreateMultipartUpload that creates the object, so the date is fixed
+/// per client: one is built for each write (parts and completion go through the usual client).
+fn locked_writer(builder: &AmazonS3Builder, options: &ClientOptions, lock: ObjectLock) -> Result<LockedWriter, Error> {
+    let now = jiff::Timestamp::now();
+    // Whole seconds, rounded up: never shorter than asked.
+    let seconds = now.as_second() + lock.retention.as_secs() as i64 + i64::from(now.subsec_nanosecond() > 0);
+    let until = jiff::Timestamp::from_second(seconds)
+        .map_err(|e| Error::Config { service: SERVICE, message: format!("Object Lock retention: {e}") })?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-amz-object-lock-mode", http::HeaderValue::from_static(lock.mode.as_str()));
+    let date = until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    headers.insert("x-amz-object-lock-retain-until-date", http::HeaderValue::try_from(date).expect("a date is ASCII"));
+    let store = builder
+        .clone()
+        .with_client_options(options.clone().with_default_headers(headers))
+        .build()
+        .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
+    Ok(LockedWriter { store: Arc::new(store), until })
 }
 
 /// S3 error codes that another try cannot fix: credentials, the bucket, the request itself.
@@ -148,15 +264,27 @@ const PERMANENT_CODES: [&str; 9] = [
     "InvalidRequest",
 ];
 
-/// What failed, as S3 says it.
-/// `encrypted`: whether server-side encryption was asked for; a write refused without it may be a
-/// bucket policy that requires it, which the message then says.
-fn failure(e: object_store::Error, encrypted: bool) -> Failure {
+/// What the location asks of S3 beyond a plain write, for messages that say which setting a refusal
+/// is about.
+#[derive(Clone, Copy)]
+struct Asked {
+    encryption: bool,
+    lock: bool,
+}
+
+/// What failed, as S3 says it. A write refused without server-side encryption may be a bucket
+/// policy that requires it; a lock refused, a bucket created without Object Lock: the message then
+/// says so.
+fn failure(e: object_store::Error, asked: Asked) -> Failure {
     let (code, message) = code_and_message(e);
     let message = match code.as_deref() {
-        Some("AccessDenied") if !encrypted => format!(
+        Some("AccessDenied") if !asked.encryption => format!(
             "{message} (if a bucket policy requires server-side encryption, set backupStorage.s3.serverSideEncryption: \
              AES256 or aws:kms)"
+        ),
+        Some("InvalidRequest") if asked.lock && message.contains("Object Lock") => format!(
+            "{message} (backupStorage.s3.objectLock needs a bucket created with Object Lock enabled, such as by \
+             aws s3api create-bucket --object-lock-enabled-for-bucket; remove objectLock to write without a lock)"
         ),
         _ => message,
     };
@@ -183,6 +311,27 @@ mod tests {
     }
 
     #[test]
+    fn object_lock_retentions_read_as_s3_takes_them() {
+        let lock = ObjectLock::parse("COMPLIANCE", "1d12h").unwrap();
+        assert_eq!(lock, ObjectLock { mode: LockMode::Compliance, retention: Duration::from_secs(36 * 3600) });
+        assert_eq!(ObjectLock::parse("GOVERNANCE", "90s").unwrap().retention, Duration::from_secs(90));
+        assert!(ObjectLock::parse("governance", "1d").unwrap_err().contains("use GOVERNANCE or COMPLIANCE"));
+        for (text, why) in [
+            ("", "must end with a unit"),
+            ("30", "must end with a unit"),
+            ("d", "without a number"),
+            ("0s", "is zero"),
+            ("36501d", "100 years"),
+            ("1w", "the character 'w'"),
+            ("1 d", "a space"),
+            ("9999999999999d", "too many digits"),
+        ] {
+            let err = ObjectLock::parse("GOVERNANCE", text).unwrap_err();
+            assert!(err.contains(why) && err.contains("such as 30d"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn credentials_never_show_in_debug_output() {
         let creds = S3Credentials { access_key_id: "AKIAEXAMPLE".into(), secret_access_key: "s3cr3t".into() };
         let text = format!("{creds:?}");
@@ -199,6 +348,7 @@ mod tests {
             ca_pem: None,
             credentials: Some(S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() }),
             sse: None,
+            object_lock: None,
         };
         let err = Storage::new(&StorageLocation::S3(location), Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().starts_with("invalid S3 endpoint: \"minio.example.com\""), "{err}");

@@ -11,7 +11,11 @@
 //!   they all have the same size (`InvalidPart`);
 //! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`;
 //! - a bucket can require server-side encryption, as a bucket policy denying unencrypted writes does
-//!   (`AccessDenied` for a PutObject or CreateMultipartUpload without `x-amz-server-side-encryption`).
+//!   (`AccessDenied` for a PutObject or CreateMultipartUpload without `x-amz-server-side-encryption`);
+//! - an `x-amz-checksum-sha256` sent with a part is checked (`BadDigest`), as s3s-fs checks it only
+//!   on PutObject;
+//! - a bucket can have Object Lock ([`lock`]): writes that set a retention need a checksum, and a
+//!   locked object cannot be deleted before its retain-until date.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,6 +32,11 @@ use object_store::{ClientOptions, ObjectStore as _, ObjectStoreExt as _};
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
+
+mod lock;
+
+use lock::Locks;
+pub use lock::Retention;
 
 /// The keys of the specification's example Secret, so its YAML works unchanged against this server.
 pub const ACCESS_KEY: &str = "YOUR_ACCESS_KEY_ID";
@@ -142,6 +151,7 @@ pub struct S3Server {
     parts_received: Arc<AtomicU64>,
     regions: Regions,
     encryption: Arc<Mutex<Encryption>>,
+    locks: Arc<Mutex<Locks>>,
     _root: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -172,8 +182,10 @@ impl S3Server {
         let parts_received = Arc::new(AtomicU64::new(0));
         let regions = Regions { root: Arc::new(root.path().to_owned()), named: Arc::default() };
         let encryption = Arc::new(Mutex::new(Encryption::default()));
+        let locks = Arc::new(Mutex::new(Locks::default()));
         let store = FaultyStore {
             encryption: encryption.clone(),
+            locks: locks.clone(),
             inner: s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?,
             root: root.path().to_owned(),
             faults: faults.clone(),
@@ -206,6 +218,7 @@ impl S3Server {
             parts_received,
             regions,
             encryption,
+            locks,
             _root: root,
             task,
         })
@@ -243,6 +256,19 @@ impl S3Server {
     /// From now on `bucket` refuses writes without server-side encryption, as a bucket policy can.
     pub fn require_encryption(&self, bucket: &str) {
         self.encryption.lock().expect("encryption lock").required.insert(bucket.to_owned());
+    }
+
+    /// Creates a bucket in [`REGION`] with Object Lock enabled (and no default retention): writes
+    /// may set a retention, and locked objects cannot be deleted before it ends.
+    pub fn create_bucket_with_object_lock(&self, bucket: &str) -> anyhow::Result<()> {
+        self.create_bucket(bucket)?;
+        self.locks.lock().expect("locks lock").enable(bucket);
+        Ok(())
+    }
+
+    /// The lock of an object, if it was written with one (expired or not).
+    pub fn lock_of(&self, bucket: &str, key: &str) -> Option<Retention> {
+        self.locks.lock().expect("locks lock").of(bucket, key)
     }
 
     /// The server-side encryption an object was written with: `AES256`, `aws:kms` or
@@ -428,6 +454,7 @@ impl Encryption {
 /// s3s-fs with faults and a record of unfinished multipart uploads.
 struct FaultyStore {
     encryption: Arc<Mutex<Encryption>>,
+    locks: Arc<Mutex<Locks>>,
     inner: s3s_fs::FileSystem,
     root: std::path::PathBuf,
     faults: Arc<S3Faults>,
@@ -549,8 +576,6 @@ impl S3 for FaultyStore {
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
         get_object: GetObjectInput => GetObjectOutput;
         head_object: HeadObjectInput => HeadObjectOutput;
-        delete_object: DeleteObjectInput => DeleteObjectOutput;
-        delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
     }
@@ -564,9 +589,50 @@ impl S3 for FaultyStore {
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         self.check()?;
         let input = &req.input;
+        let (mode, until) = (input.object_lock_mode.as_ref(), input.object_lock_retain_until_date.as_ref());
+        let retention = self.locks.lock().expect("locks lock").asked(&input.bucket, mode, until)?;
+        let has_checksum = input.content_md5.is_some()
+            || input.checksum_sha256.is_some()
+            || input.checksum_crc32.is_some()
+            || input.checksum_crc32c.is_some()
+            || input.checksum_sha1.is_some()
+            || input.checksum_crc64nvme.is_some();
+        Locks::require_checksum(retention.as_ref(), has_checksum)?;
         let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
         self.encryption.lock().expect("encryption lock").write(&input.bucket, &input.key, sse, kms)?;
-        self.inner.put_object(req).await
+        let (bucket, key) = (input.bucket.clone(), input.key.clone());
+        let response = self.inner.put_object(req).await?;
+        if let Some(retention) = retention {
+            self.locks.lock().expect("locks lock").set(&bucket, &key, retention);
+        }
+        Ok(response)
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.check()?;
+        let input = &req.input;
+        let bypass = input.bypass_governance_retention == Some(true);
+        if let Err(refused) = self.locks.lock().expect("locks lock").delete(&input.bucket, &input.key, bypass) {
+            self.faults.record("locked object kept");
+            return Err(refused);
+        }
+        self.inner.delete_object(req).await
+    }
+
+    /// All or nothing, stricter than S3 (which answers per key): any locked key refuses the request.
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.check()?;
+        let input = &req.input;
+        let bypass = input.bypass_governance_retention == Some(true);
+        let refused = {
+            let mut locks = self.locks.lock().expect("locks lock");
+            input.delete.objects.iter().find_map(|o| locks.delete(&input.bucket, &o.key, bypass).err())
+        };
+        if let Some(refused) = refused {
+            self.faults.record("locked object kept");
+            return Err(refused);
+        }
+        self.inner.delete_objects(req).await
     }
 
     async fn create_multipart_upload(
@@ -576,11 +642,16 @@ impl S3 for FaultyStore {
         self.check()?;
         self.check_bucket(&req.input.bucket)?;
         let input = &req.input;
+        let (mode, until) = (input.object_lock_mode.as_ref(), input.object_lock_retain_until_date.as_ref());
+        let retention = self.locks.lock().expect("locks lock").asked(&input.bucket, mode, until)?;
         let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
         self.encryption.lock().expect("encryption lock").write(&input.bucket, &input.key, sse, kms)?;
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let response = self.inner.create_multipart_upload(req).await?;
         if let Some(upload_id) = response.output.upload_id.clone() {
+            if let Some(retention) = retention {
+                self.locks.lock().expect("locks lock").begin(&upload_id, &bucket, &key, retention);
+            }
             let pending = PendingUpload { bucket, key, upload_id: upload_id.clone() };
             self.uploads.lock().expect("uploads lock").insert(upload_id, pending);
         }
@@ -600,6 +671,22 @@ impl S3 for FaultyStore {
             self.faults.record("part failed");
             drain(req.input.body.take()).await;
             return Err(s3_error!(InternalError, "injected failure of part {failing}"));
+        }
+        let retention = self.locks.lock().expect("locks lock").of_upload(&req.input.upload_id);
+        let has_checksum = req.input.content_md5.is_some() || req.input.checksum_sha256.is_some();
+        if let Err(refused) = Locks::require_checksum(retention.as_ref(), has_checksum) {
+            drain(req.input.body.take()).await;
+            return Err(refused);
+        }
+        if req.input.content_md5.is_some() {
+            drain(req.input.body.take()).await;
+            return Err(s3_error!(
+                NotImplemented,
+                "this test server checks parts' x-amz-checksum-sha256, not Content-MD5"
+            ));
+        }
+        if let Some(expected) = req.input.checksum_sha256.clone() {
+            req.input.body = Some(checked_sha256(req.input.body.take(), &expected).await?);
         }
         let (upload_id, number, size) =
             (req.input.upload_id.clone(), req.input.part_number, req.input.content_length.unwrap_or(0));
@@ -621,6 +708,7 @@ impl S3 for FaultyStore {
         let parts = req.input.multipart_upload.as_ref().and_then(|m| m.parts.as_deref()).unwrap_or_default();
         self.check_parts(&upload_id, parts)?;
         let response = self.inner.complete_multipart_upload(req).await?;
+        self.locks.lock().expect("locks lock").end(&upload_id, true);
         self.forget_upload(&upload_id);
         Ok(response)
     }
@@ -637,6 +725,7 @@ impl S3 for FaultyStore {
         let upload_id = req.input.upload_id.clone();
         self.check_upload(&upload_id)?;
         let response = self.inner.abort_multipart_upload(req).await?;
+        self.locks.lock().expect("locks lock").end(&upload_id, false);
         self.forget_upload(&upload_id);
         Ok(response)
     }
@@ -709,6 +798,27 @@ async fn drain(body: Option<StreamingBlob>) {
     if let Some(mut body) = body {
         while let Some(Ok(_)) = body.next().await {}
     }
+}
+
+/// A part's body read whole and checked against the base64 SHA-256 its `x-amz-checksum-sha256`
+/// names (`BadDigest` when it differs), then handed on.
+async fn checked_sha256(body: Option<StreamingBlob>, expected: &str) -> S3Result<StreamingBlob> {
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut whole = Vec::new();
+    if let Some(mut body) = body {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
+            hasher.update(&chunk);
+            whole.extend_from_slice(&chunk);
+        }
+    }
+    if base64::engine::general_purpose::STANDARD.encode(hasher.finalize()) != expected {
+        return Err(s3_error!(BadDigest, "The SHA256 you specified did not match the calculated checksum."));
+    }
+    Ok(StreamingBlob::from(s3s::Body::from(Bytes::from(whole))))
 }
 
 /// The refusals AWS S3 makes before it looks at a request's signature, and s3s does not: a credential
