@@ -218,7 +218,7 @@ fn locking(server: &S3Server, bucket: &str, mode: &str, until: jiff::Timestamp, 
 async fn object_lock_needs_a_lock_bucket_and_checksums_and_holds_until_its_date() {
     let server = S3Server::start().await.unwrap();
     server.create_bucket("plain").unwrap();
-    server.create_bucket_with_object_lock("vault").unwrap();
+    server.create_bucket_with_object_lock("vault", REGION).unwrap();
     let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
 
     // A bucket without Object Lock refuses a lock.

@@ -12,7 +12,7 @@ const PLACE: &str = "etcd-backups";
 
 /// A TalosEtcdBackup of `my-controlplane` to `storage` (the lines under `backupStorage:`), with
 /// `extra` spec lines.
-fn backup(name: &str, storage: &str, extra: &str) -> String {
+pub(super) fn backup(name: &str, storage: &str, extra: &str) -> String {
     format!(
         "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackup\nmetadata:\n  name: {name}\nspec:\n  \
          talosControlPlaneRef:\n    name: my-controlplane\n  backupStorage:\n{storage}{extra}"
@@ -55,7 +55,7 @@ impl Server<'_> {
 
 /// A scenario with 300 secrets in etcd, the control plane with its secrets bundle and an age key
 /// pair in the Secret `backup-age` (`identity`); the recipient.
-async fn sealed_scenario(prefix: &str) -> (Scenario, String) {
+pub(super) async fn sealed_scenario(prefix: &str) -> (Scenario, String) {
     let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
     let scenario = Scenario::start_with(prefix, options, false, test_config()).await;
     for i in 0..300 {
@@ -70,7 +70,7 @@ async fn sealed_scenario(prefix: &str) -> (Scenario, String) {
 }
 
 /// The spec lines of a verified, zstd-compressed, age-encrypted backup that `Delete`s its objects.
-fn sealed(recipient: &str) -> String {
+pub(super) fn sealed(recipient: &str) -> String {
     format!(
         "  verify: true\n  compression: zstd\n  deletionPolicy: Delete\n  encryption:\n    age:\n      recipients: \
          [\"{recipient}\"]\n      identitySecretRef: {{name: backup-age, key: identity}}\n"

@@ -27,6 +27,7 @@ mod backends;
 mod backup;
 mod encryption;
 mod hostile_input;
+mod object_lock;
 mod recovery_kit;
 mod restore;
 mod schedule;

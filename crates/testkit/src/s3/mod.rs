@@ -258,10 +258,10 @@ impl S3Server {
         self.encryption.lock().expect("encryption lock").required.insert(bucket.to_owned());
     }
 
-    /// Creates a bucket in [`REGION`] with Object Lock enabled (and no default retention): writes
-    /// may set a retention, and locked objects cannot be deleted before it ends.
-    pub fn create_bucket_with_object_lock(&self, bucket: &str) -> anyhow::Result<()> {
-        self.create_bucket(bucket)?;
+    /// Creates a bucket in `region` with Object Lock enabled (and no default retention): writes may
+    /// set a retention, and locked objects cannot be deleted before it ends.
+    pub fn create_bucket_with_object_lock(&self, bucket: &str, region: &str) -> anyhow::Result<()> {
+        self.create_bucket_in(bucket, region)?;
         self.locks.lock().expect("locks lock").enable(bucket);
         Ok(())
     }
