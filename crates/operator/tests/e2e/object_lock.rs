@@ -42,10 +42,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
         .await;
     let message = &condition(&status, FAILED).unwrap().message;
     assert!(message.contains("Bucket is missing Object Lock Configuration"), "{message}");
-    assert!(
-        message.contains("backupStorage.s3.objectLock needs a bucket created with Object Lock enabled"),
-        "{message}"
-    );
+    assert!(message.contains("Object Lock needs a bucket created with Object Lock enabled"), "{message}");
     scenario.assert_bucket_clean().await;
 
     let kms = "      serverSideEncryption: aws:kms\n      kmsKeyID: alias/etcd-backups\n";
@@ -133,6 +130,13 @@ async fn retention_waits_for_locks_shorter_equal_and_longer_than_it() {
         scenario.apply(&yaml).await;
     }
 
+    // The storage check of a schedule whose bucket has no Object Lock says so.
+    let unlockable = scenario.schedule_yaml("unlockable", "0 2 * * *", "").replace(
+        "          region: us-west-2\n",
+        &format!("          region: us-west-2\n{}", lock("GOVERNANCE", "1d", "          ")),
+    );
+    scenario.apply(&unlockable).await;
+
     // Watch 24 s of runs: which pruned backups waited for their lock.
     let mut waited: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> = Default::default();
     let mut runs: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> = Default::default();
@@ -179,4 +183,8 @@ async fn retention_waits_for_locks_shorter_equal_and_longer_than_it() {
         }
     }
     assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked object was tried");
+    let status = scenario.schedule_status("unlockable").await;
+    let storage = status.conditions.iter().find(|c| c.type_ == "StorageReady").expect("StorageReady");
+    assert_eq!((storage.status.as_str(), storage.reason.as_str()), ("False", "StorageUnreachable"));
+    assert!(storage.message.contains("Bucket is missing Object Lock Configuration"), "{}", storage.message);
 }

@@ -283,8 +283,9 @@ fn failure(e: object_store::Error, asked: Asked) -> Failure {
              AES256 or aws:kms)"
         ),
         Some("InvalidRequest") if asked.lock && message.contains("Object Lock") => format!(
-            "{message} (backupStorage.s3.objectLock needs a bucket created with Object Lock enabled, such as by \
-             aws s3api create-bucket --object-lock-enabled-for-bucket; remove objectLock to write without a lock)"
+            "{message} (Object Lock needs a bucket created with Object Lock enabled, such as by aws s3api \
+             create-bucket --object-lock-enabled-for-bucket; without backupStorage.s3.objectLock, or \
+             --object-lock-mode on the command line, objects are written unlocked)"
         ),
         _ => message,
     };
