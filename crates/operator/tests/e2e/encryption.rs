@@ -95,13 +95,7 @@ async fn encrypted_compressed_backups_verify_and_restore_through_resources() {
 
     // Restore: decrypted with the Secret's identity and decompressed on the way into EtcdRecover.
     scenario.emulator.wipe_etcd();
-    let restore = "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: unseal\nspec:\n  \
-                   talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: sealed\n  decryption:\n    \
-                   age:\n      identitySecretRef: {name: backup-age, key: identity}\n";
-    scenario.apply(restore).await;
-    let restored = scenario.restore_finished("unseal").await;
-    let ready = restored.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{restored:?}"));
-    assert_eq!(ready.reason, "RestoreSucceeded");
+    let restored = scenario.restore_sealed("unseal", "sealed").await;
     assert_eq!((restored.sha256.as_ref(), restored.size), (status.sha256.as_ref(), Some(size)));
     let value =
         scenario.emulator.with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-99").unwrap()).await;

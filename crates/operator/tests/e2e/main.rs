@@ -210,6 +210,21 @@ impl Scenario {
         }
     }
 
+    /// Restores the TalosEtcdBackup `backup` as the TalosEtcdRestore `name`, decrypting with the
+    /// identity in the Secret `backup-age`: the restore's status once it succeeded.
+    async fn restore_sealed(&self, name: &str, backup: &str) -> teb_api::TalosEtcdRestoreStatus {
+        let restore = format!(
+            "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: {name}\nspec:\n  \
+             talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: {backup}\n  decryption:\n    \
+             age:\n      identitySecretRef: {{name: backup-age, key: identity}}\n"
+        );
+        self.apply(&restore).await;
+        let restored = self.restore_finished(name).await;
+        let ready = restored.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{restored:?}"));
+        assert_eq!(ready.reason, "RestoreSucceeded");
+        restored
+    }
+
     /// The status of the TalosEtcdRestore `name` once it is Ready or Failed.
     async fn restore_finished(&self, name: &str) -> teb_api::TalosEtcdRestoreStatus {
         let restores: Api<teb_api::TalosEtcdRestore> = Api::namespaced(self.admin.clone(), &self.ns);

@@ -70,13 +70,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
 
     // etcd is lost: the locked, KMS- and age-encrypted backup restores.
     scenario.emulator.wipe_etcd();
-    let restore = "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: back\nspec:\n  \
-                   talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: locked\n  decryption:\n    \
-                   age:\n      identitySecretRef: {name: backup-age, key: identity}\n";
-    scenario.apply(restore).await;
-    let restored = scenario.restore_finished("back").await;
-    let ready = restored.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{restored:?}"));
-    assert_eq!(ready.reason, "RestoreSucceeded");
+    let restored = scenario.restore_sealed("back", "locked").await;
     assert_eq!(restored.sha256, status.sha256);
 
     // Deleted while locked: the backup stays, saying until when, and nothing is deleted early.
