@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,11 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
     ap.add_argument("--json", default=os.path.join(ROOT, "bench/results.json"))
     ap.add_argument("--plot", default=os.path.join(ROOT, "docs/benchmarks-largest.png"))
+    ap.add_argument("--slow-size", default="1G", help="database size of the slow-source and memory rows")
+    ap.add_argument("--slow-rates", default="20,100", help="MB/s caps of the emulator's snapshot stream")
+    ap.add_argument("--memory-runs", type=int, default=10, help="runs of each path for the peak RSS spread")
+    ap.add_argument("--only-extra", action="store_true",
+                    help="run only the slow-source and memory rows, keeping the other rows of --json")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     teb_bench, teb = os.path.join(args.bin, "teb-bench"), os.path.join(args.bin, "talos-etcd-backup")
@@ -171,20 +177,92 @@ def main():
         if done.returncode != 0 and not (missing_ok and "doesn't exist" in done.stderr):
             sys.exit(f"rclone deletefile bench/{key} failed: {done.stderr}")
 
+    def emulator(size, work, bytes_per_second=0):
+        """A Talos API emulator whose etcd is filled to `size`, streaming at most `bytes_per_second`."""
+        emu = subprocess.Popen([emulator_bin, "--listen", "127.0.0.1:0", "--control-planes", "1", "--workers", "0",
+                                "--quota-backend-bytes", str(2 * size + (2 << 30)), "--out", work,
+                                "--bytes-per-second", str(bytes_per_second)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        atexit.register(emu.kill)  # also when a measured command fails and the run stops early
+        lines = [emu.stdout.readline().decode() for _ in range(6)]
+        etcd_url = next(l.split(": ")[1].strip() for l in lines if "etcd members" in l)
+        fill = last_json(run("fill", [teb_bench, "fill", "--etcd", etcd_url, "--bytes", str(size)], env=env)["stdout"])
+        print(f"   filled etcd to {fill['db_size']} bytes in {fill['seconds']:.0f}s", flush=True)
+        return emu, etcd_url, fill
+
+    def recipient_in(work):
+        """An age identity file made by Debian's age-keygen in `work`, and its recipient."""
+        identity = os.path.join(work, "age-identity.txt")
+        subprocess.run(["age-keygen", "-o", identity], check=True, capture_output=True)
+        return identity, subprocess.run(["age-keygen", "-y", identity], check=True, capture_output=True,
+                                        text=True).stdout.strip()
+
+    def extra_rows():
+        """Behind a slow source (the emulator capped as apid paces a real node) and the spread of peak
+        RSS over repeated runs, at one size."""
+        size = parse_size(args.slow_size)
+        label = f"{size // MiB} MiB" if size < 1 << 30 else f"{size // (1 << 30)} GiB"
+        extra = {"size": size, "label": label, "memory": {}, "rates": {}}
+        work = tempfile.mkdtemp(prefix="teb-bench-")
+        talosconfig = os.path.join(work, "talosconfig-etcd-backup")
+        identity, recipient = recipient_in(work)
+        snapshot = lambda key, flags: [teb, "snapshot", "--talosconfig", talosconfig, "--bucket", "bench",
+                                       "--endpoint", endpoint, "--key", key] + flags
+        paths = (("plain", "bench/m.db", []), ("zstd", "bench/m.db.zst", ["--zstd"]),
+                 ("age", "bench/m.db.age", ["--age-recipient", recipient]),
+                 ("zstd_age", "bench/m.db.zst.age", ["--zstd", "--age-recipient", recipient]))
+        print(f"== memory, {label}: {args.memory_runs} runs of each path", flush=True)
+        emu, _, fill = emulator(size, work)
+        extra["db_size"] = fill["db_size"]
+        for name, key, flags in paths:
+            runs = []
+            for _ in range(args.memory_runs):
+                r = run(f"memory {name}", snapshot(key, flags), env=env)
+                runs.append({k: r[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")})
+                runs[-1]["bytes"] = last_json(r["stdout"])["size"]
+                delete(key)
+            extra["memory"][name] = runs
+            rss = sorted(x["peak_rss"] / MiB for x in runs)
+            print(f"   {name}: peak RSS min {rss[0]:.1f} median {statistics.median(rss):.1f} max {rss[-1]:.1f} MiB",
+                  flush=True)
+        emu.terminate()
+        emu.wait()
+        for rate in (int(r) for r in args.slow_rates.split(",")):
+            print(f"== source capped at {rate} MB/s, {label}", flush=True)
+            emu, _, _ = emulator(size, work, rate * 1_000_000)
+            row = {}
+            r = run(f"source at {rate} MB/s", [teb_bench, "source", "--talosconfig", talosconfig], env=env)
+            row["source"] = dict({k: r[k] for k in ("wall_s", "cpu_s", "peak_rss")}, **last_json(r["stdout"]))
+            for name, key, flags in (paths[0], paths[3]):
+                r = run(f"{name} at {rate} MB/s", snapshot(key, flags), env=env)
+                row[name] = dict({k: r[k] for k in ("wall_s", "cpu_s", "peak_rss", "disk_write")}, **last_json(r["stdout"]))
+                delete(key)
+                print(f"   {name}: {row[name]['wall_s']:.1f} s, source alone {row['source']['wall_s']:.1f} s: "
+                      f"{row[name]['wall_s'] / row['source']['wall_s']:.3f}", flush=True)
+            extra["rates"][str(rate)] = row
+            emu.terminate()
+            emu.wait()
+        subprocess.run(["rm", "-rf", work])
+        return extra
+
+    if args.only_extra:
+        with open(args.json) as f:
+            kept = json.load(f)
+        kept["extra"] = extra_rows()
+        s3.stdin.close()
+        s3.wait()
+        with open(args.json, "w") as f:
+            json.dump(kept, f, indent=1)
+        write_report(kept["results"], args, kept["extra"], kept["machine"])
+        return
+
     results = []
     for size in sizes:
         label = f"{size // MiB} MiB" if size < 1 << 30 else f"{size // (1 << 30)} GiB"
         print(f"== {label}", flush=True)
         work = tempfile.mkdtemp(prefix="teb-bench-")
-        emu = subprocess.Popen([emulator_bin, "--listen", "127.0.0.1:0", "--control-planes", "1", "--workers", "0",
-                                "--quota-backend-bytes", str(2 * size + (2 << 30)), "--out", work],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-        atexit.register(emu.kill)  # also when a measured command fails and the run stops early
-        lines = [emu.stdout.readline().decode() for _ in range(6)]
-        etcd_url = next(l.split(": ")[1].strip() for l in lines if "etcd members" in l)
+        emu, etcd_url, fill = emulator(size, work)
         talosconfig = os.path.join(work, "talosconfig-etcd-backup")
-        fill = last_json(run("fill", [teb_bench, "fill", "--etcd", etcd_url, "--bytes", str(size)], env=env)["stdout"])
-        print(f"   filled etcd to {fill['db_size']} bytes in {fill['seconds']:.0f}s", flush=True)
 
         row = {"size": size, "label": label, "db_size": fill["db_size"]}
         env_cpu = lambda: (cpu_seconds([emu.pid]), cpu_seconds([s3.pid]))
@@ -218,10 +296,7 @@ def main():
         row["full"]["streamed_s"] = next(t for t, b in full.progress if b == last[1]) if full.progress else row["full"]["wall_s"]
 
         # Compressed and encrypted, to a recipient made by Debian's age-keygen.
-        identity = os.path.join(work, "age-identity.txt")
-        subprocess.run(["age-keygen", "-o", identity], check=True, capture_output=True)
-        recipient = subprocess.run(["age-keygen", "-y", identity], check=True, capture_output=True,
-                                   text=True).stdout.strip()
+        identity, recipient = recipient_in(work)
         for name, key, flags in (("zstd", "bench/full.db.zst", ["--zstd"]),
                                  ("age", "bench/full.db.age", ["--age-recipient", recipient]),
                                  ("zstd_age", "bench/full.db.zst.age", ["--zstd", "--age-recipient", recipient])):
@@ -325,12 +400,13 @@ def main():
               f"({row['zstd_age']['peak_rss'] / MiB:.0f} MiB)", flush=True)
         results.append(row)
 
+    extra = extra_rows()
     s3.stdin.close()
     s3.wait()
     with open(args.json, "w") as f:
-        json.dump({"machine": machine(), "results": results}, f, indent=1)
+        json.dump({"machine": machine(), "results": results, "extra": extra}, f, indent=1)
     plot(results[-1], args.plot)
-    write_report(results, args)
+    write_report(results, args, extra, machine())
 
 
 def machine():
@@ -368,8 +444,7 @@ def plot(row, path):
     fig.savefig(path, dpi=100)
 
 
-def write_report(results, args):
-    m = machine()
+def write_report(results, args, extra, m):
     mb = lambda b: f"{b / MiB:.1f}"
     lines = [
         "# Benchmarks",
@@ -480,6 +555,7 @@ def write_report(results, args):
         lines.append(f"| local disk: full vs two-step, {row['label']} | {row['full']['disk_write']} B vs {row['two_step']['disk_write'] / MiB:.0f} MiB | 0 B |")
         lines.append(f"| peak RSS full ÷ rclone rcat, {row['label']} | {row['full']['peak_rss'] / row['rcat']['rclone']['peak_rss']:.2f} | ≤ 1 |")
         lines.append(f"| throughput full ÷ rcat pipeline, {row['label']} | {row['full']['mb_per_s'] / row['rcat']['mb_per_s']:.2f} | ≥ 1 |")
+    lines += extra_report(extra, mb)
     lines += ["", f"![throughput and RSS over time, {large['label']}]({os.path.basename(args.plot)})", ""]
     # The hand-written part (analysis, before/after, scale) lives beside this script and is kept.
     with open(os.path.join(ROOT, "bench/analysis.md")) as f:
@@ -487,6 +563,35 @@ def write_report(results, args):
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def extra_report(extra, mb):
+    """The slow-source and memory-spread tables, each against its target."""
+    gib = extra["db_size"] / (1 << 30)
+    lines = ["", f"## Behind a slow source ({extra['label']})", "",
+             "The emulator's stream capped as apid paces a real node (siderolabs/talos#14212: 16–21 MB/s). The",
+             "backup must hide behind its source: wall time of the whole backup ÷ wall time of draining the",
+             "same stream into nothing with the Talos client (`teb-bench source`).", "",
+             "| source cap | path | wall s | client CPU s | peak RSS MiB | ÷ source alone | target |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    for rate, row in extra["rates"].items():
+        src = row["source"]
+        lines.append(f"| {rate} MB/s | source alone | {src['wall_s']:.1f} | {src['cpu_s']:.1f} | {mb(src['peak_rss'])} | 1 | |")
+        for name, title in (("plain", "`snapshot`"), ("zstd_age", "`snapshot --zstd --age-recipient`")):
+            r = row[name]
+            lines.append(f"| {rate} MB/s | {title} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {mb(r['peak_rss'])} | "
+                         f"{r['wall_s'] / src['wall_s']:.3f} | ≤ 1.05 |")
+    runs = len(next(iter(extra["memory"].values())))
+    lines += ["", f"## Memory per backup ({extra['label']}, {runs} runs of each path, unthrottled source)", "",
+              "| path | peak RSS MiB min | median | max | runs ≤ 48 MiB | client CPU s per GiB (median) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, rs in extra["memory"].items():
+        rss = sorted(r["peak_rss"] for r in rs)
+        cpu = statistics.median(r["cpu_s"] for r in rs) / gib
+        within = sum(1 for r in rss if r <= 48 * MiB)
+        lines.append(f"| {name.replace('_', '+')} | {mb(rss[0])} | {mb(statistics.median(rss))} | {mb(rss[-1])} | "
+                     f"{within}/{len(rss)} | {cpu:.2f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ struct Args {
     /// Serve as the first worker's apid: calls for other nodes get "no request forwarding".
     #[arg(long)]
     endpoint_is_worker: bool,
+    /// Cap each snapshot stream at this many bytes per second, as a real node's apid paces it
+    /// (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    bytes_per_second: u64,
     /// Folder for the generated talosconfig files and secrets bundle.
     #[arg(long)]
     out: PathBuf,
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         os_ca: None,
     };
     let emulator = TalosEmulator::start(options).await?;
+    emulator.faults.limit_bandwidth(args.bytes_per_second);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
         let path = args.out.join(name);
