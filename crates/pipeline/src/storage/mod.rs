@@ -333,9 +333,13 @@ impl Storage {
     }
 
     /// Until when the object at `key` is locked, when it was written with a lock (by this writer)
-    /// that has not expired; None for an object that is not locked, or not there.
+    /// that has not expired; None for an object that is not locked, or not there. Asked of S3 (a
+    /// HEAD) only where locks are written: elsewhere deleting needs no read permission.
     pub async fn locked_until(&self, key: &str) -> Result<Option<jiff::Timestamp>, Error> {
         use object_store::GetOptions;
+        if self.locked_writer.is_none() {
+            return Ok(None);
+        }
         let options = GetOptions { head: true, ..Default::default() };
         let result = match self.store.get_opts(&Path::from(key), options).await {
             Ok(result) => result,
