@@ -47,7 +47,7 @@ pub struct TalosEtcdBackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "compression_schema")]
     pub compression: Option<Compression>,
-    /// zstd level, 1 (fastest) to 19 (smallest); default 3. Only with `compression: zstd`.
+    /// zstd level, 1 (fastest) to 19 (smallest); default 1. Only with `compression: zstd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 19))]
     pub compression_level: Option<i32>,

@@ -120,6 +120,9 @@ pub struct Restored {
     pub member_id: u64,
     pub db_size: i64,
     pub seconds: f64,
+    /// From the start until EtcdRecover took the whole snapshot: reading, decoding, checking and
+    /// uploading, without the Bootstrap and the wait for etcd.
+    pub upload_seconds: f64,
 }
 
 /// Looks at the backup and the control plane, changing nothing: the object's size and trailer
@@ -224,6 +227,7 @@ pub async fn restore(
         .await
         .map_err(|cause| Error::Verify { key: plan.key.clone(), cause })?;
     let checked = stream_into_recover(client, plan, object, progress).await?;
+    let upload_seconds = started.elapsed().as_secs_f64();
     if let Some(planned) = plan.sha256.as_ref().filter(|sha| **sha != checked.sha256) {
         return Err(Error::Restore(format!(
             "the object at {} changed while it was read (SHA-256 {} instead of {planned}); nothing was bootstrapped",
@@ -233,7 +237,7 @@ pub async fn restore(
     client.bootstrap_recover(node).await.map_err(Error::Talos)?;
     let database = checked.size.saturating_sub(32);
     let (member_id, db_size) = wait_for_etcd(client, plan, database, wait).await?;
-    Ok(Restored { checked, member_id, db_size, seconds: started.elapsed().as_secs_f64() })
+    Ok(Restored { checked, member_id, db_size, seconds: started.elapsed().as_secs_f64(), upload_seconds })
 }
 
 /// Streams the object into EtcdRecover, checking it on the way; a failed check cancels the upload (Talos

@@ -8,7 +8,8 @@
 //! The operator runs as its own process (the release binary), with the RBAC-limited identity.
 //! `cargo run --release -p talos-etcd-backup --example scale` (bench/run.sh --scale runs it).
 
-use std::process::{Child, Command};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
@@ -21,9 +22,12 @@ use teb_testkit::kube::{KubeEnv, apply_yaml, create_control_plane};
 use teb_testkit::s3::S3Server;
 use teb_testkit::{fixtures, spec};
 
+use common::{memory, start_operator, stop, wait_ready};
+
 const BACKUPS: usize = 50;
 const FINISHED: usize = 1000;
 const CONCURRENCY: usize = 4;
+const HEALTH_PORT: u16 = 18088;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -49,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     // 1. Fifty backups at once.
-    let mut operator = start_operator(&binary, &env)?;
+    let mut operator = start_operator(&binary, &env, HEALTH_PORT, &["--concurrency", &CONCURRENCY.to_string()])?;
     let api: Api<TalosEtcdBackup> = Api::namespaced(admin.clone(), ns);
     let started = Instant::now();
     try_join_all((0..BACKUPS).map(|i| {
@@ -65,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         let list = api.list(&ListParams::default()).await?.items;
         let conds = |b: &TalosEtcdBackup| b.status.clone().unwrap_or_default().conditions;
         most_progressing = most_progressing.max(list.iter().filter(|b| is_true(&conds(b), PROGRESSING)).count());
-        peak_rss = peak_rss.max(vm_hwm(operator.id()));
+        peak_rss = peak_rss.max(memory(operator.id(), "VmHWM:"));
         let ready = list.iter().filter(|b| is_true(&conds(b), READY)).count();
         if ready == BACKUPS {
             break;
@@ -96,10 +100,10 @@ async fn main() -> anyhow::Result<()> {
     }))
     .await?;
     let restarted = Instant::now();
-    let mut operator = start_operator(&binary, &env)?;
-    let health = wait_ready(&mut operator).await?;
+    let mut operator = start_operator(&binary, &env, HEALTH_PORT, &["--concurrency", &CONCURRENCY.to_string()])?;
+    let health = wait_ready(&mut operator, HEALTH_PORT).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let settle_rss = vm_hwm(operator.id());
+    let settle_rss = memory(operator.id(), "VmHWM:");
     let list = api.list(&ListParams::default()).await?.items;
     let reran = list.iter().filter(|b| b.status.as_ref().is_some_and(|s| s.attempts != 1)).count();
     let objects_after = s3.objects("my-etcd-backups").await?.len();
@@ -121,45 +125,4 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{figures}");
     Ok(())
-}
-
-fn start_operator(binary: &str, env: &KubeEnv) -> anyhow::Result<Child> {
-    Ok(Command::new(binary)
-        .arg("operator")
-        .arg("--kubeconfig")
-        .arg(env.kubeconfig_path("operator"))
-        .args(["--concurrency", &CONCURRENCY.to_string(), "--health-addr", "127.0.0.1:18088"])
-        .env("RUST_LOG", "warn")
-        .spawn()?)
-}
-
-async fn wait_ready(operator: &mut Child) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        anyhow::ensure!(operator.try_wait()?.is_none(), "operator exited");
-        if let Ok(mut stream) = tokio::net::TcpStream::connect("127.0.0.1:18088").await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await?;
-            if answer.starts_with("HTTP/1.1 200") {
-                return Ok(started.elapsed());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn stop(operator: &mut Child) {
-    let _ = operator.kill();
-    let _ = operator.wait();
-}
-
-fn vm_hwm(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .map_or(0, |kib: u64| kib * 1024)
 }

@@ -105,10 +105,10 @@ struct Election {
 #[derive(Args)]
 struct Tuning {
     /// S3 multipart part size in MiB (5 to 5120). Memory per backup is about part size × (parts in flight + 1).
-    #[arg(long, env = "PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u32).range(5..=5120))]
+    #[arg(long, env = "PART_SIZE_MIB", default_value_t = 6, value_parser = clap::value_parser!(u32).range(5..=5120))]
     part_size_mib: u32,
     /// Parts uploading at once.
-    #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     parts_in_flight: u32,
     /// Give up when the snapshot stream sends nothing for this long.
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -147,7 +147,7 @@ struct SnapshotArgs {
     #[arg(long)]
     zstd: bool,
     /// zstd level, 1 (fastest) to 19 (smallest).
-    #[arg(long, default_value_t = 3, requires = "zstd", value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, default_value_t = 1, requires = "zstd", value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
     /// Encrypt the snapshot with age to this X25519 recipient (age1…); repeatable.
     #[arg(long = "age-recipient", value_name = "RECIPIENT")]
@@ -841,6 +841,7 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     summary["db_size"] = restored.db_size.into();
     summary["pages"] = restored.checked.db.pages.into();
     summary["seconds"] = restored.seconds.into();
+    summary["upload_seconds"] = restored.upload_seconds.into();
     summary["peak_rss_bytes"] = peak_rss_bytes().into();
     println!("{summary}");
     Ok(())

@@ -253,15 +253,20 @@ async fn object_lock_needs_a_lock_bucket_and_checksums_and_holds_until_its_date(
         let lock = server.lock_of("vault", key).unwrap();
         assert_eq!((lock.mode.as_str(), lock.until.as_second()), ("COMPLIANCE", soon.as_second()), "{key}");
     }
-    // A part whose body does not match its checksum is refused.
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-amz-checksum-sha256", "bm90IHRoZSBzaGEyNTYgb2YgdGhpcyBib2R5IGF0IGFsbA==".parse().unwrap());
-    let options = object_store::ClientOptions::new().with_allow_http(true).with_default_headers(headers);
-    let lying = builder(&server, "vault").with_client_options(options).build().unwrap();
-    let id = lying.create_multipart(&Path::from("lie")).await.unwrap();
-    let err = lying.put_part(&Path::from("lie"), &id, 0, vec![1u8; 1024].into()).await.unwrap_err().to_string();
-    assert!(err.contains("BadDigest"), "{err}");
-    lying.abort_multipart(&Path::from("lie"), &id).await.unwrap();
+    // A part whose body does not match its checksum (SHA-256 or CRC64-NVME) is refused.
+    for (header, wrong) in [
+        ("x-amz-checksum-sha256", "bm90IHRoZSBzaGEyNTYgb2YgdGhpcyBib2R5IGF0IGFsbA=="),
+        ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA="),
+    ] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(header, wrong.parse().unwrap());
+        let options = object_store::ClientOptions::new().with_allow_http(true).with_default_headers(headers);
+        let lying = builder(&server, "vault").with_client_options(options).build().unwrap();
+        let id = lying.create_multipart(&Path::from("lie")).await.unwrap();
+        let err = lying.put_part(&Path::from("lie"), &id, 0, vec![1u8; 1024].into()).await.unwrap_err().to_string();
+        assert!(err.contains("BadDigest"), "{header}: {err}");
+        lying.abort_multipart(&Path::from("lie"), &id).await.unwrap();
+    }
 
     // Nobody deletes a locked object before its date; afterwards it goes.
     let plain = server.client("vault").unwrap();

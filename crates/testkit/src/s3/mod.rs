@@ -12,8 +12,8 @@
 //! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`;
 //! - a bucket can require server-side encryption, as a bucket policy denying unencrypted writes does
 //!   (`AccessDenied` for a PutObject or CreateMultipartUpload without `x-amz-server-side-encryption`);
-//! - an `x-amz-checksum-sha256` sent with a part is checked (`BadDigest`), as s3s-fs checks it only
-//!   on PutObject;
+//! - an `x-amz-checksum-sha256` or `x-amz-checksum-crc64nvme` sent with a part is checked
+//!   (`BadDigest`), as s3s-fs checks them only on PutObject;
 //! - a bucket can have Object Lock ([`lock`]): writes that set a retention need a checksum, and a
 //!   locked object cannot be deleted before its retain-until date.
 
@@ -673,7 +673,9 @@ impl S3 for FaultyStore {
             return Err(s3_error!(InternalError, "injected failure of part {failing}"));
         }
         let retention = self.locks.lock().expect("locks lock").of_upload(&req.input.upload_id);
-        let has_checksum = req.input.content_md5.is_some() || req.input.checksum_sha256.is_some();
+        let has_checksum = req.input.content_md5.is_some()
+            || req.input.checksum_sha256.is_some()
+            || req.input.checksum_crc64nvme.is_some();
         if let Err(refused) = Locks::require_checksum(retention.as_ref(), has_checksum) {
             drain(req.input.body.take()).await;
             return Err(refused);
@@ -682,11 +684,16 @@ impl S3 for FaultyStore {
             drain(req.input.body.take()).await;
             return Err(s3_error!(
                 NotImplemented,
-                "this test server checks parts' x-amz-checksum-sha256, not Content-MD5"
+                "this test server checks parts' x-amz-checksum-sha256 and -crc64nvme, not Content-MD5"
             ));
         }
-        if let Some(expected) = req.input.checksum_sha256.clone() {
-            req.input.body = Some(checked_sha256(req.input.body.take(), &expected).await?);
+        let expected = Checksum {
+            checksum_sha256: req.input.checksum_sha256.clone(),
+            checksum_crc64nvme: req.input.checksum_crc64nvme.clone(),
+            ..Default::default()
+        };
+        if expected.checksum_sha256.is_some() || expected.checksum_crc64nvme.is_some() {
+            req.input.body = Some(checked_part(req.input.body.take(), expected).await?);
         }
         let (upload_id, number, size) =
             (req.input.upload_id.clone(), req.input.part_number, req.input.content_length.unwrap_or(0));
@@ -800,13 +807,17 @@ async fn drain(body: Option<StreamingBlob>) {
     }
 }
 
-/// A part's body read whole and checked against the base64 SHA-256 its `x-amz-checksum-sha256`
-/// names (`BadDigest` when it differs), then handed on.
-async fn checked_sha256(body: Option<StreamingBlob>, expected: &str) -> S3Result<StreamingBlob> {
-    use base64::Engine as _;
+/// A part's body read whole and checked against the base64 SHA-256 and CRC64-NVME its
+/// `x-amz-checksum-*` headers name (`BadDigest` when one differs), then handed on.
+async fn checked_part(body: Option<StreamingBlob>, expected: Checksum) -> S3Result<StreamingBlob> {
     use futures::StreamExt as _;
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = s3s::checksum::ChecksumHasher::default();
+    if expected.checksum_sha256.is_some() {
+        hasher.sha256 = Some(Default::default());
+    }
+    if expected.checksum_crc64nvme.is_some() {
+        hasher.crc64nvme = Some(Default::default());
+    }
     let mut whole = Vec::new();
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
@@ -815,8 +826,12 @@ async fn checked_sha256(body: Option<StreamingBlob>, expected: &str) -> S3Result
             whole.extend_from_slice(&chunk);
         }
     }
-    if base64::engine::general_purpose::STANDARD.encode(hasher.finalize()) != expected {
+    let actual = hasher.finalize();
+    if actual.checksum_sha256 != expected.checksum_sha256 {
         return Err(s3_error!(BadDigest, "The SHA256 you specified did not match the calculated checksum."));
+    }
+    if actual.checksum_crc64nvme != expected.checksum_crc64nvme {
+        return Err(s3_error!(BadDigest, "The CRC64NVME you specified did not match the calculated checksum."));
     }
     Ok(StreamingBlob::from(s3s::Body::from(Bytes::from(whole))))
 }

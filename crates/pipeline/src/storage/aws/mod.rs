@@ -183,12 +183,17 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
             .with_secret_access_key(&keys.secret_access_key),
         None => AmazonS3Builder::from_env(),
     };
-    let mut builder = builder.with_bucket_name(&location.bucket).with_region(&location.region).with_retry(retry());
-    if location.object_lock.is_some() {
-        // S3 takes writes that set a lock only with a checksum it checks: every PutObject and part
-        // carries its SHA-256 (the one the signature computes anyway).
-        builder = builder.with_checksum_algorithm(Checksum::SHA256);
-    }
+    // Every PutObject and part carries its CRC64-NVME (`x-amz-checksum-crc64nvme`, a signed header) and
+    // S3 checks the body against it (`BadDigest`), instead of the signature hashing the body with
+    // SHA-256: the same protection for a tenth of the CPU (a second SHA-256 pass was ~0.65 CPU-s per
+    // GiB, the snapshot's own trailer check being the first). It is also the checksum S3 asks of
+    // writes that set an Object Lock.
+    let mut builder = builder
+        .with_bucket_name(&location.bucket)
+        .with_region(&location.region)
+        .with_retry(retry())
+        .with_unsigned_payload(true)
+        .with_checksum_algorithm(Checksum::CRC64NVME);
     builder = match &location.sse {
         None => builder,
         Some(ServerSideEncryption::S3) => builder.with_config(sse_key(), "AES256"),
