@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(until_fire.saturating_sub(Duration::from_secs(1))).await;
     let base_rss = memory(operator.id(), "VmRSS:");
     let fired = Instant::now() + until_fire.min(Duration::from_secs(1));
+    let (machine_before, operator_before) = (machine_cpu(), process_cpu_seconds(operator.id()));
 
     let api: Api<TalosEtcdBackup> = Api::namespaced(admin.clone(), ns);
     let mut most_progressing = 0;
@@ -101,10 +102,19 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let (machine_after, operator_after) = (machine_cpu(), process_cpu_seconds(operator.id()));
     stop(&mut operator);
     let objects = s3.objects("my-etcd-backups").await?;
     let backups = api.list(&ListParams::default()).await?.items;
     let total_bytes: u64 = backups.iter().filter_map(|b| u64::try_from(b.status.as_ref()?.size?).ok()).sum();
+    // Where the time goes: inside backups (start to completion, whole seconds as Kubernetes keeps
+    // them) against the sources' pace, and between them.
+    let seconds = |b: &TalosEtcdBackup| {
+        let status = b.status.as_ref()?;
+        let (start, end) = (status.start_time.as_ref()?.0, status.completion_time.as_ref()?.0);
+        Some(end.duration_since(start).as_secs_f64())
+    };
+    let backup_seconds: f64 = backups.iter().filter_map(seconds).sum();
     let bound = 1.1 * total_bytes as f64 / (CONCURRENCY * SOURCE_BYTES_PER_SECOND) as f64;
     // Each backup's part buffers at the defaults: part size × (parts in flight + 1).
     let limits = teb_pipeline::Limits::default();
@@ -121,7 +131,15 @@ async fn main() -> anyhow::Result<()> {
         "most_progressing_at_once": most_progressing,
         "seconds_from_schedule_to_last_ready": last_ready.as_secs_f64(),
         "seconds_bound": bound,
+        "seconds_at_source_pace": total_bytes as f64 / (CONCURRENCY * SOURCE_BYTES_PER_SECOND) as f64,
+        "backup_seconds_sum": backup_seconds,
+        "source_pace_seconds_sum": total_bytes as f64 / SOURCE_BYTES_PER_SECOND as f64,
         "last_ready_over_bound": last_ready.as_secs_f64() / bound,
+        // CPU while the backups ran: the operator's, and the whole machine's (the test servers, the
+        // emulated clusters' etcd and the apiserver share its cores).
+        "operator_cpu_seconds": operator_after - operator_before,
+        "machine_cpu_seconds": machine_after.0 - machine_before.0,
+        "machine_busy_fraction": (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1),
         "operator_base_rss_bytes": base_rss,
         "operator_peak_rss_bytes": peak_rss,
         "per_backup_budget_bytes": per_backup,
@@ -129,4 +147,24 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{figures}");
     Ok(())
+}
+
+/// Busy and total CPU seconds of the machine since boot, from /proc/stat (busy: all but idle and
+/// iowait).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let total: f64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / 100.0, total / 100.0)
+}
+
+/// User and system CPU seconds of process `pid`, from /proc/PID/stat.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, from the state (field 3): utime is field 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }

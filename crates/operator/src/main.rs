@@ -584,6 +584,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Operator(_)) { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -906,6 +907,23 @@ async fn print_progress(streamed: Arc<AtomicU64>, started: Instant) {
 }
 
 /// VmHWM of this process, for the summary (and the benchmark that reads it).
+/// glibc's malloc raises its mmap threshold to the size of the first large block freed, so after the
+/// first backup the part buffers (6 MiB each) come from its arenas, where the freed ones fragment:
+/// an operator running 100 backups 4 at a time grew 22 MiB past its budget. A fixed threshold keeps
+/// blocks of 1 MiB and more in their own mappings, returned to the system when freed; a higher trim
+/// threshold stops the arenas giving back and faulting in the same pages again between parts.
+#[cfg(target_env = "gnu")]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets glibc's allocation parameters; it runs before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn tune_allocator() {}
+
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
