@@ -253,10 +253,11 @@ async fn object_lock_needs_a_lock_bucket_and_checksums_and_holds_until_its_date(
         let lock = server.lock_of("vault", key).unwrap();
         assert_eq!((lock.mode.as_str(), lock.until.as_second()), ("COMPLIANCE", soon.as_second()), "{key}");
     }
-    // A part whose body does not match its checksum (SHA-256 or CRC64-NVME) is refused.
+    // A part whose body does not match its checksum (SHA-256, CRC64-NVME or MD5) is refused.
     for (header, wrong) in [
         ("x-amz-checksum-sha256", "bm90IHRoZSBzaGEyNTYgb2YgdGhpcyBib2R5IGF0IGFsbA=="),
         ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA="),
+        ("content-md5", "AAAAAAAAAAAAAAAAAAAAAA=="),
     ] {
         let mut headers = http::HeaderMap::new();
         headers.insert(header, wrong.parse().unwrap());

@@ -12,7 +12,7 @@
 //! - an unknown, completed or aborted upload ID answers 404 `NoSuchUpload`;
 //! - a bucket can require server-side encryption, as a bucket policy denying unencrypted writes does
 //!   (`AccessDenied` for a PutObject or CreateMultipartUpload without `x-amz-server-side-encryption`);
-//! - an `x-amz-checksum-sha256` or `x-amz-checksum-crc64nvme` sent with a part is checked
+//! - a part's `Content-MD5`, `x-amz-checksum-sha256` or `x-amz-checksum-crc64nvme` is checked
 //!   (`BadDigest`), as s3s-fs checks them only on PutObject;
 //! - a bucket can have Object Lock ([`lock`]): writes that set a retention need a checksum, and a
 //!   locked object cannot be deleted before its retain-until date.
@@ -680,20 +680,14 @@ impl S3 for FaultyStore {
             drain(req.input.body.take()).await;
             return Err(refused);
         }
-        if req.input.content_md5.is_some() {
-            drain(req.input.body.take()).await;
-            return Err(s3_error!(
-                NotImplemented,
-                "this test server checks parts' x-amz-checksum-sha256 and -crc64nvme, not Content-MD5"
-            ));
-        }
         let expected = Checksum {
             checksum_sha256: req.input.checksum_sha256.clone(),
             checksum_crc64nvme: req.input.checksum_crc64nvme.clone(),
             ..Default::default()
         };
-        if expected.checksum_sha256.is_some() || expected.checksum_crc64nvme.is_some() {
-            req.input.body = Some(checked_part(req.input.body.take(), expected).await?);
+        let md5 = req.input.content_md5.clone();
+        if expected.checksum_sha256.is_some() || expected.checksum_crc64nvme.is_some() || md5.is_some() {
+            req.input.body = Some(checked_part(req.input.body.take(), expected, md5).await?);
         }
         let (upload_id, number, size) =
             (req.input.upload_id.clone(), req.input.part_number, req.input.content_length.unwrap_or(0));
@@ -808,9 +802,12 @@ async fn drain(body: Option<StreamingBlob>) {
 }
 
 /// A part's body read whole and checked against the base64 SHA-256 and CRC64-NVME its
-/// `x-amz-checksum-*` headers name (`BadDigest` when one differs), then handed on.
-async fn checked_part(body: Option<StreamingBlob>, expected: Checksum) -> S3Result<StreamingBlob> {
+/// `x-amz-checksum-*` headers name and the MD5 of its `Content-MD5` (`BadDigest` when one differs),
+/// then handed on.
+async fn checked_part(body: Option<StreamingBlob>, expected: Checksum, md5: Option<String>) -> S3Result<StreamingBlob> {
+    use base64::Engine as _;
     use futures::StreamExt as _;
+    use md5::Digest as _;
     let mut hasher = s3s::checksum::ChecksumHasher::default();
     if expected.checksum_sha256.is_some() {
         hasher.sha256 = Some(Default::default());
@@ -825,6 +822,9 @@ async fn checked_part(body: Option<StreamingBlob>, expected: Checksum) -> S3Resu
             hasher.update(&chunk);
             whole.extend_from_slice(&chunk);
         }
+    }
+    if md5.is_some_and(|md5| md5 != base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&whole))) {
+        return Err(s3_error!(BadDigest, "The Content-MD5 you specified did not match what we received."));
     }
     let actual = hasher.finalize();
     if actual.checksum_sha256 != expected.checksum_sha256 {
