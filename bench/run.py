@@ -655,6 +655,11 @@ def many_report(many, mb):
             f"| most backups Progressing at once | {many['most_progressing_at_once']} |",
             f"| schedules' minute → last backup Ready | {many['seconds_from_schedule_to_last_ready']:.1f} s |",
             f"| bound: 1.1 × bytes ÷ (concurrency × 20 MB/s) | {many['seconds_bound']:.1f} s |",
+            f"| the backups' own times (start → completion) summed | {many['backup_seconds_sum']:.0f} s |",
+            f"| the same bytes at 20 MB/s, summed | {many['source_pace_seconds_sum']:.0f} s |",
+            f"| operator CPU while they ran | {many['operator_cpu_seconds']:.0f} s |",
+            f"| machine CPU while they ran (2 cores; busy fraction) | {many['machine_cpu_seconds']:.0f} s "
+            f"({many['machine_busy_fraction']:.2f}) |",
             f"| operator RSS before the minute (base) | {mb(many['operator_base_rss_bytes'])} MiB |",
             f"| operator peak RSS | {mb(many['operator_peak_rss_bytes'])} MiB |",
             f"| budget: base + concurrency × {many['per_backup_budget_bytes'] // MiB} MiB (part size × (parts in flight + 1)) | "
