@@ -118,8 +118,9 @@ async fn sigkill_mid_upload_to_gcs_or_azure_leaves_one_object_after_restart() {
                 storage(name)
             ))
             .await;
+        // A part received (an upload alone exists before the status write that records it).
         wait_for("a part on its way", async || match name {
-            "to-gcs" => !gcs.unfinished_uploads().is_empty(),
+            "to-gcs" => gcs.unfinished_parts() > 0,
             _ => !azurite.uncommitted_blobs("etcd-backups").await.unwrap().is_empty(),
         })
         .await;

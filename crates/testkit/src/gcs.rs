@@ -179,6 +179,11 @@ impl GcsServer {
     pub fn unfinished_uploads(&self) -> Vec<String> {
         self.state.lock().unwrap().uploads.values().map(|u| u.key.clone()).collect()
     }
+
+    /// Parts received by the unfinished uploads.
+    pub fn unfinished_parts(&self) -> usize {
+        self.state.lock().unwrap().uploads.values().map(|u| u.parts.len()).sum()
+    }
 }
 
 struct Service {
