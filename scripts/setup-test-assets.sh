@@ -38,10 +38,39 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBE
   exit 0
 fi
 
-# etcd + etcdctl (etcdctl is used by tests to check snapshots with `etcdctl snapshot restore`).
-apt_install etcd-server etcd-client
-ln -sf /usr/bin/etcd "$cache/etcd"
-ln -sf /usr/bin/etcdctl "$cache/etcdctl"
+# etcd, etcdctl and etcdutl 3.5 as Talos ships them (Talos v1.8 runs etcd 3.5.16, v1.14 3.6/3.7): Debian
+# trixie's etcd-server and etcd-client (static Go binaries; bookworm's own etcd is 3.4.23, which no Talos
+# release runs). Fetched with a private apt state (the machine's sources stay bookworm's), checked against
+# the pinned SHA-256 and unpacked into the cache; nothing is installed system-wide.
+etcd_version=3.5.16-4
+etcd_dir="$cache/etcd-$etcd_version"
+if [[ ! -x "$etcd_dir/usr/bin/etcd" || ! -x "$etcd_dir/usr/bin/etcdutl" ]]; then
+  log "fetching etcd $etcd_version (Debian trixie)"
+  apt_state="$cache/apt-trixie"
+  mkdir -p "$apt_state/sources" "$apt_state/lists/partial" "$apt_state/cache/archives/partial" "$apt_state/debs"
+  cat >"$apt_state/sources/trixie.sources" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_state/sources"
+    -o "Dir::State::Lists=$apt_state/lists" -o "Dir::Cache=$apt_state/cache" -o APT::Sandbox::User=root)
+  apt-get "${apt_opts[@]}" update -qq >&2
+  (cd "$apt_state/debs" && rm -f ./*.deb && apt-get "${apt_opts[@]}" download -qq \
+    "etcd-server=$etcd_version" "etcd-client=$etcd_version" >&2)
+  sha256sum -c >&2 <<SUMS
+0875921bb0d023f2af9b8e15cdfbe417a03e65731345fb832c40f9c2dd72967b  $apt_state/debs/etcd-server_${etcd_version}_amd64.deb
+7eb67e305ba2ce523a5a0b29bf88750ded3f724769c7111a83382b7909f9977b  $apt_state/debs/etcd-client_${etcd_version}_amd64.deb
+SUMS
+  rm -rf "$etcd_dir.tmp"
+  for deb in "$apt_state"/debs/*.deb; do dpkg-deb -x "$deb" "$etcd_dir.tmp"; done
+  rm -rf "$etcd_dir"
+  mv "$etcd_dir.tmp" "$etcd_dir"
+fi
+for tool in etcd etcdctl etcdutl; do ln -sfn "$etcd_dir/usr/bin/$tool" "$cache/$tool"; done
+log "$("$cache/etcd" --version | head -n1)"
 
 if [[ ! -x "$cache/kube-apiserver" || ! -x "$cache/kube-controller-manager" ]]; then
   log "building kube-apiserver and kube-controller-manager from Debian's kubernetes source package (minutes, once)"

@@ -47,6 +47,12 @@ pub struct TalosEtcdRestoreSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 261)))]
     pub endpoints: Vec<String>,
+    /// Members of the backup's cluster that are gone for good or will be wiped before they come back
+    /// (node address, member name or member ID in hex). A member that does not answer is refused
+    /// otherwise: if it returned with its data it would re-form the old cluster beside the restored one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub acknowledge_lost: Vec<String>,
     /// Optional Secret key holding a talosconfig with the os:admin role; when unset a client
     /// certificate with os:admin is minted from the control plane's secrets bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,11 @@ pub struct BackupPlan {
 pub struct KitSource {
     pub secrets_bundle: String,
     pub bundle_config: String,
+    /// The TalosControlPlane's namespace and the rest of its status that upstream's state Secret holds.
+    pub namespace: Option<String>,
+    pub state: Option<String>,
+    pub machine_config: Option<String>,
+    pub observed_kube_version: Option<String>,
 }
 
 impl std::fmt::Debug for KitSource {
@@ -51,6 +56,10 @@ pub async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<St
         cluster: plan.controlplane.clone(),
         secrets_bundle: source.secrets_bundle.clone(),
         bundle_config: source.bundle_config.clone(),
+        namespace: source.namespace.clone(),
+        state: kit::upstream_state(source.state.as_deref()).to_owned(),
+        machine_config: source.machine_config.clone(),
+        observed_kube_version: source.observed_kube_version.clone(),
         backup_key: outcome.report.key.clone(),
         backup_sha256: outcome.report.sha256.clone(),
         backup_node: outcome.node.clone(),

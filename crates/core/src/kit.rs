@@ -1,9 +1,13 @@
 //! The recovery kit: what new nodes need to come back as a cluster and read a snapshot, stored beside
-//! it. It is the upstream operator's state Secret in shape (a `v1` Secret named `<cluster>-state`
-//! whose `secretBundle` and `bundleConfig` keys hold the TalosControlPlane's), with this backup's own
-//! facts added, at the key upstream uses (`state-<timestamp>.yaml`). It holds the cluster's secrets:
-//! it is sealed to the backup's age recipients (`….yaml.age`), and stored plain only when the user
-//! asks for it.
+//! it. It is the upstream operator's state Secret, key for key (`<cluster>-state` in the control
+//! plane's namespace, label `talos.alperen.cloud/type: state`, keys `secretBundle`, `bundleConfig`,
+//! `state`, `config`, `observedKubeVersion`: `ensureStateSecret` in upstream v0.5.4's
+//! internal/controller/taloscontrolplane_controller.go), with this backup's own facts added, at the key
+//! upstream uses (`state-<timestamp>.yaml`). Applied with `kubectl apply`, upstream restores the
+//! control plane's status from it (`restoreFromStateSecret`); its `state` is always one upstream never
+//! bootstraps etcd in, so the wiped nodes wait for a restore instead of starting an empty etcd. It
+//! holds the cluster's secrets: it is sealed to the backup's age recipients (`….yaml.age`), and
+//! stored plain only when the user asks for it.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +27,13 @@ pub struct RecoveryKit {
     pub secrets_bundle: String,
     /// The TalosControlPlane's `status.bundleConfig`: cluster name, endpoints, versions (JSON).
     pub bundle_config: String,
+    /// The control plane's namespace (the Secret's), when known.
+    pub namespace: Option<String>,
+    /// Upstream's `state` as the kit records it: see [`upstream_state`].
+    pub state: String,
+    /// The control-plane machine config upstream applied (`status.config`), when it had one.
+    pub machine_config: Option<String>,
+    pub observed_kube_version: Option<String>,
     /// The snapshot the kit goes with: its key, SHA-256 (when known), node and time.
     pub backup_key: String,
     pub backup_sha256: Option<String>,
@@ -63,12 +74,29 @@ struct StateSecret {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Metadata {
     name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
 
 /// The label that marks a state Secret as this writer's kit.
 const KIT_LABEL: &str = "talos.alperen.cloud/recovery-kit";
+/// Upstream's label of its state Secrets (`StateSecretLabelKey`/`Value`, api/v1alpha1/common.go).
+pub const STATE_LABEL: (&str, &str) = ("talos.alperen.cloud/type", "state");
+/// The keys of upstream's state Secret, in its order.
+pub const UPSTREAM_KEYS: [&str; 5] = ["secretBundle", "bundleConfig", "state", "config", "observedKubeVersion"];
+
+/// The `state` a kit records for a control plane whose status says `observed`. A snapshot exists only
+/// of a bootstrapped etcd, and upstream's BootstrapCluster returns at once in `Bootstrapped` and
+/// `Ready` (and bootstraps only from `Available`): any other state, or none, is recorded as
+/// `Bootstrapped`, so that applying the kit never makes upstream bootstrap an empty etcd.
+pub fn upstream_state(observed: Option<&str>) -> &'static str {
+    match observed {
+        Some("Ready") => "Ready",
+        _ => "Bootstrapped",
+    }
+}
 
 impl RecoveryKit {
     /// The kit as the upstream operator's state Secret YAML, with the backup's facts.
@@ -79,6 +107,9 @@ impl RecoveryKit {
         };
         put("secretBundle", &self.secrets_bundle);
         put("bundleConfig", &self.bundle_config);
+        put("state", &self.state);
+        put("config", self.machine_config.as_deref().unwrap_or_default());
+        put("observedKubeVersion", self.observed_kube_version.as_deref().unwrap_or_default());
         put("cluster", &self.cluster);
         put("backupKey", &self.backup_key);
         put("backupNode", &self.backup_node);
@@ -86,11 +117,14 @@ impl RecoveryKit {
         if let Some(sha) = &self.backup_sha256 {
             put("backupSHA256", sha);
         }
-        let labels = BTreeMap::from([(KIT_LABEL.to_owned(), "v1".to_owned())]);
+        let labels = BTreeMap::from([
+            (KIT_LABEL.to_owned(), "v1".to_owned()),
+            (STATE_LABEL.0.to_owned(), STATE_LABEL.1.to_owned()),
+        ]);
         let secret = StateSecret {
             api_version: "v1".into(),
             kind: "Secret".into(),
-            metadata: Metadata { name: format!("{}-state", self.cluster), labels },
+            metadata: Metadata { name: format!("{}-state", self.cluster), namespace: self.namespace.clone(), labels },
             type_: "Opaque".into(),
             data,
         };
@@ -121,10 +155,15 @@ impl RecoveryKit {
                 .map(str::to_owned)
                 .ok_or_else(|| "it names no cluster".to_owned())
         })?;
+        let optional = |key: &str| value(key).ok().filter(|v| !v.is_empty());
         Ok(RecoveryKit {
             cluster,
             secrets_bundle: value("secretBundle")?,
             bundle_config: value("bundleConfig")?,
+            namespace: secret.metadata.namespace,
+            state: upstream_state(optional("state").as_deref()).to_owned(),
+            machine_config: optional("config"),
+            observed_kube_version: optional("observedKubeVersion"),
             backup_key: value("backupKey").unwrap_or_default(),
             backup_sha256: value("backupSHA256").ok(),
             backup_node: value("backupNode").unwrap_or_default(),
@@ -202,6 +241,10 @@ mod tests {
             cluster: "prod".into(),
             secrets_bundle: "certs:\n  os:\n    crt: Zm9v\n    key: YmFy\n".into(),
             bundle_config: "{\"clusterName\":\"prod\"}".into(),
+            namespace: Some("clusters".into()),
+            state: "Ready".into(),
+            machine_config: Some("version: v1alpha1\n".into()),
+            observed_kube_version: Some("v1.34.1".into()),
             backup_key: "talos-operator-etcd-backups/prod/etcd-snapshot-2025-10-04T11-30-00Z.db.zst.age".into(),
             backup_sha256: Some("ab".repeat(32)),
             backup_node: "10.0.0.2".into(),
@@ -212,13 +255,40 @@ mod tests {
     #[test]
     fn the_kit_is_the_upstream_state_secret_and_reads_back() {
         let yaml = kit().to_yaml();
-        assert!(yaml.starts_with("apiVersion: v1\nkind: Secret\nmetadata:\n  name: prod-state\n"), "{yaml}");
+        assert!(
+            yaml.starts_with("apiVersion: v1\nkind: Secret\nmetadata:\n  name: prod-state\n  namespace: clusters\n"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("talos.alperen.cloud/type: state"), "{yaml}");
+        for key in UPSTREAM_KEYS {
+            assert!(yaml.contains(&format!("  {key}: ")), "upstream's key {key}: {yaml}");
+        }
         assert!(yaml.contains("secretBundle: ") && yaml.contains("bundleConfig: "), "{yaml}");
         assert!(!yaml.contains("crt: Zm9v"), "data is base64, as in a Secret");
         assert_eq!(RecoveryKit::from_yaml(&yaml).unwrap(), kit());
         assert!(!format!("{:?}", kit()).contains("Zm9v"), "Debug never shows the bundle");
         let err = RecoveryKit::from_yaml("kind: ConfigMap\napiVersion: v1\nmetadata: {name: x}\n").unwrap_err();
         assert!(err.contains("ConfigMap"), "{err}");
+    }
+
+    #[test]
+    fn a_kit_never_records_a_state_upstream_bootstraps_from() {
+        for (observed, recorded) in [
+            (Some("Ready"), "Ready"),
+            (Some("Bootstrapped"), "Bootstrapped"),
+            (Some("Available"), "Bootstrapped"),
+            (Some("UpgradingKubernetes"), "Bootstrapped"),
+            (Some(""), "Bootstrapped"),
+            (None, "Bootstrapped"),
+        ] {
+            assert_eq!(upstream_state(observed), recorded, "{observed:?}");
+        }
+        // An older kit without `state` reads as Bootstrapped too.
+        let mut old = kit();
+        old.state = "Bootstrapped".into();
+        let yaml = old.to_yaml().replace(&format!("  state: {}\n", BASE64.encode("Bootstrapped")), "");
+        assert!(!yaml.contains("  state: "), "{yaml}");
+        assert_eq!(RecoveryKit::from_yaml(&yaml).unwrap().state, "Bootstrapped");
     }
 
     #[test]

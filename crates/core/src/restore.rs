@@ -16,6 +16,7 @@ use futures::StreamExt as _;
 use teb_pipeline::{CheckedSnapshot, Format, Identity, SnapshotCheck, Storage};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
+use crate::etcd_db::{DbMember, EtcdDb, StoredObject};
 use crate::{Error, Settings};
 
 /// How long an EtcdStatus probe may take: while etcd is down Talos's etcd client waits for it until
@@ -40,8 +41,24 @@ pub struct RestorePlan {
     pub etcd: EtcdState,
     /// The entries of the target's etcd data directory (empty once wiped).
     pub data: Vec<String>,
-    /// The other control-plane nodes checked, with their etcd.
-    pub others: Vec<(String, EtcdState)>,
+    /// The other control-plane nodes checked, with their etcd: every former member the backup's
+    /// database names (by the address of its peer URL) and every node the caller named.
+    pub others: Vec<Other>,
+    /// The backup's members, or why they could not be read.
+    pub members: Result<Vec<DbMember>, String>,
+}
+
+/// Another control-plane node, as the plan found it.
+#[derive(Clone, Debug)]
+pub struct Other {
+    pub node: String,
+    pub etcd: EtcdState,
+    /// The entries of its etcd data directory, when etcd is not running there and it answers.
+    pub data: Vec<String>,
+    /// Named by the user as wiped or replaced (`--acknowledge-lost`, `spec.acknowledgeLost`).
+    pub acknowledged: bool,
+    /// The backup's member at this node, if any (its name: the node's hostname).
+    pub member: Option<String>,
 }
 
 /// A node's etcd before the restore.
@@ -86,8 +103,8 @@ impl RestorePlan {
         let running: Vec<String> = self
             .others
             .iter()
-            .filter_map(|(node, etcd)| match etcd {
-                EtcdState::Running { member_id, .. } => Some(format!("{node} (member {member_id:x})")),
+            .filter_map(|other| match other.etcd {
+                EtcdState::Running { member_id, .. } => Some(format!("{} (member {member_id:x})", other.node)),
                 _ => None,
             })
             .collect();
@@ -108,7 +125,48 @@ impl RestorePlan {
                 wipe(self.node.as_deref().unwrap_or(&self.node_label))
             ));
         }
+        if let Err(why) = &self.members {
+            return Some(format!(
+                "the backup's member list could not be read ({why}): without it, no check can tell that no member \
+                 of the old cluster still runs. Nothing was changed"
+            ));
+        }
+        let with_data: Vec<&Other> = self.others.iter().filter(|o| !o.data.is_empty()).collect();
+        if !with_data.is_empty() {
+            let nodes: Vec<String> = with_data.iter().map(|o| o.node.clone()).collect();
+            let commands: Vec<String> = with_data.iter().map(|o| wipe(&o.node)).collect();
+            return Some(format!(
+                "etcd's data directory is not empty on {} although etcd is not running there: once it starts again it \
+                 rejoins the old cluster beside the restored one. Wipe it first: {}",
+                nodes.join(", "),
+                commands.join("; ")
+            ));
+        }
+        let lost: Vec<&Other> =
+            self.others.iter().filter(|o| matches!(o.etcd, EtcdState::Unreachable { .. }) && !o.acknowledged).collect();
+        if !lost.is_empty() {
+            let nodes: Vec<String> = lost.iter().map(|o| o.label()).collect();
+            let commands: Vec<String> = lost.iter().map(|o| wipe(&o.node)).collect();
+            return Some(format!(
+                "{} did not answer: a member of the backup's cluster that comes back with its data re-forms the old \
+                 cluster beside the restored one. If it is gone for good or will be wiped before it returns ({} as \
+                 soon as it is back), say so: --acknowledge-lost {} (spec.acknowledgeLost of a TalosEtcdRestore)",
+                nodes.join(", "),
+                commands.join("; "),
+                lost.iter().map(|o| o.node.as_str()).collect::<Vec<_>>().join(",")
+            ));
+        }
         None
+    }
+}
+
+impl Other {
+    /// `127.0.10.2 (member cp-2)`, or the address alone.
+    fn label(&self) -> String {
+        match self.member.as_deref().filter(|m| !m.is_empty()) {
+            Some(member) => format!("{} (member {member})", self.node),
+            None => self.node.clone(),
+        }
     }
 }
 
@@ -129,17 +187,29 @@ pub struct Restored {
 /// SHA-256; on the target node (`node`, else the target's first node, else the endpoint node)
 /// whether etcd runs and what its data directory holds; and etcd on each of `others` (the other
 /// control-plane nodes, by address).
+/// What a plan checks besides the target: the nodes the caller names, and those acknowledged lost.
+#[derive(Clone, Debug, Default)]
+pub struct Checks<'a> {
+    /// Every control-plane node the caller knows of (talosconfig, control plane, `--nodes`).
+    pub nodes: &'a [String],
+    /// Nodes (address, member name or member ID in hex) the user says are wiped or replaced.
+    pub acknowledged_lost: &'a [String],
+    /// Opens the backup to read its member list when it is encrypted.
+    pub identities: &'a [Identity],
+}
+
 pub async fn plan(
     talos: &Target,
     storage: &Storage,
     key: &str,
     node: Option<&str>,
-    others: &[String],
+    checks: &Checks<'_>,
     settings: &Settings,
 ) -> Result<(TalosClient, RestorePlan), Error> {
     let stored = storage.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
         Error::Restore(format!("no backup at {key:?} in {}: `list` shows what it holds", storage.container()))
     })?;
+    let members = backup_members(storage, key, stored.format, checks.identities, settings).await;
     let client = TalosClient::connect(talos, settings.connect_timeout).await.map_err(|e| connect_failed(talos, e))?;
     let node = node.map(str::to_owned).or_else(|| talos.nodes.first().cloned());
     let node_label = node.clone().unwrap_or_else(|| client.endpoint().to_owned());
@@ -148,13 +218,9 @@ pub async fn plan(
         EtcdState::Running { .. } => vec![],
         _ => client.etcd_data_entries(node.as_deref()).await.map_err(|e| refused_call(e, "List"))?,
     };
-    // Probed at once: a node whose etcd is down answers only when the probe gives up.
-    let others: Vec<&String> = others.iter().filter(|o| Some(o.as_str()) != node.as_deref()).collect();
-    let states = futures::future::join_all(others.iter().map(|other| etcd_state(&client, Some(other)))).await;
-    let mut checked = Vec::new();
-    for (other, state) in others.into_iter().zip(states) {
-        checked.push((other.clone(), state?));
-    }
+    let target_host = node.clone().or_else(|| teb_talos::endpoint_host(client.endpoint()));
+    let others = other_nodes(checks, members.as_deref().unwrap_or_default(), target_host.as_deref());
+    let checked = probe_others(&client, others, checks.acknowledged_lost).await?;
     let plan = RestorePlan {
         node,
         node_label,
@@ -165,8 +231,100 @@ pub async fn plan(
         etcd,
         data,
         others: checked,
+        members,
     };
     Ok((client, plan))
+}
+
+/// The nodes to check besides the target: each former member's peer address, then each node the
+/// caller named, once each, with the member's name where there is one.
+fn other_nodes(checks: &Checks<'_>, members: &[DbMember], target: Option<&str>) -> Vec<(String, Option<DbMember>)> {
+    let mut others: Vec<(String, Option<DbMember>)> = Vec::new();
+    for member in members {
+        // A member without a peer URL is checked by its name (the node's hostname).
+        let address = member.peer_host().unwrap_or_else(|| member.name.clone());
+        others.push((address, Some(member.clone())));
+    }
+    for node in checks.nodes {
+        let host = teb_talos::endpoint_host(node).unwrap_or_else(|| node.clone());
+        if !others.iter().any(|(address, _)| *address == host) {
+            others.push((host, None));
+        }
+    }
+    others.retain(|(address, _)| !address.is_empty() && Some(address.as_str()) != target);
+    others
+}
+
+/// Probes every other node at once (a node whose etcd is down answers only when the probe gives up),
+/// and lists the data directory of each that answers without a running etcd.
+async fn probe_others(
+    client: &TalosClient,
+    others: Vec<(String, Option<DbMember>)>,
+    acknowledged_lost: &[String],
+) -> Result<Vec<Other>, Error> {
+    let probes = others.into_iter().map(|(address, member)| async move {
+        let etcd = etcd_state(client, Some(&address)).await?;
+        let data = match etcd {
+            EtcdState::NotRunning { .. } => client.etcd_data_entries(Some(&address)).await.unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let named = |name: &str| {
+            name == address
+                || member
+                    .as_ref()
+                    .is_some_and(|m| (!m.name.is_empty() && m.name == name) || format!("{:x}", m.id) == name)
+        };
+        let acknowledged = acknowledged_lost.iter().any(|n| named(n.trim()));
+        Ok::<_, Error>(Other { node: address.clone(), etcd, data, acknowledged, member: member.map(|m| m.name) })
+    });
+    futures::future::join_all(probes).await.into_iter().collect()
+}
+
+/// The members the backup's database names, read before anything changes: in place with range reads
+/// when it is stored plain; decoded into an unlinked scratch file (in `TMPDIR`, gone on every exit
+/// path) when it is compressed or encrypted.
+async fn backup_members(
+    storage: &Storage,
+    key: &str,
+    format: Format,
+    identities: &[Identity],
+    settings: &Settings,
+) -> Result<Vec<DbMember>, String> {
+    let members = if format == Format::default() {
+        let object = StoredObject { storage, key };
+        EtcdDb::open(&object).await?.members().await?
+    } else {
+        if format.age && identities.is_empty() {
+            return Err("it is encrypted, and no age identity was given".into());
+        }
+        let scratch = decode_to_scratch(storage, key, format, identities, settings).await?;
+        EtcdDb::open(&scratch).await?.members().await?
+    };
+    if members.is_empty() {
+        return Err("its members bucket is empty".into());
+    }
+    Ok(members)
+}
+
+/// The decoded snapshot in a scratch file that is unlinked from the start.
+async fn decode_to_scratch(
+    storage: &Storage,
+    key: &str,
+    format: Format,
+    identities: &[Identity],
+    settings: &Settings,
+) -> Result<std::fs::File, String> {
+    use std::io::Write as _;
+    let mut stream = storage
+        .read_snapshot(key, format, identities, settings.limits.idle_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut file = tempfile::tempfile().map_err(|e| format!("creating a scratch file in TMPDIR: {e}"))?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        file.write_all(&chunk).map_err(|e| format!("writing the scratch file: {e}"))?;
+    }
+    Ok(file)
 }
 
 /// A node's etcd, by a short EtcdStatus probe.

@@ -5,6 +5,7 @@ pub mod controllers;
 mod error;
 pub mod finalizer;
 pub mod health;
+pub mod kit_files;
 pub mod leader;
 pub mod metrics;
 pub mod resolve;

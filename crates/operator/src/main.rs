@@ -429,7 +429,9 @@ impl StoredBackupArgs {
 struct KitArgs {
     #[command(flatten)]
     stored: StoredBackupArgs,
-    /// Folder to write `secrets.yaml` and `talosconfig` into (created; files mode 0600).
+    /// Folder to write into (created; files mode 0600): `secrets.yaml`, `talosconfig`,
+    /// `state-secret.yaml` (upstream's state Secret), `controlplane.yaml` (the applied machine config,
+    /// when the kit has it), `cluster-patch.yaml` and `gen-config.sh`.
     #[arg(long)]
     out: PathBuf,
     /// Talos API endpoints for the talosconfig, comma-separated; the kit's bundle config when unset.
@@ -477,14 +479,23 @@ async fn kit(args: KitArgs) -> anyhow::Result<()> {
     let target = kit_target(&kit, &args.endpoints, args.validity)?;
     let talosconfig =
         teb_talos::Talosconfig::single(&kit.cluster, target.endpoints.clone(), Vec::new(), &target.credentials);
+    let files = talos_etcd_backup::kit_files::kit_files(&kit, talosconfig.to_yaml()).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let secrets = args.out.join("secrets.yaml");
-    let config = args.out.join("talosconfig");
-    write_private(&secrets, &kit.secrets_bundle)?;
-    write_private(&config, &talosconfig.to_yaml())?;
+    let mut written = Vec::new();
+    for file in files {
+        let path = args.out.join(file.name);
+        write_private(&path, &file.text)?;
+        written.push(path);
+    }
+    // What `talosctl gen config --with-secrets` would refuse, said before a user needs it.
+    let problems = teb_talos::gen_config_problems(&kit.secrets_bundle);
+    for problem in &problems {
+        eprintln!("warning: secrets.yaml: {problem}; talosctl gen config --with-secrets refuses it");
+    }
     let summary = serde_json::json!({
-        "kit": kit_key, "cluster": kit.cluster, "backup": key, "secrets": secrets, "talosconfig": config,
-        "endpoints": target.endpoints, "valid_for_seconds": args.validity.as_secs(),
+        "kit": kit_key, "cluster": kit.cluster, "backup": key, "files": written, "state": kit.state,
+        "namespace": kit.namespace, "endpoints": target.endpoints, "valid_for_seconds": args.validity.as_secs(),
+        "secrets_problems": problems,
     });
     println!("{summary}");
     Ok(())
@@ -515,6 +526,11 @@ struct RestoreArgs {
     /// still run etcd); the talosconfig's nodes when unset.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    /// Members of the backup's cluster that are gone for good or will be wiped before they come back
+    /// (node address, member name or member ID in hex), comma-separated. A member that does not
+    /// answer is refused otherwise.
+    #[arg(long, value_delimiter = ',')]
+    acknowledge_lost: Vec<String>,
     /// Take the Talos credentials from the backup's recovery kit (an os:admin certificate minted from
     /// its OS CA) instead of a talosconfig: all a restore needs is then the bucket and an age identity.
     #[arg(long)]
@@ -797,16 +813,28 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     };
     let nodes = if args.nodes.is_empty() { talos.nodes.clone() } else { args.nodes.clone() };
     let target = args.node.as_deref().or(nodes.first().map(String::as_str));
-    let (client, plan) = restore::plan(&talos, &storage, &key, target, &nodes, &settings).await?;
+    let checks = restore::Checks { nodes: &nodes, acknowledged_lost: &args.acknowledge_lost, identities: &identities };
+    let (client, plan) = restore::plan(&talos, &storage, &key, target, &checks, &settings).await?;
     let mut etcd = node_state(&plan.node_label, &plan.etcd, Some(&plan.data));
     etcd["running"] = matches!(plan.etcd, EtcdState::Running { .. }).into();
     // Every control-plane node checked, the target first: the table a dry run prints.
     let mut checked = vec![etcd.clone()];
-    checked.extend(plan.others.iter().map(|(node, other)| node_state(node, other, None)));
+    checked.extend(plan.others.iter().map(|other| {
+        let mut row = node_state(&other.node, &other.etcd, (!other.data.is_empty()).then_some(&other.data[..]));
+        row["member"] = other.member.clone().into();
+        row["acknowledged_lost"] = other.acknowledged.into();
+        row
+    }));
     let mut summary = serde_json::json!({
         "node": plan.node_label, "bucket": args.stored.bucket.name(args.stored.backup.key.as_deref()), "key": plan.key, "stored_size": plan.size,
         "size": plan.sha256.is_some().then_some(plan.size),
         "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd, "nodes": checked,
+        "members": plan.members.as_ref().map_or_else(
+            |why| serde_json::json!({ "error": why }),
+            |members| members.iter().map(|m| serde_json::json!({
+                "id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_urls,
+            })).collect(),
+        ),
     });
     anyhow::ensure!(
         !plan.format.age || !identities.is_empty() || args.dry_run,

@@ -86,6 +86,10 @@ impl Resolver {
         Some(KitSource {
             secrets_bundle: nonempty(status.secret_bundle)?,
             bundle_config: nonempty(status.bundle_config)?,
+            namespace: Some(self.secrets.namespace.clone()),
+            state: nonempty(status.state),
+            machine_config: nonempty(status.config),
+            observed_kube_version: nonempty(status.observed_kube_version),
         })
     }
 

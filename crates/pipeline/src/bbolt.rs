@@ -7,12 +7,12 @@
 
 const MAGIC: u32 = 0xED0C_DAED;
 const VERSION: u32 = 2;
-const PAGE_HEADER: usize = 16;
+pub const PAGE_HEADER: usize = 16;
 /// Page header plus the meta's 64 bytes.
 const META_PAGE_PREFIX: usize = PAGE_HEADER + 64;
 const NO_FREELIST: u64 = u64::MAX;
-const BRANCH: u16 = 0x01;
-const LEAF: u16 = 0x02;
+pub const BRANCH: u16 = 0x01;
+pub const LEAF: u16 = 0x02;
 const META: u16 = 0x04;
 const FREELIST: u16 = 0x10;
 
@@ -28,13 +28,54 @@ pub struct DbSummary {
     pub pages_checked: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Meta {
-    page_size: u32,
-    root: u64,
-    freelist: u64,
-    pages: u64,
-    txid: u64,
+/// What a meta page says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub page_size: u32,
+    /// The root bucket's page.
+    pub root: u64,
+    pub freelist: u64,
+    /// Pages in the database.
+    pub pages: u64,
+    pub txid: u64,
+}
+
+/// Meta page `i` (0 or 1) from its first bytes (at least the page header and 64 bytes of meta),
+/// checked: id, flags, magic, version, checksum, page size, and root and freelist inside the file.
+pub fn parse_meta(i: u64, bytes: &[u8]) -> Result<Meta, String> {
+    if bytes.len() < META_PAGE_PREFIX {
+        return Err(format!("meta page {i} is cut short ({} bytes)", bytes.len()));
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    let (id, flags) = (u64_at(0), u16_at(8));
+    if id != i || flags & META == 0 {
+        return Err(format!("page {i} is not a meta page (id {id}, flags {flags:#x})"));
+    }
+    let m = &bytes[PAGE_HEADER..];
+    let field = |at: usize| u32::from_le_bytes(m[at..at + 4].try_into().unwrap_or_default());
+    let (magic, version, page_size) = (field(0), field(4), field(8));
+    if magic != MAGIC {
+        return Err(format!("meta page {i} has magic {magic:#x}, not bbolt's {MAGIC:#x}"));
+    }
+    if version != VERSION {
+        return Err(format!("meta page {i} has version {version}, not {VERSION}"));
+    }
+    let long = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or_default());
+    if fnv1a64(&m[..56]) != long(56) {
+        return Err(format!("meta page {i}'s checksum does not match its contents"));
+    }
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return Err(format!("meta page {i} has page size {page_size}"));
+    }
+    let meta = Meta { page_size, root: long(16), freelist: long(32), pages: long(40), txid: long(48) };
+    if meta.pages < 3 || meta.root < 2 || meta.root >= meta.pages {
+        return Err(format!("meta page {i} names root page {} of {} pages", meta.root, meta.pages));
+    }
+    if meta.freelist != NO_FREELIST && (meta.freelist < 2 || meta.freelist >= meta.pages) {
+        return Err(format!("meta page {i} names freelist page {} of {} pages", meta.freelist, meta.pages));
+    }
+    Ok(meta)
 }
 
 /// Feeds on the database's bytes (without the trailer) in order; [`BboltCheck::finish`] says whether
@@ -87,36 +128,14 @@ impl BboltCheck {
         let (id, flags, overflow) = (u64_at(0), u16_at(8), u32_at(12) as u64);
         let i = self.page;
         if i < 2 {
-            if id != i || flags & META == 0 {
-                return Err(format!("page {i} is not a meta page (id {id}, flags {flags:#x})"));
-            }
-            let m = &bytes[PAGE_HEADER..];
-            let field = |at: usize| u32::from_le_bytes(m[at..at + 4].try_into().unwrap_or_default());
-            let (magic, version, page_size) = (field(0), field(4), field(8));
-            if magic != MAGIC {
-                return Err(format!("meta page {i} has magic {magic:#x}, not bbolt's {MAGIC:#x}"));
-            }
-            if version != VERSION {
-                return Err(format!("meta page {i} has version {version}, not {VERSION}"));
-            }
-            let long = |at: usize| u64::from_le_bytes(m[at..at + 8].try_into().unwrap_or_default());
-            if fnv1a64(&m[..56]) != long(56) {
-                return Err(format!("meta page {i}'s checksum does not match its contents"));
-            }
-            if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
-                return Err(format!("meta page {i} has page size {page_size}"));
-            }
-            let meta = Meta { page_size, root: long(16), freelist: long(32), pages: long(40), txid: long(48) };
+            let meta = parse_meta(i, bytes)?;
             if let Some(first) = self.metas.first()
-                && first.page_size != page_size
+                && first.page_size != meta.page_size
             {
-                return Err(format!("the meta pages disagree on the page size ({} and {page_size})", first.page_size));
-            }
-            if meta.pages < 3 || meta.root < 2 || meta.root >= meta.pages {
-                return Err(format!("meta page {i} names root page {} of {} pages", meta.root, meta.pages));
-            }
-            if meta.freelist != NO_FREELIST && (meta.freelist < 2 || meta.freelist >= meta.pages) {
-                return Err(format!("meta page {i} names freelist page {} of {} pages", meta.freelist, meta.pages));
+                return Err(format!(
+                    "the meta pages disagree on the page size ({} and {})",
+                    first.page_size, meta.page_size
+                ));
             }
             self.metas.push(meta);
             self.next_start = 2;

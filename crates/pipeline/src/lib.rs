@@ -7,7 +7,7 @@
 //! an unfinished upload. Memory is bounded by `part_size × (parts_in_flight + 1)` whatever the
 //! snapshot's size.
 
-mod bbolt;
+pub mod bbolt;
 pub mod codec;
 mod error;
 mod run;

@@ -159,6 +159,55 @@ impl SecretsBundle {
     }
 }
 
+/// What `talosctl gen config --with-secrets` would refuse in the secrets bundle `text`, as Talos's
+/// `Bundle.Validate` (pkg/machinery/config/generate/secrets/bundle.go, v1.13.0) checks it: `cluster.id`
+/// and `.secret`, `secrets.bootstraptoken`, exactly one of `secrets.secretboxencryptionsecret` and
+/// `.aescbcencryptionsecret`, `trustdinfo.token`, and a PEM certificate and private key under
+/// `certs.etcd`, `.k8s`, `.k8saggregator`, `.os` (a key under `.k8sserviceaccount`). Empty when it
+/// loads; messages name fields, never values.
+pub fn gen_config_problems(text: &str) -> Vec<String> {
+    let bundle: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(e) => return vec![yaml_error(&e)],
+    };
+    let field = |path: &str| {
+        path.split('.').try_fold(&bundle, |v, k| v.get(k)).and_then(|v| v.as_str()).filter(|v| !v.trim().is_empty())
+    };
+    let mut problems = Vec::new();
+    for required in ["cluster.id", "cluster.secret", "secrets.bootstraptoken", "trustdinfo.token"] {
+        if field(required).is_none() {
+            problems.push(format!("{required} is required"));
+        }
+    }
+    let encryption = ["secrets.secretboxencryptionsecret", "secrets.aescbcencryptionsecret"];
+    match encryption.iter().filter(|f| field(f).is_some()).count() {
+        0 => problems.push(format!("one of [{}] is required", encryption.join(", "))),
+        2 => problems.push(format!("only one of [{}] is allowed", encryption.join(", "))),
+        _ => {}
+    }
+    use rustls_pki_types::pem::PemObject as _;
+    let key_problem = |path: String| {
+        let pem = decode_pem(field(&path).unwrap_or_default()).map_err(|r| format!("{path} is invalid: {r}"))?;
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(normalize_key_pem(&pem).as_bytes())
+            .map(drop)
+            .map_err(|_| format!("{path} is invalid: not a PEM private key"))
+    };
+    for certs in ["etcd", "k8s", "k8saggregator", "os"] {
+        let crt = format!("certs.{certs}.crt");
+        let checked = decode_pem(field(&crt).unwrap_or_default())
+            .map_err(|r| format!("{crt} is invalid: {r}"))
+            .and_then(|pem| {
+                rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .map(drop)
+                    .map_err(|_| format!("{crt} is invalid: not a PEM certificate"))
+            })
+            .and_then(|()| key_problem(format!("certs.{certs}.key")));
+        problems.extend(checked.err());
+    }
+    problems.extend(key_problem("certs.k8sserviceaccount.key".into()).err());
+    problems
+}
+
 /// Talos writes Ed25519 keys as PKCS#8 under the non-standard label `ED25519 PRIVATE KEY`; rustls and
 /// most parsers read only `PRIVATE KEY`.
 pub fn normalize_key_pem(pem: &str) -> String {

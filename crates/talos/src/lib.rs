@@ -8,7 +8,9 @@ mod error;
 mod mint;
 
 pub use client::{ChosenNode, ETCD_DATA_PATH, MemberRole, RecoverPart, ServiceState, TalosClient, endpoint_host};
-pub use config::{Credentials, SecretsBundle, TalosContext, Talosconfig, Target, normalize_key_pem};
+pub use config::{
+    Credentials, SecretsBundle, TalosContext, Talosconfig, Target, gen_config_problems, normalize_key_pem,
+};
 pub use error::Error;
 pub use mint::{MintedClient, mint_client_certificate};
 

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 pub struct Assets {
     pub etcd: PathBuf,
     pub etcdctl: PathBuf,
+    /// etcd 3.5's offline tool (`snapshot restore` / `status`, as Talos's recovery runs them).
+    pub etcdutl: PathBuf,
     pub kube_apiserver: PathBuf,
     pub kube_controller_manager: PathBuf,
 }
@@ -24,13 +26,22 @@ fn locate() -> anyhow::Result<Assets> {
         }
         _ => run_setup_script()?,
     };
-    let etcdctl = [dir.join("etcdctl"), PathBuf::from("/usr/bin/etcdctl")]
-        .into_iter()
-        .find(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("etcdctl not found in {} nor /usr/bin", dir.display()))?;
+    let tool = |name: &str| {
+        [dir.join(name), Path::new("/usr/bin").join(name)]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow::anyhow!("{name} not found in {} nor /usr/bin", dir.display()))
+    };
+    let etcd = dir.join("etcd");
+    // Printed once per test binary: the test log says which etcd every restore ran on.
+    if let Ok(output) = std::process::Command::new(&etcd).arg("--version").output() {
+        let version = String::from_utf8_lossy(&output.stdout);
+        eprintln!("teb-testkit: {}", version.lines().next().unwrap_or("etcd version unknown"));
+    }
     Ok(Assets {
-        etcd: dir.join("etcd"),
-        etcdctl,
+        etcd,
+        etcdctl: tool("etcdctl")?,
+        etcdutl: tool("etcdutl")?,
         kube_apiserver: dir.join("kube-apiserver"),
         kube_controller_manager: dir.join("kube-controller-manager"),
     })

@@ -38,6 +38,9 @@ impl EtcdMember {
 pub struct EtcdOptions {
     /// `--quota-backend-bytes`; etcd's default (2 GiB) when unset.
     pub quota_backend_bytes: Option<u64>,
+    /// Each member's name and the address its peer URL names, as Talos starts them (the node's
+    /// hostname, `https://<node address>:2380`); `member-<i>` on 127.0.0.1 when empty.
+    pub members: Vec<(String, String)>,
 }
 
 /// A cluster of real etcd processes, stopped and deleted when dropped.
@@ -50,19 +53,25 @@ impl EtcdCluster {
     /// Starts `size` members and waits until they agree on a leader.
     pub async fn start(size: usize, options: &EtcdOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("teb-etcd-").tempdir()?;
-        let names: Vec<String> = (0..size).map(|i| format!("member-{i}")).collect();
+        let named: Vec<(String, String)> = if options.members.is_empty() {
+            (0..size).map(|i| (format!("member-{i}"), "127.0.0.1".to_owned())).collect()
+        } else {
+            anyhow::ensure!(options.members.len() == size, "{size} members need {size} names");
+            options.members.clone()
+        };
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (crate::free_port(), crate::free_port())).collect();
-        let initial_cluster = names
+        let initial_cluster = named
             .iter()
             .zip(&ports)
-            .map(|(n, (_, peer))| format!("{n}=http://127.0.0.1:{peer}"))
+            .map(|((n, host), (_, peer))| format!("{n}=http://{host}:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
-        for (name, (client, peer)) in names.iter().zip(&ports) {
+        for ((name, host), (client, peer)) in named.iter().zip(&ports) {
             let data_dir = dir.path().join(name);
             let start = MemberStart {
                 name,
+                peer_host: host,
                 client: *client,
                 peer: *peer,
                 data_dir: &data_dir,
@@ -91,6 +100,7 @@ impl EtcdCluster {
         let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
         let start = MemberStart {
             name,
+            peer_host: "127.0.0.1",
             client: crate::free_port(),
             peer,
             data_dir: &data_dir,
@@ -105,9 +115,9 @@ impl EtcdCluster {
 
     /// Adds a member named `name` (`etcdctl member add`, then the process with
     /// `--initial-cluster-state=existing`), as a control-plane node that was wiped joins a cluster.
-    pub async fn add_member(&mut self, name: &str) -> anyhow::Result<()> {
+    pub async fn add_member(&mut self, name: &str, peer_host: &str) -> anyhow::Result<()> {
         let (client, peer) = (crate::free_port(), crate::free_port());
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let peer_url = format!("http://{peer_host}:{peer}");
         // etcd refuses a new member until the last one has started and caught up ("unhealthy
         // cluster"), as Talos's join retries.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -139,6 +149,7 @@ impl EtcdCluster {
         let options = EtcdOptions::default();
         let start = MemberStart {
             name,
+            peer_host,
             client,
             peer,
             data_dir: &data_dir,
@@ -205,8 +216,7 @@ impl EtcdCluster {
 /// `etcdctl snapshot status` of `snapshot`: whether it is a bbolt database etcd can read (what
 /// Talos's recovery checks first, "error verifying snapshot").
 pub fn snapshot_status(snapshot: &Path) -> anyhow::Result<()> {
-    let output =
-        Command::new(&assets()?.etcdctl).env("ETCDCTL_API", "3").args(["snapshot", "status"]).arg(snapshot).output()?;
+    let output = Command::new(&assets()?.etcdutl).args(["snapshot", "status"]).arg(snapshot).output()?;
     anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr).trim());
     Ok(())
 }
@@ -218,9 +228,8 @@ pub fn restore_data(snapshot: &Path, data_dir: &Path, skip_hash_check: bool) -> 
     let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("restored").to_owned();
     let peer = crate::free_port();
     let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
-    let mut command = Command::new(&assets()?.etcdctl);
+    let mut command = Command::new(&assets()?.etcdutl);
     command
-        .env("ETCDCTL_API", "3")
         .args(["snapshot", "restore"])
         .arg(snapshot)
         .arg("--data-dir")
@@ -239,6 +248,8 @@ pub fn restore_data(snapshot: &Path, data_dir: &Path, skip_hash_check: bool) -> 
 /// or `existing`.
 struct MemberStart<'a> {
     name: &'a str,
+    /// The address the member's peer URL names.
+    peer_host: &'a str,
     client: u16,
     peer: u16,
     data_dir: &'a Path,
@@ -247,9 +258,9 @@ struct MemberStart<'a> {
 }
 
 fn start_member(start: MemberStart<'_>, options: &EtcdOptions, log_dir: &Path) -> anyhow::Result<EtcdMember> {
-    let MemberStart { name, client, peer, data_dir, initial_cluster, state } = start;
+    let MemberStart { name, peer_host, client, peer, data_dir, initial_cluster, state } = start;
     let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
+    let peer_url = format!("http://{peer_host}:{peer}");
     let mut command = Command::new(&assets()?.etcd);
     command
         .arg(format!("--name={name}"))

@@ -165,12 +165,19 @@ pub fn control_plane_with_bundle(name: &str, namespace: &str, ca: &OsCa, endpoin
         cluster_name: name.to_owned(),
         endpoint: Some("https://127.0.0.1:6443".into()),
         version: Some("v1.11.0".into()),
+        kube_version: Some("v1.34.1".into()),
+        pod_cidr: vec!["10.244.0.0/16".into()],
+        service_cidr: vec!["10.96.0.0/12".into()],
         client_endpoint: endpoints.to_vec(),
+        ..Default::default()
     };
     let mut cp = control_plane(name, namespace);
     cp.status = Some(TalosControlPlaneStatus {
         bundle_config: Some(serde_json::to_string(&bundle).expect("bundle config serializes")),
         secret_bundle: Some(ca.secrets_bundle_yaml()),
+        state: Some("Ready".into()),
+        config: Some(format!("version: v1alpha1\nmachine:\n  type: controlplane\ncluster:\n  clusterName: {name}\n")),
+        observed_kube_version: Some("v1.34.1".into()),
     });
     cp
 }

@@ -98,7 +98,9 @@ async fn run(
         talos.endpoints = restore.spec.endpoints.clone();
     }
     let node = restore.spec.node.as_deref();
-    let (client, plan) = restore::plan(&talos, &storage, &key, node, &nodes, settings).await?;
+    let checks =
+        restore::Checks { nodes: &nodes, acknowledged_lost: &restore.spec.acknowledge_lost, identities: &identities };
+    let (client, plan) = restore::plan(&talos, &storage, &key, node, &checks, settings).await?;
     status.node = Some(plan.node_label.clone());
     status.key = Some(key.clone());
     if plan.refusal().is_none() {

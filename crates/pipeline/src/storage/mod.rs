@@ -295,6 +295,18 @@ impl Storage {
         }
     }
 
+    /// The bytes `range` of the object at `key` (a page of a plain snapshot, read in place).
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<bytes::Bytes, Error> {
+        use object_store::{GetOptions, GetRange};
+        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
+        let result = self.store.get_opts(&Path::from(key), options).await;
+        result
+            .map_err(|e| self.error(Operation::GetObject, e))?
+            .bytes()
+            .await
+            .map_err(|e| self.error(Operation::GetObject, e))
+    }
+
     /// Deletes the object at `key`; a missing object counts as deleted.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         use object_store::ObjectStoreExt as _;

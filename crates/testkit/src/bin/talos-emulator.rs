@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     let options = EmulatorOptions {
         control_planes: args.control_planes,
         workers: args.workers,
-        etcd: EtcdOptions { quota_backend_bytes: args.quota_backend_bytes },
+        etcd: EtcdOptions { quota_backend_bytes: args.quota_backend_bytes, ..Default::default() },
         listen: args.listen.to_string(),
         talos_version: args.talos_version,
         ca_key: args.ca_key,

@@ -261,7 +261,11 @@ impl Drop for TalosEmulator {
 impl TalosEmulator {
     pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(options.control_planes > 0, "at least one control plane is needed");
-        let etcd = EtcdCluster::start(options.control_planes, &options.etcd).await?;
+        // Members as Talos names them: the node's hostname, peers at the node's address.
+        let mut etcd_options = options.etcd.clone();
+        etcd_options.members =
+            (0..options.control_planes).map(|i| (format!("cp-{}", i + 1), format!("127.0.10.{}", i + 1))).collect();
+        let etcd = EtcdCluster::start(options.control_planes, &etcd_options).await?;
         let ca = match &options.os_ca {
             Some((cert, key)) => OsCa::from_pem(cert, key)?,
             None => OsCa::generate_with(options.ca_key)?,
@@ -686,7 +690,7 @@ impl Emulator {
             if self.node_etcd(member) != NodeEtcd::Waiting {
                 continue;
             }
-            match cluster.add_member(&node.hostname).await {
+            match cluster.add_member(&node.hostname, &node.address).await {
                 Ok(()) => self.set_node_etcd(member, NodeEtcd::Restored(cluster.members.len() - 1)),
                 Err(e) => {
                     tracing::warn!(node = %node.address, error = %e, "the node could not join the recovered cluster")

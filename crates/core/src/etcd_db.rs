@@ -1,0 +1,269 @@
+//! An offline reader of etcd's database, the bbolt file a snapshot is (without its 32-byte trailer):
+//! the newest meta page, then the B+tree of one bucket walked page by page, so memory stays a few
+//! pages whatever the database's size. What etcd keeps where (etcd v3.5 server/storage/schema and
+//! server/etcdserver/api/membership/storev2.go / store.go): bucket `members` maps a member's ID in hex
+//! to its JSON (`id`, `peerURLs`, `name`, `clientURLs`, `isLearner`); `members_removed` the IDs of
+//! removed members; `meta` the consistent index.
+//!
+//! Pages come from a [`PageSource`]: a plain snapshot in the bucket (range reads, no download), a
+//! file, or bytes in memory.
+
+use std::future::Future;
+
+use teb_pipeline::Storage;
+use teb_pipeline::bbolt::{BRANCH, LEAF, Meta, PAGE_HEADER, parse_meta};
+
+/// A bucket value's flag in a leaf element (bbolt's `bucketLeafFlag`).
+const BUCKET_LEAF: u32 = 0x01;
+/// A page whose tree is deeper than this is damaged (bbolt's trees are a few levels deep).
+const MAX_DEPTH: usize = 64;
+
+/// Where the database's bytes are read from.
+pub trait PageSource: Sync {
+    /// `len` bytes at `offset`; fewer only at the end.
+    fn read_at(&self, offset: u64, len: usize) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+}
+
+impl PageSource for [u8] {
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let start = (offset as usize).min(self.len());
+        Ok(self[start..(start + len).min(self.len())].to_vec())
+    }
+}
+
+impl PageSource for std::fs::File {
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::FileExt;
+        let mut buffer = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            match FileExt::read_at(self, &mut buffer[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Err(format!("reading the scratch file: {e}")),
+            }
+        }
+        buffer.truncate(filled);
+        Ok(buffer)
+    }
+}
+
+/// A plain snapshot stored in a bucket, read in place with range requests.
+pub struct StoredObject<'a> {
+    pub storage: &'a Storage,
+    pub key: &'a str,
+}
+
+impl PageSource for StoredObject<'_> {
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let bytes = self.storage.get_range(self.key, offset..offset + len as u64).await.map_err(|e| e.to_string())?;
+        Ok(bytes.to_vec())
+    }
+}
+
+/// One member of the cluster as the database records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DbMember {
+    #[serde(default)]
+    pub id: u64,
+    /// The member's name: the Talos node's hostname (empty until it published it).
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "peerURLs")]
+    pub peer_urls: Vec<String>,
+    #[serde(default, rename = "clientURLs")]
+    pub client_urls: Vec<String>,
+    #[serde(default)]
+    pub is_learner: bool,
+}
+
+impl DbMember {
+    /// The host of the member's first peer URL: the node's address, as Talos advertises peers
+    /// (`https://<node address>:2380`).
+    pub fn peer_host(&self) -> Option<String> {
+        let url = self.peer_urls.first()?;
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+        };
+        (!host.is_empty()).then(|| host.to_owned())
+    }
+}
+
+/// An open database.
+pub struct EtcdDb<'a, S: PageSource + ?Sized> {
+    source: &'a S,
+    meta: Meta,
+}
+
+impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
+    /// Reads both meta pages and keeps the newest valid one.
+    pub async fn open(source: &'a S) -> Result<Self, String> {
+        let first = source.read_at(0, PAGE_HEADER + 64).await?;
+        let meta0 = parse_meta(0, &first);
+        let page_size = match &meta0 {
+            Ok(meta) => meta.page_size as u64,
+            // A torn first meta: bbolt's page size is the OS page size, 4096 on Talos.
+            Err(_) => 4096,
+        };
+        let second = source.read_at(page_size, PAGE_HEADER + 64).await?;
+        let meta = match (meta0, parse_meta(1, &second)) {
+            (Ok(a), Ok(b)) => {
+                if a.txid >= b.txid {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Ok(m), Err(_)) | (Err(_), Ok(m)) => m,
+            (Err(a), Err(_)) => return Err(format!("not an etcd database: {a}")),
+        };
+        Ok(EtcdDb { source, meta })
+    }
+
+    /// Every key and value of the top-level bucket `name`, in key order, to `each`; false when there
+    /// is no such bucket. Nested buckets are skipped.
+    pub async fn for_each(&self, name: &[u8], each: &mut (dyn FnMut(&[u8], &[u8]) + Send)) -> Result<bool, String> {
+        let mut found = None;
+        self.walk(Node::Page(self.meta.root), 0, &mut |key, value, flags| {
+            if key == name && flags & BUCKET_LEAF != 0 {
+                found = Some(value.to_vec());
+            }
+        })
+        .await?;
+        let Some(bucket) = found else {
+            return Ok(false);
+        };
+        if bucket.len() < 16 {
+            return Err(format!("bucket {:?} has a header of {} bytes", String::from_utf8_lossy(name), bucket.len()));
+        }
+        let root = u64::from_le_bytes(bucket[..8].try_into().unwrap_or_default());
+        let node = if root == 0 { Node::Inline(bucket[16..].to_vec()) } else { Node::Page(root) };
+        self.walk(node, 0, &mut |key, value, flags| {
+            if flags & BUCKET_LEAF == 0 {
+                each(key, value);
+            }
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// The members the database records, without those it records as removed.
+    pub async fn members(&self) -> Result<Vec<DbMember>, String> {
+        let mut members = Vec::new();
+        let mut broken = None;
+        let found = self
+            .for_each(b"members", &mut |key, value| match serde_json::from_slice::<DbMember>(value) {
+                Ok(mut member) => {
+                    if member.id == 0 {
+                        member.id = u64::from_str_radix(&String::from_utf8_lossy(key), 16).unwrap_or_default();
+                    }
+                    members.push(member);
+                }
+                Err(e) => broken = Some(format!("member {} is not JSON: {e}", String::from_utf8_lossy(key))),
+            })
+            .await?;
+        if let Some(broken) = broken {
+            return Err(broken);
+        }
+        if !found {
+            return Err("the database has no members bucket".into());
+        }
+        let mut removed = Vec::new();
+        self.for_each(b"members_removed", &mut |key, _| removed.push(key.to_vec())).await?;
+        members.retain(|m| !removed.iter().any(|r| u64::from_str_radix(&String::from_utf8_lossy(r), 16) == Ok(m.id)));
+        Ok(members)
+    }
+
+    /// Walks the subtree at `node`, handing every leaf element (key, value, flags) to `each`.
+    fn walk<'s>(
+        &'s self,
+        node: Node,
+        depth: usize,
+        each: &'s mut (dyn FnMut(&[u8], &[u8], u32) + Send),
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 's>> {
+        Box::pin(async move {
+            if depth > MAX_DEPTH {
+                return Err("the tree is deeper than any bbolt tree: the database is damaged".into());
+            }
+            let page = match node {
+                Node::Inline(bytes) => bytes,
+                Node::Page(id) => self.page(id).await?,
+            };
+            let header = |at: usize, n: usize| page.get(at..at + n).ok_or_else(|| "a page is cut short".to_owned());
+            let flags = u16::from_le_bytes(header(8, 2)?.try_into().unwrap_or_default());
+            let count = u16::from_le_bytes(header(10, 2)?.try_into().unwrap_or_default()) as usize;
+            for i in 0..count {
+                let at = PAGE_HEADER + i * 16;
+                let word = |o: usize| -> Result<u32, String> {
+                    Ok(u32::from_le_bytes(header(at + o, 4)?.try_into().unwrap_or_default()))
+                };
+                match flags {
+                    BRANCH => {
+                        let child = u64::from_le_bytes(header(at + 8, 8)?.try_into().unwrap_or_default());
+                        self.walk(Node::Page(child), depth + 1, each).await?;
+                    }
+                    LEAF => {
+                        let (element_flags, pos, ksize, vsize) =
+                            (word(0)?, word(4)? as usize, word(8)? as usize, word(12)? as usize);
+                        let key = header(at + pos, ksize)?;
+                        let value = header(at + pos + ksize, vsize)?;
+                        each(key, value, element_flags);
+                    }
+                    other => return Err(format!("a tree page has flags {other:#x}, not a branch or leaf")),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Page `id` with its overflow pages.
+    async fn page(&self, id: u64) -> Result<Vec<u8>, String> {
+        if id < 2 || id >= self.meta.pages {
+            return Err(format!("a tree names page {id} of {} pages", self.meta.pages));
+        }
+        let size = self.meta.page_size as u64;
+        let header = self.source.read_at(id * size, PAGE_HEADER).await?;
+        let overflow = header.get(12..16).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) as u64;
+        if header.len() < PAGE_HEADER || id + 1 + overflow > self.meta.pages {
+            return Err(format!("page {id} runs past the end of the database"));
+        }
+        self.source.read_at(id * size, ((1 + overflow) * size) as usize).await
+    }
+}
+
+/// A tree node: a page of the file, or a small bucket stored inline in its parent's value.
+enum Node {
+    Page(u64),
+    Inline(Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_url_names_its_host() {
+        let member = |url: &str| DbMember {
+            id: 1,
+            name: String::new(),
+            peer_urls: vec![url.into()],
+            client_urls: vec![],
+            is_learner: false,
+        };
+        assert_eq!(member("https://10.0.0.2:2380").peer_host().as_deref(), Some("10.0.0.2"));
+        assert_eq!(member("https://[fd00::2]:2380").peer_host().as_deref(), Some("fd00::2"));
+        assert_eq!(member("http://cp-1").peer_host().as_deref(), Some("cp-1"));
+        assert_eq!(member("").peer_host(), None);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_refused_with_a_reason() {
+        let garbage = vec![7u8; 16384];
+        let error = EtcdDb::open(garbage.as_slice()).await.err().unwrap();
+        assert!(error.contains("not an etcd database"), "{error}");
+    }
+}
