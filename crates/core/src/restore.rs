@@ -252,6 +252,8 @@ fn other_nodes(checks: &Checks<'_>, members: &[DbMember], target: Option<&str>) 
         }
     }
     others.retain(|(address, _)| !address.is_empty() && Some(address.as_str()) != target);
+    // In address order, not the members bucket's (member IDs): messages and tables read the same each time.
+    others.sort_by(|a, b| a.0.cmp(&b.0));
     others
 }
 

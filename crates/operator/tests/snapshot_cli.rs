@@ -357,13 +357,16 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     let through_node = ["--endpoints", emulator.endpoint.as_str()];
 
     // etcd crash-loops on the first node while the two others still run: recovering beside them would
-    // make two clusters.
+    // make two clusters. The caller naming only the target changes nothing: the backup's own members
+    // bucket names the other two.
     emulator.crash_etcd(0);
-    let (ok, _, stderr) = restore(&through_node);
-    assert!(
-        !ok && stderr.contains("etcd still runs on 127.0.10.2 (member") && stderr.contains("127.0.10.3"),
-        "{stderr}"
-    );
+    for nodes in [&[][..], &["--nodes", "127.0.10.1"][..]] {
+        let (ok, _, stderr) = restore(&[&through_node[..], nodes].concat());
+        assert!(
+            !ok && stderr.contains("etcd still runs on 127.0.10.2 (member") && stderr.contains("127.0.10.3"),
+            "{stderr}"
+        );
+    }
     assert!(!emulator.has_recovery_snapshot(), "nothing may be uploaded");
 
     // Their machines are gone. The VIP is down: the error says to name a node address.
@@ -382,6 +385,10 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
         .map(|n| (n["node"].as_str().unwrap(), n["etcd"].as_str().unwrap()))
         .collect();
     assert_eq!(states, [("127.0.10.1", "not running"), ("127.0.10.2", "unreachable"), ("127.0.10.3", "unreachable")]);
+    let mut members: Vec<&str> =
+        plan["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    members.sort();
+    assert_eq!(members, ["cp-1", "cp-2", "cp-3"], "{plan}");
     assert_eq!(plan["etcd_before"]["data"], serde_json::json!(["member"]));
     let wipe = "talosctl -n 127.0.10.1 reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false";
     assert!(plan["would"].as_str().unwrap().contains(wipe), "{plan}");
@@ -392,9 +399,23 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     );
     assert!(!emulator.has_recovery_snapshot());
 
-    // Wiped, it is restored with the backup's keys and none written after it.
+    // Wiped, it is still refused while two members of the backup's cluster do not answer: back with
+    // their data, they would re-form the old cluster. Acknowledged as lost, it is restored with the
+    // backup's keys and none written after it.
     emulator.wipe_node(0).await;
-    let (ok, restored, stderr) = restore(&through_node);
+    let (ok, _, stderr) = restore(&["--nodes", "127.0.10.1"]);
+    assert!(!ok && stderr.contains("Talos VIP"), "{stderr}");
+    let (ok, _, stderr) = restore(&[&through_node[..], &["--nodes", "127.0.10.1"]].concat());
+    assert!(
+        !ok && stderr.contains("127.0.10.2 (member cp-2), 127.0.10.3 (member cp-3) did not answer")
+            && stderr.contains("talosctl -n 127.0.10.2 reset")
+            && stderr.contains("--acknowledge-lost 127.0.10.2,127.0.10.3"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = restore(&[&through_node[..], &["--acknowledge-lost", "cp-2"]].concat());
+    assert!(!ok && stderr.contains("127.0.10.3 (member cp-3) did not answer"), "one acknowledged, one not: {stderr}");
+    assert!(!emulator.has_recovery_snapshot(), "nothing may be uploaded");
+    let (ok, restored, stderr) = restore(&[&through_node[..], &["--acknowledge-lost", "127.0.10.2,cp-3"]].concat());
     assert!(ok, "{stderr}");
     assert_eq!(restored["sha256"], snapshot["sha256"]);
     let read = |key: &'static str| emulator.with_restored(move |etcd| etcd.expect("restored").get(key).unwrap());

@@ -71,6 +71,43 @@ async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identit
     let stored_text = String::from_utf8_lossy(&stored);
     assert!(!stored_text.contains("secretBundle") && !stored_text.contains(&ca_cert[30..60]), "no secret in the clear");
 
+    // Decrypted with Debian's age and applied as upstream documents (`kubectl apply -f <cp>-state.yaml`),
+    // it is upstream's state Secret key for key, and its state is one upstream never bootstraps from.
+    let (stored_kit, _) = scenario.s3.get("my-etcd-backups", &kit_key).await.unwrap();
+    std::fs::write(keys.path().join("kit.yaml.age"), &stored_kit).unwrap();
+    let decrypted = std::process::Command::new("age")
+        .args(["-d", "-i", identity_file.to_str().unwrap(), "kit.yaml.age"])
+        .current_dir(keys.path())
+        .output()
+        .unwrap();
+    assert!(decrypted.status.success(), "{}", String::from_utf8_lossy(&decrypted.stderr));
+    scenario.apply(&String::from_utf8(decrypted.stdout).unwrap()).await;
+    let applied = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(scenario.admin.clone(), &scenario.ns)
+        .get("my-controlplane-state")
+        .await
+        .unwrap();
+    let labels = applied.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(teb_core::kit::STATE_LABEL.0).map(String::as_str), Some(teb_core::kit::STATE_LABEL.1));
+    let data = applied.data.clone().unwrap_or_default();
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    // ensureStateSecret's keys in upstream v0.5.4 (internal/controller/taloscontrolplane_controller.go).
+    for key in ["secretBundle", "bundleConfig", "state", "config", "observedKubeVersion"] {
+        assert!(data.contains_key(key), "upstream's key {key}: {:?}", data.keys().collect::<Vec<_>>());
+    }
+    let controlplane = Api::<teb_api::TalosControlPlane>::namespaced(scenario.admin.clone(), &scenario.ns)
+        .get("my-controlplane")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(text("secretBundle"), controlplane.secret_bundle.unwrap());
+    assert_eq!(text("bundleConfig"), controlplane.bundle_config.unwrap());
+    assert_eq!(text("config"), controlplane.config.unwrap());
+    assert_eq!(text("observedKubeVersion"), "v1.34.1");
+    // Upstream's BootstrapCluster returns at once in Bootstrapped and Ready and bootstraps only from
+    // Available: restoring its status from this Secret starts no empty etcd.
+    assert!(matches!(text("state").as_str(), "Ready" | "Bootstrapped"), "{}", text("state"));
+
     // No recipients: no kit, and the backup says which field to set. Plaintext, asked for: stored as upstream does.
     scenario.apply(&backup_yaml("unsealed", &s3)).await;
     let status = scenario.wait_finished("unsealed").await;
@@ -139,6 +176,18 @@ async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identit
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(out.join("secrets.yaml")).unwrap().permissions().mode() & 0o777, 0o600);
     teb_talos::Talosconfig::from_yaml(&std::fs::read_to_string(out.join("talosconfig")).unwrap()).unwrap();
+    // secrets.yaml has every field `talosctl gen config --with-secrets` requires (Bundle.Validate);
+    // the applied machine config, the upstream Secret and the cluster's settings come with it.
+    assert_eq!(teb_talos::gen_config_problems(&kit_bundle), Vec::<String>::new());
+    assert_eq!(summary["secrets_problems"], serde_json::json!([]));
+    let machine_config = std::fs::read_to_string(out.join("controlplane.yaml")).unwrap();
+    assert!(machine_config.contains("clusterName: my-controlplane"), "{machine_config}");
+    let state = std::fs::read_to_string(out.join("state-secret.yaml")).unwrap();
+    assert!(state.contains("talos.alperen.cloud/type: state") && state.contains(&format!("namespace: {}", scenario.ns)));
+    let patch = std::fs::read_to_string(out.join("cluster-patch.yaml")).unwrap();
+    assert!(patch.contains("10.96.0.0/12") && patch.contains("10.244.0.0/16"), "{patch}");
+    let script = std::fs::read_to_string(out.join("gen-config.sh")).unwrap();
+    assert!(script.contains("--kubernetes-version '1.34.1'") && script.contains("--with-secrets secrets.yaml"), "{script}");
 
     // New nodes from the kit's secrets (its OS CA), waiting to be bootstrapped; restored through the kit.
     let rebuilt = teb_testkit::emulator::TalosEmulator::start(EmulatorOptions {
