@@ -82,14 +82,7 @@ impl DbMember {
     /// The host of the member's first peer URL: the node's address, as Talos advertises peers
     /// (`https://<node address>:2380`).
     pub fn peer_host(&self) -> Option<String> {
-        let url = self.peer_urls.first()?;
-        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let host = match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6),
-            None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-        };
-        (!host.is_empty()).then(|| host.to_owned())
+        teb_talos::url_host(self.peer_urls.first()?)
     }
 }
 
@@ -183,7 +176,7 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
         &'s self,
         node: Node,
         depth: usize,
-        each: &'s mut (dyn FnMut(&[u8], &[u8], u32) + Send),
+        each: &'s mut LeafVisitor<'_>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 's>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
@@ -234,6 +227,9 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
         self.source.read_at(id * size, ((1 + overflow) * size) as usize).await
     }
 }
+
+/// Gets every leaf element: key, value, flags.
+type LeafVisitor<'a> = dyn FnMut(&[u8], &[u8], u32) + Send + 'a;
 
 /// A tree node: a page of the file, or a small bucket stored inline in its parent's value.
 enum Node {

@@ -88,9 +88,12 @@ impl RestorePlan {
     /// control-plane node (recovering beside it makes two clusters), or the target's data directory
     /// has entries (Talos would refuse the Bootstrap after the upload).
     pub fn refusal(&self) -> Option<String> {
-        let wipe = |node: &str| {
-            format!("talosctl -n {node} reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false")
-        };
+        let reason = self.refusal_reason()?;
+        Some(if reason.contains("--system-labels-to-wipe") { reason + ETCD_PARTITION } else { reason })
+    }
+
+    fn refusal_reason(&self) -> Option<String> {
+        let wipe = |node: &str| wipe_command(node);
         if let EtcdState::Running { member_id, .. } = self.etcd {
             return Some(format!(
                 "etcd on node {} is running (member {member_id:x}): restoring over a live etcd is refused. A \
@@ -159,6 +162,18 @@ impl RestorePlan {
         None
     }
 }
+
+/// The command that wipes etcd on `node` (`-n` takes an address, never a port). From Talos v1.14 etcd
+/// may have its own partition (volume `ETCD`, constants.EtcdDataVolumeID): wiping EPHEMERAL then
+/// leaves its data, so the refusal says how to tell (internal/integration/api/etcd.go, v1.14.0-rc.1).
+pub fn wipe_command(node: &str) -> String {
+    let host = teb_talos::endpoint_host(node).unwrap_or_else(|| node.to_owned());
+    format!("talosctl -n {host} reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false")
+}
+
+/// Said once after wipe commands.
+const ETCD_PARTITION: &str = " (Talos 1.14+ with etcd on its own partition: `talosctl -n <node> get volumestatus ETCD` \
+     shows type partition; wipe it with --system-labels-to-wipe ETCD instead)";
 
 impl Other {
     /// `127.0.10.2 (member cp-2)`, or the address alone.
@@ -487,10 +502,9 @@ async fn wait_for_etcd(
                 return Err(Error::Restore(format!(
                     "the recovery on node {} failed after Bootstrap: {why}. The upload stays on the node when \
                      the snapshot could not be read; after a failed restore its data directory may not be empty: \
-                     wipe it (talosctl -n {} reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false) \
-                     before restoring again",
+                     wipe it ({}) before restoring again{ETCD_PARTITION}",
                     plan.node_label,
-                    node.unwrap_or(&plan.node_label)
+                    wipe_command(node.unwrap_or(&plan.node_label))
                 )));
             }
             Err(Recovery::NotYet(why)) => last = why,
@@ -526,5 +540,65 @@ async fn recovered_member(client: &TalosClient, node: Option<&str>) -> Result<Op
         Ok(Some((status.member_id, status.db_size)))
     } else {
         Err(Recovery::NotYet(format!("the member list does not hold member {:x} yet", status.member_id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn other(node: &str, etcd: EtcdState, data: &[&str], acknowledged: bool) -> Other {
+        let data = data.iter().map(|d| d.to_string()).collect();
+        Other { node: node.into(), etcd, data, acknowledged, member: Some(format!("cp-{}", &node[node.len() - 1..])) }
+    }
+
+    fn plan(others: Vec<Other>, members: Result<Vec<DbMember>, String>) -> RestorePlan {
+        RestorePlan {
+            node: Some("10.0.0.1".into()),
+            node_label: "10.0.0.1".into(),
+            key: "k".into(),
+            size: 1,
+            sha256: None,
+            format: Format::default(),
+            etcd: EtcdState::NotRunning { reason: "waiting".into() },
+            data: vec![],
+            others,
+            members,
+        }
+    }
+
+    #[test]
+    fn every_former_member_must_be_down_wiped_or_acknowledged() {
+        let down = || EtcdState::NotRunning { reason: "waiting".into() };
+        let gone = || EtcdState::Unreachable { reason: "no route".into() };
+        let running = EtcdState::Running { member_id: 0xab, db_size: 1 };
+        assert_eq!(plan(vec![other("10.0.0.2", down(), &[], false)], Ok(vec![])).refusal(), None);
+        let refusal = plan(vec![other("10.0.0.2", running, &[], true)], Ok(vec![])).refusal().unwrap();
+        assert!(refusal.contains("etcd still runs on 10.0.0.2 (member ab)"), "acknowledged but alive: {refusal}");
+        let refusal = plan(vec![other("10.0.0.2", gone(), &[], false)], Ok(vec![])).refusal().unwrap();
+        assert!(
+            refusal.contains("10.0.0.2 (member cp-2) did not answer")
+                && refusal.contains("talosctl -n 10.0.0.2 reset")
+                && refusal.contains("--acknowledge-lost 10.0.0.2")
+                && refusal.contains("--system-labels-to-wipe ETCD"),
+            "{refusal}"
+        );
+        assert_eq!(plan(vec![other("10.0.0.2", gone(), &[], true)], Ok(vec![])).refusal(), None);
+        let refusal = plan(vec![other("10.0.0.3", down(), &["member"], true)], Ok(vec![])).refusal().unwrap();
+        assert!(
+            refusal.contains("not empty on 10.0.0.3") && refusal.contains("talosctl -n 10.0.0.3 reset"),
+            "{refusal}"
+        );
+        let refusal = plan(vec![], Err("it is encrypted, and no age identity was given".into())).refusal().unwrap();
+        assert!(refusal.contains("member list could not be read (it is encrypted"), "{refusal}");
+    }
+
+    #[test]
+    fn the_wipe_command_names_a_node_without_its_port() {
+        assert_eq!(
+            wipe_command("127.0.10.1:27602"),
+            "talosctl -n 127.0.10.1 reset --system-labels-to-wipe EPHEMERAL --reboot --graceful=false"
+        );
+        assert!(wipe_command("10.0.0.2").starts_with("talosctl -n 10.0.0.2 reset"));
     }
 }

@@ -475,8 +475,8 @@ pub fn endpoint_host(endpoint: &str) -> Option<String> {
     endpoint_uri(endpoint).ok().map(|(_, host)| host)
 }
 
-/// The host of a URL such as `https://10.5.0.2:2380`.
-fn url_host(url: &str) -> Option<String> {
+/// The host of a URL such as `https://10.5.0.2:2380` (an etcd peer URL).
+pub fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next()?;
     let (host, _) = split_host_port(authority);

@@ -7,7 +7,9 @@ mod config;
 mod error;
 mod mint;
 
-pub use client::{ChosenNode, ETCD_DATA_PATH, MemberRole, RecoverPart, ServiceState, TalosClient, endpoint_host};
+pub use client::{
+    ChosenNode, ETCD_DATA_PATH, MemberRole, RecoverPart, ServiceState, TalosClient, endpoint_host, url_host,
+};
 pub use config::{
     Credentials, SecretsBundle, TalosContext, Talosconfig, Target, gen_config_problems, normalize_key_pem,
 };

@@ -183,11 +183,16 @@ async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identit
     let machine_config = std::fs::read_to_string(out.join("controlplane.yaml")).unwrap();
     assert!(machine_config.contains("clusterName: my-controlplane"), "{machine_config}");
     let state = std::fs::read_to_string(out.join("state-secret.yaml")).unwrap();
-    assert!(state.contains("talos.alperen.cloud/type: state") && state.contains(&format!("namespace: {}", scenario.ns)));
+    assert!(
+        state.contains("talos.alperen.cloud/type: state") && state.contains(&format!("namespace: {}", scenario.ns))
+    );
     let patch = std::fs::read_to_string(out.join("cluster-patch.yaml")).unwrap();
     assert!(patch.contains("10.96.0.0/12") && patch.contains("10.244.0.0/16"), "{patch}");
     let script = std::fs::read_to_string(out.join("gen-config.sh")).unwrap();
-    assert!(script.contains("--kubernetes-version '1.34.1'") && script.contains("--with-secrets secrets.yaml"), "{script}");
+    assert!(
+        script.contains("--kubernetes-version '1.34.1'") && script.contains("--with-secrets secrets.yaml"),
+        "{script}"
+    );
 
     // New nodes from the kit's secrets (its OS CA), waiting to be bootstrapped; restored through the kit.
     let rebuilt = teb_testkit::emulator::TalosEmulator::start(EmulatorOptions {
