@@ -219,12 +219,16 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
             return Err(format!("a tree names page {id} of {} pages", self.meta.pages));
         }
         let size = self.meta.page_size as u64;
-        let header = self.source.read_at(id * size, PAGE_HEADER).await?;
-        let overflow = header.get(12..16).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) as u64;
-        if header.len() < PAGE_HEADER || id + 1 + overflow > self.meta.pages {
+        // One read for the page; a second only for the overflow pages its header announces.
+        let mut page = self.source.read_at(id * size, size as usize).await?;
+        let overflow = page.get(12..16).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default())) as u64;
+        if page.len() < PAGE_HEADER || id + 1 + overflow > self.meta.pages {
             return Err(format!("page {id} runs past the end of the database"));
         }
-        self.source.read_at(id * size, ((1 + overflow) * size) as usize).await
+        if overflow > 0 {
+            page.extend(self.source.read_at((id + 1) * size, (overflow * size) as usize).await?);
+        }
+        Ok(page)
     }
 }
 

@@ -5,8 +5,8 @@
 //! accepted whatever etcd's state), then Bootstrap with `recover_etcd` starts the etcd service, whose
 //! pre stage recovers from the file. Talos refuses the Bootstrap while the node's etcd data directory
 //! has entries, running or not ("etcd data directory is not empty"), and answers it at once: a
-//! recovery that fails shows only as the etcd service `Failed`. So the plan first reads every
-//! control-plane node (etcd running? data left?), the upload is checked on the way (SHA-256 trailer,
+//! recovery that fails shows only as the etcd service `Failed`. So the plan first reads the backup's
+//! member list and every control-plane node (etcd running? data left? answering at all?), the upload is checked on the way (SHA-256 trailer,
 //! bbolt structure; a snapshot that fails is cancelled before its end and Talos discards it), and
 //! success is declared only when the recovered member answers and its cluster lists it.
 
@@ -93,14 +93,13 @@ impl RestorePlan {
     }
 
     fn refusal_reason(&self) -> Option<String> {
-        let wipe = |node: &str| wipe_command(node);
         if let EtcdState::Running { member_id, .. } = self.etcd {
             return Some(format!(
                 "etcd on node {} is running (member {member_id:x}): restoring over a live etcd is refused. A \
                  recovery needs etcd waiting to be bootstrapped: wipe etcd on every control-plane node ({}), then \
                  restore to one of them",
                 self.node_label,
-                wipe("<node>")
+                wipe_command("<node>")
             ));
         }
         let running: Vec<String> = self
@@ -116,7 +115,7 @@ impl RestorePlan {
                 "etcd still runs on {}: a member of the old cluster is alive, and recovering next to it makes two \
                  clusters. Wipe etcd on every control-plane node first ({}), or recover that member instead",
                 running.join(", "),
-                wipe("<node>")
+                wipe_command("<node>")
             ));
         }
         if !self.data.is_empty() {
@@ -125,7 +124,7 @@ impl RestorePlan {
                  member): Talos refuses to bootstrap over it. Wipe it first: {}",
                 self.node_label,
                 self.data.join(", "),
-                wipe(self.node.as_deref().unwrap_or(&self.node_label))
+                wipe_command(self.node.as_deref().unwrap_or(&self.node_label))
             ));
         }
         if let Err(why) = &self.members {
@@ -137,7 +136,7 @@ impl RestorePlan {
         let with_data: Vec<&Other> = self.others.iter().filter(|o| !o.data.is_empty()).collect();
         if !with_data.is_empty() {
             let nodes: Vec<String> = with_data.iter().map(|o| o.node.clone()).collect();
-            let commands: Vec<String> = with_data.iter().map(|o| wipe(&o.node)).collect();
+            let commands: Vec<String> = with_data.iter().map(|o| wipe_command(&o.node)).collect();
             return Some(format!(
                 "etcd's data directory is not empty on {} although etcd is not running there: once it starts again it \
                  rejoins the old cluster beside the restored one. Wipe it first: {}",
@@ -149,7 +148,7 @@ impl RestorePlan {
             self.others.iter().filter(|o| matches!(o.etcd, EtcdState::Unreachable { .. }) && !o.acknowledged).collect();
         if !lost.is_empty() {
             let nodes: Vec<String> = lost.iter().map(|o| o.label()).collect();
-            let commands: Vec<String> = lost.iter().map(|o| wipe(&o.node)).collect();
+            let commands: Vec<String> = lost.iter().map(|o| wipe_command(&o.node)).collect();
             return Some(format!(
                 "{} did not answer: a member of the backup's cluster that comes back with its data re-forms the old \
                  cluster beside the restored one. If it is gone for good or will be wiped before it returns ({} as \
@@ -198,12 +197,8 @@ pub struct Restored {
     pub upload_seconds: f64,
 }
 
-/// Looks at the backup and the control plane, changing nothing: the object's size and trailer
-/// SHA-256; on the target node (`node`, else the target's first node, else the endpoint node)
-/// whether etcd runs and what its data directory holds; and etcd on each of `others` (the other
-/// control-plane nodes, by address).
 /// What a plan checks besides the target: the nodes the caller names, and those acknowledged lost.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Checks<'a> {
     /// Every control-plane node the caller knows of (talosconfig, control plane, `--nodes`).
     pub nodes: &'a [String],
@@ -213,6 +208,10 @@ pub struct Checks<'a> {
     pub identities: &'a [Identity],
 }
 
+/// Looks at the backup and the control plane, changing nothing: the object's size and trailer
+/// SHA-256, and the members its database names; on the target node (`node`, else the target's first
+/// node, else the endpoint node) whether etcd runs and what its data directory holds; and etcd on
+/// every other node: each former member (by its peer URL's address) and each of `checks.nodes`.
 pub async fn plan(
     talos: &Target,
     storage: &Storage,
