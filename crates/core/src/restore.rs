@@ -281,7 +281,10 @@ async fn probe_others(
     let probes = others.into_iter().map(|(address, member)| async move {
         let etcd = etcd_state(client, Some(&address)).await?;
         let data = match etcd {
-            EtcdState::NotRunning { .. } => client.etcd_data_entries(Some(&address)).await.unwrap_or_default(),
+            // A directory that cannot be listed is no empty one: the plan fails, as for the target.
+            EtcdState::NotRunning { .. } => {
+                client.etcd_data_entries(Some(&address)).await.map_err(|e| refused_call(e, "List"))?
+            }
             _ => Vec::new(),
         };
         let named = |name: &str| {
