@@ -287,6 +287,16 @@ impl Scenario {
                 self.backups_of(name).await.iter().all(|b| is_ready(b) || is_failed(b)).then_some(())
             })
             .await;
+            // Pausing changes the spec, and a changed spec is checked against the bucket again (a
+            // probe upload): wait for that check, so that a test stopping the operator next stops it
+            // at rest. (An operator killed mid-probe leaves the probe's upload: a known gap, issue 33.)
+            self.eventually(60, "the paused schedule's storage check", || async {
+                let schedule = self.schedules().get(name).await.unwrap();
+                let conditions = schedule.status.map(|s| s.conditions).unwrap_or_default();
+                let checked = conditions.iter().find(|c| c.type_ == teb_api::conditions::STORAGE_READY);
+                checked.is_some_and(|c| c.observed_generation == schedule.metadata.generation).then_some(())
+            })
+            .await;
         }
     }
 }

@@ -112,7 +112,12 @@ async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identit
     scenario.apply(&backup_yaml("unsealed", &s3)).await;
     let status = scenario.wait_finished("unsealed").await;
     assert_eq!(status.state_filename, None);
-    assert!(scenario.event_reasons().await.contains(&"RecoveryKitNotStored".to_owned()));
+    // The event follows the status write that says Ready.
+    scenario
+        .eventually(30, "the RecoveryKitNotStored event", || async {
+            scenario.event_reasons().await.contains(&"RecoveryKitNotStored".to_owned()).then_some(())
+        })
+        .await;
     scenario.apply(&format!("{}  recoveryKit: Plaintext\n", backup_yaml("plaintext", &s3))).await;
     let status = scenario.wait_finished("plaintext").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");

@@ -419,7 +419,7 @@ async fn no_schedule_deletion_cascades_to_a_snapshot() {
             assert!(reasons.contains(&"SnapshotKept".to_owned()), "{reasons:?}");
         }
     }
-    assert!(scenario.s3.unfinished_uploads().is_empty());
+    assert!(scenario.s3.unfinished_uploads().is_empty(), "{:?}", scenario.s3.unfinished_uploads());
 }
 
 /// Deleting the namespace of backups and schedules, with the operator running or stopped, keeps every
