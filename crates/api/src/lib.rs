@@ -15,7 +15,8 @@ pub use backup::{
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 pub use restore::{
-    AgeDecryption, BackupRef, Decryption, TalosEtcdRestore, TalosEtcdRestoreSpec, TalosEtcdRestoreStatus,
+    AgeDecryption, BackupRef, Decryption, RestoreMemberStatus, TalosEtcdRestore, TalosEtcdRestoreSpec,
+    TalosEtcdRestoreStatus,
 };
 pub use schedule::{
     BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,

@@ -60,6 +60,12 @@ pub struct TalosEtcdRestoreSpec {
     /// How to decrypt an encrypted backup (its key ends in `.age`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<Decryption>,
+    /// How long to wait for the recovered etcd member after the recovery bootstrap: hours, minutes
+    /// and seconds, such as `20m` or `1h30m`, at most 24h. By default five minutes plus one second per
+    /// 16 MiB of database (Talos reads a large snapshot several times before etcd answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]{1,6}[hms])+$"))]
+    pub timeout: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -104,6 +110,10 @@ pub struct TalosEtcdRestoreStatus {
     /// The restored etcd member's ID (hex), once it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_id: Option<String>,
+    /// Every other control-plane node's etcd once the restored member was up: whether it joined the
+    /// restored cluster, and what to do when it did not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<RestoreMemberStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,4 +121,24 @@ pub struct TalosEtcdRestoreStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Another control-plane node's etcd after a restore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreMemberStatus {
+    /// The node's address.
+    pub node: String,
+    /// Its member name in the backup's cluster, if it was a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// `joined`, `joining`, `waiting` (its etcd still waits to join), `failed` (its etcd service
+    /// failed, for example after Talos's 30-minute join timeout: reboot the node) or `unreachable`.
+    pub state: String,
+    /// Its member ID (hex) in the restored cluster, once listed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+    /// What to know or do, with the command to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

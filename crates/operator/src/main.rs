@@ -538,9 +538,10 @@ struct RestoreArgs {
     /// Print the plan (node, backup, its size and SHA-256, etcd's state) and change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// How long to wait for etcd to answer after the recovery bootstrap.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    wait: Duration,
+    /// How long to wait for etcd to answer after the recovery bootstrap; by default five minutes plus
+    /// one second per 16 MiB of database.
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
     #[command(flatten)]
     stored: StoredBackupArgs,
 }
@@ -872,6 +873,20 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     summary["seconds"] = restored.seconds.into();
     summary["upload_seconds"] = restored.upload_seconds.into();
     summary["peak_rss_bytes"] = peak_rss_bytes().into();
+    // Every other control-plane node: joined, or what to do about it.
+    summary["nodes_after"] = restored
+        .others
+        .iter()
+        .map(|other| {
+            let advice = other.advice();
+            if let Some(advice) = &advice {
+                eprintln!("{}: {advice}", other.node);
+            }
+            serde_json::json!({
+                "node": other.node, "member": other.member, "etcd": other.state.label(), "advice": advice,
+            })
+        })
+        .collect();
     println!("{summary}");
     Ok(())
 }

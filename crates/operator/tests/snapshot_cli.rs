@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use object_store::ObjectStoreExt as _;
-use teb_testkit::emulator::EmulatorOptions;
+use teb_testkit::emulator::{BootStage, EmulatorOptions};
 use teb_testkit::ground::CliGround;
 use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
@@ -418,6 +418,10 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     let (ok, restored, stderr) = restore(&[&through_node[..], &["--acknowledge-lost", "127.0.10.2,cp-3"]].concat());
     assert!(ok, "{stderr}");
     assert_eq!(restored["sha256"], snapshot["sha256"]);
+    // The lost ones are listed with what to do before they return.
+    assert_eq!(states_after(&restored), [("127.0.10.2", "unreachable"), ("127.0.10.3", "unreachable")]);
+    let wipe_third = "talosctl -n 127.0.10.3 reset --system-labels-to-wipe EPHEMERAL";
+    assert!(restored["nodes_after"][1]["advice"].as_str().unwrap().contains(wipe_third), "{restored}");
     let read = |key: &'static str| emulator.with_restored(move |etcd| etcd.expect("restored").get(key).unwrap());
     assert_eq!(read("/registry/configmaps/ns/before-42").await.map(|v| v.len()), Some(1024));
     assert_eq!(read("/registry/configmaps/ns/after").await, None);
@@ -429,6 +433,27 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     }
     assert_eq!(emulator.with_restored(|etcd| etcd.expect("restored").members.len()).await, 3);
     assert_eq!(read("/registry/configmaps/ns/before-7").await.map(|v| v.len()), Some(1024));
+
+    // A late restore: every node was wiped longer ago than the (shortened) join timeout, so the others'
+    // etcd gave up and stays Failed. The second was rebooted since and joins; the third is reported with
+    // the reboot command, and joins once rebooted. The target has just booted: the restore waits.
+    emulator.set_join_timeout(std::time::Duration::from_secs(1));
+    emulator.wipe_etcd();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    emulator.set_join_timeout(std::time::Duration::from_secs(1800));
+    emulator.wipe_node(1).await;
+    emulator.boot(0, BootStage::ContainerRuntime, std::time::Duration::from_secs(3));
+    let (ok, restored, stderr) = restore(&through_node);
+    assert!(ok, "{stderr}");
+    assert_eq!(states_after(&restored), [("127.0.10.2", "joined"), ("127.0.10.3", "failed")]);
+    let reboot = "talosctl reboot -n 127.0.10.3";
+    let advice = restored["nodes_after"][1]["advice"].as_str().unwrap();
+    assert!(
+        advice.contains("30-minute join timeout") && advice.contains(reboot) && stderr.contains(reboot),
+        "{advice}"
+    );
+    emulator.wipe_node(2).await;
+    assert_eq!(emulator.with_restored(|etcd| etcd.expect("restored").members.len()).await, 3);
 
     // A recovery that fails after Bootstrap answered (the disk fills) is reported at once, not after
     // --wait; the directory it left must be wiped before the next try.
@@ -447,6 +472,27 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     emulator.faults.recover_empty(true);
     let (ok, _, stderr) = restore(&through_node);
     assert!(!ok && stderr.contains("it does not hold the backup"), "{stderr}");
+
+    // etcd that exits after a good pre stage (Talos restarts it: a crash loop) is reported as soon as
+    // the service shows it; one that comes up over its quota (NOSPACE) is no success either.
+    emulator.faults.clear();
+    emulator.wipe_etcd();
+    emulator.faults.crash_after_recovery(true);
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(!ok && stderr.contains("a crash loop") && stderr.contains("talosctl -n 127.0.10.1 logs etcd"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(40), "{:?}", started.elapsed());
+    emulator.faults.clear();
+    emulator.wipe_etcd();
+    emulator.faults.nospace_after_recovery(true);
+    let (ok, _, stderr) = restore(&through_node);
+    assert!(!ok && stderr.contains("NOSPACE alarm") && stderr.contains("etcd alarm disarm"), "{stderr}");
+}
+
+/// Each other node's etcd after a restore, as the summary lists it.
+fn states_after(restored: &serde_json::Value) -> Vec<(&str, &str)> {
+    let nodes = restored["nodes_after"].as_array().unwrap();
+    nodes.iter().map(|n| (n["node"].as_str().unwrap(), n["etcd"].as_str().unwrap())).collect()
 }
 
 /// Runs `script` with sh in `dir`; its standard output.

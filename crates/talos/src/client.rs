@@ -119,15 +119,47 @@ impl TalosClient {
         self.etcd_members_of(None).await
     }
 
-    /// The etcd members as `node` (the endpoint node when `None`) sees them.
+    /// The etcd members as `node` (the endpoint node when `None`) sees them. Talos asks the cluster
+    /// through every control-plane address it knows: the answer may come from any member.
     pub async fn etcd_members_of(&self, node: Option<&str>) -> Result<Vec<EtcdMember>, Error> {
-        let request = for_node(EtcdMemberListRequest { query_local: false }, node)?;
+        self.member_list(node, false).await
+    }
+
+    /// The etcd members as `node`'s own etcd member sees them (`query_local`: Talos asks only the
+    /// local etcd, so the answer is that member's cluster and no other).
+    pub async fn etcd_local_members(&self, node: Option<&str>) -> Result<Vec<EtcdMember>, Error> {
+        self.member_list(node, true).await
+    }
+
+    async fn member_list(&self, node: Option<&str>, query_local: bool) -> Result<Vec<EtcdMember>, Error> {
+        let request = for_node(EtcdMemberListRequest { query_local }, node)?;
         let node = node.unwrap_or(&self.endpoint);
         let response =
             self.deadline("EtcdMemberList", node, self.machine.clone().etcd_member_list(request)).await?.into_inner();
         let first = response.messages.into_iter().next().unwrap_or_default();
         check_in_band("EtcdMemberList", node, first.metadata.as_ref())?;
         Ok(first.members)
+    }
+
+    /// The alarms `node`'s etcd member holds (EtcdAlarmList asks the local etcd): `NOSPACE` (the
+    /// database reached its quota: the cluster takes no writes) or `CORRUPT`, with the member raising it.
+    pub async fn etcd_alarms(&self, node: Option<&str>) -> Result<Vec<(u64, &'static str)>, Error> {
+        use crate::proto::machine::etcd_member_alarm::AlarmType;
+        let request = for_node((), node)?;
+        let node = node.unwrap_or(&self.endpoint);
+        let response =
+            self.deadline("EtcdAlarmList", node, self.machine.clone().etcd_alarm_list(request)).await?.into_inner();
+        let first = response.messages.into_iter().next().unwrap_or_default();
+        check_in_band("EtcdAlarmList", node, first.metadata.as_ref())?;
+        Ok(first
+            .member_alarms
+            .into_iter()
+            .filter_map(|a| match a.alarm() {
+                AlarmType::None => None,
+                AlarmType::Nospace => Some((a.member_id, "NOSPACE")),
+                AlarmType::Corrupt => Some((a.member_id, "CORRUPT")),
+            })
+            .collect())
     }
 
     /// EtcdStatus of one node's etcd member.

@@ -68,6 +68,12 @@ impl Error {
         matches!(self, Error::Call { code: tonic::Code::PermissionDenied, .. })
     }
 
+    /// A call the node refused because it is not ready for it yet (Talos's FailedPrecondition: a
+    /// node still booting, its clock not synchronised yet).
+    pub fn is_not_ready(&self) -> bool {
+        matches!(self, Error::Call { code: tonic::Code::FailedPrecondition, .. })
+    }
+
     /// Whether the node (or every endpoint) did not answer at all: gone, or unreachable.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Error::Connect { certificate: false, .. } | Error::Call { code: tonic::Code::Unavailable, .. })

@@ -90,17 +90,23 @@ impl EtcdCluster {
     pub async fn restore(snapshot: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("teb-etcd-restored-").tempdir()?;
         let data_dir = dir.path().join("restored");
-        let (name, peer) = restore_data(snapshot, &data_dir, false)?;
-        EtcdCluster::start_restored(dir, &name, peer).await
+        let (name, peer) = restore_data(snapshot, &data_dir, false, "127.0.0.1")?;
+        EtcdCluster::start_restored(dir, &name, "127.0.0.1", peer).await
     }
 
-    /// A one-member cluster started on `data_dir` (in `dir`), which [`restore_data`] filled.
-    pub async fn start_restored(dir: tempfile::TempDir, name: &str, peer: u16) -> anyhow::Result<Self> {
+    /// A one-member cluster started on `data_dir` (in `dir`), which [`restore_data`] filled for
+    /// `peer_host`.
+    pub async fn start_restored(
+        dir: tempfile::TempDir,
+        name: &str,
+        peer_host: &str,
+        peer: u16,
+    ) -> anyhow::Result<Self> {
         let data_dir = dir.path().join(name);
-        let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
+        let initial_cluster = format!("{name}=http://{peer_host}:{peer}");
         let start = MemberStart {
             name,
-            peer_host: "127.0.0.1",
+            peer_host,
             client: crate::free_port(),
             peer,
             data_dir: &data_dir,
@@ -224,10 +230,15 @@ pub fn snapshot_status(snapshot: &Path) -> anyhow::Result<()> {
 /// `etcdctl snapshot restore` of `snapshot` into `data_dir` (member `restored`, a peer port chosen
 /// here), checking its SHA-256 trailer unless `skip_hash_check`. Returns the member's name and peer
 /// port. A failed hash check leaves what etcdctl wrote in `data_dir`.
-pub fn restore_data(snapshot: &Path, data_dir: &Path, skip_hash_check: bool) -> anyhow::Result<(String, u16)> {
+pub fn restore_data(
+    snapshot: &Path,
+    data_dir: &Path,
+    skip_hash_check: bool,
+    peer_host: &str,
+) -> anyhow::Result<(String, u16)> {
     let name = data_dir.file_name().and_then(|n| n.to_str()).unwrap_or("restored").to_owned();
     let peer = crate::free_port();
-    let initial_cluster = format!("{name}=http://127.0.0.1:{peer}");
+    let initial_cluster = format!("{name}=http://{peer_host}:{peer}");
     let mut command = Command::new(&assets()?.etcdutl);
     command
         .args(["snapshot", "restore"])
@@ -235,7 +246,7 @@ pub fn restore_data(snapshot: &Path, data_dir: &Path, skip_hash_check: bool) -> 
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--name", &name, "--initial-cluster", &initial_cluster])
-        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"));
+        .arg(format!("--initial-advertise-peer-urls=http://{peer_host}:{peer}"));
     if skip_hash_check {
         command.arg("--skip-hash-check");
     }

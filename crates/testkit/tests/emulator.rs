@@ -7,7 +7,7 @@ use futures::StreamExt;
 use rcgen::ExtendedKeyUsagePurpose as Eku;
 use teb_talos::proto::machine::machine_service_client::MachineServiceClient;
 use teb_talos::{Credentials, TalosClient, Talosconfig, Target};
-use teb_testkit::emulator::{EmulatorOptions, TalosEmulator, TalosVersion};
+use teb_testkit::emulator::{BootStage, EmulatorOptions, TalosEmulator, TalosVersion};
 use teb_testkit::fixtures::CaKeyType;
 use teb_testkit::fixtures::OsCa;
 
@@ -443,9 +443,93 @@ async fn a_worker_endpoint_refuses_to_forward() {
     let err = admin.etcd_status(&node).await.unwrap_err();
     assert!(matches!(err, teb_talos::Error::NoForwarding { .. }), "{err}");
     assert!(err.to_string().contains("the endpoint is a worker node"), "{err}");
-    // Untargeted, the worker answers itself: it has no etcd.
-    let err = admin.etcd_status_on(None).await.unwrap_err();
-    assert_eq!(code(&err), Some(tonic::Code::Unimplemented), "{err}");
+    // Untargeted, or addressed to itself (address or hostname), the worker answers itself: it has no etcd.
+    let worker = &emulator.nodes()[3];
+    for node in [None, Some(worker.address.as_str()), Some(worker.hostname.as_str())] {
+        let err = admin.etcd_status_on(node).await.unwrap_err();
+        assert_eq!(code(&err), Some(tonic::Code::Unimplemented), "{node:?}: {err}");
+        assert!(err.to_string().contains("etcd status is only available on control plane nodes"), "{err}");
+    }
+    let err = admin.etcd_local_members(Some(&worker.address)).await.unwrap_err();
+    assert!(err.to_string().contains("member list is only available on control plane nodes"), "{err}");
+}
+
+/// A node that has just booted refuses a recovery as machined does (v1alpha1_server.go, v1.13.0):
+/// EtcdRecover until `/var` is mounted, Bootstrap until the container runtime is up and the clock is
+/// in sync; its etcd service waits for them meanwhile.
+#[tokio::test]
+async fn a_node_that_has_just_booted_refuses_a_recovery_as_talos_does() {
+    let emulator = emulator_with(EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() }).await;
+    let admin = TalosClient::connect(&role_target(&emulator, &["os:admin"]), Duration::from_secs(5)).await.unwrap();
+    let node = emulator.nodes()[0].address.clone();
+    let machine = raw_machine(&emulator, "os:admin").await;
+    emulator.wipe_etcd();
+    emulator.boot(0, BootStage::ContainerRuntime, Duration::from_secs(60));
+    let service = admin.etcd_service(Some(&node)).await.unwrap();
+    assert_eq!(
+        (service.state.as_str(), service.last_event.as_str()),
+        ("Waiting", "Waiting for service \"cri\" to be \"up\"")
+    );
+    let chunks = vec![teb_talos::proto::common::Data { metadata: None, bytes: vec![0u8; 16].into() }];
+    let mut request = tonic::Request::new(futures::stream::iter(chunks));
+    request.metadata_mut().insert("node", node.parse().unwrap());
+    let refused = machine.clone().etcd_recover(request).await.unwrap_err();
+    let expected = (tonic::Code::FailedPrecondition, "etcd service is not ready for recovery yet");
+    assert_eq!((refused.code(), refused.message()), expected);
+    let refused = bootstrap(&machine, &node, false).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::FailedPrecondition, "bootstrap is not available yet")
+    );
+    emulator.boot(0, BootStage::TimeSync, Duration::from_secs(60));
+    let refused = bootstrap(&machine, &node, false).await.unwrap_err();
+    assert_eq!((refused.code(), refused.message()), (tonic::Code::FailedPrecondition, "time is not in sync yet"));
+    // Up: the wiped node's etcd waits to join ("Running pre state", sic: service_runner.go).
+    emulator.boot(0, BootStage::TimeSync, Duration::ZERO);
+    let service = admin.etcd_service(Some(&node)).await.unwrap();
+    assert_eq!((service.state.as_str(), service.last_event.as_str()), ("Preparing", "Running pre state"));
+}
+
+/// A wiped node's etcd gives up joining after the join timeout and stays Failed until a reboot; a
+/// member list without `query_local` is answered by whichever member runs; alarms are etcd's own.
+#[tokio::test]
+async fn wiped_nodes_give_up_joining_after_the_join_timeout() {
+    let join_timeout = Duration::from_secs(2);
+    let emulator = emulator_with(EmulatorOptions { join_timeout, ..Default::default() }).await;
+    let client = client(&role_target(&emulator, &["os:etcd:backup"])).await.unwrap();
+    let admin = TalosClient::connect(&role_target(&emulator, &["os:admin"]), Duration::from_secs(5)).await.unwrap();
+    let nodes: Vec<String> = emulator.nodes()[..3].iter().map(|n| n.address.clone()).collect();
+    let (snapshot, _) = drain(&client, &nodes[0]).await.unwrap();
+    assert_eq!(admin.etcd_alarms(Some(&nodes[0])).await.unwrap(), vec![]);
+    let machine = raw_machine(&emulator, "os:admin").await;
+    emulator.wipe_etcd();
+    tokio::time::sleep(join_timeout + Duration::from_millis(500)).await;
+    for node in &nodes {
+        let service = admin.etcd_service(Some(node)).await.unwrap();
+        assert_eq!(service.state, "Failed", "{node}");
+        assert!(
+            service.last_event.starts_with("Failed to run pre stage: failed to build initial etcd cluster"),
+            "{service:?}"
+        );
+    }
+    // The third node reboots (it waits again); a failed service with an empty data directory takes the
+    // Bootstrap; etcd comes up with the NOSPACE alarm raised.
+    emulator.set_join_timeout(Duration::from_secs(1800));
+    emulator.wipe_node(2).await;
+    emulator.faults.nospace_after_recovery(true);
+    recover(&machine, &nodes[0], &snapshot).await;
+    bootstrap(&machine, &nodes[0], false).await.unwrap();
+    assert_eq!(settled(&admin, &nodes[0]).await.state, "Running");
+    let member = admin.etcd_status(&nodes[0]).await.unwrap().member_id;
+    assert_eq!(admin.etcd_alarms(Some(&nodes[0])).await.unwrap(), vec![(member, "NOSPACE")]);
+    // The rebooted node joined; the other stays Failed, and its member list (cluster-wide) is the
+    // recovered cluster's.
+    assert_eq!(admin.etcd_service(Some(&nodes[2])).await.unwrap().state, "Running");
+    assert_eq!(admin.etcd_service(Some(&nodes[1])).await.unwrap().state, "Failed");
+    let listed = admin.etcd_members_of(Some(&nodes[1])).await.unwrap();
+    let mut names: Vec<&str> = listed.iter().map(|m| m.hostname.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["cp-1", "cp-3"]);
 }
 
 /// Bootstrap on a worker: FailedPrecondition before v1.13, Unimplemented from v1.13 (v1alpha1_server.go).

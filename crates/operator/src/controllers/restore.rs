@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS};
-use teb_api::{TalosEtcdBackup, TalosEtcdRestore, TalosEtcdRestoreStatus};
+use teb_api::{RestoreMemberStatus, TalosEtcdBackup, TalosEtcdRestore, TalosEtcdRestoreStatus};
 use teb_core::restore;
 use teb_pipeline::{Identity, Storage};
 use teb_talos::Target;
@@ -42,8 +42,8 @@ fn decide(restore: &TalosEtcdRestore) -> Step {
     }
 }
 
-/// How long etcd may take to answer after the recovery bootstrap.
-const ETCD_UP_WAIT: Duration = Duration::from_secs(300);
+/// The longest `spec.timeout`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 pub(super) async fn reconcile(cached: Arc<TalosEtcdRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = cached.namespace().unwrap_or_default();
@@ -84,6 +84,7 @@ async fn run(
     ctx: &Context,
     status: &mut TalosEtcdRestoreStatus,
 ) -> Result<(), Error> {
+    let wait = timeout(restore.spec.timeout.as_deref())?;
     let (talos, storage, key, identities) = resolve_restore(restore, ctx).await?;
     let settings = &ctx.config.settings;
     // Every control-plane node the control plane names (its endpoints, before spec.endpoints
@@ -115,20 +116,66 @@ async fn run(
              AGE-SECRET-KEY-1… of one of its recipients"
         )));
     }
-    let restored = restore::restore(&client, &plan, &storage, &identities, settings, ETCD_UP_WAIT, &|_| {}).await?;
+    let restored = restore::restore(&client, &plan, &storage, &identities, settings, wait, &|_| {}).await?;
     status.sha256 = Some(restored.checked.sha256.clone());
     status.size = Some(restored.checked.size as i64);
     status.member_id = Some(format!("{:x}", restored.member_id));
+    status.members = restored.others.iter().map(member_status).collect();
     status.completion_time = Some(now());
+    let joined = restored.others.iter().filter(|n| matches!(n.state, restore::MemberState::Joined { .. })).count();
     let message = format!(
-        "Restored {key} ({} bytes, SHA-256 verified) onto node {}: etcd member {:x} is up ({:.1} s)",
-        restored.checked.size, plan.node_label, restored.member_id, restored.seconds
+        "Restored {key} ({} bytes, SHA-256 verified) onto node {}: etcd member {:x} is up ({:.1} s); {joined} of {} \
+         other control-plane nodes joined (status.members)",
+        restored.checked.size,
+        plan.node_label,
+        restored.member_id,
+        restored.seconds,
+        restored.others.len()
     );
     set_phase(status, Phase::Succeeded, &message);
     patch_status(api, &restore.name_any(), status).await?;
     tracing::info!(name = %restore.name_any(), %key, node = %plan.node_label, "restore succeeded");
     ctx.event(restore, EventType::Normal, "RestoreSucceeded", message).await;
+    // Nodes whose etcd gave up (or still waits) need a hand: say which, with the command.
+    let stuck: Vec<String> = restored
+        .others
+        .iter()
+        .filter(|n| matches!(n.state, restore::MemberState::Failed { .. } | restore::MemberState::Waiting { .. }))
+        .filter_map(|n| n.advice().map(|advice| format!("{}: {advice}", n.node)))
+        .collect();
+    if !stuck.is_empty() {
+        ctx.event(restore, EventType::Warning, "MembersNotJoined", stuck.join("; ")).await;
+    }
     Ok(())
+}
+
+/// `spec.timeout` (the schema admits hours, minutes and seconds only), or `None` for the default.
+fn timeout(spec: Option<&str>) -> Result<Option<Duration>, Error> {
+    let Some(text) = spec else { return Ok(None) };
+    let invalid =
+        |why: &str| Error::Spec(format!("spec.timeout {text:?} {why}: write it like 20m or 1h30m, at most 24h"));
+    let signed: jiff::SignedDuration = text.parse().map_err(|_| invalid("is not a duration"))?;
+    let wait = Duration::try_from(signed).map_err(|_| invalid("is negative"))?;
+    if wait.is_zero() || wait > MAX_TIMEOUT {
+        return Err(invalid("is out of range"));
+    }
+    Ok(Some(wait))
+}
+
+fn member_status(node: &restore::NodeAfter) -> RestoreMemberStatus {
+    let member_id = match node.state {
+        restore::MemberState::Joined { member_id } | restore::MemberState::Joining { member_id } => {
+            Some(format!("{member_id:x}"))
+        }
+        _ => None,
+    };
+    RestoreMemberStatus {
+        node: node.node.clone(),
+        member: node.member.clone(),
+        state: node.state.label().to_owned(),
+        member_id,
+        message: node.advice(),
+    }
 }
 
 /// The Talos target (a client certificate with os:admin), the bucket, the key to restore and the age
@@ -226,6 +273,17 @@ mod tests {
         }
         restore.status = Some(status);
         restore
+    }
+
+    #[test]
+    fn the_timeout_is_checked() {
+        assert_eq!(timeout(None).unwrap(), None);
+        assert_eq!(timeout(Some("1h30m")).unwrap(), Some(Duration::from_secs(5400)));
+        assert_eq!(timeout(Some("90s")).unwrap(), Some(Duration::from_secs(90)));
+        for bad in ["0s", "25h", "5x"] {
+            let error = timeout(Some(bad)).unwrap_err().to_string();
+            assert!(error.contains("spec.timeout") && error.contains("1h30m"), "{bad}: {error}");
+        }
     }
 
     #[test]

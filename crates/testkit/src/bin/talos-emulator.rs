@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -45,9 +46,18 @@ struct Args {
     /// (0: no cap).
     #[arg(long, default_value_t = 0)]
     bytes_per_second: u64,
+    /// How long a wiped control-plane node's etcd tries to join before its service fails (Talos: 30m).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    join_timeout: Duration,
     /// Folder for the generated talosconfig files and secrets bundle.
     #[arg(long)]
     out: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration =
+        text.parse().map_err(|e| format!("{text:?} is not a duration like 90s or 30m: {e}"))?;
+    Duration::try_from(signed).map_err(|_| format!("{text:?} must not be negative"))
 }
 
 #[tokio::main]
@@ -64,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         cert_sans: args.cert_sans.clone(),
         endpoint_is_worker: args.endpoint_is_worker,
         os_ca: None,
+        join_timeout: args.join_timeout,
     };
     let emulator = TalosEmulator::start(options).await?;
     emulator.faults.limit_bandwidth(args.bytes_per_second);

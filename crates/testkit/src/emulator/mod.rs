@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::etcd::{EtcdCluster, EtcdOptions};
 use crate::etcd_proto::{
-    MemberListRequest, SnapshotRequest, StatusRequest, cluster_client::ClusterClient,
-    maintenance_client::MaintenanceClient,
+    AlarmRequest, AlarmType, MemberListRequest, SnapshotRequest, StatusRequest, alarm_request::AlarmAction,
+    cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
 };
 use crate::fixtures::{CaKeyType, OsCa};
 use crate::ping_policy::PingPolicy;
@@ -72,10 +72,10 @@ impl TalosVersion {
     fn allowed_roles(self, rpc: &str) -> &'static [&'static str] {
         match rpc {
             "EtcdSnapshot" => &["os:admin", "os:operator", "os:etcd:backup"],
-            "EtcdStatus" | "EtcdMemberList" if self.etcd_backup_reads_etcd() => {
+            "EtcdStatus" | "EtcdMemberList" | "EtcdAlarmList" if self.etcd_backup_reads_etcd() => {
                 &["os:admin", "os:operator", "os:reader", "os:etcd:backup"]
             }
-            "EtcdStatus" => &["os:admin", "os:operator"],
+            "EtcdStatus" | "EtcdAlarmList" => &["os:admin", "os:operator"],
             "EtcdMemberList" => &["os:admin", "os:operator", "os:reader"],
             "Version" | "List" | "ServiceList" => &["os:admin", "os:operator", "os:reader"],
             _ => &["os:admin"],
@@ -125,6 +125,8 @@ pub struct TalosFaults {
     bytes_per_second: AtomicU64,
     fail_recovery: AtomicBool,
     recover_empty: AtomicBool,
+    crash_after_recovery: AtomicBool,
+    nospace_after_recovery: AtomicBool,
 }
 
 const OFF: u64 = u64::MAX;
@@ -168,6 +170,18 @@ impl TalosFaults {
         self.recover_empty.store(on, Ordering::SeqCst);
     }
 
+    /// Let the next recoveries succeed and etcd then exit, again and again: the restart runner's crash
+    /// loop after a good pre stage.
+    pub fn crash_after_recovery(&self, on: bool) {
+        self.crash_after_recovery.store(on, Ordering::SeqCst);
+    }
+
+    /// Raise etcd's NOSPACE alarm on the next recovered members (through etcd's own Alarm API), as a
+    /// database over its quota does: the cluster then takes no writes.
+    pub fn nospace_after_recovery(&self, on: bool) {
+        self.nospace_after_recovery.store(on, Ordering::SeqCst);
+    }
+
     /// Cap snapshot streaming at `bytes_per_second` (0: no cap).
     pub fn limit_bandwidth(&self, bytes_per_second: u64) {
         self.bytes_per_second.store(bytes_per_second, Ordering::SeqCst);
@@ -180,6 +194,8 @@ impl TalosFaults {
         self.unavailable.store(false, Ordering::SeqCst);
         self.fail_recovery.store(false, Ordering::SeqCst);
         self.recover_empty.store(false, Ordering::SeqCst);
+        self.crash_after_recovery.store(false, Ordering::SeqCst);
+        self.nospace_after_recovery.store(false, Ordering::SeqCst);
         self.bytes_per_second.store(0, Ordering::SeqCst);
     }
 }
@@ -204,6 +220,23 @@ pub struct EmulatorOptions {
     /// The OS CA (certificate and key PEM) of an existing cluster, as new nodes built from its
     /// secrets bundle have it; a new CA when unset.
     pub os_ca: Option<(String, String)>,
+    /// How long a wiped control-plane node's etcd tries to join a cluster before its service fails
+    /// (Talos's `constants.EtcdJoinTimeout`, 30 minutes).
+    pub join_timeout: Duration,
+}
+
+/// Where a node that has just booted still is (machined's boot sequence), each refusing calls as
+/// Talos v1.13.0 does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootStage {
+    /// The container runtime is not up and EPHEMERAL (`/var`) not mounted: Bootstrap answers
+    /// FailedPrecondition "bootstrap is not available yet" (`IsBootstrapAllowed` waits for the cri
+    /// service), EtcdRecover FailedPrecondition "etcd service is not ready for recovery yet" (no
+    /// `/var/lib`); v1alpha1_server.go.
+    ContainerRuntime,
+    /// The clock is not synchronised yet: Bootstrap answers FailedPrecondition "time is not in sync
+    /// yet" (it waits 5 s for `timeresource.NewSyncCondition`).
+    TimeSync,
 }
 
 impl Default for EmulatorOptions {
@@ -218,6 +251,7 @@ impl Default for EmulatorOptions {
             cert_sans: Vec::new(),
             endpoint_is_worker: false,
             os_ca: None,
+            join_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -230,6 +264,9 @@ struct State {
     node_etcd: Mutex<Vec<NodeEtcd>>,
     /// Indexed like `nodes`: machines that are gone (nothing answers at their address).
     down: Mutex<Vec<bool>>,
+    /// Indexed like `nodes`: machines still booting, in that stage until then.
+    booting: Mutex<Vec<Option<(BootStage, Instant)>>>,
+    join_timeout: Mutex<Duration>,
     /// The node that serves calls without `node` metadata.
     endpoint_node: usize,
     faults: Arc<TalosFaults>,
@@ -238,6 +275,13 @@ struct State {
     uploads: Mutex<HashMap<usize, PathBuf>>,
     /// The cluster a recovery started, once one did.
     restored: tokio::sync::Mutex<Option<EtcdCluster>>,
+}
+
+impl State {
+    /// A wiped node's etcd from now: waiting to join for the join timeout.
+    fn waiting(&self) -> NodeEtcd {
+        NodeEtcd::Waiting { until: Instant::now() + *self.join_timeout.lock().expect("join timeout lock") }
+    }
 }
 
 /// A running emulator; stopped (with its etcd cluster) when dropped.
@@ -301,6 +345,8 @@ impl TalosEmulator {
         let state = Arc::new(State {
             version: options.talos_version,
             down: Mutex::new(vec![false; nodes.len()]),
+            booting: Mutex::new(vec![None; nodes.len()]),
+            join_timeout: Mutex::new(options.join_timeout),
             nodes,
             node_etcd: Mutex::new(vec![NodeEtcd::Member; options.control_planes]),
             endpoint_node,
@@ -335,19 +381,31 @@ impl TalosEmulator {
             restored.take();
         }
         self.state.uploads.lock().expect("uploads lock").clear();
-        self.state.node_etcd.lock().expect("node etcd lock").fill(NodeEtcd::Waiting);
+        let waiting = self.state.waiting();
+        self.state.node_etcd.lock().expect("node etcd lock").fill(waiting);
+    }
+
+    /// Changes the join timeout for nodes wiped from now on.
+    pub fn set_join_timeout(&self, timeout: Duration) {
+        *self.state.join_timeout.lock().expect("join timeout lock") = timeout;
+    }
+
+    /// Node `index` has just booted and stays in `stage` for `lasting`.
+    pub fn boot(&self, index: usize, stage: BootStage, lasting: Duration) {
+        self.state.booting.lock().expect("booting lock")[index] = Some((stage, Instant::now() + lasting));
     }
 
     /// Wipes etcd on control-plane node `index` only (its member of the first cluster stops, its data
-    /// and upload go); the node then joins a recovered cluster if one runs. A member of a recovered
-    /// cluster is wiped only with all the others ([`TalosEmulator::wipe_etcd`]).
+    /// and upload go), or reboots a node whose etcd gave up joining: the node then joins a recovered
+    /// cluster if one runs, else waits (for the join timeout). A member of a recovered cluster is
+    /// wiped only with all the others ([`TalosEmulator::wipe_etcd`]).
     pub async fn wipe_node(&self, index: usize) {
         let member = self.state.nodes[index].etcd_member.expect("a control-plane node");
         if self.state.node_etcd.lock().expect("node etcd lock")[member] == NodeEtcd::Member {
             self.state.etcd.stop_member(member);
         }
         self.state.uploads.lock().expect("uploads lock").remove(&member);
-        self.state.node_etcd.lock().expect("node etcd lock")[member] = NodeEtcd::Waiting;
+        self.state.node_etcd.lock().expect("node etcd lock")[member] = self.state.waiting();
         Emulator { state: self.state.clone() }.join_waiting().await;
     }
 
@@ -560,10 +618,23 @@ impl Emulator {
         };
         let md = request.metadata();
         // A worker's apid has no client certificate for other nodes: every call it would forward is
-        // refused (internal/app/apid/pkg/director/director.go, singleDirector/aggregateDirector, v1.13.0).
+        // refused, and one whose single target is the worker itself (an address or hostname of its own) is
+        // served locally (internal/app/apid/pkg/director/director.go, `Director`, v1.13.0).
         let endpoint = &self.state.nodes[self.state.endpoint_node];
-        if endpoint.etcd_member.is_none() && (md.get("node").is_some() || md.get("nodes").is_some()) {
-            return Err(Status::permission_denied("no request forwarding"));
+        if endpoint.etcd_member.is_none() {
+            let local = |name: &str| name == endpoint.address || name == endpoint.hostname;
+            let nodes: Vec<&str> = md.get_all("nodes").iter().filter_map(|v| v.to_str().ok()).collect();
+            let node = md.get("node").and_then(|v| v.to_str().ok());
+            let single = match (node, &nodes[..]) {
+                (None, []) => return Ok(Route::One(endpoint.clone())),
+                (Some(name), []) => Some(name),
+                (None, [name]) => Some(*name),
+                _ => None,
+            };
+            return match single.filter(|name| local(name)) {
+                Some(_) => Ok(Route::One(endpoint.clone())),
+                None => Err(Status::permission_denied("no request forwarding")),
+            };
         }
         if let Some(node) = md.get("node") {
             return Ok(Route::One(find(node.to_str().unwrap_or_default())?));
@@ -600,8 +671,18 @@ impl Emulator {
         node.etcd_member.ok_or_else(|| Status::unimplemented(format!("{api} is only available on control plane nodes")))
     }
 
+    /// `member`'s node's etcd now (a wait past its join timeout is recorded as failed).
     fn node_etcd(&self, member: usize) -> NodeEtcd {
-        self.state.node_etcd.lock().expect("node etcd lock")[member].clone()
+        let mut states = self.state.node_etcd.lock().expect("node etcd lock");
+        states[member] = states[member].clone().now();
+        states[member].clone()
+    }
+
+    /// The stage `node` is still booting in, if it is.
+    fn boot_stage(&self, node: &Node) -> Option<BootStage> {
+        let index = self.state.nodes.iter().position(|n| n.address == node.address)?;
+        let booting = self.state.booting.lock().expect("booting lock")[index];
+        booting.filter(|(_, until)| Instant::now() < *until).map(|(stage, _)| stage)
     }
 
     fn set_node_etcd(&self, member: usize, etcd: NodeEtcd) {
@@ -633,11 +714,16 @@ impl Emulator {
         if node.etcd_member.is_none() && self.state.version < TalosVersion::V1_13_0 {
             return Err(Status::failed_precondition("bootstrap can only be performed on a control plane node"));
         }
+        match self.boot_stage(&node) {
+            Some(BootStage::ContainerRuntime) => {
+                return Err(Status::failed_precondition("bootstrap is not available yet"));
+            }
+            Some(BootStage::TimeSync) => return Err(Status::failed_precondition("time is not in sync yet")),
+            None => {}
+        }
         let member = self.member(&node, "bootstrap")?;
-        match self.node_etcd(member) {
-            NodeEtcd::Starting => return Err(Status::failed_precondition("bootstrap is not available yet")),
-            etcd if etcd.has_data() => return Err(Status::already_exists("etcd data directory is not empty")),
-            _ => {}
+        if self.node_etcd(member).has_data() {
+            return Err(Status::already_exists("etcd data directory is not empty"));
         }
         self.set_node_etcd(member, NodeEtcd::Starting);
         let emulator = self.clone();
@@ -657,7 +743,8 @@ impl Emulator {
             Ok(work) => {
                 let empty = self.state.faults.recover_empty.load(Ordering::SeqCst);
                 let (recover, skip) = (options.recover_etcd && !empty, options.recover_skip_hash_check);
-                recovery::run_bootstrap(upload.as_deref(), recover, skip, work).await
+                let node = self.state.nodes.iter().find(|n| n.etcd_member == Some(member)).expect("a control plane");
+                recovery::run_bootstrap(node, upload.as_deref(), recover, skip, work).await
             }
             Err(e) => Err((e.to_string(), false)),
         };
@@ -668,9 +755,24 @@ impl Emulator {
                     let _ = std::fs::remove_file(path);
                     self.state.uploads.lock().expect("uploads lock").remove(&member);
                 }
+                let faults = &self.state.faults;
+                if faults.nospace_after_recovery.load(Ordering::SeqCst)
+                    && let Err(e) = raise_nospace(&cluster).await
+                {
+                    tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+                }
+                let crash = faults.crash_after_recovery.load(Ordering::SeqCst);
+                if crash {
+                    cluster.stop_member(0);
+                }
                 *self.state.restored.lock().await = Some(cluster);
-                self.set_node_etcd(member, NodeEtcd::Restored(0));
-                self.join_waiting().await;
+                if crash {
+                    // Nothing to join: the wiped nodes keep waiting.
+                    self.set_node_etcd(member, NodeEtcd::Stopped);
+                } else {
+                    self.set_node_etcd(member, NodeEtcd::Restored(0));
+                    self.join_waiting().await;
+                }
             }
             Err((why, data)) => self.set_node_etcd(member, NodeEtcd::Failed { why, data }),
         }
@@ -687,7 +789,7 @@ impl Emulator {
             let Some(member) = node.etcd_member else {
                 continue;
             };
-            if self.node_etcd(member) != NodeEtcd::Waiting {
+            if !matches!(self.node_etcd(member), NodeEtcd::Waiting { .. }) {
                 continue;
             }
             match cluster.add_member(&node.hostname, &node.address).await {
@@ -717,8 +819,17 @@ impl Emulator {
         })
     }
 
-    async fn members_of(&self, node: &Node) -> Result<Vec<EtcdMember>, Status> {
-        let member = self.member(node, "etcd members")?;
+    /// EtcdMemberList on `node`: with `query_local` its own etcd member answers; without, machined's
+    /// client dials every control-plane address it knows (`NewClientFromControlPlaneIPs`,
+    /// v1alpha1_server.go v1.13.0), so any running member may answer, of whichever cluster it is.
+    async fn members_of(&self, node: &Node, query_local: bool) -> Result<Vec<EtcdMember>, Status> {
+        let own = self.member(node, "member list")?;
+        let running = |m: usize| matches!(self.node_etcd(m), NodeEtcd::Member | NodeEtcd::Restored(_));
+        let members = self.state.node_etcd.lock().expect("node etcd lock").len();
+        let member = match query_local || running(own) {
+            true => own,
+            false => (0..members).find(|&m| running(m)).unwrap_or(own),
+        };
         let list =
             ClusterClient::new(self.etcd_channel(member).await?).member_list(MemberListRequest {}).await?.into_inner();
         // Report members as Talos does: by their node's address and hostname.
@@ -828,6 +939,17 @@ impl Emulator {
     }
 }
 
+/// Raises NOSPACE on the first member of `cluster` through etcd's Alarm API (what etcd does itself
+/// when a write finds the database over its quota).
+async fn raise_nospace(cluster: &EtcdCluster) -> anyhow::Result<()> {
+    let channel = cluster.members[0].channel().await?;
+    let status = MaintenanceClient::new(channel.clone()).status(StatusRequest {}).await?.into_inner();
+    let member_id = status.header.map(|h| h.member_id).unwrap_or_default();
+    let request = AlarmRequest { action: AlarmAction::Activate as i32, member_id, alarm: AlarmType::Nospace as i32 };
+    MaintenanceClient::new(channel).alarm(request).await?;
+    Ok(())
+}
+
 fn in_band_error(node: &Node, status: &Status) -> Metadata {
     Metadata {
         hostname: node.hostname.clone(),
@@ -889,7 +1011,8 @@ impl MachineService for Emulator {
     ) -> Result<Response<EtcdMemberListResponse>, Status> {
         self.authorize(&request, "EtcdMemberList")?;
         let route = self.route(&request)?;
-        let messages = unary(route, |node| async move { self.members_of(&node).await })
+        let query_local = request.get_ref().query_local;
+        let messages = unary(route, |node| async move { self.members_of(&node, query_local).await })
             .await?
             .into_iter()
             .map(|answer| match answer {
@@ -908,6 +1031,9 @@ impl MachineService for Emulator {
         };
         // Accepted whatever etcd's state (machined only needs /var mounted): it is the node's own file
         // that only a Bootstrap with recover_etcd reads. A stream that ends in an error leaves no file.
+        if self.boot_stage(&node) == Some(BootStage::ContainerRuntime) {
+            return Err(Status::failed_precondition("etcd service is not ready for recovery yet"));
+        }
         let member = self.member(&node, "etcd recover")?;
         let path = self.state.recovery_dir.path().join(format!("etcd-{member}.snapshot"));
         // machined truncates the file first (and removes it unless the upload completes).
@@ -973,6 +1099,35 @@ impl MachineService for Emulator {
         Ok(Response::new(EtcdStatusResponse { messages }))
     }
 
+    /// The alarms of the node's own etcd member (EtcdAlarmList asks the local etcd).
+    async fn etcd_alarm_list(&self, request: Request<()>) -> Result<Response<EtcdAlarmListResponse>, Status> {
+        self.authorize(&request, "EtcdAlarmList")?;
+        let route = self.route(&request)?;
+        let alarms = |node: Node| async move {
+            let member = self.member(&node, "etcd alarm list")?;
+            let request = AlarmRequest { action: AlarmAction::Get as i32, member_id: 0, alarm: AlarmType::None as i32 };
+            let response = MaintenanceClient::new(self.etcd_channel(member).await?)
+                .alarm(request)
+                .await
+                .map_err(|e| Status::unknown(format!("failed to list etcd alarms: {}", e.message())))?;
+            Ok(response
+                .into_inner()
+                .alarms
+                .into_iter()
+                .map(|a| EtcdMemberAlarm { member_id: a.member_id, alarm: a.alarm })
+                .collect::<Vec<_>>())
+        };
+        let messages = unary(route, alarms)
+            .await?
+            .into_iter()
+            .map(|answer| match answer {
+                Ok((metadata, member_alarms)) => EtcdAlarm { metadata, member_alarms },
+                Err(metadata) => EtcdAlarm { metadata: Some(metadata), member_alarms: vec![] },
+            })
+            .collect();
+        Ok(Response::new(EtcdAlarmListResponse { messages }))
+    }
+
     /// The node's services as machined lists them; only etcd's state is modelled.
     async fn service_list(&self, request: Request<()>) -> Result<Response<ServiceListResponse>, Status> {
         self.authorize(&request, "ServiceList")?;
@@ -980,7 +1135,14 @@ impl MachineService for Emulator {
         let services = |node: Node| async move {
             let mut services = vec![service("apid", "Running", true, "Health check successful")];
             if let Some(member) = node.etcd_member {
-                let (state, healthy, message) = self.node_etcd(member).service();
+                // A booting node's etcd waits for its conditions (service_runner.go `Run`).
+                let (state, healthy, message) = match self.boot_stage(&node) {
+                    Some(BootStage::ContainerRuntime) => {
+                        ("Waiting", false, "Waiting for service \"cri\" to be \"up\"".to_owned())
+                    }
+                    Some(BootStage::TimeSync) => ("Waiting", false, "Waiting for time sync".to_owned()),
+                    None => self.node_etcd(member).service(),
+                };
                 services.push(service("etcd", state, healthy, &message));
             }
             Ok(services)

@@ -8,7 +8,8 @@
 //! recovery that fails shows only as the etcd service `Failed`. So the plan first reads the backup's
 //! member list and every control-plane node (etcd running? data left? answering at all?), the upload is checked on the way (SHA-256 trailer,
 //! bbolt structure; a snapshot that fails is cancelled before its end and Talos discards it), and
-//! success is declared only when the recovered member answers and its cluster lists it.
+//! success is declared only as [`after`] describes: the recovered member up, holding the backup,
+//! alarm-free, and every other node's etcd reported.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,14 @@ use teb_talos::{RecoverPart, TalosClient, Target};
 
 use crate::etcd_db::{DbMember, EtcdDb, StoredObject};
 use crate::{Error, Settings};
+
+mod after;
+
+pub use after::{JOIN_WAIT, MemberState, NodeAfter, recovery_wait};
+
+/// How long a node that has just booted may take to accept the recovery: its etcd service waits for
+/// the container runtime, `/var` and time sync, and Talos refuses EtcdRecover and Bootstrap until then.
+const BOOT_WAIT: Duration = Duration::from_secs(120);
 
 /// How long an EtcdStatus probe may take: while etcd is down Talos's etcd client waits for it until
 /// the caller gives up, so a node that does not answer within this is taken as not running.
@@ -195,6 +204,9 @@ pub struct Restored {
     /// From the start until EtcdRecover took the whole snapshot: reading, decoding, checking and
     /// uploading, without the Bootstrap and the wait for etcd.
     pub upload_seconds: f64,
+    /// Every other control-plane node's etcd once the recovered member was up (joined, waiting,
+    /// failed, ...), after up to [`JOIN_WAIT`] for those still joining.
+    pub others: Vec<NodeAfter>,
 }
 
 /// What a plan checks besides the target: the nodes the caller names, and those acknowledged lost.
@@ -381,24 +393,25 @@ fn connect_failed(talos: &Target, e: teb_talos::Error) -> Error {
     Error::Talos(e)
 }
 
-/// Carries out `plan`: refuses what [`RestorePlan::refusal`] names; streams the object from the
-/// bucket into EtcdRecover (decrypted with `identities` and decompressed on the way when it is stored
-/// so), checking it on the way; bootstraps with `recover_etcd`; waits up to `wait` for the recovered
-/// member to answer, failing as soon as Talos shows the recovery failed.
+/// Carries out `plan`: refuses what [`RestorePlan::refusal`] names; waits while the node is still
+/// booting; streams the object from the bucket into EtcdRecover (decrypted with `identities` and
+/// decompressed on the way when it is stored so), checking it on the way; bootstraps with
+/// `recover_etcd`; waits up to `wait` ([`recovery_wait`] of the database when `None`) for the
+/// recovered member, failing as soon as Talos shows the recovery failed; then reports the others.
 pub async fn restore(
     client: &TalosClient,
     plan: &RestorePlan,
     storage: &Storage,
     identities: &[Identity],
     settings: &Settings,
-    wait: Duration,
+    wait: Option<Duration>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Restored, Error> {
     let started = Instant::now();
-    let node = plan.node.as_deref();
     if let Some(refusal) = plan.refusal() {
         return Err(Error::RestoreRefused(refusal));
     }
+    until_booted(client, plan).await?;
     let object = storage
         .read_snapshot(&plan.key, plan.format, identities, settings.limits.idle_timeout)
         .await
@@ -411,10 +424,58 @@ pub async fn restore(
             plan.key, checked.sha256
         )));
     }
-    client.bootstrap_recover(node).await.map_err(Error::Talos)?;
+    bootstrap(client, plan).await?;
     let database = checked.size.saturating_sub(32);
-    let (member_id, db_size) = wait_for_etcd(client, plan, database, wait).await?;
-    Ok(Restored { checked, member_id, db_size, seconds: started.elapsed().as_secs_f64(), upload_seconds })
+    let wait = wait.unwrap_or_else(|| recovery_wait(database));
+    let (member_id, db_size) = after::wait_for_recovered(client, plan, database, wait).await?;
+    let others = after::others_after(client, plan, JOIN_WAIT).await;
+    Ok(Restored { checked, member_id, db_size, seconds: started.elapsed().as_secs_f64(), upload_seconds, others })
+}
+
+/// Waits up to [`BOOT_WAIT`] while the target's etcd service waits for its conditions (a node that
+/// has just booted: container runtime, `/var`, time sync), which EtcdRecover needs mounted.
+async fn until_booted(client: &TalosClient, plan: &RestorePlan) -> Result<(), Error> {
+    let deadline = Instant::now() + BOOT_WAIT;
+    loop {
+        let service = client.etcd_service(plan.node.as_deref()).await.map_err(Error::Talos)?;
+        let booting = service.state == "Waiting" && service.last_event.starts_with("Waiting for");
+        if !booting {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Restore(format!(
+                "node {} is still booting after {BOOT_WAIT:?} (its etcd service is {}: {}); nothing was uploaded. \
+                 Restore once `talosctl -n {} service etcd` shows it Preparing or Failed",
+                plan.node_label,
+                service.state,
+                service.last_event,
+                plan.node.as_deref().unwrap_or(&plan.node_label)
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Bootstrap with `recover_etcd`, again every 2 s for up to [`BOOT_WAIT`] while Talos answers that the
+/// node is not ready (FailedPrecondition: "bootstrap is not available yet" until the container
+/// runtime is up, "time is not in sync yet"): the upload stays on the node meanwhile.
+async fn bootstrap(client: &TalosClient, plan: &RestorePlan) -> Result<(), Error> {
+    let deadline = Instant::now() + BOOT_WAIT;
+    loop {
+        match client.bootstrap_recover(plan.node.as_deref()).await {
+            Err(e) if e.is_not_ready() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) if e.is_not_ready() => {
+                return Err(Error::Restore(format!(
+                    "{e}, for {BOOT_WAIT:?} after the snapshot was uploaded to node {}: restore again once the node \
+                     is ready",
+                    plan.node_label
+                )));
+            }
+            result => return result.map_err(Error::Talos),
+        }
+    }
 }
 
 /// Streams the object into EtcdRecover, checking it on the way; a failed check cancels the upload (Talos
@@ -449,6 +510,7 @@ async fn stream_into_recover(
     let upload_failed = |e: Option<teb_talos::Error>| {
         let reason = match e {
             Some(e) if e.is_permission_denied() => format!("{e}; EtcdRecover and Bootstrap need the os:admin role"),
+            Some(e) if e.is_not_ready() => format!("{e}: the node is still booting (its /var is not mounted yet)"),
             Some(e) => e.to_string(),
             None => "it ended before the whole snapshot was sent".to_owned(),
         };
@@ -472,76 +534,6 @@ async fn stream_into_recover(
             let _ = upload.await;
             Err(error)
         }
-    }
-}
-
-/// Waits up to `wait` for the recovered member after the Bootstrap: the etcd service `Running` and
-/// healthy, EtcdStatus answering, the member list holding that member, and its database at least the
-/// backup's `database` bytes (a restore only adds to the file: membership, consistent index). A
-/// service that shows `Failed` (the recovery failed in its pre stage) ends the wait at once with
-/// Talos's reason.
-async fn wait_for_etcd(
-    client: &TalosClient,
-    plan: &RestorePlan,
-    database: u64,
-    wait: Duration,
-) -> Result<(u64, i64), Error> {
-    let node = plan.node.as_deref();
-    let deadline = Instant::now() + wait;
-    let mut last = String::from("no answer yet");
-    while Instant::now() < deadline {
-        match recovered_member(client, node).await {
-            Ok(Some((_, db_size))) if (db_size.max(0) as u64) < database => {
-                return Err(Error::Restore(format!(
-                    "etcd came up on node {} with a database of {db_size} bytes, smaller than the backup's {database}: \
-                     it does not hold the backup",
-                    plan.node_label
-                )));
-            }
-            Ok(Some(member)) => return Ok(member),
-            Ok(None) => {}
-            Err(Recovery::Failed(why)) => {
-                return Err(Error::Restore(format!(
-                    "the recovery on node {} failed after Bootstrap: {why}. The upload stays on the node when \
-                     the snapshot could not be read; after a failed restore its data directory may not be empty: \
-                     wipe it ({}) before restoring again{ETCD_PARTITION}",
-                    plan.node_label,
-                    wipe_command(node.unwrap_or(&plan.node_label))
-                )));
-            }
-            Err(Recovery::NotYet(why)) => last = why,
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(Error::Restore(format!(
-        "etcd did not come up on node {} within {wait:?} of the recovery bootstrap: {last}",
-        plan.node_label
-    )))
-}
-
-enum Recovery {
-    /// Talos shows the recovery failed, saying why.
-    Failed(String),
-    /// Not there yet, saying what was seen.
-    NotYet(String),
-}
-
-/// The recovered member (ID, database size) once it runs and its cluster lists it (wiped nodes may
-/// join it at once, so it need not be alone for long).
-async fn recovered_member(client: &TalosClient, node: Option<&str>) -> Result<Option<(u64, i64)>, Recovery> {
-    let service = client.etcd_service(node).await.map_err(|e| Recovery::NotYet(e.to_string()))?;
-    if service.state == "Failed" {
-        return Err(Recovery::Failed(service.last_event));
-    }
-    if service.state != "Running" || !service.healthy {
-        return Err(Recovery::NotYet(format!("the etcd service is {}: {}", service.state, service.last_event)));
-    }
-    let status = client.etcd_status_within(node, PROBE_TIMEOUT).await.map_err(|e| Recovery::NotYet(e.to_string()))?;
-    let members = client.etcd_members_of(node).await.map_err(|e| Recovery::NotYet(e.to_string()))?;
-    if members.iter().any(|m| m.id == status.member_id) {
-        Ok(Some((status.member_id, status.db_size)))
-    } else {
-        Err(Recovery::NotYet(format!("the member list does not hold member {:x} yet", status.member_id)))
     }
 }
 
