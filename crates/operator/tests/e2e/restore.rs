@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
     use teb_api::TalosEtcdRestore;
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let options = EmulatorOptions { control_planes: 3, workers: 0, ..Default::default() };
     let scenario = Scenario::start_with("e2e-restore", options, false, test_config()).await;
     for i in 0..100 {
         scenario.emulator.etcd().put(format!("/registry/secrets/ns/before-{i}").as_bytes(), b"kept").await.unwrap();
@@ -59,6 +59,11 @@ async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
     assert_eq!(status.sha256, backup.sha256);
     assert_eq!(status.key, backup.filename);
     assert!(status.member_id.is_some() && status.completion_time.is_some());
+    // The other control-plane nodes joined the restored member; status lists them.
+    let members: Vec<(&str, &str, bool)> =
+        status.members.iter().map(|m| (m.node.as_str(), m.state.as_str(), m.member_id.is_some())).collect();
+    assert_eq!(members, [("127.0.10.2", "joined", true), ("127.0.10.3", "joined", true)], "{status:?}");
+    assert!(ready.message.contains("2 of 2 other control-plane nodes joined"), "{}", ready.message);
     let (kept, lost) = scenario
         .emulator
         .with_restored(|etcd| {
