@@ -259,3 +259,66 @@ async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identit
         .await;
     assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
 }
+
+/// Upstream's container mode (v0.5.4, taloscontrolplane_controller.go `generateBundleConfig`): the
+/// cluster is named after the TalosControlPlane, `clientEndpoint` is `null` (a nil `*[]string`) and so
+/// are unset CIDRs; the Talos API is then the cluster name on port 50000. Here the control plane is
+/// named `localhost`, the one name that reaches the emulator on loopback (its certificate names it, as
+/// `machine.certSANs` would). It backs up, and its kit alone restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_mode_control_plane_backs_up_and_its_kit_restores() {
+    let options = EmulatorOptions {
+        control_planes: 1,
+        workers: 0,
+        listen: "127.0.0.1:50000".into(),
+        cert_sans: vec!["localhost".into()],
+        ..Default::default()
+    };
+    let scenario = Scenario::start_with("e2e-container", options, false, test_config()).await;
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/kept", b"kept").await.unwrap();
+    let mut cp = fixtures::control_plane("localhost", &scenario.ns);
+    cp.spec.mode = Some("container".into());
+    cp.status = Some(teb_api::TalosControlPlaneStatus {
+        bundle_config: Some(
+            r#"{"clusterName":"localhost","endpoint":"https://localhost:6443","version":"v1.11.0","kubeVersion":"v1.34.1","sans":["localhost"],"podCIDR":null,"serviceCIDR":null,"clientEndpoint":null}"#.into(),
+        ),
+        secret_bundle: Some(scenario.emulator.ca.secrets_bundle_yaml()),
+        state: Some("Ready".into()),
+        config: Some("version: v1alpha1\nmachine:\n  type: controlplane\n".into()),
+        observed_kube_version: Some("v1.34.1".into()),
+    });
+    create_control_plane(&scenario.admin, &cp).await.unwrap();
+    scenario.apply(SPEC_SECRET).await;
+    let identity = age::x25519::Identity::generate();
+    let keys = tempfile::tempdir().unwrap();
+    let identity_file = keys.path().join("identity.txt");
+    std::fs::write(&identity_file, age::secrecy::ExposeSecret::expose_secret(&identity.to_string())).unwrap();
+    let backup = format!(
+        "{}  encryption:\n    age:\n      recipients: [\"{}\"]\n",
+        backup_yaml("container", &endpoint_field(&scenario.s3.endpoint))
+            .replace("name: my-controlplane", "name: localhost"),
+        identity.to_public()
+    );
+    scenario.apply(&backup).await;
+    let status = scenario.wait_finished("container").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let snapshot = status.filename.clone().unwrap();
+    assert!(snapshot.starts_with("talos-operator-etcd-backups/localhost/"), "{snapshot}");
+    assert!(status.state_filename.is_some(), "a kit: {status:?}");
+
+    // Etcd is lost; the kit's credentials and its endpoint (the cluster name, port 50000) restore it.
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/after", b"lost").await.unwrap();
+    scenario.emulator.wipe_etcd();
+    let id = identity_file.to_str().unwrap();
+    let (ok, restored, stderr) = cli(&scenario, &["restore", "--kit", "--key", &snapshot, "--age-identity-file", id]);
+    assert!(ok, "{stderr}");
+    assert_eq!(restored["sha256"].as_str(), status.sha256.as_deref(), "{restored}");
+    let (kept, lost) = scenario
+        .emulator
+        .with_restored(|etcd| {
+            let etcd = etcd.expect("restored");
+            (etcd.get("/registry/secrets/ns/kept").unwrap(), etcd.get("/registry/secrets/ns/after").unwrap())
+        })
+        .await;
+    assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
+}
