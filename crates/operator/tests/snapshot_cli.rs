@@ -313,15 +313,8 @@ async fn restore_command_recovers_a_wiped_etcd_and_refuses_a_running_one_or_a_da
     assert!(ok, "{stderr}");
     assert_eq!(restored["restored"], true);
     assert_eq!(restored["sha256"], snapshot["sha256"]);
-    let (before, after) = emulator
-        .with_restored(|etcd| {
-            let etcd = etcd.expect("restored");
-            (
-                etcd.get("/registry/configmaps/ns/before-123").unwrap(),
-                etcd.get("/registry/configmaps/ns/after").unwrap(),
-            )
-        })
-        .await;
+    let before = emulator.restored_get("/registry/configmaps/ns/before-123").await;
+    let after = emulator.restored_get("/registry/configmaps/ns/after").await;
     assert_eq!(before.map(|v| v.len()), Some(1024), "the backup's keys are back");
     assert_eq!(after, None, "keys written after the backup are not");
     // etcd runs again: a second restore is refused.
@@ -422,7 +415,7 @@ async fn a_disaster_drill_recovers_through_a_node_address() {
     assert_eq!(states_after(&restored), [("127.0.10.2", "unreachable"), ("127.0.10.3", "unreachable")]);
     let wipe_third = "talosctl -n 127.0.10.3 reset --system-labels-to-wipe EPHEMERAL";
     assert!(restored["nodes_after"][1]["advice"].as_str().unwrap().contains(wipe_third), "{restored}");
-    let read = |key: &'static str| emulator.with_restored(move |etcd| etcd.expect("restored").get(key).unwrap());
+    let read = |key: &'static str| emulator.restored_get(key);
     assert_eq!(read("/registry/configmaps/ns/before-42").await.map(|v| v.len()), Some(1024));
     assert_eq!(read("/registry/configmaps/ns/after").await, None);
 
@@ -599,7 +592,7 @@ async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
         run(&["restore", "--talosconfig", &admin, "--key", &key, "--age-identity-file", &key_file, "--wait", "60s"]);
     assert!(ok, "{stderr}");
     assert_eq!((&restored["sha256"], &restored["size"]), (&summary["sha256"], &summary["size"]));
-    let value = emulator.with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-7").unwrap()).await;
+    let value = emulator.restored_get("/registry/secrets/ns/s-7").await;
     assert_eq!(value.map(|v| v.len()), Some(2048));
 }
 

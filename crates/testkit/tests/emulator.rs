@@ -340,12 +340,7 @@ async fn recover_and_bootstrap_restore_a_snapshot() {
     recover(&machine, &node, &snapshot).await;
     bootstrap(&machine, &node, false).await.expect("Bootstrap answers at once");
     assert_eq!(settled(&admin, &node).await.state, "Running");
-    let (kept, lost) = emulator
-        .with_restored(|etcd| {
-            let etcd = etcd.unwrap();
-            (etcd.get("/restore/me").unwrap(), etcd.get("/after/the/backup").unwrap())
-        })
-        .await;
+    let (kept, lost) = (emulator.restored_get("/restore/me").await, emulator.restored_get("/after/the/backup").await);
     assert_eq!((kept.as_deref(), lost), (Some("yes"), None));
     // The node serves etcd again, its upload is used up, and a second bootstrap is refused.
     admin.etcd_status(&node).await.expect("etcd runs after recovery");

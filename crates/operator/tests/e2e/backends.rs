@@ -117,10 +117,7 @@ async fn backup_verify_restore_delete(
     let ready = restored.conditions.iter().find(|c| c.type_ == READY).unwrap_or_else(|| panic!("{restored:?}"));
     assert_eq!(ready.reason, "RestoreSucceeded");
     assert_eq!((restored.sha256.as_ref(), restored.size), (status.sha256.as_ref(), status.size));
-    let value = scenario
-        .emulator
-        .with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-299").unwrap())
-        .await;
+    let value = scenario.emulator.restored_get("/registry/secrets/ns/s-299").await;
     assert_eq!(value, Some("secret value 299 ".repeat(40)));
 
     // Deleting the backup deletes both objects.

@@ -97,7 +97,6 @@ async fn encrypted_compressed_backups_verify_and_restore_through_resources() {
     scenario.emulator.wipe_etcd();
     let restored = scenario.restore_sealed("unseal", "sealed").await;
     assert_eq!((restored.sha256.as_ref(), restored.size), (status.sha256.as_ref(), Some(size)));
-    let value =
-        scenario.emulator.with_restored(|etcd| etcd.expect("restored").get("/registry/secrets/ns/s-99").unwrap()).await;
+    let value = scenario.emulator.restored_get("/registry/secrets/ns/s-99").await;
     assert_eq!(value, Some("secret value 99 ".repeat(50)));
 }

@@ -251,12 +251,10 @@ async fn a_lost_management_cluster_comes_back_from_the_bucket_and_an_age_identit
     let (ok, restored, stderr) = restore(&snapshot, id);
     assert!(ok, "{stderr}");
     assert_eq!(restored["restored"], true);
-    let (kept, lost) = rebuilt
-        .with_restored(|etcd| {
-            let etcd = etcd.expect("restored");
-            (etcd.get("/registry/secrets/ns/before-42").unwrap(), etcd.get("/registry/secrets/ns/after").unwrap())
-        })
-        .await;
+    let (kept, lost) = (
+        rebuilt.restored_get("/registry/secrets/ns/before-42").await,
+        rebuilt.restored_get("/registry/secrets/ns/after").await,
+    );
     assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
 }
 
@@ -313,12 +311,9 @@ async fn a_container_mode_control_plane_backs_up_and_its_kit_restores() {
     let (ok, restored, stderr) = cli(&scenario, &["restore", "--kit", "--key", &snapshot, "--age-identity-file", id]);
     assert!(ok, "{stderr}");
     assert_eq!(restored["sha256"].as_str(), status.sha256.as_deref(), "{restored}");
-    let (kept, lost) = scenario
-        .emulator
-        .with_restored(|etcd| {
-            let etcd = etcd.expect("restored");
-            (etcd.get("/registry/secrets/ns/kept").unwrap(), etcd.get("/registry/secrets/ns/after").unwrap())
-        })
-        .await;
+    let (kept, lost) = (
+        scenario.emulator.restored_get("/registry/secrets/ns/kept").await,
+        scenario.emulator.restored_get("/registry/secrets/ns/after").await,
+    );
     assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
 }

@@ -64,13 +64,10 @@ async fn a_restore_resource_recovers_a_wiped_etcd_and_refuses_a_live_one() {
         status.members.iter().map(|m| (m.node.as_str(), m.state.as_str(), m.member_id.is_some())).collect();
     assert_eq!(members, [("127.0.10.2", "joined", true), ("127.0.10.3", "joined", true)], "{status:?}");
     assert!(ready.message.contains("2 of 2 other control-plane nodes joined"), "{}", ready.message);
-    let (kept, lost) = scenario
-        .emulator
-        .with_restored(|etcd| {
-            let etcd = etcd.expect("restored");
-            (etcd.get("/registry/secrets/ns/before-42").unwrap(), etcd.get("/registry/secrets/ns/after").unwrap())
-        })
-        .await;
+    let (kept, lost) = (
+        scenario.emulator.restored_get("/registry/secrets/ns/before-42").await,
+        scenario.emulator.restored_get("/registry/secrets/ns/after").await,
+    );
     assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
     let reasons = scenario.event_reasons().await;
     assert!(reasons.contains(&"RestoreSucceeded".to_owned()) && reasons.contains(&"RestoreRefused".to_owned()));

@@ -444,6 +444,11 @@ impl TalosEmulator {
     pub async fn with_restored<T>(&self, f: impl FnOnce(Option<&EtcdCluster>) -> T) -> T {
         f(self.state.restored.lock().await.as_ref())
     }
+
+    /// The value at `key` in the restored etcd, which must exist: what a test reads back.
+    pub async fn restored_get(&self, key: &str) -> Option<String> {
+        self.with_restored(|etcd| etcd.expect("a restored etcd").get(key).expect("etcd answers")).await
+    }
 }
 
 fn server_tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<rustls::ServerConfig> {
