@@ -281,6 +281,39 @@ pub struct S3Storage {
     /// it once its lock has expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLock>,
+    /// How each write's body is checked by the store. `CRC64NVME` or `SHA256`: a flexible-checksum
+    /// header (`x-amz-checksum-…`); `None`: no such header, the body's SHA-256 is signed instead
+    /// (every S3-compatible store checks it; some refuse flexible-checksum headers). Unset: `CRC64NVME`
+    /// on AWS and with `objectLock` (a locked write needs a checksum), `None` on any other `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "checksum_schema")]
+    pub checksum: Option<S3ChecksumAlgorithm>,
+}
+
+/// A plain string enum, as [`deletion_policy_schema`].
+fn checksum_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["CRC64NVME", "SHA256", "None"]})
+}
+
+/// See [`S3Storage::checksum`].
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum S3ChecksumAlgorithm {
+    #[serde(rename = "CRC64NVME")]
+    Crc64Nvme,
+    #[serde(rename = "SHA256")]
+    Sha256,
+    None,
+}
+
+impl S3ChecksumAlgorithm {
+    /// As the spec spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3ChecksumAlgorithm::Crc64Nvme => "CRC64NVME",
+            S3ChecksumAlgorithm::Sha256 => "SHA256",
+            S3ChecksumAlgorithm::None => "None",
+        }
+    }
 }
 
 /// See [`S3Storage::object_lock`].

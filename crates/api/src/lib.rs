@@ -10,8 +10,8 @@ pub mod validate;
 
 pub use backup::{
     AgeEncryption, AzureStorage, Backend, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption,
-    GcsStorage, ObjectLock, ObjectLockMode, RecoveryKitPolicy, S3Storage, SECRET_KEY, SecretKeyRef,
-    TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
+    GcsStorage, ObjectLock, ObjectLockMode, RecoveryKitPolicy, S3ChecksumAlgorithm, S3Storage, SECRET_KEY,
+    SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 pub use restore::{

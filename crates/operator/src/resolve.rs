@@ -190,6 +190,7 @@ async fn s3_location(secrets: &mut Secrets, s3: &S3Storage, at: &str) -> Result<
         },
         sse: server_side_encryption(s3, at)?,
         object_lock: object_lock(s3, at)?,
+        checksum: checksum(s3, at)?,
     })
 }
 
@@ -251,6 +252,17 @@ fn azure_credential_ref<'a>(azure: &'a AzureStorage, at: &str) -> Result<Option<
     }
 }
 
+/// `checksum`, checked against `objectLock`.
+fn checksum(s3: &S3Storage, at: &str) -> Result<teb_pipeline::S3Checksum, Error> {
+    let chosen = match s3.checksum {
+        Some(algorithm) => teb_pipeline::S3Checksum::parse(algorithm.as_str()),
+        None => Ok(teb_pipeline::S3Checksum::Auto),
+    };
+    chosen
+        .and_then(|checksum| checksum.with_lock(s3.object_lock.is_some()))
+        .map_err(|reason| Error::Spec(format!("{at}backupStorage.s3.checksum: {reason}")))
+}
+
 /// `serverSideEncryption` and `kmsKeyID`, checked together.
 fn server_side_encryption(s3: &S3Storage, at: &str) -> Result<Option<ServerSideEncryption>, Error> {
     let field = |path: &str, reason: String| Error::Spec(format!("{at}backupStorage.s3.{path}: {reason}"));
@@ -303,6 +315,7 @@ fn validate_storage(storage: &BackupStorage, at: &str) -> Result<(), Error> {
             key_refs(s3, at)?;
             server_side_encryption(s3, at)?;
             object_lock(s3, at)?;
+            checksum(s3, at)?;
             let references = [
                 ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
                 ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use sha2::Digest as _;
 use talos_etcd_backup::resolve::validate_spec;
 use teb_api::{
-    AzureStorage, BackupStorage, GcsStorage, ObjectLock, ObjectLockMode, S3Storage, SecretKeyRef, TalosControlPlaneRef,
-    TalosEtcdBackupSpec,
+    AzureStorage, BackupStorage, GcsStorage, ObjectLock, ObjectLockMode, S3ChecksumAlgorithm, S3Storage, SecretKeyRef,
+    TalosControlPlaneRef, TalosEtcdBackupSpec,
 };
 use teb_pipeline::{
     AzureCredentials, AzureLocation, GcsLocation, Limits, S3Credentials, S3Location, ServiceAccountKey, Storage,
@@ -62,8 +62,13 @@ fn s3_storage() -> BoxedStrategy<S3Storage> {
     let mode = prop_oneof![Just(ObjectLockMode::Governance), Just(ObjectLockMode::Compliance)];
     let lock = proptest::option::of((mode, prop_oneof![text(), Just("1d12h".to_owned())]))
         .prop_map(|lock| lock.map(|(mode, retention)| ObjectLock { mode, retention }));
-    (text(), text(), proptest::option::of(text()), reference(), reference(), sse, lock)
-        .prop_map(|(bucket, region, endpoint, access, secret, (sse, kms), object_lock)| S3Storage {
+    let checksum = proptest::option::of(prop_oneof![
+        Just(S3ChecksumAlgorithm::Crc64Nvme),
+        Just(S3ChecksumAlgorithm::Sha256),
+        Just(S3ChecksumAlgorithm::None)
+    ]);
+    (text(), text(), proptest::option::of(text()), reference(), reference(), sse, (lock, checksum))
+        .prop_map(|(bucket, region, endpoint, access, secret, (sse, kms), (object_lock, checksum))| S3Storage {
             bucket,
             region,
             endpoint,
@@ -74,6 +79,7 @@ fn s3_storage() -> BoxedStrategy<S3Storage> {
             server_side_encryption: sse,
             kms_key_id: kms,
             object_lock,
+            checksum,
         })
         .boxed()
 }
@@ -308,6 +314,7 @@ proptest! {
             credentials: Some(S3Credentials { access_key_id: access.clone(), secret_access_key: secret.clone() }),
             sse: None,
             object_lock: None,
+            checksum: teb_pipeline::S3Checksum::Auto,
         };
         let storage = Storage::new(&StorageLocation::S3(location), Duration::from_secs(5));
         if storage.is_ok() {

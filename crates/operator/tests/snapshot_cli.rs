@@ -749,3 +749,39 @@ async fn snapshot_command_writes_locked_objects() {
     assert!(s3.objects("backups").await.unwrap().is_empty());
     assert!(s3.unfinished_uploads().is_empty());
 }
+
+/// A store that refuses flexible-checksum headers (as some S3-compatible stores answer them:
+/// `NotImplemented`) takes a backup with the default settings: on a custom endpoint no such header is
+/// sent and the body's SHA-256 is signed instead, which the server checks. Forcing an algorithm fails
+/// with the store's answer and the setting to change, leaving nothing behind; where the store knows
+/// them, each algorithm works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_flexible_checksums_takes_the_default() {
+    let ground = CliGround::start().await;
+    let s3 = &ground.s3;
+    let config = ground.talosconfig("backup.talosconfig", "os:etcd:backup");
+    s3.faults.refuse_flexible_checksums(true);
+    for checksum in [&[][..], &["--checksum", "none"]] {
+        let (ok, summary, stderr) = outcome(command(&config, s3).args(checksum));
+        assert!(ok, "{checksum:?}: {stderr}");
+        let (ok, verified, stderr) = outcome(cli("verify", s3).args(["--key", summary["key"].as_str().unwrap()]));
+        assert!(ok && verified["sha256"] == summary["sha256"], "{verified} {stderr}");
+    }
+    assert_eq!(s3.faults.fired("checksum refused"), 0);
+    let stored = s3.objects("backups").await.unwrap().len();
+    for algorithm in ["crc64nvme", "sha256"] {
+        let (ok, _, stderr) = outcome(command(&config, s3).args(["--checksum", algorithm]));
+        assert!(
+            !ok && stderr.contains("NotImplemented") && stderr.contains("--checksum none"),
+            "{algorithm}: {stderr}"
+        );
+    }
+    assert!(s3.faults.fired("checksum refused") >= 2);
+    assert_eq!(s3.objects("backups").await.unwrap().len(), stored, "nothing stored");
+    assert!(s3.unfinished_uploads().is_empty(), "{:?}", s3.unfinished_uploads());
+    s3.faults.refuse_flexible_checksums(false);
+    for algorithm in ["crc64nvme", "sha256"] {
+        let (ok, _, stderr) = outcome(command(&config, s3).args(["--checksum", algorithm]));
+        assert!(ok, "{algorithm}: {stderr}");
+    }
+}

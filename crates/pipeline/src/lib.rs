@@ -19,7 +19,7 @@ pub use codec::{Encoding, Format, Identity, Recipient};
 pub use error::Error;
 pub use run::{Limits, Report, run};
 pub use storage::aws::{
-    self, LockMode, ObjectLock, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate,
+    self, LockMode, ObjectLock, S3Checksum, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate,
 };
 pub use storage::azure::{self, AzureCredentials, AzureLocation};
 pub use storage::gcp::{self, GcsLocation, ServiceAccountKey};

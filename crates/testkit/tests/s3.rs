@@ -254,13 +254,17 @@ async fn object_lock_needs_a_lock_bucket_and_checksums_and_holds_until_its_date(
         assert_eq!((lock.mode.as_str(), lock.until.as_second()), ("COMPLIANCE", soon.as_second()), "{key}");
     }
     // A part whose body does not match its checksum (SHA-256, CRC64-NVME or MD5) is refused.
-    for (header, wrong) in [
-        ("x-amz-checksum-sha256", "bm90IHRoZSBzaGEyNTYgb2YgdGhpcyBib2R5IGF0IGFsbA=="),
-        ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA="),
-        ("content-md5", "AAAAAAAAAAAAAAAAAAAAAA=="),
+    // (The upload declares the flexible checksum's type, as a part's must match it.)
+    for (header, wrong, declared) in [
+        ("x-amz-checksum-sha256", "bm90IHRoZSBzaGEyNTYgb2YgdGhpcyBib2R5IGF0IGFsbA==", Some("SHA256")),
+        ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA=", Some("CRC64NVME")),
+        ("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==", None),
     ] {
         let mut headers = http::HeaderMap::new();
         headers.insert(header, wrong.parse().unwrap());
+        if let Some(algorithm) = declared {
+            headers.insert("x-amz-checksum-algorithm", algorithm.parse().unwrap());
+        }
         let options = object_store::ClientOptions::new().with_allow_http(true).with_default_headers(headers);
         let lying = builder(&server, "vault").with_client_options(options).build().unwrap();
         let id = lying.create_multipart(&Path::from("lie")).await.unwrap();
@@ -284,4 +288,34 @@ async fn object_lock_needs_a_lock_bucket_and_checksums_and_holds_until_its_date(
         plain.delete(&Path::from(key)).await.unwrap();
     }
     assert!(server.objects("vault").await.unwrap().is_empty());
+}
+
+/// A part's flexible checksum must be of the type its upload declared, and present when one was (AWS:
+/// InvalidRequest "Checksum Type mismatch occurred"); a signed body is checked either way. On demand
+/// the server refuses every flexible-checksum header as stores without them do (NotImplemented).
+#[tokio::test]
+async fn part_checksums_match_the_declared_type_and_can_be_refused() {
+    use object_store::aws::Checksum;
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("bucket").unwrap();
+    let crc = builder(&server, "bucket").with_checksum_algorithm(Checksum::CRC64NVME).build().unwrap();
+    let signed = builder(&server, "bucket").with_unsigned_payload(false).build().unwrap();
+    let part = || PutPayload::from(vec![7u8; 1024]);
+    let declared = crc.create_multipart(&Path::from("declared")).await.unwrap();
+    let err = signed.put_part(&Path::from("declared"), &declared, 0, part()).await.unwrap_err();
+    assert!(err.to_string().contains("expected checksum Type: crc64nvme, actual checksum Type: null"), "{err}");
+    crc.put_part(&Path::from("declared"), &declared, 0, part()).await.expect("the declared type");
+    let undeclared = signed.create_multipart(&Path::from("undeclared")).await.unwrap();
+    let err = crc.put_part(&Path::from("undeclared"), &undeclared, 0, part()).await.unwrap_err();
+    assert!(err.to_string().contains("expected checksum Type: null, actual checksum Type: crc64nvme"), "{err}");
+    let id = signed.put_part(&Path::from("undeclared"), &undeclared, 0, part()).await.expect("no checksum, signed");
+    signed.complete_multipart(&Path::from("undeclared"), &undeclared, vec![id]).await.unwrap();
+
+    server.faults.refuse_flexible_checksums(true);
+    let err = crc.create_multipart(&Path::from("refused")).await.unwrap_err();
+    assert!(err.to_string().contains("NotImplemented"), "{err}");
+    let err = crc.put(&Path::from("refused"), part()).await.unwrap_err();
+    assert!(err.to_string().contains("NotImplemented"), "{err}");
+    assert_eq!(server.faults.fired("checksum refused"), 2);
+    signed.put(&Path::from("signed"), part()).await.expect("a signed body without checksum headers");
 }

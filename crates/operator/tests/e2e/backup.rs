@@ -327,6 +327,7 @@ async fn interrupted_attempt(scenario: &mut Scenario, name: &str, yaml: &str) ->
                 }),
                 sse: None,
                 object_lock: None,
+                checksum: teb_pipeline::S3Checksum::Auto,
             }),
             Duration::from_secs(20),
         )
@@ -793,4 +794,34 @@ async fn server_side_encryption_reaches_every_object_of_a_backup() {
     scenario
         .expect_failed("wrong", "Invalid spec: spec.backupStorage.s3.serverSideEncryption", "only with aws:kms")
         .await;
+}
+
+/// A store that refuses flexible-checksum headers: a backup with the default settings is Ready (no
+/// such header on a custom endpoint, the body's SHA-256 signed); one that forces `checksum:
+/// CRC64NVME` fails naming the store's answer and the setting, leaving nothing; `None` with Object
+/// Lock is refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_flexible_checksums_takes_the_default_checksum() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-checksum", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    scenario.s3.faults.refuse_flexible_checksums(true);
+    let s3 = endpoint_field(&scenario.s3.endpoint);
+    scenario.apply(&backup_yaml("forced", &format!("{s3}      checksum: CRC64NVME\n"))).await;
+    let status = scenario.expect_failed("forced", "Failed to upload snapshot to S3", "NotImplemented").await;
+    let message = &condition(&status, FAILED).unwrap().message;
+    assert!(message.contains("set backupStorage.s3.checksum: None"), "{message}");
+    assert_eq!(status.attempts, 1, "a refused header is not retried");
+    scenario.assert_bucket_clean().await;
+    scenario.apply(&backup_yaml("default", &s3)).await;
+    let status = scenario.wait_finished("default").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let locked = format!("{s3}      checksum: None\n      objectLock: {{mode: GOVERNANCE, retention: 1d}}\n");
+    scenario.apply(&backup_yaml("locked", &locked)).await;
+    let status = scenario.expect_failed("locked", "Invalid spec", "checksum").await;
+    let message = &condition(&status, FAILED).unwrap().message;
+    assert!(message.contains("None cannot go with Object Lock"), "{message}");
+    // object_store retries a 501 as any 5xx (three more tries); the backup attempt is not repeated.
+    assert_eq!(scenario.s3.faults.fired("checksum refused"), 4, "one CreateMultipartUpload refused");
 }

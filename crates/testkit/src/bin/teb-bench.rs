@@ -51,6 +51,9 @@ enum Command {
         part_size_mib: usize,
         #[arg(long, default_value_t = 2)]
         parts_in_flight: usize,
+        /// How the store checks each part: auto (here: none, a custom endpoint), crc64nvme, sha256, none.
+        #[arg(long, default_value = "auto", value_parser = teb_pipeline::S3Checksum::parse)]
+        checksum: teb_pipeline::S3Checksum,
     },
     /// Read an object with the project's storage reader into nothing (a restore's S3 side alone).
     Read {
@@ -95,8 +98,8 @@ async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Fill { etcd, bytes, values } => fill(&etcd, bytes, values).await,
         Command::Source { talosconfig, stdout } => source(&talosconfig, stdout).await,
-        Command::Sink { endpoint, bucket, bytes, part_size_mib, parts_in_flight } => {
-            sink(&endpoint, &bucket, bytes, part_size_mib, parts_in_flight).await
+        Command::Sink { endpoint, bucket, bytes, part_size_mib, parts_in_flight, checksum } => {
+            sink(&endpoint, &bucket, bytes, part_size_mib, parts_in_flight, checksum).await
         }
         Command::Read { endpoint, bucket, key } => read(&endpoint, &bucket, &key).await,
         Command::Recover { talosconfig, bytes } => recover(&talosconfig, bytes).await,
@@ -300,7 +303,7 @@ fn rate(bytes: u64, started: Instant) -> serde_json::Value {
 }
 
 async fn read(endpoint: &str, bucket: &str, key: &str) -> anyhow::Result<()> {
-    let storage = bench_storage(endpoint, bucket)?;
+    let storage = bench_storage(endpoint, bucket, teb_pipeline::S3Checksum::Auto)?;
     let started = Instant::now();
     let mut stream = std::pin::pin!(storage.read(key, Duration::from_secs(60)).await?);
     let mut bytes = 0u64;
@@ -325,7 +328,7 @@ async fn recover(talosconfig: &PathBuf, total: u64) -> anyhow::Result<()> {
 }
 
 /// The project's storage for `bucket` of the test S3 server at `endpoint`.
-fn bench_storage(endpoint: &str, bucket: &str) -> anyhow::Result<Storage> {
+fn bench_storage(endpoint: &str, bucket: &str, checksum: teb_pipeline::S3Checksum) -> anyhow::Result<Storage> {
     let location = S3Location {
         bucket: bucket.to_owned(),
         region: teb_testkit::s3::REGION.to_owned(),
@@ -338,6 +341,7 @@ fn bench_storage(endpoint: &str, bucket: &str) -> anyhow::Result<Storage> {
         }),
         sse: None,
         object_lock: None,
+        checksum,
     };
     Ok(Storage::new(&StorageLocation::S3(location), Duration::from_secs(300))?)
 }
@@ -348,6 +352,7 @@ async fn sink(
     total: u64,
     part_size_mib: usize,
     parts_in_flight: usize,
+    checksum: teb_pipeline::S3Checksum,
 ) -> anyhow::Result<()> {
     const CHUNK: usize = 1024;
     let db_len = (total.saturating_sub(32) / 4096 * 4096) as usize;
@@ -364,7 +369,7 @@ async fn sink(
         Ok::<_, std::io::Error>(block.slice(at..at + CHUNK.min(db_len - offset)))
     });
     let stream = futures::stream::iter(chunks.chain(std::iter::once(Ok(trailer))));
-    let storage = bench_storage(endpoint, bucket)?;
+    let storage = bench_storage(endpoint, bucket, checksum)?;
     let limits = Limits { part_size: part_size_mib << 20, parts_in_flight, ..Limits::default() };
     let cpu_before = cpu_seconds();
     let started = Instant::now();

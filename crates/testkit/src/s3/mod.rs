@@ -15,7 +15,12 @@
 //! - a part's `Content-MD5`, `x-amz-checksum-sha256` or `x-amz-checksum-crc64nvme` is checked
 //!   (`BadDigest`), as s3s-fs checks them only on PutObject;
 //! - a bucket can have Object Lock ([`lock`]): writes that set a retention need a checksum, and a
-//!   locked object cannot be deleted before its retain-until date.
+//!   locked object cannot be deleted before its retain-until date;
+//! - a part's flexible checksum must be of the algorithm its CreateMultipartUpload declared, and is
+//!   required when one was declared (AWS: `InvalidRequest`, "Checksum Type mismatch occurred");
+//! - on demand ([`S3Faults::refuse_flexible_checksums`]) it refuses every flexible-checksum header
+//!   with `NotImplemented`, as some S3-compatible stores do (OVH public-cloud-roadmap#781, storj
+//!   gateway-st#92); a signed body (`x-amz-content-sha256`) is checked either way (s3s).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -78,6 +83,8 @@ pub struct S3Faults {
     refuse_credentials: AtomicBool,
     /// AbortMultipartUpload answers 503 (S3 unreachable at the moment an upload must be aborted).
     fail_aborts: AtomicBool,
+    /// Any `x-amz-checksum-*` or `x-amz-checksum-algorithm` header is refused with NotImplemented.
+    refuse_checksums: AtomicBool,
     /// How often each fault fired, by name, so that a test can show its fault happened.
     fired: Mutex<BTreeMap<&'static str, u32>>,
 }
@@ -117,8 +124,14 @@ impl S3Faults {
         self.fail_aborts.store(on, Ordering::SeqCst);
     }
 
+    /// Behave as a store that knows no flexible checksums: a request carrying one is refused.
+    pub fn refuse_flexible_checksums(&self, on: bool) {
+        self.refuse_checksums.store(on, Ordering::SeqCst);
+    }
+
     /// How often the fault `name` fired: "part failed", "connection reset", "reset mid-part",
-    /// "stalled", "stalled mid-part", "storage full", "credentials refused", "abort refused".
+    /// "stalled", "stalled mid-part", "storage full", "credentials refused", "abort refused",
+    /// "checksum refused".
     pub fn fired(&self, name: &str) -> u32 {
         self.fired.lock().expect("fired lock").get(name).copied().unwrap_or(0)
     }
@@ -191,6 +204,7 @@ impl S3Server {
             faults: faults.clone(),
             uploads: uploads.clone(),
             parts: Mutex::default(),
+            declared: Mutex::default(),
             parts_received: parts_received.clone(),
         };
         let service = {
@@ -461,6 +475,8 @@ struct FaultyStore {
     uploads: Arc<Mutex<BTreeMap<String, PendingUpload>>>,
     /// ETag and size of each part received, by upload ID and part number.
     parts: Mutex<BTreeMap<(String, i32), (String, i64)>>,
+    /// The flexible-checksum algorithm each upload's CreateMultipartUpload declared (upper case).
+    declared: Mutex<BTreeMap<String, Option<String>>>,
     parts_received: Arc<AtomicU64>,
 }
 
@@ -469,6 +485,19 @@ impl FaultyStore {
         if self.faults.refuse_credentials.load(Ordering::SeqCst) {
             self.faults.record("credentials refused");
             return Err(s3_error!(AccessDenied, "credentials refused (injected fault)"));
+        }
+        Ok(())
+    }
+
+    /// A request that carries a flexible checksum (`algorithm`, as S3 names it, when it does), refused
+    /// when the server plays a store that knows none.
+    fn check_flexible(&self, algorithm: Option<&str>) -> S3Result<()> {
+        if algorithm.is_some() && self.faults.refuse_checksums.load(Ordering::SeqCst) {
+            self.faults.record("checksum refused");
+            return Err(s3_error!(
+                NotImplemented,
+                "A header you provided implies functionality that is not implemented"
+            ));
         }
         Ok(())
     }
@@ -591,13 +620,18 @@ impl S3 for FaultyStore {
         let input = &req.input;
         let (mode, until) = (input.object_lock_mode.as_ref(), input.object_lock_retain_until_date.as_ref());
         let retention = self.locks.lock().expect("locks lock").asked(&input.bucket, mode, until)?;
-        let has_checksum = input.content_md5.is_some()
-            || input.checksum_sha256.is_some()
-            || input.checksum_crc32.is_some()
-            || input.checksum_crc32c.is_some()
-            || input.checksum_sha1.is_some()
-            || input.checksum_crc64nvme.is_some();
-        Locks::require_checksum(retention.as_ref(), has_checksum)?;
+        let flexible = [
+            (&input.checksum_sha256, "SHA256"),
+            (&input.checksum_crc32, "CRC32"),
+            (&input.checksum_crc32c, "CRC32C"),
+            (&input.checksum_sha1, "SHA1"),
+            (&input.checksum_crc64nvme, "CRC64NVME"),
+        ]
+        .into_iter()
+        .find_map(|(value, name)| value.as_ref().map(|_| name))
+        .or(input.checksum_algorithm.as_ref().map(|a| a.as_str()));
+        self.check_flexible(flexible)?;
+        Locks::require_checksum(retention.as_ref(), input.content_md5.is_some() || flexible.is_some())?;
         let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
         self.encryption.lock().expect("encryption lock").write(&input.bucket, &input.key, sse, kms)?;
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
@@ -642,6 +676,8 @@ impl S3 for FaultyStore {
         self.check()?;
         self.check_bucket(&req.input.bucket)?;
         let input = &req.input;
+        let declared = input.checksum_algorithm.as_ref().map(|a| a.as_str().to_ascii_uppercase());
+        self.check_flexible(declared.as_deref())?;
         let (mode, until) = (input.object_lock_mode.as_ref(), input.object_lock_retain_until_date.as_ref());
         let retention = self.locks.lock().expect("locks lock").asked(&input.bucket, mode, until)?;
         let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
@@ -649,6 +685,7 @@ impl S3 for FaultyStore {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
         let response = self.inner.create_multipart_upload(req).await?;
         if let Some(upload_id) = response.output.upload_id.clone() {
+            self.declared.lock().expect("declared lock").insert(upload_id.clone(), declared);
             if let Some(retention) = retention {
                 self.locks.lock().expect("locks lock").begin(&upload_id, &bucket, &key, retention);
             }
@@ -673,10 +710,22 @@ impl S3 for FaultyStore {
             return Err(s3_error!(InternalError, "injected failure of part {failing}"));
         }
         let retention = self.locks.lock().expect("locks lock").of_upload(&req.input.upload_id);
-        let has_checksum = req.input.content_md5.is_some()
-            || req.input.checksum_sha256.is_some()
-            || req.input.checksum_crc64nvme.is_some();
-        if let Err(refused) = Locks::require_checksum(retention.as_ref(), has_checksum) {
+        let sent = [
+            (&req.input.checksum_sha256, "SHA256"),
+            (&req.input.checksum_crc32, "CRC32"),
+            (&req.input.checksum_crc32c, "CRC32C"),
+            (&req.input.checksum_sha1, "SHA1"),
+            (&req.input.checksum_crc64nvme, "CRC64NVME"),
+        ]
+        .into_iter()
+        .find_map(|(value, name)| value.as_ref().map(|_| name));
+        let declared = self.declared.lock().expect("declared lock").get(&req.input.upload_id).cloned().flatten();
+        let has_checksum = req.input.content_md5.is_some() || sent.is_some();
+        let checked = self
+            .check_flexible(sent)
+            .and_then(|()| part_checksum_matches(declared.as_deref(), sent))
+            .and_then(|()| Locks::require_checksum(retention.as_ref(), has_checksum));
+        if let Err(refused) = checked {
             drain(req.input.body.take()).await;
             return Err(refused);
         }
@@ -802,6 +851,21 @@ async fn drain(body: Option<StreamingBlob>) {
 }
 
 /// A part's body read whole and checked against the base64 SHA-256 and CRC64-NVME its
+/// A part's flexible checksum against its upload's declared algorithm: AWS refuses a part whose
+/// checksum is of another type than declared, or missing when one was declared.
+fn part_checksum_matches(declared: Option<&str>, sent: Option<&str>) -> S3Result<()> {
+    if declared == sent {
+        return Ok(());
+    }
+    let name = |a: Option<&str>| a.map_or("null".to_owned(), str::to_ascii_lowercase);
+    Err(s3_error!(
+        InvalidRequest,
+        "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+        name(declared),
+        name(sent)
+    ))
+}
+
 /// `x-amz-checksum-*` headers name and the MD5 of its `Content-MD5` (`BadDigest` when one differs),
 /// then handed on.
 async fn checked_part(body: Option<StreamingBlob>, expected: Checksum, md5: Option<String>) -> S3Result<StreamingBlob> {

@@ -50,6 +50,71 @@ pub struct S3Location {
     pub sse: Option<ServerSideEncryption>,
     /// S3 Object Lock set on every object written.
     pub object_lock: Option<ObjectLock>,
+    /// How each write's body is checked by the store.
+    pub checksum: S3Checksum,
+}
+
+/// How each PutObject and part proves its body to the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum S3Checksum {
+    /// `Crc64Nvme` on AWS and wherever Object Lock is asked (a locked write needs a checksum, and
+    /// object_store sends no Content-MD5); `None` on any other custom endpoint, because some
+    /// S3-compatible stores refuse flexible-checksum headers (`NotImplemented`, `InvalidRequest`) and
+    /// every SigV4 store checks a signed body.
+    #[default]
+    Auto,
+    /// `x-amz-checksum-crc64nvme` on every write (a signed header; S3 answers `BadDigest` on a
+    /// mismatch): a tenth of SHA-256's CPU.
+    Crc64Nvme,
+    /// `x-amz-checksum-sha256` on every write.
+    Sha256,
+    /// No flexible-checksum header: the body's SHA-256 is signed instead (`x-amz-content-sha256`),
+    /// which every SigV4 store checks.
+    None,
+}
+
+impl S3Checksum {
+    /// From its name in a spec or on the command line: `CRC64NVME`, `SHA256`, `None` or `Auto`, in any case.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Ok(S3Checksum::Auto),
+            "crc64nvme" => Ok(S3Checksum::Crc64Nvme),
+            "sha256" => Ok(S3Checksum::Sha256),
+            "none" => Ok(S3Checksum::None),
+            _ => Err(format!("{text:?} is not a checksum this tool writes: use CRC64NVME, SHA256, None or Auto")),
+        }
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            S3Checksum::Auto => "Auto",
+            S3Checksum::Crc64Nvme => "CRC64NVME",
+            S3Checksum::Sha256 => "SHA256",
+            S3Checksum::None => "None",
+        }
+    }
+
+    /// Itself, if it can go with Object Lock when `locked`: S3 takes a locked write only with a
+    /// checksum it checks (Content-MD5, which object_store does not send, or a flexible one).
+    pub fn with_lock(self, locked: bool) -> Result<Self, String> {
+        match self {
+            S3Checksum::None if locked => {
+                let why = "None cannot go with Object Lock, whose writes need a checksum the store checks";
+                Err(format!("{why}: use CRC64NVME or SHA256"))
+            }
+            checksum => Ok(checksum),
+        }
+    }
+
+    /// What `Auto` means for `location`; any other choice is itself.
+    pub fn effective(location: &S3Location) -> S3Checksum {
+        match location.checksum {
+            S3Checksum::Auto if location.endpoint.is_some() && location.object_lock.is_none() => S3Checksum::None,
+            S3Checksum::Auto => S3Checksum::Crc64Nvme,
+            chosen => chosen,
+        }
+    }
 }
 
 /// S3 Object Lock on every object written: its mode, and for how long from the write.
@@ -183,17 +248,20 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
             .with_secret_access_key(&keys.secret_access_key),
         None => AmazonS3Builder::from_env(),
     };
-    // Every PutObject and part carries its CRC64-NVME (`x-amz-checksum-crc64nvme`, a signed header) and
-    // S3 checks the body against it (`BadDigest`), instead of the signature hashing the body with
-    // SHA-256: the same protection for a tenth of the CPU (a second SHA-256 pass was ~0.65 CPU-s per
-    // GiB, the snapshot's own trailer check being the first). It is also the checksum S3 asks of
-    // writes that set an Object Lock.
+    // Every write's body is checked by the store (see S3Checksum): by a flexible checksum, a signed
+    // header, with the body itself unsigned (CRC64-NVME costs a tenth of a second SHA-256 pass, which
+    // was ~0.65 CPU-s per GiB); or, without one, by signing the body's SHA-256.
+    let checksum = S3Checksum::effective(location);
     let mut builder = builder
         .with_bucket_name(&location.bucket)
         .with_region(&location.region)
         .with_retry(retry())
-        .with_unsigned_payload(true)
-        .with_checksum_algorithm(Checksum::CRC64NVME);
+        .with_unsigned_payload(checksum != S3Checksum::None);
+    builder = match checksum {
+        S3Checksum::Crc64Nvme | S3Checksum::Auto => builder.with_checksum_algorithm(Checksum::CRC64NVME),
+        S3Checksum::Sha256 => builder.with_checksum_algorithm(Checksum::SHA256),
+        S3Checksum::None => builder,
+    };
     builder = match &location.sse {
         None => builder,
         Some(ServerSideEncryption::S3) => builder.with_config(sse_key(), "AES256"),
@@ -223,7 +291,11 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
         .with_client_options(options)
         .build()
         .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
-    let asked = Asked { encryption: location.sse.is_some(), lock: location.object_lock.is_some() };
+    let asked = Asked {
+        encryption: location.sse.is_some(),
+        lock: location.object_lock.is_some(),
+        checksum: checksum != S3Checksum::None,
+    };
     let failure = Arc::new(move |e| failure(e, asked));
     Ok(Storage {
         store: Arc::new(store),
@@ -257,8 +329,9 @@ fn locked_writer(builder: &AmazonS3Builder, options: &ClientOptions, lock: Objec
 }
 
 /// S3 error codes that another try cannot fix: credentials, the bucket, the request itself.
-const PERMANENT_CODES: [&str; 9] = [
+const PERMANENT_CODES: [&str; 10] = [
     "AccessDenied",
+    "NotImplemented",
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
     "NoSuchBucket",
@@ -275,6 +348,8 @@ const PERMANENT_CODES: [&str; 9] = [
 struct Asked {
     encryption: bool,
     lock: bool,
+    /// Flexible-checksum headers are sent.
+    checksum: bool,
 }
 
 /// What failed, as S3 says it. A write refused without server-side encryption may be a bucket
@@ -286,6 +361,10 @@ fn failure(e: object_store::Error, asked: Asked) -> Failure {
         Some("AccessDenied") if !asked.encryption => format!(
             "{message} (if a bucket policy requires server-side encryption, set backupStorage.s3.serverSideEncryption: \
              AES256 or aws:kms)"
+        ),
+        Some("NotImplemented" | "InvalidRequest" | "InvalidArgument") if asked.checksum && !asked.lock => format!(
+            "{message} (a store that refuses flexible-checksum headers takes the body's signed SHA-256 instead: set \
+             backupStorage.s3.checksum: None, or --checksum none on the command line)"
         ),
         Some("InvalidRequest") if asked.lock && message.contains("Object Lock") => format!(
             "{message} (Object Lock needs a bucket created with Object Lock enabled, such as by aws s3api \
@@ -338,6 +417,30 @@ mod tests {
     }
 
     #[test]
+    fn auto_checksums_on_aws_and_for_locks_and_signs_the_body_elsewhere() {
+        let mut location = S3Location {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            insecure_skip_tls_verify: false,
+            ca_pem: None,
+            credentials: None,
+            sse: None,
+            object_lock: None,
+            checksum: S3Checksum::Auto,
+        };
+        assert_eq!(S3Checksum::effective(&location), S3Checksum::Crc64Nvme);
+        location.endpoint = Some("https://minio.example.com".into());
+        assert_eq!(S3Checksum::effective(&location), S3Checksum::None);
+        location.object_lock = Some(ObjectLock::parse("GOVERNANCE", "1d").unwrap());
+        assert_eq!(S3Checksum::effective(&location), S3Checksum::Crc64Nvme);
+        location.checksum = S3Checksum::Sha256;
+        assert_eq!(S3Checksum::effective(&location), S3Checksum::Sha256);
+        assert_eq!(S3Checksum::parse("crc64nvme"), Ok(S3Checksum::Crc64Nvme));
+        assert!(S3Checksum::parse("MD5").unwrap_err().contains("use CRC64NVME, SHA256, None or Auto"));
+    }
+
+    #[test]
     fn credentials_never_show_in_debug_output() {
         let creds = S3Credentials { access_key_id: "AKIAEXAMPLE".into(), secret_access_key: "s3cr3t".into() };
         let text = format!("{creds:?}");
@@ -355,6 +458,7 @@ mod tests {
             credentials: Some(S3Credentials { access_key_id: "a".into(), secret_access_key: "s".into() }),
             sse: None,
             object_lock: None,
+            checksum: S3Checksum::Auto,
         };
         let err = Storage::new(&StorageLocation::S3(location), Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().starts_with("invalid S3 endpoint: \"minio.example.com\""), "{err}");

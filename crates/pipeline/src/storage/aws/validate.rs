@@ -17,6 +17,7 @@ pub enum S3Field {
     AccessKeyId,
     SecretAccessKey,
     CaBundle,
+    Checksum,
 }
 
 impl S3Field {
@@ -29,6 +30,7 @@ impl S3Field {
             S3Field::AccessKeyId => "accessKeyID",
             S3Field::SecretAccessKey => "secretAccessKey",
             S3Field::CaBundle => "caBundle",
+            S3Field::Checksum => "checksum",
         }
     }
 }
@@ -55,6 +57,7 @@ impl S3Location {
         if let Some(pem) = &self.ca_pem {
             ca_bundle(pem).map_err(|r| invalid(S3Field::CaBundle, r))?;
         }
+        self.checksum.with_lock(self.object_lock.is_some()).map_err(|r| invalid(S3Field::Checksum, r))?;
         Ok(())
     }
 }
