@@ -141,13 +141,13 @@ pub async fn read_kit(
     kit::read(storage, key, &cluster, identities).await
 }
 
-/// A cheap check that backups of `controlplane` can be stored, with the permissions a backup uses:
-/// a multipart upload under the backups' prefix is started (PutObject) and aborted at once
-/// (AbortMultipartUpload). It finds a missing bucket, wrong credentials, endpoint, region or CA, and
-/// leaves nothing behind.
+/// A cheap check that backups of `controlplane` can be stored, with the permissions a backup uses
+/// ([`Storage::probe`] under the backups' prefix: on S3 and GCS a multipart upload started and
+/// aborted, on Azure one block staged, committed and deleted). It finds a missing bucket or
+/// container, wrong credentials (a wrong key, an expired or read-only SAS), endpoint, region or CA,
+/// and leaves nothing behind.
 pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), Error> {
-    let upload = storage.create_upload(&format!("{KEY_PREFIX}/{controlplane}/.storage-check"), &[]).await;
-    storage.abort_upload(&upload.map_err(Error::Upload)?).await.map_err(Error::Upload)
+    storage.probe(&format!("{KEY_PREFIX}/{controlplane}/.storage-check")).await.map_err(Error::Upload)
 }
 
 /// Aborts uploads recorded by earlier attempts; returns those the store could not abort, with why.

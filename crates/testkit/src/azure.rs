@@ -89,10 +89,15 @@ impl Azurite {
     /// A service SAS for `container` with read, add, create, write, delete and list permissions,
     /// valid until `expiry` (in the past for an expired one), signed with the account key.
     pub fn container_sas(&self, container: &str, expiry: jiff::Timestamp) -> String {
+        self.container_sas_with(container, expiry, "racwdl")
+    }
+
+    /// [`Azurite::container_sas`] with `permissions` (`rl`: read-only).
+    pub fn container_sas_with(&self, container: &str, expiry: jiff::Timestamp, permissions: &str) -> String {
         use hmac::Mac as _;
         let start = (expiry - jiff::SignedDuration::from_hours(2)).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let expiry = expiry.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let (permissions, version, resource) = ("racwdl", "2020-12-06", "c");
+        let (version, resource) = ("2020-12-06", "c");
         let canonical = format!("/blob/{ACCOUNT}/{container}");
         // Service SAS string-to-sign of version 2020-12-06 and later: 16 lines.
         let fields = [

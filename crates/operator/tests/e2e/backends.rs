@@ -255,45 +255,46 @@ async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
     backup_verify_restore_delete(&scenario, server, &storage(PLACE, "gcs-key"), &recipient, source).await;
 }
 
-/// A schedule to GCS: its storage check names the bucket and GCS's refusal, and retention deletes the
-/// pruned backups' objects from the bucket.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schedule_to_gcs_checks_its_bucket_and_prunes_to_retention() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-gcs-schedule", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    let gcs = GcsServer::start().await.unwrap();
-    gcs.create_bucket(PLACE);
-    scenario.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
-    let schedule = |name: &str, bucket: &str| {
-        let storage = format!(
-            "        gcs:\n          bucket: {bucket}\n          endpoint: {}\n          serviceAccountKey: {{name: gcs-key, \
-             key: key.json}}\n",
-            gcs.endpoint
-        );
-        format!(
-            "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackupSchedule\nmetadata:\n  name: {name}\nspec:\n  \
-             schedule: \"@every 3s\"\n  retention: 2\n  backupTemplate:\n    spec:\n      talosControlPlaneRef:\n        \
-             name: my-controlplane\n      backupStorage:\n{storage}"
-        )
-    };
-    scenario.apply(&schedule("missing", "no-such-bucket")).await;
-    scenario.apply(&schedule("every3s", PLACE)).await;
-    let scenario = &scenario;
+/// A TalosEtcdBackupSchedule `name` of `my-controlplane` every 3 s keeping 2, to `storage` (the lines
+/// under a backup's `backupStorage:`, as [`backup`] takes them).
+fn schedule(name: &str, storage: &str) -> String {
+    let storage: String = storage.lines().map(|line| format!("    {line}\n")).collect();
+    format!(
+        "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackupSchedule\nmetadata:\n  name: {name}\nspec:\n  \
+         schedule: \"@every 3s\"\n  retention: 2\n  backupTemplate:\n    spec:\n      talosControlPlaneRef:\n        \
+         name: my-controlplane\n      backupStorage:\n{storage}"
+    )
+}
+
+/// Schedules to `server`: each of `refused` (name, storage, what the message names) has `StorageReady`
+/// False naming the place and the service's refusal before any backup runs and stores nothing; one
+/// to `good` is True (`accepted` is its message), and its runs pruned to retention leave the place
+/// holding exactly the live backups' objects, with nothing unfinished.
+async fn schedules_check_storage_and_prune(
+    scenario: &Scenario,
+    server: &Server<'_>,
+    refused: &[(&'static str, String, &str)],
+    good: &str,
+    accepted: &str,
+) {
+    for (name, storage, _) in refused {
+        scenario.apply(&schedule(name, storage)).await;
+    }
+    scenario.apply(&schedule("every3s", good)).await;
     let storage_ready = |name: &'static str| async move {
         let status = scenario.schedule_status(name).await;
         status.conditions.iter().find(|c| c.type_ == "StorageReady").map(|c| (c.status.clone(), c.message.clone()))
     };
-    let (ready, message) = scenario.eventually(30, "the missing bucket's check", || storage_ready("missing")).await;
-    assert_eq!(ready, "False", "{message}");
-    assert!(
-        message.starts_with("GCS bucket \"no-such-bucket\" refused a test upload") && message.contains("NoSuchBucket"),
-        "{message}"
-    );
-    let (ready, message) = scenario.eventually(30, "the bucket's check", || storage_ready("every3s")).await;
-    assert_eq!((ready.as_str(), message.as_str()), ("True", "GCS bucket \"etcd-backups\" accepted a test upload"));
+    for (name, _, names) in refused {
+        let (ready, message) = scenario.eventually(30, "the refused check", || storage_ready(name)).await;
+        assert_eq!(ready, "False", "{name}: {message}");
+        assert!(message.contains(" refused a test upload: ") && message.contains(names), "{name}: {message}");
+        assert!(scenario.backups_of(name).await.iter().all(|b| !is_ready(b)), "{name} stored a backup");
+    }
+    let (ready, message) = scenario.eventually(30, "the good check", || storage_ready("every3s")).await;
+    assert_eq!((ready.as_str(), message.as_str()), ("True", accepted));
 
-    // Four runs, two kept: the bucket holds exactly the live backups' objects.
+    // Four runs, two kept: the place holds exactly the live backups' objects.
     let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
     scenario
         .eventually(60, "four runs and retention to prune to 2", || async {
@@ -305,13 +306,73 @@ async fn a_schedule_to_gcs_checks_its_bucket_and_prunes_to_retention() {
         })
         .await;
     scenario
-        .eventually(30, "the bucket to hold exactly the live backups' objects", || async {
+        .eventually(30, "the place to hold exactly the live backups' objects", || async {
             let mut live = stored_keys(&scenario.backups_of("every3s").await);
             live.sort();
-            let mut objects: Vec<String> = gcs.objects(PLACE).into_iter().map(|(key, _)| key).collect();
+            let mut objects = server.keys().await;
             objects.sort();
             (objects == live && live.len() == 2).then_some(())
         })
         .await;
-    assert!(gcs.unfinished_uploads().is_empty());
+    server.assert_nothing_unfinished().await;
+}
+
+/// A schedule to GCS: its storage check names the bucket and GCS's refusal, and retention deletes the
+/// pruned backups' objects from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_to_gcs_checks_its_bucket_and_prunes_to_retention() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-gcs-schedule", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket(PLACE);
+    scenario.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
+    let storage = |bucket: &str| {
+        format!(
+            "    gcs:\n      bucket: {bucket}\n      endpoint: {}\n      serviceAccountKey: {{name: gcs-key, key: key.json}}\n",
+            gcs.endpoint
+        )
+    };
+    let refused = [("missing", storage("no-such-bucket"), "NoSuchBucket")];
+    let accepted = "GCS bucket \"etcd-backups\" accepted a test upload";
+    schedules_check_storage_and_prune(&scenario, &Server::Gcs(&gcs), &refused, &storage(PLACE), accepted).await;
+}
+
+/// A schedule to Azure: the storage check talks to Azure (a block staged, committed and deleted), so
+/// a wrong account key, an expired SAS, a read-only SAS and a missing container each show
+/// `StorageReady` False naming Azure's refusal before any backup runs; retention prunes the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_to_azure_checks_its_container_and_prunes_to_retention() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-azure-schedule", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    let azurite = Azurite::start().await.unwrap();
+    azurite.create_container(PLACE).await.unwrap();
+    let storage = |container: &str, secret: &str, key: &str| {
+        format!(
+            "    azure:\n      account: {}\n      container: {container}\n      endpoint: {}\n      {key}: {{name: {secret}, \
+             key: {key}}}\n",
+            azure::ACCOUNT,
+            azurite.endpoint
+        )
+    };
+    let hour = jiff::SignedDuration::from_hours(1);
+    let secrets = [
+        ("azure-key", "accountKey", azure::ACCOUNT_KEY.to_owned()),
+        ("azure-wrong-key", "accountKey", "bm90IHRoZSBhY2NvdW50IGtleQ==".to_owned()),
+        ("azure-expired", "sasToken", azurite.container_sas(PLACE, jiff::Timestamp::now() - hour)),
+        ("azure-read-only", "sasToken", azurite.container_sas_with(PLACE, jiff::Timestamp::now() + hour, "rl")),
+    ];
+    for (name, key, value) in &secrets {
+        scenario.create_secret(&secret(name, key, value)).await;
+    }
+    let refused = [
+        ("wrong-key", storage(PLACE, "azure-wrong-key", "accountKey"), "AuthorizationFailure"),
+        ("expired-sas", storage(PLACE, "azure-expired", "sasToken"), "AuthorizationFailure"),
+        ("read-only-sas", storage(PLACE, "azure-read-only", "sasToken"), "AuthorizationPermissionMismatch"),
+        ("no-container", storage("no-such-container", "azure-key", "accountKey"), "ContainerNotFound"),
+    ];
+    let accepted = format!("Container \"{PLACE}\" of account \"{}\" accepted a test upload", azure::ACCOUNT);
+    let good = storage(PLACE, "azure-key", "accountKey");
+    schedules_check_storage_and_prune(&scenario, &Server::Azure(&azurite), &refused, &good, &accepted).await;
 }

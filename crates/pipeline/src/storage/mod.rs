@@ -367,6 +367,24 @@ impl Storage {
         Ok(until.filter(|until| *until > jiff::Timestamp::now()))
     }
 
+    /// Shows that a backup can be stored at `key`, with the requests a backup makes, leaving nothing.
+    /// S3 and GCS: a multipart upload is started and aborted. Azure creates nothing until a block is
+    /// staged, so one block is staged and committed (PutBlock, PutBlockList) and the blob deleted
+    /// (the SAS permissions a backup needs include delete).
+    pub async fn probe(&self, key: &str) -> Result<(), Error> {
+        if self.uploads == Uploads::Named {
+            let upload = self.create_upload(key, &[]).await?;
+            return self.abort_upload(&upload).await;
+        }
+        let path = Path::from(key);
+        let blocks = self.store.put_multipart_opts(&path, PutMultipartOptions::default()).await;
+        let mut blocks = blocks.map_err(|e| self.error(Operation::CreateMultipartUpload, e))?;
+        let staged = blocks.put_part(PutPayload::from_static(b"\n")).await;
+        staged.map_err(|e| self.error(Operation::UploadPart, e))?;
+        blocks.complete().await.map_err(|e| self.error(Operation::CompleteMultipartUpload, e))?;
+        self.delete(key).await
+    }
+
     /// Aborts `upload`, dropping its parts. An upload the store no longer knows (completed, or
     /// aborted already) counts as aborted.
     pub async fn abort_upload(&self, upload: &UploadRef) -> Result<(), Error> {
