@@ -785,13 +785,13 @@ impl S3 for FaultyStore {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.check()?;
-        let bucket = req.input.bucket;
+        let (bucket, prefix) = (req.input.bucket, req.input.prefix.unwrap_or_default());
         let uploads = self
             .uploads
             .lock()
             .expect("uploads lock")
             .values()
-            .filter(|u| u.bucket == bucket)
+            .filter(|u| u.bucket == bucket && u.key.starts_with(&prefix))
             .map(|u| MultipartUpload {
                 key: Some(u.key.clone()),
                 upload_id: Some(u.upload_id.clone()),
@@ -800,6 +800,7 @@ impl S3 for FaultyStore {
             .collect();
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(bucket),
+            prefix: Some(prefix).filter(|p| !p.is_empty()),
             uploads: Some(uploads),
             is_truncated: Some(false),
             ..Default::default()
