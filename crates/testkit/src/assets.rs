@@ -50,15 +50,7 @@ fn locate() -> anyhow::Result<Assets> {
 /// Azurite's blob service (`azurite-blob`), which the setup script installs with npm into its cache
 /// folder, whatever `KUBEBUILDER_ASSETS` says.
 pub fn azurite_blob() -> anyhow::Result<PathBuf> {
-    let cache = match std::env::var_os("TEB_ASSETS_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
-            .ok_or_else(|| anyhow::anyhow!("neither TEB_ASSETS_CACHE, XDG_CACHE_HOME nor HOME is set"))?
-            .join("talos-etcd-backup/assets"),
-    };
-    let binary = cache.join("azurite/node_modules/.bin/azurite-blob");
+    let binary = cache_dir()?.join("azurite/node_modules/.bin/azurite-blob");
     if !binary.exists() {
         run_setup_script()?;
     }
@@ -66,7 +58,19 @@ pub fn azurite_blob() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-fn run_setup_script() -> anyhow::Result<PathBuf> {
+/// The setup script's cache folder, as it finds it.
+pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
+    Ok(match std::env::var_os("TEB_ASSETS_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+            .ok_or_else(|| anyhow::anyhow!("neither TEB_ASSETS_CACHE, XDG_CACHE_HOME nor HOME is set"))?
+            .join("talos-etcd-backup/assets"),
+    })
+}
+
+pub(crate) fn run_setup_script() -> anyhow::Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-test-assets.sh");
     let output = std::process::Command::new("bash").arg(&script).output()?;
     if !output.status.success() {

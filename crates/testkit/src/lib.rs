@@ -16,6 +16,7 @@
 
 pub mod assets;
 pub mod azure;
+pub mod compat;
 pub mod emulator;
 pub mod etcd;
 pub mod fixtures;
