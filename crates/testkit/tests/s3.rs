@@ -319,3 +319,38 @@ async fn part_checksums_match_the_declared_type_and_can_be_refused() {
     assert_eq!(server.faults.fired("checksum refused"), 2);
     signed.put(&Path::from("signed"), part()).await.expect("a signed body without checksum headers");
 }
+
+/// An IAM policy on the keys: each operation needs its action, a lock needs s3:PutObjectRetention,
+/// and a missing key answers 403 to who may not list the bucket (404 to who may).
+#[tokio::test]
+async fn a_policy_allows_only_its_actions_as_iam_does() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("bucket").unwrap();
+    let client = builder(&server, "bucket").build().unwrap();
+    let body = || PutPayload::from_static(b"x");
+    server.allow_only(Some(&["s3:PutObject", "s3:AbortMultipartUpload"]));
+    client.put(&Path::from("written"), body()).await.expect("s3:PutObject");
+    let id = client.create_multipart(&Path::from("aborted")).await.expect("s3:PutObject");
+    client.abort_multipart(&Path::from("aborted"), &id).await.expect("s3:AbortMultipartUpload");
+    for err in [
+        client.get(&Path::from("written")).await.map(drop).unwrap_err(),
+        client.delete(&Path::from("written")).await.unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("AccessDenied") || err.to_string().contains("403"), "{err}");
+    }
+    let missing = |client: &AmazonS3| {
+        let client = client.clone();
+        async move { client.head(&Path::from("missing")).await.unwrap_err() }
+    };
+    server.allow_only(Some(&["s3:GetObject"]));
+    assert!(client.head(&Path::from("written")).await.is_ok());
+    let err = missing(&client).await;
+    assert!(!matches!(err, object_store::Error::NotFound { .. }), "403 without s3:ListBucket: {err}");
+    server.allow_only(Some(&["s3:GetObject", "s3:ListBucket"]));
+    assert!(matches!(missing(&client).await, object_store::Error::NotFound { .. }));
+    server.allow_only(None);
+    client.delete(&Path::from("written")).await.expect("no policy: everything");
+    // The server's own helpers are never bound.
+    server.allow_only(Some(&[]));
+    assert_eq!(server.objects("bucket").await.unwrap(), vec![]);
+}

@@ -825,3 +825,52 @@ async fn a_store_that_refuses_flexible_checksums_takes_the_default_checksum() {
     // object_store retries a 501 as any 5xx (three more tries); the backup attempt is not repeated.
     assert_eq!(scenario.s3.faults.fired("checksum refused"), 4, "one CreateMultipartUpload refused");
 }
+
+/// README's IAM policies are enough, held by the test server as AWS evaluates them: the write-only one
+/// (`s3:PutObject`, `s3:AbortMultipartUpload`, `s3:ListMultipartUploadParts`) backs up; adding
+/// `s3:DeleteObject` (without `s3:GetObject`) lets retention prune; the full one verifies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readmes_minimal_iam_policies_are_enough() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-iam", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let s3 = endpoint_field(&scenario.s3.endpoint);
+    let write_only = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"];
+    scenario.s3.allow_only(Some(&write_only));
+    scenario.apply(&backup_yaml("write-only", &s3)).await;
+    let status = scenario.wait_finished("write-only").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    scenario.assert_stored(&[status.filename.clone().unwrap()]).await;
+
+    // Write and delete: a schedule's retention removes pruned snapshots without reading them.
+    scenario.s3.allow_only(Some(&[&write_only[..], &["s3:DeleteObject"]].concat()));
+    scenario.apply(&scenario.schedule_yaml("pruned", "@every 3s", "")).await;
+    let patch = serde_json::json!({"spec": {"retention": 2}});
+    scenario.schedules().patch("pruned", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    scenario
+        .eventually(60, "four runs pruned to two, their snapshots deleted", || async {
+            let backups = scenario.backups_of("pruned").await;
+            let objects = scenario.s3.objects("my-etcd-backups").await.unwrap();
+            let mut seen = seen.lock().unwrap();
+            seen.extend(backups.iter().filter_map(|b| b.metadata.name.clone()));
+            let live = stored_keys(&backups);
+            let scheduled = objects.iter().filter(|(key, _)| live.contains(key)).count();
+            (seen.len() >= 4 && backups.len() <= 3 && objects.len() == scheduled + 1 && live.len() == 2).then_some(())
+        })
+        .await;
+    scenario.schedules().delete("pruned", &Default::default()).await.unwrap();
+
+    // README's full policy: verifying reads the snapshot back.
+    let readme = [&write_only[..], &["s3:GetObject", "s3:DeleteObject", "s3:ListBucket"]].concat();
+    scenario.s3.allow_only(Some(&readme));
+    scenario.apply(&format!("{}  verify: true\n", backup_yaml("verified", &s3))).await;
+    let verified = scenario
+        .eventually(60, "the verification", || async {
+            scenario.backups().get("verified").await.unwrap().status.unwrap_or_default().verified
+        })
+        .await;
+    assert!(verified);
+    assert!(scenario.s3.unfinished_uploads().is_empty());
+}

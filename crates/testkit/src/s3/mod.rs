@@ -18,6 +18,8 @@
 //!   locked object cannot be deleted before its retain-until date;
 //! - a part's flexible checksum must be of the algorithm its CreateMultipartUpload declared, and is
 //!   required when one was declared (AWS: `InvalidRequest`, "Checksum Type mismatch occurred");
+//! - on demand ([`S3Server::allow_only`]) the keys hold an IAM policy ([`policy`]): each operation
+//!   needs its action, and a missing key answers 403 to who may not list the bucket;
 //! - on demand ([`S3Faults::refuse_flexible_checksums`]) it refuses every flexible-checksum header
 //!   with `NotImplemented`, as some S3-compatible stores do (OVH public-cloud-roadmap#781, storj
 //!   gateway-st#92); a signed body (`x-amz-content-sha256`) is checked either way (s3s).
@@ -39,6 +41,7 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
 
 mod lock;
+mod policy;
 
 use lock::Locks;
 pub use lock::Retention;
@@ -165,6 +168,7 @@ pub struct S3Server {
     regions: Regions,
     encryption: Arc<Mutex<Encryption>>,
     locks: Arc<Mutex<Locks>>,
+    policy: policy::Allowed,
     _root: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -194,6 +198,7 @@ impl S3Server {
         let uploads = Arc::new(Mutex::new(BTreeMap::new()));
         let parts_received = Arc::new(AtomicU64::new(0));
         let regions = Regions { root: Arc::new(root.path().to_owned()), named: Arc::default() };
+        let policy = policy::Allowed::default();
         let encryption = Arc::new(Mutex::new(Encryption::default()));
         let locks = Arc::new(Mutex::new(Locks::default()));
         let store = FaultyStore {
@@ -211,7 +216,9 @@ impl S3Server {
             let mut builder = s3s::service::S3ServiceBuilder::new(store);
             let mut auth = s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY);
             auth.register(TEMPORARY_ACCESS_KEY.into(), TEMPORARY_SECRET_KEY.into());
+            auth.register(policy::HELPER_ACCESS_KEY.into(), policy::HELPER_SECRET_KEY.into());
             builder.set_auth(auth);
+            builder.set_access(policy::Policy { allowed: policy.clone(), root: root.path().to_owned() });
             builder.build()
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -233,9 +240,16 @@ impl S3Server {
             regions,
             encryption,
             locks,
+            policy,
             _root: root,
             task,
         })
+    }
+
+    /// The keys ([`ACCESS_KEY`], and STS's temporary ones) may do only `actions` (IAM names such as
+    /// `s3:PutObject`) from now on; `None`: everything. The server's own helpers are not bound.
+    pub fn allow_only(&self, actions: Option<&[&str]>) {
+        *self.policy.lock().expect("policy lock") = actions.map(|a| a.iter().map(|s| s.to_string()).collect());
     }
 
     /// A client of this server (trusting its CA), for setting up and checking buckets.
@@ -248,8 +262,8 @@ impl S3Server {
             .with_endpoint(&self.endpoint)
             .with_bucket_name(bucket)
             .with_region(self.regions.of(bucket))
-            .with_access_key_id(ACCESS_KEY)
-            .with_secret_access_key(SECRET_KEY)
+            .with_access_key_id(policy::HELPER_ACCESS_KEY)
+            .with_secret_access_key(policy::HELPER_SECRET_KEY)
             .with_virtual_hosted_style_request(false)
             .with_client_options(options)
             .build()?)
