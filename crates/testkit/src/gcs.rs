@@ -8,7 +8,8 @@
 //!   against that account's public key, name it as issuer and not be expired
 //!   (401 `AuthenticationRequired`);
 //! - a missing bucket is 404 `NoSuchBucket`, a missing object 404 `NoSuchKey`, an unknown (completed,
-//!   aborted) upload 404 `NoSuchUpload`;
+//!   aborted) upload 404 `NoSuchUpload`, and so is an upload ID named at another bucket or key than it
+//!   was initiated for;
 //! - completing an upload checks each part's ETag and order and that every part but the last holds at
 //!   least 5 MiB (`InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`);
 //! - `x-goog-meta-*` metadata is kept and returned, ranges are served as 206 with `Content-Range`.
@@ -243,6 +244,9 @@ impl Service {
         match (&parts.method, key.is_empty()) {
             (&Method::GET, true) => self.list(&bucket, &query),
             (&Method::POST, false) if query.contains_key("uploads") => self.initiate(&bucket, &key, metadata),
+            (&Method::PUT | &Method::POST | &Method::DELETE, false) if !self.upload_at(&query, &bucket, &key) => {
+                no_such_upload()
+            }
             (&Method::PUT, false) if query.contains_key("uploadId") => self.put_part(&query, body),
             (&Method::POST, false) if query.contains_key("uploadId") => self.complete(&query, &body),
             (&Method::DELETE, false) if query.contains_key("uploadId") => self.abort(&query),
@@ -392,6 +396,16 @@ impl Service {
              <Key>{}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>",
             escape(key)
         ))
+    }
+
+    /// Whether the request names no upload, or one started at this bucket and key: GCS, like S3,
+    /// knows an upload ID only at the object it was initiated for.
+    fn upload_at(&self, query: &HashMap<String, String>, bucket: &str, key: &str) -> bool {
+        let Some(id) = query.get("uploadId") else {
+            return true;
+        };
+        let state = self.state.lock().unwrap();
+        state.uploads.get(id).is_none_or(|upload| upload.bucket == bucket && upload.key == key)
     }
 
     fn put_part(&self, query: &HashMap<String, String>, data: Bytes) -> Answer {

@@ -71,3 +71,18 @@ async fn refusals_name_what_gcs_said() {
     assert!(err.to_string().contains("GCS error NoSuchBucket"), "{err}");
     assert!(!err.is_transient());
 }
+
+/// An upload ID is known only at the object it was initiated for: named at another key, it is
+/// `NoSuchUpload`, and the upload stays (a client that loses track of its key cannot abort another's).
+#[tokio::test]
+async fn an_upload_id_belongs_to_its_key() {
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket("etcd-backups");
+    let storage = gcs.storage("etcd-backups").unwrap();
+    let upload = storage.create_upload("a/one.db", &[]).await.unwrap();
+    let elsewhere = teb_pipeline::UploadRef::recorded("a/other.db".into(), upload.upload_id.clone());
+    storage.abort_upload(&elsewhere).await.expect("an unknown upload counts as aborted");
+    assert_eq!(gcs.unfinished_uploads(), vec!["a/one.db".to_owned()], "not aborted through another key");
+    storage.abort_upload(&upload).await.unwrap();
+    assert!(gcs.unfinished_uploads().is_empty());
+}

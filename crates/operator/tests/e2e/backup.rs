@@ -680,24 +680,6 @@ async fn injected_faults_fire_and_end_as_promised() {
     assert_eq!(status.attempts, 2, "{status:?}");
     assert_eq!(objects().await, 4);
 
-    // A client certificate Talos refuses (signed by another CA than the cluster's): not retried.
-    let stranger = fixtures::OsCa::generate().unwrap();
-    let endpoints = std::slice::from_ref(&scenario.emulator.endpoint);
-    let talosconfig = scenario.emulator.ca.talosconfig_with_client_of(&stranger, endpoints).unwrap();
-    create_control_plane(&scenario.admin, &fixtures::control_plane("stranger-cp", &scenario.ns)).await.unwrap();
-    scenario.create_secret(&fixtures::talosconfig_secret("stranger-cp", &scenario.ns, &talosconfig)).await;
-    let yaml = backup_yaml("refused-certificate", &extra).replace("name: my-controlplane", "name: stranger-cp");
-    scenario.apply(&yaml).await;
-    // apid sends a bad_certificate alert and closes the connection. The client reads the alert, and then
-    // the error names the certificate and is not retried; or the close overtakes it (as with real Talos,
-    // whose close resets the connection while the client's first request is unread), and then it is a
-    // transport error, which may be retried. Either way the backup fails at the Talos API.
-    let status = scenario.expect_failed("refused-certificate", "Failed to reach the Talos API: ", "").await;
-    let message = &condition(&status, FAILED).unwrap().message;
-    let named =
-        message.contains("Talos refused the client certificate") && message.contains("TLS alert BadCertificate");
-    assert!(named || message.contains("transport error"), "{message}");
-    assert!((1..=2).contains(&status.attempts), "{status:?}");
     assert_eq!(objects().await, 4);
     assert!(scenario.s3.unfinished_uploads().is_empty());
 }
@@ -873,4 +855,31 @@ async fn readmes_minimal_iam_policies_are_enough() {
         .await;
     assert!(verified);
     assert!(scenario.s3.unfinished_uploads().is_empty());
+}
+
+/// A client certificate Talos refuses (signed by another CA than the cluster's) is not retried. With
+/// three attempts allowed, a backup that retried it would use all three; it uses one (the alert is read),
+/// or two (the close overtook the alert once, as with real Talos, whose close resets the connection
+/// while the client's first request is unread, and a transport error may be retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_certificate_is_not_retried() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let config = controllers::Config { max_attempts: 3, ..test_config() };
+    let scenario = Scenario::start_with("e2e-cert", options, false, config).await;
+    scenario.apply(SPEC_SECRET).await;
+    let extra = endpoint_field(&scenario.s3.endpoint);
+    let stranger = fixtures::OsCa::generate().unwrap();
+    let endpoints = std::slice::from_ref(&scenario.emulator.endpoint);
+    let talosconfig = scenario.emulator.ca.talosconfig_with_client_of(&stranger, endpoints).unwrap();
+    create_control_plane(&scenario.admin, &fixtures::control_plane("stranger-cp", &scenario.ns)).await.unwrap();
+    scenario.create_secret(&fixtures::talosconfig_secret("stranger-cp", &scenario.ns, &talosconfig)).await;
+    let yaml = backup_yaml("refused-certificate", &extra).replace("name: my-controlplane", "name: stranger-cp");
+    scenario.apply(&yaml).await;
+    let status = scenario.expect_failed("refused-certificate", "Failed to reach the Talos API: ", "").await;
+    let message = &condition(&status, FAILED).unwrap().message;
+    let named =
+        message.contains("Talos refused the client certificate") && message.contains("TLS alert BadCertificate");
+    assert!(named || message.contains("transport error"), "{message}");
+    assert!(status.attempts < 3, "a refused certificate was retried to the limit: {status:?}");
+    scenario.assert_bucket_clean().await;
 }
