@@ -857,15 +857,16 @@ async fn readmes_minimal_iam_policies_are_enough() {
     assert!(scenario.s3.unfinished_uploads().is_empty());
 }
 
-/// A client certificate Talos refuses (signed by another CA than the cluster's) is not retried. With
-/// three attempts allowed, a backup that retried it would use all three; it uses one (the alert is read),
-/// or two (the close overtook the alert once, as with real Talos, whose close resets the connection
-/// while the client's first request is unread, and a transport error may be retried).
+/// A client certificate Talos refuses (signed by another CA than the cluster's) fails the backup at the
+/// Talos API. apid sends a bad_certificate alert and closes the connection: the client reads the alert
+/// (the error names the certificate and is not retried), or the close overtakes it, as with real Talos,
+/// whose close resets the connection while the client's first request is unread (a transport error,
+/// retried like any). Which one happens is a race, on every attempt, so the number of attempts tells
+/// nothing here; the classification is unit-tested (teb-talos `error.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_client_certificate_is_not_retried() {
+async fn a_refused_client_certificate_fails_at_the_talos_api() {
     let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let config = controllers::Config { max_attempts: 3, ..test_config() };
-    let scenario = Scenario::start_with("e2e-cert", options, false, config).await;
+    let scenario = Scenario::start_with("e2e-cert", options, false, test_config()).await;
     scenario.apply(SPEC_SECRET).await;
     let extra = endpoint_field(&scenario.s3.endpoint);
     let stranger = fixtures::OsCa::generate().unwrap();
@@ -880,6 +881,5 @@ async fn a_refused_client_certificate_is_not_retried() {
     let named =
         message.contains("Talos refused the client certificate") && message.contains("TLS alert BadCertificate");
     assert!(named || message.contains("transport error"), "{message}");
-    assert!(status.attempts < 3, "a refused certificate was retried to the limit: {status:?}");
     scenario.assert_bucket_clean().await;
 }
