@@ -3,7 +3,7 @@
 //! refusal a backend gives ending as a clear condition with nothing left behind.
 
 use teb_testkit::azure::{self, Azurite};
-use teb_testkit::gcs::GcsServer;
+use teb_testkit::gcs::{GcsServer, Role};
 
 use super::*;
 
@@ -258,6 +258,17 @@ async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
 
     let source = "  backupRef:\n    name: sealed\n";
     backup_verify_restore_delete(&scenario, server, &storage(PLACE, "gcs-key"), &recipient, source).await;
+
+    // README's least role for backups alone: roles/storage.objectCreator (nothing is read or deleted).
+    let creator = gcs.service_account("creator@teb-test.iam.gserviceaccount.com", Role::ObjectCreator).unwrap();
+    scenario.create_secret(&secret("gcs-creator", "key.json", &creator)).await;
+    scenario.apply(&backup("write-only", &storage(PLACE, "gcs-creator"), "")).await;
+    let status = scenario.wait_finished("write-only").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let mut stored = server.keys().await;
+    stored.sort();
+    assert_eq!(stored, [status.filename.unwrap(), status.state_filename.unwrap()], "the snapshot and its kit");
+    server.assert_nothing_unfinished().await;
 }
 
 /// A TalosEtcdBackupSchedule `name` of `my-controlplane` every 3 s keeping 2, to `storage` (the lines
@@ -335,15 +346,22 @@ async fn a_schedule_to_gcs_checks_its_bucket_and_prunes_to_retention() {
     let gcs = GcsServer::start().await.unwrap();
     gcs.create_bucket(PLACE);
     scenario.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
-    let storage = |bucket: &str| {
+    let viewer = gcs.service_account("viewer@teb-test.iam.gserviceaccount.com", Role::ObjectViewer).unwrap();
+    scenario.create_secret(&secret("gcs-viewer", "key.json", &viewer)).await;
+    let storage = |bucket: &str, secret: &str| {
         format!(
-            "    gcs:\n      bucket: {bucket}\n      endpoint: {}\n      serviceAccountKey: {{name: gcs-key, key: key.json}}\n",
+            "    gcs:\n      bucket: {bucket}\n      endpoint: {}\n      serviceAccountKey: {{name: {secret}, key: \
+             key.json}}\n",
             gcs.endpoint
         )
     };
-    let refused = [("missing", storage("no-such-bucket"), "NoSuchBucket")];
+    let refused = [
+        ("missing", storage("no-such-bucket", "gcs-key"), "NoSuchBucket"),
+        ("viewer", storage(PLACE, "gcs-viewer"), "does not have storage.multipartUploads.create access"),
+    ];
     let accepted = "GCS bucket \"etcd-backups\" accepted a test upload";
-    schedules_check_storage_and_prune(&scenario, &Server::Gcs(&gcs), &refused, &storage(PLACE), accepted).await;
+    let good = storage(PLACE, "gcs-key");
+    schedules_check_storage_and_prune(&scenario, &Server::Gcs(&gcs), &refused, &good, accepted).await;
 }
 
 /// A schedule to Azure: the storage check talks to Azure (a block staged, committed and deleted), so

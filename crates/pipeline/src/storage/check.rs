@@ -66,16 +66,21 @@ pub(crate) fn xml_tag(text: &str, tag: &str) -> Option<String> {
     Some(text[start..start + len].to_owned())
 }
 
-/// The code and message of a failed request, as the service's XML body says them, else the root
-/// cause (refused connection, bad certificate). object_store repeats itself down its source chain.
+/// The code and message of a failed request, as the service's XML body says them (with GCS's
+/// `Details`, where it names the missing permission behind "Access denied."), else the root cause
+/// (refused connection, bad certificate). object_store repeats itself down its source chain.
 pub(crate) fn code_and_message(e: object_store::Error) -> (Option<String>, String) {
     let e = anyhow::Error::new(e);
     let full = format!("{e:#}");
     let code = xml_tag(&full, "Code");
-    let message = xml_tag(&full, "Message").unwrap_or_else(|| {
-        let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
-        causes[causes.len().saturating_sub(2)..].join(": ")
-    });
+    let message = match (xml_tag(&full, "Message"), xml_tag(&full, "Details")) {
+        (Some(message), Some(details)) => format!("{message} {}", details.replace("&apos;", "'")),
+        (Some(message), None) => message,
+        (None, _) => {
+            let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+            causes[causes.len().saturating_sub(2)..].join(": ")
+        }
+    };
     (code, message)
 }
 
