@@ -94,7 +94,14 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
         })
         .await;
     assert!(jiff::Timestamp::now() >= until);
-    assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked object was tried");
+    assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked version was tried");
+    assert_eq!(scenario.s3.faults.fired("locked version hidden"), 0, "a locked version was hidden");
+    // As README says: the bucket is versioned, so each delete left a delete marker before the version.
+    for object in [&key, &kit] {
+        let versions = scenario.s3.versions("locked-backups", object);
+        let markers: Vec<bool> = versions.iter().map(|v| v.data.is_none()).collect();
+        assert_eq!(markers, [false, true], "{object}: the version kept behind its delete marker");
+    }
 }
 
 /// Retention with a lock shorter than the time a schedule keeps a backup, about equal to it, and
@@ -176,7 +183,8 @@ async fn retention_waits_for_locks_shorter_equal_and_longer_than_it() {
             assert_eq!(lock.mode, "COMPLIANCE");
         }
     }
-    assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked object was tried");
+    assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked version was tried");
+    assert_eq!(scenario.s3.faults.fired("locked version hidden"), 0, "a locked version was hidden");
     let status = scenario.schedule_status("unlockable").await;
     let storage = status.conditions.iter().find(|c| c.type_ == "StorageReady").expect("StorageReady");
     assert_eq!((storage.status.as_str(), storage.reason.as_str()), ("False", "StorageUnreachable"));

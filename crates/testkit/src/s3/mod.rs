@@ -14,8 +14,10 @@
 //!   (`AccessDenied` for a PutObject or CreateMultipartUpload without `x-amz-server-side-encryption`);
 //! - a part's `Content-MD5`, `x-amz-checksum-sha256` or `x-amz-checksum-crc64nvme` is checked
 //!   (`BadDigest`), as s3s-fs checks them only on PutObject;
-//! - a bucket can have Object Lock ([`lock`]): writes that set a retention need a checksum, and a
-//!   locked object cannot be deleted before its retain-until date;
+//! - a bucket can have Object Lock ([`lock`]), and is then versioned as on AWS: writes that set a
+//!   retention need a checksum, a replaced version stays with its lock, a DELETE puts a delete
+//!   marker in front (counted when it hides a locked version), and a locked version cannot be
+//!   deleted by its ID before its retain-until date;
 //! - a part's flexible checksum must be of the algorithm its CreateMultipartUpload declared, and is
 //!   required when one was declared (AWS: `InvalidRequest`, "Checksum Type mismatch occurred");
 //! - on demand ([`S3Server::allow_only`]) the keys hold an IAM policy ([`policy`]): each operation
@@ -44,7 +46,7 @@ mod lock;
 mod policy;
 
 use lock::Locks;
-pub use lock::Retention;
+pub use lock::{Retention, Version};
 
 /// The keys of the specification's example Secret, so its YAML works unchanged against this server.
 pub const ACCESS_KEY: &str = "YOUR_ACCESS_KEY_ID";
@@ -294,9 +296,39 @@ impl S3Server {
         Ok(())
     }
 
-    /// The lock of an object, if it was written with one (expired or not).
+    /// The lock of an object's current version, if it was written with one (expired or not).
     pub fn lock_of(&self, bucket: &str, key: &str) -> Option<Retention> {
         self.locks.lock().expect("locks lock").of(bucket, key)
+    }
+
+    /// The versions of a key in a bucket with Object Lock, oldest first: noncurrent ones, delete
+    /// markers and the current one.
+    pub fn versions(&self, bucket: &str, key: &str) -> Vec<Version> {
+        let current = std::fs::read(self._root.path().join(bucket).join(key)).ok();
+        self.locks.lock().expect("locks lock").versions(bucket, key, current)
+    }
+
+    /// A request object_store does not make (a DELETE by version ID), to `bucket` over plain HTTP,
+    /// signed with [`ACCESS_KEY`] for the bucket's region: its status and body.
+    pub async fn signed(
+        &self,
+        method: http::Method,
+        bucket: &str,
+        path_and_query: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        anyhow::ensure!(self.ca_pem.is_none(), "signed requests are sent over plain HTTP only");
+        let credential =
+            object_store::aws::AwsCredential { key_id: ACCESS_KEY.into(), secret_key: SECRET_KEY.into(), token: None };
+        let region = self.regions.of(bucket);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}/{bucket}{path_and_query}", self.endpoint))
+            .body(object_store::client::HttpRequestBody::from(Vec::new()))?;
+        object_store::aws::AwsAuthorizer::new(&credential, "s3", &region).try_authorize(&mut request, None)?;
+        let (parts, _) = request.into_parts();
+        let answer =
+            reqwest::Client::new().request(parts.method, parts.uri.to_string()).headers(parts.headers).send().await?;
+        Ok((answer.status().as_u16(), answer.text().await?))
     }
 
     /// The server-side encryption an object was written with: `AES256`, `aws:kms` or
@@ -586,6 +618,47 @@ impl FaultyStore {
         Ok(())
     }
 
+    /// In a versioned bucket, what a write to `key` replaces: Some(its current bytes, if any).
+    fn replaced(&self, bucket: &str, key: &str) -> Option<Option<Vec<u8>>> {
+        let versioned = self.locks.lock().expect("locks lock").versioned(bucket);
+        versioned.then(|| std::fs::read(self.root.join(bucket).join(key)).ok())
+    }
+
+    /// A DELETE in a versioned bucket: without a version ID, a delete marker in front of the current
+    /// version, which stays (counted as `locked version hidden` when its lock holds); with one, that
+    /// version gone unless its lock holds (`locked object kept`).
+    fn delete_in_versioned(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        bypass: bool,
+    ) -> S3Result<DeleteObjectOutput> {
+        let mut locks = self.locks.lock().expect("locks lock");
+        if let Some(id) = version_id {
+            return match locks.delete_version(bucket, key, id, bypass) {
+                Ok(()) => Ok(DeleteObjectOutput { version_id: Some(id.to_owned()), ..Default::default() }),
+                Err(refused) => {
+                    if *refused.code() == s3s::S3ErrorCode::AccessDenied {
+                        self.faults.record("locked object kept");
+                    }
+                    Err(refused)
+                }
+            };
+        }
+        let path = self.root.join(bucket).join(key);
+        let hidden = std::fs::read(&path).ok();
+        if hidden.is_some() {
+            std::fs::remove_file(&path).map_err(|e| s3_error!(InternalError, "{e}"))?;
+        }
+        let marker = locks.delete_marker(bucket, key, hidden);
+        self.faults.record("delete marker");
+        if marker.hid_locked {
+            self.faults.record("locked version hidden");
+        }
+        Ok(DeleteObjectOutput { delete_marker: Some(true), version_id: Some(marker.id), ..Default::default() })
+    }
+
     fn forget_upload(&self, upload_id: &str) {
         self.uploads.lock().expect("uploads lock").remove(upload_id);
         self.parts.lock().expect("parts lock").retain(|(id, _), _| id != upload_id);
@@ -649,9 +722,10 @@ impl S3 for FaultyStore {
         let (sse, kms) = (input.server_side_encryption.as_ref(), input.ssekms_key_id.as_deref());
         self.encryption.lock().expect("encryption lock").write(&input.bucket, &input.key, sse, kms)?;
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
+        let replaced = self.replaced(&bucket, &key);
         let response = self.inner.put_object(req).await?;
-        if let Some(retention) = retention {
-            self.locks.lock().expect("locks lock").set(&bucket, &key, retention);
+        if let Some(replaced) = replaced {
+            self.locks.lock().expect("locks lock").written(&bucket, &key, retention, replaced);
         }
         Ok(response)
     }
@@ -659,28 +733,40 @@ impl S3 for FaultyStore {
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.check()?;
         let input = &req.input;
-        let bypass = input.bypass_governance_retention == Some(true);
-        if let Err(refused) = self.locks.lock().expect("locks lock").delete(&input.bucket, &input.key, bypass) {
-            self.faults.record("locked object kept");
-            return Err(refused);
+        if !self.locks.lock().expect("locks lock").versioned(&input.bucket) {
+            return self.inner.delete_object(req).await;
         }
-        self.inner.delete_object(req).await
+        let bypass = input.bypass_governance_retention == Some(true);
+        let output = self.delete_in_versioned(&input.bucket, &input.key, input.version_id.as_deref(), bypass)?;
+        Ok(S3Response::new(output))
     }
 
-    /// All or nothing, stricter than S3 (which answers per key): any locked key refuses the request.
+    /// In a versioned bucket each key is answered on its own, as S3 does.
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         self.check()?;
         let input = &req.input;
-        let bypass = input.bypass_governance_retention == Some(true);
-        let refused = {
-            let mut locks = self.locks.lock().expect("locks lock");
-            input.delete.objects.iter().find_map(|o| locks.delete(&input.bucket, &o.key, bypass).err())
-        };
-        if let Some(refused) = refused {
-            self.faults.record("locked object kept");
-            return Err(refused);
+        if !self.locks.lock().expect("locks lock").versioned(&input.bucket) {
+            return self.inner.delete_objects(req).await;
         }
-        self.inner.delete_objects(req).await
+        let bypass = input.bypass_governance_retention == Some(true);
+        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
+        for object in &input.delete.objects {
+            match self.delete_in_versioned(&input.bucket, &object.key, object.version_id.as_deref(), bypass) {
+                Ok(done) => deleted.push(DeletedObject {
+                    key: Some(object.key.clone()),
+                    delete_marker: done.delete_marker,
+                    delete_marker_version_id: done.delete_marker.and(done.version_id.clone()),
+                    version_id: object.version_id.clone(),
+                }),
+                Err(refused) => errors.push(Error {
+                    key: Some(object.key.clone()),
+                    code: Some(refused.code().as_str().to_owned()),
+                    message: refused.message().map(str::to_owned),
+                    version_id: object.version_id.clone(),
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))
     }
 
     async fn create_multipart_upload(
@@ -701,7 +787,7 @@ impl S3 for FaultyStore {
         if let Some(upload_id) = response.output.upload_id.clone() {
             self.declared.lock().expect("declared lock").insert(upload_id.clone(), declared);
             if let Some(retention) = retention {
-                self.locks.lock().expect("locks lock").begin(&upload_id, &bucket, &key, retention);
+                self.locks.lock().expect("locks lock").begin(&upload_id, retention);
             }
             let pending = PendingUpload { bucket, key, upload_id: upload_id.clone() };
             self.uploads.lock().expect("uploads lock").insert(upload_id, pending);
@@ -771,8 +857,15 @@ impl S3 for FaultyStore {
         self.check_space()?;
         let parts = req.input.multipart_upload.as_ref().and_then(|m| m.parts.as_deref()).unwrap_or_default();
         self.check_parts(&upload_id, parts)?;
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let replaced = self.replaced(&bucket, &key);
         let response = self.inner.complete_multipart_upload(req).await?;
-        self.locks.lock().expect("locks lock").end(&upload_id, true);
+        let mut locks = self.locks.lock().expect("locks lock");
+        let retention = locks.end(&upload_id);
+        if let Some(replaced) = replaced {
+            locks.written(&bucket, &key, retention, replaced);
+        }
+        drop(locks);
         self.forget_upload(&upload_id);
         Ok(response)
     }
@@ -789,7 +882,7 @@ impl S3 for FaultyStore {
         let upload_id = req.input.upload_id.clone();
         self.check_upload(&upload_id)?;
         let response = self.inner.abort_multipart_upload(req).await?;
-        self.locks.lock().expect("locks lock").end(&upload_id, false);
+        self.locks.lock().expect("locks lock").end(&upload_id);
         self.forget_upload(&upload_id);
         Ok(response)
     }
