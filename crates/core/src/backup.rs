@@ -8,6 +8,7 @@ use teb_pipeline::{Encoding, Format, Limits, Report, Storage, UploadRef};
 use teb_talos::{ChosenNode, TalosClient, Target};
 
 use crate::Error;
+use crate::catalog::{self, Deletion};
 use crate::kit::{self, KitPolicy, RecoveryKit};
 
 /// Everything a backup needs, as plain values and a storage handle.
@@ -66,6 +67,41 @@ pub async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<St
         backup_time: jiff::Timestamp::now().to_string(),
     };
     kit::store(&plan.storage, &kit, &plan.encoding.recipients, plan.kit_policy).await
+}
+
+/// Gives the snapshot `outcome` reports the recovery kit the plan says it is to have: snapshot and
+/// kit are one backup, so when a kit that is due cannot be stored the snapshot is deleted (unless S3
+/// Object Lock keeps it) and the kit's error returned, for the attempt to fail or be retried whole.
+pub async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
+    match store_kit(plan, &outcome).await {
+        Ok(kit) => {
+            outcome.kit = kit;
+            Ok(outcome)
+        }
+        Err(error) => {
+            let key = &outcome.report.key;
+            match catalog::delete_snapshot(&plan.storage, key).await {
+                Ok(Deletion::Deleted) => {}
+                Ok(Deletion::Locked { until }) => tracing::warn!(%key, %until,
+                    "the snapshot whose kit failed is locked by S3 Object Lock: it stays in the bucket"),
+                Err(e) => tracing::warn!(%key, error = %e, "cannot delete the snapshot whose kit failed"),
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Takes the snapshot an interrupted attempt stored ([`find_stored`]) as the backup, with the kit
+/// beside it, or stored now: never without the kit it is to have ([`complete_with_kit`]).
+pub async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
+    for sealed in [true, false] {
+        let key = kit::kit_key(&outcome.report.key, sealed);
+        if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
+            outcome.kit = Some(key);
+            return Ok(outcome);
+        }
+    }
+    complete_with_kit(plan, outcome).await
 }
 
 /// The specification's key prefix.

@@ -16,6 +16,9 @@ pub enum Error {
     /// A key the command line may not use (taken, or none free).
     #[error("Failed to upload snapshot to S3: {0}")]
     Key(String),
+    /// The store refused a recovery kit: the backup fails (or is retried) whole.
+    #[error("Failed to upload snapshot to {service}: storing its recovery kit {key} failed: {cause}", service = .cause.service().unwrap_or("S3"))]
+    KitNotStored { key: String, cause: teb_pipeline::Error },
     /// A recovery kit that cannot be opened or does not belong to its snapshot.
     #[error("Failed to read the recovery kit {key}: {reason}")]
     Kit { key: String, reason: String },
@@ -31,7 +34,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Talos(e) => e.is_transient(),
-            Error::Snapshot { cause, .. } | Error::Upload(cause) => cause.is_transient(),
+            Error::Snapshot { cause, .. } | Error::Upload(cause) | Error::KitNotStored { cause, .. } => {
+                cause.is_transient()
+            }
             // Reading it again helps only when reading failed, not when what was read is damaged.
             Error::Verify { cause, .. } => {
                 matches!(cause, teb_pipeline::Error::Storage { .. } | teb_pipeline::Error::IdleTimeout { .. })
@@ -48,7 +53,7 @@ impl Error {
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) | Error::Key(_) => "s3",
             Error::Verify { .. } => "verify",
-            Error::Kit { .. } => "kit",
+            Error::Kit { .. } | Error::KitNotStored { .. } => "kit",
             Error::Restore(_) | Error::RestoreRefused(_) => "restore",
         }
     }

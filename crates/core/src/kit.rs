@@ -198,8 +198,10 @@ pub async fn store(
         (KitPolicy::Plaintext, true) => (kit_key(&kit.backup_key, false), kit.to_yaml().into_bytes()),
     };
     let metadata = [("cluster", kit.cluster.clone()), ("format", "talos-etcd-backup-recovery-kit".to_owned())];
-    storage.put(&key, bytes, &metadata).await.map_err(Error::Upload)?;
-    Ok(Some(key))
+    match storage.put(&key, bytes, &metadata).await {
+        Ok(()) => Ok(Some(key)),
+        Err(cause) => Err(Error::KitNotStored { key, cause }),
+    }
 }
 
 /// The kit stored beside the snapshot at `snapshot_key`, if any: its key and what it holds, opened

@@ -847,8 +847,8 @@ async fn the_backup_cycle_works_on_s3_servers_nobody_here_wrote() {
             object_lock: None,
             checksum: teb_pipeline::S3Checksum::Auto,
         };
-        let location = teb_pipeline::StorageLocation::S3(location);
-        let storage = teb_pipeline::Storage::new(&location, std::time::Duration::from_secs(30)).unwrap();
+        let storage = teb_pipeline::StorageLocation::S3(location.clone());
+        let storage = teb_pipeline::Storage::new(&storage, std::time::Duration::from_secs(30)).unwrap();
         for key in &keys {
             let deleted = teb_core::catalog::delete_snapshot(&storage, key).await.unwrap();
             assert_eq!(deleted, teb_core::catalog::Deletion::Deleted, "{}", kind.name());
@@ -864,6 +864,16 @@ async fn the_backup_cycle_works_on_s3_servers_nobody_here_wrote() {
             let key = summary["key"].as_str().unwrap();
             let (ok, _, stderr) = run_in("vault", "verify", &["--key", key]);
             assert!(ok, "{}: {stderr}", kind.name());
+            // A locked PutObject, as a recovery kit is written: moto wants the SDKs' algorithm header.
+            let lock = teb_pipeline::ObjectLock {
+                mode: teb_pipeline::LockMode::Governance,
+                retention: std::time::Duration::from_secs(86400),
+            };
+            let location = teb_pipeline::S3Location { bucket: "vault".into(), object_lock: Some(lock), ..location };
+            let vault = teb_pipeline::StorageLocation::S3(location);
+            let vault = teb_pipeline::Storage::new(&vault, std::time::Duration::from_secs(30)).unwrap();
+            vault.put("kit.age", b"a recovery kit".to_vec(), &[]).await.expect("a locked PutObject on moto");
+            assert!(vault.locked_until("kit.age").await.unwrap().is_some());
         }
     }
 }

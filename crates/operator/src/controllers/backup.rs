@@ -125,11 +125,20 @@ async fn attempt(
         let message = format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name);
         ctx.event(backup, EventType::Normal, "BackupStarted", message).await;
     }
-    if let Some(mut outcome) = interrupted_outcome(backup, resolver, &status).await {
-        outcome.kit = interrupted_kit(backup, ctx, resolver, &outcome).await;
-        // Its upload is complete: S3 no longer knows it, so this only clears the record.
-        abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
-        return succeed(api, backup, ctx, status, outcome).await;
+    if let Some(outcome) = interrupted_outcome(backup, resolver, &status).await {
+        let plan = crate::isolate(resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity)).await?;
+        match core_backup::adopt_interrupted(&plan, outcome).await {
+            Ok(outcome) => {
+                // Its upload is complete: S3 no longer knows it, so this only clears the record.
+                abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
+                return succeed(api, backup, ctx, status, outcome).await;
+            }
+            // Not a backup without its kit: the snapshot is gone (unless locked); a new attempt
+            // stores both.
+            Err(error) => {
+                tracing::warn!(%namespace, %name, %error, "the interrupted attempt's kit cannot be stored; backing up again")
+            }
+        }
     }
     // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
     abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
@@ -404,7 +413,7 @@ async fn succeed(
             format!("{size} bytes ({} stored, {})", report.stored_size, outcome.format.name())
         }
         Some(size) => format!("{size} bytes"),
-        None => format!("{} bytes ({}; recovered after a restart)", report.stored_size, outcome.format.name()),
+        None => format!("{} bytes ({}; stored by an earlier attempt)", report.stored_size, outcome.format.name()),
     };
     let message = format!(
         "Snapshot of {size} from node {} stored in {} at {} ({:.1} s)",
@@ -502,30 +511,6 @@ async fn verify_stored(
     Ok(ctx.after_finish(&status))
 }
 
-/// The recovery kit of a snapshot an interrupted attempt stored: the one beside it, else stored now.
-async fn interrupted_kit(
-    backup: &TalosEtcdBackup,
-    ctx: &Context,
-    resolver: &mut Resolver,
-    outcome: &Outcome,
-) -> Option<String> {
-    let found = crate::isolate(async {
-        let plan = resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity).await?;
-        for sealed in [true, false] {
-            let key = teb_core::kit::kit_key(&outcome.report.key, sealed);
-            if plan.storage.size(&key).await.map_err(Error::storage)?.is_some() {
-                return Ok(Some(key));
-            }
-        }
-        Ok(core_backup::store_kit(&plan, outcome).await?)
-    })
-    .await;
-    found.unwrap_or_else(|error| {
-        tracing::warn!(name = %backup.name_any(), %error, "cannot store the recovery kit of an interrupted attempt");
-        None
-    })
-}
-
 /// What an attempt cut off after its upload completed (its Ready status could not be written) left in
 /// the bucket: recorded rather than stored a second time, where nobody would point at the first.
 async fn interrupted_outcome(
@@ -578,24 +563,11 @@ async fn attempt_backup(
         return Err(error);
     }
     let upload_id = upload.upload_id.clone();
-    let mut outcome = prepared.stream(&|_| {}).await?;
+    let outcome = prepared.stream(&|_| {}).await?;
     status.unfinished_uploads.retain(|u| u.upload_id != upload_id);
-    // Snapshot and kit are one backup: without the kit it is to be, the snapshot goes too.
-    match core_backup::store_kit(&plan, &outcome).await {
-        Ok(kit) => outcome.kit = kit,
-        Err(error) => {
-            match catalog::delete_snapshot(&plan.storage, &outcome.report.key).await {
-                Ok(Deletion::Deleted) => {}
-                Ok(Deletion::Locked { until }) => tracing::warn!(key = %outcome.report.key, %until,
-                    "the snapshot whose kit failed is locked by S3 Object Lock: it stays in the bucket"),
-                Err(e) => {
-                    tracing::warn!(key = %outcome.report.key, error = %e, "cannot delete the snapshot whose kit failed")
-                }
-            }
-            return Err(error.into());
-        }
-    }
-    Ok(outcome)
+    // A snapshot whose kit fails is deleted; one Object Lock keeps is adopted by a retry only with
+    // its kit stored then.
+    Ok(core_backup::complete_with_kit(&plan, outcome).await?)
 }
 
 fn set_phase(status: &mut TalosEtcdBackupStatus, phase: Phase, message: String) {

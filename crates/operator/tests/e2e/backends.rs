@@ -260,6 +260,7 @@ async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
     backup_verify_restore_delete(&scenario, server, &storage(PLACE, "gcs-key"), &recipient, source).await;
 
     // README's least role for backups alone: roles/storage.objectCreator (nothing is read or deleted).
+    let server = Server::Gcs(&gcs);
     let creator = gcs.service_account("creator@teb-test.iam.gserviceaccount.com", Role::ObjectCreator).unwrap();
     scenario.create_secret(&secret("gcs-creator", "key.json", &creator)).await;
     scenario.apply(&backup("write-only", &storage(PLACE, "gcs-creator"), "")).await;

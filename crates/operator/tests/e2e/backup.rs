@@ -883,3 +883,44 @@ async fn a_refused_client_certificate_fails_at_the_talos_api() {
     assert!(named || message.contains("transport error"), "{message}");
     scenario.assert_bucket_clean().await;
 }
+
+/// Snapshot and kit are one backup. A kit the store refuses for good (a bucket policy denying its key)
+/// fails the backup with the store's reason and takes the snapshot with it; one refused for a while
+/// (503 beyond the client's retries) fails the attempt, and the next stores snapshot and kit
+/// together, never adopting the first attempt's snapshot without its kit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_never_ends_ready_without_its_kit() {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let scenario = Scenario::start_with("e2e-kit-refused", options, false, test_config()).await;
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    let with_kit =
+        |name: &str| format!("{}  recoveryKit: Plaintext\n", backup_yaml(name, &endpoint_field(&scenario.s3.endpoint)));
+
+    scenario.s3.faults.fail_put_object(u32::MAX, true);
+    scenario.apply(&with_kit("denied")).await;
+    let status =
+        scenario.expect_failed("denied", "Failed to upload snapshot to S3: storing its recovery kit", "").await;
+    let message = &condition(&status, FAILED).unwrap().message;
+    assert!(message.contains("AccessDenied") && message.contains("/state-"), "{message}");
+    assert_eq!((status.attempts, status.state_filename.as_deref()), (1, None), "a refusal is not retried");
+    scenario.assert_bucket_clean().await;
+    assert!(!scenario.event_reasons().await.contains(&"RecoveryKitNotStored".to_owned()), "no Ready without a kit");
+
+    // object_store retries a 503 three times: four refusals fail the first attempt's kit.
+    scenario.s3.faults.fail_put_object(4, false);
+    scenario.apply(&with_kit("throttled")).await;
+    let status = scenario.wait_finished("throttled").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    assert_eq!(status.attempts, 2, "the kit's failure failed the first attempt");
+    let (key, kit) = (status.filename.unwrap(), status.state_filename.expect("a kit"));
+    assert_eq!(kit, teb_core::kit::kit_key(&key, false));
+    let mut objects: Vec<String> =
+        scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    objects.sort();
+    let mut expected = vec![key, kit];
+    expected.sort();
+    assert_eq!(objects, expected, "the first attempt's snapshot went with its kit");
+    assert!(scenario.s3.unfinished_uploads().is_empty());
+    assert_eq!(scenario.s3.faults.fired("put object refused"), 4);
+}

@@ -90,6 +90,10 @@ pub struct S3Faults {
     fail_aborts: AtomicBool,
     /// Any `x-amz-checksum-*` or `x-amz-checksum-algorithm` header is refused with NotImplemented.
     refuse_checksums: AtomicBool,
+    /// This many next PutObjects (single-request writes: a recovery kit) are refused...
+    fail_put_object: AtomicU32,
+    /// ...with AccessDenied when true (a bucket policy that denies the key), else 503 SlowDown.
+    fail_put_object_denied: AtomicBool,
     /// How often each fault fired, by name, so that a test can show its fault happened.
     fired: Mutex<BTreeMap<&'static str, u32>>,
 }
@@ -119,6 +123,14 @@ impl S3Faults {
 
     pub fn storage_full(&self, full: bool) {
         self.storage_full.store(full, Ordering::SeqCst);
+    }
+
+    /// The next `times` PutObjects (a recovery kit's write; multipart uploads are not touched) are
+    /// refused: with AccessDenied when `denied`, as a bucket policy denying the key would, else with
+    /// 503 SlowDown.
+    pub fn fail_put_object(&self, times: u32, denied: bool) {
+        self.fail_put_object_denied.store(denied, Ordering::SeqCst);
+        self.fail_put_object.store(times, Ordering::SeqCst);
     }
 
     pub fn refuse_credentials(&self, refuse: bool) {
@@ -702,8 +714,17 @@ impl S3 for FaultyStore {
         self.inner.list_parts(req).await
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(&self, mut req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         self.check()?;
+        if S3Faults::take(&self.faults.fail_put_object) {
+            self.faults.record("put object refused");
+            drain(req.input.body.take()).await;
+            return Err(if self.faults.fail_put_object_denied.load(Ordering::SeqCst) {
+                s3_error!(AccessDenied, "Access Denied (injected: a bucket policy denies this key)")
+            } else {
+                s3_error!(SlowDown, "Please reduce your request rate. (injected)")
+            });
+        }
         let input = &req.input;
         let (mode, until) = (input.object_lock_mode.as_ref(), input.object_lock_retain_until_date.as_ref());
         let retention = self.locks.lock().expect("locks lock").asked(&input.bucket, mode, until)?;

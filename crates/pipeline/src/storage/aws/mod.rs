@@ -285,7 +285,7 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
     }
     let locked_writer = location.object_lock.map(|lock| {
         let (builder, options) = (builder.clone(), options.clone());
-        Arc::new(move || locked_writer(&builder, &options, lock)) as super::LockedWriters
+        Arc::new(move || locked_writer(&builder, &options, lock, checksum)) as super::LockedWriters
     });
     let store = builder
         .with_client_options(options)
@@ -309,8 +309,16 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
 
 /// A client whose writes lock what they create until `lock.retention` from now. S3 takes a lock as
 /// headers of the PutObject or CreateMultipartUpload that creates the object, so the date is fixed
-/// per client: one is built for each write (parts and completion go through the usual client).
-fn locked_writer(builder: &AmazonS3Builder, options: &ClientOptions, lock: ObjectLock) -> Result<LockedWriter, Error> {
+/// per client: one is built for each write (parts and completion go through the usual client). Its
+/// requests also name their checksum's algorithm as the AWS SDKs do (`x-amz-sdk-checksum-algorithm`):
+/// S3 needs only the checksum, but moto takes a locked PutObject only with that header or Content-MD5
+/// (moto 5.2.6 `s3/responses.py`, MissingUploadObjectWithObjectLockHeaders).
+fn locked_writer(
+    builder: &AmazonS3Builder,
+    options: &ClientOptions,
+    lock: ObjectLock,
+    checksum: S3Checksum,
+) -> Result<LockedWriter, Error> {
     let now = jiff::Timestamp::now();
     // Whole seconds, rounded up: never shorter than asked.
     let seconds = now.as_second() + lock.retention.as_secs() as i64 + i64::from(now.subsec_nanosecond() > 0);
@@ -320,6 +328,7 @@ fn locked_writer(builder: &AmazonS3Builder, options: &ClientOptions, lock: Objec
     headers.insert("x-amz-object-lock-mode", http::HeaderValue::from_static(lock.mode.as_str()));
     let date = until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     headers.insert("x-amz-object-lock-retain-until-date", http::HeaderValue::try_from(date).expect("a date is ASCII"));
+    headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static(checksum.name()));
     let store = builder
         .clone()
         .with_client_options(options.clone().with_default_headers(headers))
