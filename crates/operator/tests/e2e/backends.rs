@@ -263,7 +263,7 @@ async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
     let server = Server::Gcs(&gcs);
     let creator = gcs.service_account("creator@teb-test.iam.gserviceaccount.com", Role::ObjectCreator).unwrap();
     scenario.create_secret(&secret("gcs-creator", "key.json", &creator)).await;
-    scenario.apply(&backup("write-only", &storage(PLACE, "gcs-creator"), "")).await;
+    scenario.apply(&backup("write-only", &storage(PLACE, "gcs-creator"), "  recoveryKit: Plaintext\n")).await;
     let status = scenario.wait_finished("write-only").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
     let mut stored = server.keys().await;

@@ -508,10 +508,7 @@ async fn deletion_policy_decides_whether_the_snapshot_goes_with_the_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_of_one_control_plane_in_one_second_never_share_a_key() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-same-second", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-same-second").await;
     // Four backups at once: their attempts start within a second or two of each other.
     let names = ["first", "second", "third", "fourth"];
     for name in names {
@@ -730,10 +727,7 @@ async fn a_backup_survives_a_kube_apiserver_outage() {
 /// written with the encryption asked for, and reads back through verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_encryption_reaches_every_object_of_a_backup() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-sse", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-sse").await;
     scenario.s3.require_encryption("my-etcd-backups");
     let s3 = endpoint_field(&scenario.s3.endpoint);
 
@@ -784,10 +778,7 @@ async fn server_side_encryption_reaches_every_object_of_a_backup() {
 /// Lock is refused before anything is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_refuses_flexible_checksums_takes_the_default_checksum() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-checksum", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-checksum").await;
     scenario.s3.faults.refuse_flexible_checksums(true);
     let s3 = endpoint_field(&scenario.s3.endpoint);
     scenario.apply(&backup_yaml("forced", &format!("{s3}      checksum: CRC64NVME\n"))).await;
@@ -813,10 +804,7 @@ async fn a_store_that_refuses_flexible_checksums_takes_the_default_checksum() {
 /// `s3:DeleteObject` (without `s3:GetObject`) lets retention prune; the full one verifies too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readmes_minimal_iam_policies_are_enough() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-iam", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-iam").await;
     let s3 = endpoint_field(&scenario.s3.endpoint);
     let write_only = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"];
     scenario.s3.allow_only(Some(&write_only));
@@ -890,10 +878,7 @@ async fn a_refused_client_certificate_fails_at_the_talos_api() {
 /// together, never adopting the first attempt's snapshot without its kit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_never_ends_ready_without_its_kit() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-kit-refused", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-kit-refused").await;
     let with_kit =
         |name: &str| format!("{}  recoveryKit: Plaintext\n", backup_yaml(name, &endpoint_field(&scenario.s3.endpoint)));
 
@@ -922,5 +907,5 @@ async fn a_backup_never_ends_ready_without_its_kit() {
     expected.sort();
     assert_eq!(objects, expected, "the first attempt's snapshot went with its kit");
     assert!(scenario.s3.unfinished_uploads().is_empty());
-    assert_eq!(scenario.s3.faults.fired("put object refused"), 4);
+    assert_eq!(scenario.s3.faults.fired("put object refused"), 1 + 4, "once for the denied kit, four times now");
 }

@@ -64,6 +64,16 @@ fn test_config() -> controllers::Config {
 }
 
 impl Scenario {
+    /// The common ground: one control plane (no workers) with its secrets bundle, and the
+    /// specification's S3 Secret.
+    async fn one_control_plane(prefix: &str) -> Scenario {
+        let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+        let scenario = Scenario::start_with(prefix, options, false, test_config()).await;
+        scenario.control_plane_with_bundle().await;
+        scenario.apply(SPEC_SECRET).await;
+        scenario
+    }
+
     async fn start(prefix: &str, control_planes: usize, tls: bool) -> Scenario {
         let options = EmulatorOptions { control_planes, workers: 1, ..Default::default() };
         Scenario::start_with(prefix, options, tls, test_config()).await

@@ -112,10 +112,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
 /// the live backups' snapshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_waits_for_locks_shorter_equal_and_longer_than_it() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-lock-retention", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-lock-retention").await;
     let schedules = [("shorter", "2s"), ("equal", "8s"), ("longer", "30s")];
     for (name, retention) in schedules {
         let bucket = format!("{name}-locks");

@@ -5,10 +5,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-schedule", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-schedule").await;
     scenario.apply(&scenario.schedule_yaml("every4s", "@every 4s", "")).await;
     // Keep 2; the upstream `retention` field.
     let patch = serde_json::json!({"spec": {"retention": 2}});
@@ -228,10 +225,7 @@ async fn forbid_skips_runs_while_one_is_running_and_a_restart_takes_one_missed_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_schedule_yaml_applies_unchanged_invalid_ones_say_why_and_deletion_keeps_backups() {
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let scenario = Scenario::start_with("e2e-schedule-api", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let scenario = Scenario::one_control_plane("e2e-schedule-api").await;
 
     // The upstream operator's documented example, verbatim: the API server takes it (a dry run: with
     // no endpoint it would reach AWS), and with the S3 endpoint added it runs daily at 02:00 UTC.
@@ -342,10 +336,7 @@ async fn upstream_schedule_yaml_applies_unchanged_invalid_ones_say_why_and_delet
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_schedule_deletion_cascades_to_a_snapshot() {
     use kube::api::{DeleteParams, PropagationPolicy};
-    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
-    let mut scenario = Scenario::start_with("e2e-cascade", options, false, test_config()).await;
-    scenario.control_plane_with_bundle().await;
-    scenario.apply(SPEC_SECRET).await;
+    let mut scenario = Scenario::one_control_plane("e2e-cascade").await;
     let propagations = [
         ("fg", PropagationPolicy::Foreground),
         ("bg", PropagationPolicy::Background),
