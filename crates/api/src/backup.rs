@@ -282,9 +282,10 @@ pub struct S3Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLock>,
     /// How each write's body is checked by the store. `CRC64NVME` or `SHA256`: a flexible-checksum
-    /// header (`x-amz-checksum-…`); `None`: no such header, the body's SHA-256 is signed instead
-    /// (every S3-compatible store checks it; some refuse flexible-checksum headers). Unset: `CRC64NVME`
-    /// on AWS and with `objectLock` (a locked write needs a checksum), `None` on any other `endpoint`.
+    /// header (`x-amz-checksum-…`); `MD5`: `Content-MD5`, which every S3 implementation checks and
+    /// takes for Object Lock; `None`: no such header, the body's SHA-256 is signed instead (every
+    /// S3-compatible store checks it; some refuse flexible-checksum headers). Unset: `CRC64NVME` on AWS
+    /// and with `objectLock` (a locked write needs a checksum), `None` on any other `endpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "checksum_schema")]
     pub checksum: Option<S3ChecksumAlgorithm>,
@@ -292,7 +293,7 @@ pub struct S3Storage {
 
 /// A plain string enum, as [`deletion_policy_schema`].
 fn checksum_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({"type": "string", "enum": ["CRC64NVME", "SHA256", "None"]})
+    schemars::json_schema!({"type": "string", "enum": ["CRC64NVME", "SHA256", "MD5", "None"]})
 }
 
 /// See [`S3Storage::checksum`].
@@ -302,6 +303,8 @@ pub enum S3ChecksumAlgorithm {
     Crc64Nvme,
     #[serde(rename = "SHA256")]
     Sha256,
+    #[serde(rename = "MD5")]
+    Md5,
     None,
 }
 
@@ -311,6 +314,7 @@ impl S3ChecksumAlgorithm {
         match self {
             S3ChecksumAlgorithm::Crc64Nvme => "CRC64NVME",
             S3ChecksumAlgorithm::Sha256 => "SHA256",
+            S3ChecksumAlgorithm::Md5 => "MD5",
             S3ChecksumAlgorithm::None => "None",
         }
     }

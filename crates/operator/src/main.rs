@@ -202,9 +202,9 @@ struct BucketArgs {
     /// How long the objects written stay locked: 30d, 36h, 1d12h, 90s.
     #[arg(long, requires = "object_lock_mode")]
     object_lock_retention: Option<String>,
-    /// How the store checks each write: crc64nvme or sha256 (a flexible-checksum header), none (the
-    /// body's SHA-256 signed instead; for stores that refuse those headers), auto (crc64nvme on AWS
-    /// and with Object Lock, none on another --endpoint).
+    /// How the store checks each write: crc64nvme or sha256 (a flexible-checksum header), md5
+    /// (Content-MD5), none (the body's SHA-256 signed instead; for stores that refuse those
+    /// headers), auto (crc64nvme on AWS and with Object Lock, none on another --endpoint).
     #[arg(long, default_value = "auto", value_parser = teb_pipeline::S3Checksum::parse)]
     checksum: teb_pipeline::S3Checksum,
     /// Azure storage account of an az:// container.

@@ -719,16 +719,18 @@ async fn snapshot_command_writes_locked_objects() {
     let ground = CliGround::start_with(EmulatorOptions::default(), false).await;
     let (s3, talosconfig) = (&ground.s3, ground.talosconfig("talosconfig", "os:etcd:backup"));
     s3.create_bucket_with_object_lock("vault", teb_testkit::s3::REGION).unwrap();
-    let locked = |bucket: &str, retention: &str| {
+    let locked_with = |bucket: &str, retention: &str, extra: &[&str]| {
         let mut command = bare("snapshot");
         command
             .args(["--bucket", bucket, "--endpoint", &s3.endpoint, "--cluster", "demo", "--talosconfig"])
             .arg(&talosconfig)
             .args(["--object-lock-mode", "COMPLIANCE", "--object-lock-retention", retention])
+            .args(extra)
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
         outcome(&mut command)
     };
+    let locked = |bucket: &str, retention: &str| locked_with(bucket, retention, &[]);
     let started = jiff::Timestamp::now();
     let (ok, summary, stderr) = locked("vault", "1h");
     assert!(ok, "{stderr}");
@@ -752,6 +754,17 @@ async fn snapshot_command_writes_locked_objects() {
         "{stderr}"
     );
     assert!(s3.objects("backups").await.unwrap().is_empty());
+    assert!(s3.unfinished_uploads().is_empty());
+
+    // A store that locks objects but refuses flexible-checksum headers: the default fails, naming
+    // MD5; `--checksum md5` writes every part and the object with Content-MD5, which it takes.
+    s3.faults.refuse_flexible_checksums(true);
+    let (ok, _, stderr) = locked("vault", "1h");
+    assert!(!ok && stderr.contains("NotImplemented") && stderr.contains("--checksum md5"), "{stderr}");
+    let (ok, summary, stderr) = locked_with("vault", "1h", &["--checksum", "md5"]);
+    assert!(ok, "{stderr}");
+    let key = summary["key"].as_str().unwrap();
+    assert_eq!(s3.lock_of("vault", key).map(|lock| lock.mode), Some("COMPLIANCE".to_owned()));
     assert!(s3.unfinished_uploads().is_empty());
 }
 
@@ -810,7 +823,7 @@ async fn the_backup_cycle_works_on_s3_servers_nobody_here_wrote() {
         let run = |subcommand: &str, args: &[&str]| run_in("backups", subcommand, args);
         let config = backup.to_str().unwrap();
         let mut keys = Vec::new();
-        for checksum in ["auto", "crc64nvme", "sha256"] {
+        for checksum in ["auto", "crc64nvme", "sha256", "md5"] {
             let (ok, summary, stderr) =
                 run("snapshot", &["--talosconfig", config, "--cluster", "demo", "--checksum", checksum]);
             assert!(ok, "{} --checksum {checksum}: {stderr}", kind.name());

@@ -2,6 +2,7 @@
 //! the client built from them and how S3 names its failures. Everything S3-specific lives here; the
 //! rest of the crate sees only [`Storage`].
 
+mod content_md5;
 pub mod validate;
 
 use std::fmt;
@@ -68,6 +69,9 @@ pub enum S3Checksum {
     Crc64Nvme,
     /// `x-amz-checksum-sha256` on every write.
     Sha256,
+    /// `Content-MD5` on every write, which every S3 implementation checks and takes for Object Lock:
+    /// for stores that refuse flexible-checksum headers but lock objects.
+    Md5,
     /// No flexible-checksum header: the body's SHA-256 is signed instead (`x-amz-content-sha256`),
     /// which every SigV4 store checks.
     None,
@@ -80,8 +84,9 @@ impl S3Checksum {
             "auto" => Ok(S3Checksum::Auto),
             "crc64nvme" => Ok(S3Checksum::Crc64Nvme),
             "sha256" => Ok(S3Checksum::Sha256),
+            "md5" => Ok(S3Checksum::Md5),
             "none" => Ok(S3Checksum::None),
-            _ => Err(format!("{text:?} is not a checksum this tool writes: use CRC64NVME, SHA256, None or Auto")),
+            _ => Err(format!("{text:?} is not a checksum this tool writes: use CRC64NVME, SHA256, MD5, None or Auto")),
         }
     }
 
@@ -91,17 +96,18 @@ impl S3Checksum {
             S3Checksum::Auto => "Auto",
             S3Checksum::Crc64Nvme => "CRC64NVME",
             S3Checksum::Sha256 => "SHA256",
+            S3Checksum::Md5 => "MD5",
             S3Checksum::None => "None",
         }
     }
 
     /// Itself, if it can go with Object Lock when `locked`: S3 takes a locked write only with a
-    /// checksum it checks (Content-MD5, which object_store does not send, or a flexible one).
+    /// checksum it checks (Content-MD5 or a flexible one).
     pub fn with_lock(self, locked: bool) -> Result<Self, String> {
         match self {
             S3Checksum::None if locked => {
                 let why = "None cannot go with Object Lock, whose writes need a checksum the store checks";
-                Err(format!("{why}: use CRC64NVME or SHA256"))
+                Err(format!("{why}: use CRC64NVME, SHA256 or MD5"))
             }
             checksum => Ok(checksum),
         }
@@ -260,6 +266,7 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
     builder = match checksum {
         S3Checksum::Crc64Nvme | S3Checksum::Auto => builder.with_checksum_algorithm(Checksum::CRC64NVME),
         S3Checksum::Sha256 => builder.with_checksum_algorithm(Checksum::SHA256),
+        S3Checksum::Md5 => builder.with_http_connector(content_md5::ContentMd5Connector),
         S3Checksum::None => builder,
     };
     builder = match &location.sse {
@@ -294,7 +301,7 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
     let asked = Asked {
         encryption: location.sse.is_some(),
         lock: location.object_lock.is_some(),
-        checksum: checksum != S3Checksum::None,
+        checksum: matches!(checksum, S3Checksum::Crc64Nvme | S3Checksum::Sha256),
     };
     let failure = Arc::new(move |e| failure(e, asked));
     Ok(Storage {
@@ -328,7 +335,9 @@ fn locked_writer(
     headers.insert("x-amz-object-lock-mode", http::HeaderValue::from_static(lock.mode.as_str()));
     let date = until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     headers.insert("x-amz-object-lock-retain-until-date", http::HeaderValue::try_from(date).expect("a date is ASCII"));
-    headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static(checksum.name()));
+    if matches!(checksum, S3Checksum::Crc64Nvme | S3Checksum::Sha256) {
+        headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static(checksum.name()));
+    }
     let store = builder
         .clone()
         .with_client_options(options.clone().with_default_headers(headers))
@@ -379,6 +388,10 @@ fn failure(e: object_store::Error, asked: Asked) -> Failure {
             "{message} (Object Lock needs a bucket created with Object Lock enabled, such as by aws s3api \
              create-bucket --object-lock-enabled-for-bucket; without backupStorage.s3.objectLock, or \
              --object-lock-mode on the command line, objects are written unlocked)"
+        ),
+        Some("NotImplemented" | "InvalidRequest" | "InvalidArgument") if asked.checksum && asked.lock => format!(
+            "{message} (a store that refuses flexible-checksum headers may take a locked write checked by \
+             Content-MD5: set backupStorage.s3.checksum: MD5, or --checksum md5 on the command line)"
         ),
         _ => message,
     };
@@ -446,7 +459,8 @@ mod tests {
         location.checksum = S3Checksum::Sha256;
         assert_eq!(S3Checksum::effective(&location), S3Checksum::Sha256);
         assert_eq!(S3Checksum::parse("crc64nvme"), Ok(S3Checksum::Crc64Nvme));
-        assert!(S3Checksum::parse("MD5").unwrap_err().contains("use CRC64NVME, SHA256, None or Auto"));
+        assert_eq!(S3Checksum::parse("MD5"), Ok(S3Checksum::Md5));
+        assert!(S3Checksum::parse("crc32").unwrap_err().contains("use CRC64NVME, SHA256, MD5, None or Auto"));
     }
 
     #[test]
