@@ -297,7 +297,7 @@ def main():
         delete("bench/sink-alone.db")
         # The CPU of each way the store checks a write (backupStorage.s3.checksum); `sink` above is
         # the default on a custom endpoint (None: the body's SHA-256 signed).
-        for checksum in ("crc64nvme", "sha256"):
+        for checksum in ("crc64nvme", "sha256", "md5"):
             r = measured(f"sink-{checksum}", [teb_bench, "sink", "--endpoint", endpoint, "--bucket", "bench",
                                               "--bytes", str(snapshot_bytes), "--checksum", checksum])
             row[f"sink_{checksum}"] = dict(r, **last_json(r["stdout"]))
@@ -493,7 +493,7 @@ def write_report(results, args, extra, m):
             return f"| {row['label']} | {name} | {rate:.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {mb(r['peak_rss'])} | {r['disk_write']} |"
         lines.append(line("source alone (Talos client → nothing)", row["source"], row["source"]["mb_per_s"]))
         lines.append(line("sink alone (memory → S3 sink; checksum None, signed SHA-256)", row["sink"], row["sink"]["mb_per_s"]))
-        for checksum in ("crc64nvme", "sha256"):
+        for checksum in ("crc64nvme", "sha256", "md5"):
             r = row[f"sink_{checksum}"]
             lines.append(line(f"sink alone, checksum {checksum.upper()}", r, r["mb_per_s"]))
         lines.append(line("**full: `talos-etcd-backup snapshot`**", row["full"], row["full"]["mb_per_s"]))

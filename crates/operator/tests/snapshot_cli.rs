@@ -33,6 +33,9 @@ fn bare(subcommand: &str) -> Command {
     for name in ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"] {
         command.env_remove(name);
     }
+    for name in ["GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP"] {
+        command.env_remove(name);
+    }
     command
 }
 
@@ -694,6 +697,27 @@ async fn azure_and_gcs_urls_snapshot_list_and_verify() {
         assert_eq!(verified["sha256"], summary["sha256"]);
     }
     assert!(gcs.unfinished_uploads().is_empty());
+
+    // GCS's ambient credentials, with no --gcs-service-account-key: the key file that
+    // GOOGLE_APPLICATION_CREDENTIALS names, and the metadata server of a GCE instance or of a GKE pod
+    // with workload identity (both its addresses on loopback, or the client falls back to
+    // 169.254.169.254), whose account's role is then the limit.
+    let ambient = |subcommand: &str, env: &[(&str, &str)]| {
+        let mut command = bare(subcommand);
+        command.args(["--endpoint", &gcs.endpoint, "--bucket", "gs://backups"]).envs(env.iter().copied());
+        command
+    };
+    let listed_one = |(ok, listed, stderr): (bool, serde_json::Value, String)| {
+        assert!(ok && listed.as_array().map(Vec::len) == Some(1), "{listed} {stderr}");
+    };
+    listed_one(outcome(ambient("list", &[("GOOGLE_APPLICATION_CREDENTIALS", gcs_key)]).args(["--output", "json"])));
+    gcs.serve_metadata("node@teb-test.iam.gserviceaccount.com", teb_testkit::gcs::Role::ObjectViewer);
+    let host = gcs.metadata_host();
+    let metadata = [("GCE_METADATA_HOST", host.as_str()), ("GCE_METADATA_IP", host.as_str())];
+    listed_one(outcome(ambient("list", &metadata).args(["--output", "json"])));
+    let (ok, _, stderr) =
+        outcome(ambient("snapshot", &metadata).args(["--cluster", "demo"]).arg("--talosconfig").arg(&talosconfig));
+    assert!(!ok && stderr.contains("does not have storage.multipartUploads.create access"), "{stderr}");
 
     // A SAS token for the container works as the key does; a wrong key says which service refused.
     let sas = azurite.container_sas("backups", jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1));

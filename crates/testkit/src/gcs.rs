@@ -19,7 +19,10 @@
 //!   least 5 MiB (`InvalidPart`, `InvalidPartOrder`, `EntityTooSmall`);
 //! - `x-goog-meta-*` metadata is kept and returned, ranges are served as 206 with `Content-Range`;
 //! - `GET /<bucket>?uploads` lists the unfinished multipart uploads (`prefix` honoured), as GCS's
-//!   XML API does.
+//!   XML API does;
+//! - on demand ([`GcsServer::serve_metadata`]) it is also the GCE/GKE metadata server
+//!   (`/computeMetadata/v1/…`, `Metadata-Flavor: Google` required, as on GCE), handing out an
+//!   hour's access tokens of an instance account, which the storage side then accepts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -145,6 +148,7 @@ pub struct GcsServer {
     state: Arc<Mutex<State>>,
     /// By key ID.
     accounts: Arc<Mutex<HashMap<String, Account>>>,
+    metadata: Arc<Mutex<Metadata>>,
     /// The trusted service account's key, as gcloud writes it, and its private half.
     key_json: String,
     key: aws_lc_rs::rsa::KeyPair,
@@ -204,7 +208,13 @@ impl GcsServer {
         let endpoint = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(State::default()));
         let faults = Arc::new(GcsFaults::default());
-        let service = Arc::new(Service { state: state.clone(), faults: faults.clone(), accounts: accounts.clone() });
+        let metadata = Arc::new(Mutex::new(Metadata::default()));
+        let service = Arc::new(Service {
+            state: state.clone(),
+            faults: faults.clone(),
+            accounts: accounts.clone(),
+            metadata: metadata.clone(),
+        });
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let service = service.clone();
@@ -218,7 +228,20 @@ impl GcsServer {
                 });
             }
         });
-        Ok(GcsServer { endpoint, faults, state, accounts, key_json: key.json, key: key.pair, task })
+        Ok(GcsServer { endpoint, faults, state, accounts, metadata, key_json: key.json, key: key.pair, task })
+    }
+
+    /// From now on the server also answers as the metadata server of an instance (or a GKE pod with
+    /// workload identity) running as `email` with `role`: set `GCE_METADATA_HOST` and
+    /// `GCE_METADATA_IP` to [`GcsServer::metadata_host`] (both, or a client falls back to
+    /// 169.254.169.254).
+    pub fn serve_metadata(&self, email: &str, role: Role) {
+        self.metadata.lock().unwrap().instance = Some((email.to_owned(), role));
+    }
+
+    /// `127.0.0.1:<port>`, as `GCE_METADATA_HOST` takes it.
+    pub fn metadata_host(&self) -> String {
+        self.endpoint.trim_start_matches("http://").to_owned()
     }
 
     /// A new key of a new service account `email` holding `role` on every bucket: its key file.
@@ -302,6 +325,15 @@ struct Service {
     state: Arc<Mutex<State>>,
     faults: Arc<GcsFaults>,
     accounts: Arc<Mutex<HashMap<String, Account>>>,
+    metadata: Arc<Mutex<Metadata>>,
+}
+
+/// The metadata server's side: the instance's account, and the access tokens it handed out.
+#[derive(Default)]
+struct Metadata {
+    instance: Option<(String, Role)>,
+    /// By token: the account, its role, and until when the token holds.
+    issued: HashMap<String, (String, Role, i64)>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -399,6 +431,9 @@ impl Caller {
 
 impl Service {
     async fn handle(&self, request: Request<hyper::body::Incoming>) -> Answer {
+        if let Some(path) = request.uri().path().strip_prefix("/computeMetadata/v1/") {
+            return self.metadata(path, request.headers());
+        }
         let caller = match self.authenticate(request.headers()) {
             Ok(caller) => caller,
             Err(message) => return error(StatusCode::UNAUTHORIZED, "AuthenticationRequired", message),
@@ -452,6 +487,35 @@ impl Service {
         }
     }
 
+    /// The metadata server: the instance account's email and access tokens, only to a request
+    /// that says `Metadata-Flavor: Google`.
+    fn metadata(&self, path: &str, headers: &http::HeaderMap) -> Answer {
+        let text =
+            |status: StatusCode, body: String| Response::builder().status(status).body(Full::new(body.into())).unwrap();
+        if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+            return text(StatusCode::FORBIDDEN, "Missing required header: Metadata-Flavor".into());
+        }
+        let mut metadata = self.metadata.lock().unwrap();
+        let Some((email, role)) = metadata.instance.clone() else {
+            return text(StatusCode::NOT_FOUND, "no service account on this instance".into());
+        };
+        match path {
+            "instance/service-accounts/default/email" => text(StatusCode::OK, email),
+            "instance/service-accounts/default/token" => {
+                let token = format!("ya29.teb-{:032x}", rand_u128());
+                let until = jiff::Timestamp::now().as_second() + MAX_LIFETIME;
+                metadata.issued.insert(token.clone(), (email, role, until));
+                let body =
+                    serde_json::json!({"access_token": token, "expires_in": MAX_LIFETIME - 1, "token_type": "Bearer"});
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.to_string().into()))
+                    .unwrap()
+            }
+            _ => text(StatusCode::NOT_FOUND, format!("not served by the test server: {path}")),
+        }
+    }
+
     fn exists(&self, bucket: &str, key: &str) -> bool {
         self.state.lock().unwrap().buckets.get(bucket).is_some_and(|objects| objects.contains_key(key))
     }
@@ -467,6 +531,15 @@ impl Service {
             .filter(|t| !t.is_empty())
             .ok_or("Anonymous caller does not have storage.objects access.")?;
         let invalid = "Invalid Credentials";
+        // An access token the metadata server handed out (a self-signed JWT has two dots).
+        if !token.contains('.') || token.starts_with("ya29.") {
+            let metadata = self.metadata.lock().unwrap();
+            let (email, role, until) = metadata.issued.get(token).ok_or(invalid)?;
+            if *until < jiff::Timestamp::now().as_second() {
+                return Err(invalid);
+            }
+            return Ok(Caller { email: email.clone(), permissions: role.permissions().to_vec() });
+        }
         let decode = |part: &str| -> Result<serde_json::Value, &'static str> {
             serde_json::from_slice(&b64.decode(part).map_err(|_| invalid)?).map_err(|_| invalid)
         };
@@ -748,6 +821,13 @@ impl Service {
             None => no_such_upload(),
         }
     }
+}
+
+/// 128 random bits, for access tokens.
+fn rand_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("random bytes");
+    u128::from_le_bytes(bytes)
 }
 
 fn no_such_upload() -> Answer {

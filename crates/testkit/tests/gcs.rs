@@ -225,3 +225,27 @@ async fn unfinished_uploads_are_listed_by_prefix() {
     let (_, all) = get_with(&gcs, "etcd-backups?uploads", &token).await;
     assert!(all.contains(&b.upload_id) && all.contains(&a.upload_id), "{all}");
 }
+
+/// As the metadata server it answers only with `Metadata-Flavor: Google`, and its access tokens
+/// carry the instance account's role; an unknown token is refused.
+#[tokio::test]
+async fn the_metadata_server_hands_out_tokens_of_its_account() {
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket("etcd-backups");
+    let token_url = format!("{}/computeMetadata/v1/instance/service-accounts/default/token", gcs.endpoint);
+    let client = reqwest::Client::new();
+    let unflavoured = client.get(&token_url).send().await.unwrap();
+    assert_eq!(unflavoured.status().as_u16(), 403);
+    let ask = || client.get(&token_url).header("Metadata-Flavor", "Google").send();
+    assert_eq!(ask().await.unwrap().status().as_u16(), 404, "no account until one is served");
+    gcs.serve_metadata("node@teb-test.iam.gserviceaccount.com", teb_testkit::gcs::Role::ObjectViewer);
+    let answer: serde_json::Value = serde_json::from_str(&ask().await.unwrap().text().await.unwrap()).unwrap();
+    let token = answer["access_token"].as_str().unwrap();
+    assert!(answer["expires_in"].as_i64().unwrap() <= 3600, "{answer}");
+    assert_eq!(get_with(&gcs, "etcd-backups", token).await.0, 200);
+    let put = client.put(format!("{}/etcd-backups/k.db", gcs.endpoint)).bearer_auth(token).body("x");
+    let answer = put.send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+    assert!(answer.text().await.unwrap().contains("node@teb-test.iam.gserviceaccount.com does not have"));
+    assert_eq!(get_with(&gcs, "etcd-backups", "ya29.made-up").await.0, 401);
+}
