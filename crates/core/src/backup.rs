@@ -179,7 +179,28 @@ pub async fn run(
     settings: &Settings,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Outcome, Error> {
-    prepare(plan, key, settings, &|_| true).await?.stream(progress).await
+    run_interruptible(plan, key, settings, progress, std::future::pending()).await
+}
+
+/// [`run`], cut short when `interrupted` completes (a signal, naming itself): the upload is aborted
+/// before it returns, so that nothing is left behind. Preparing is not cut short, as an upload
+/// whose creation was cut off could not be named to abort it; `interrupted` is polled after it.
+pub async fn run_interruptible(
+    plan: &BackupPlan,
+    key: &str,
+    settings: &Settings,
+    progress: &(dyn Fn(u64) + Send + Sync),
+    interrupted: impl std::future::Future<Output = String>,
+) -> Result<Outcome, Error> {
+    let prepared = prepare(plan, key, settings, &|_| true).await?;
+    let upload = prepared.upload.clone();
+    tokio::select! {
+        outcome = prepared.stream(progress) => outcome,
+        why = interrupted => {
+            let aborted = plan.storage.abort_upload(&upload).await;
+            Err(Error::Interrupted { why, aborted: aborted.err().map(|e| e.to_string()) })
+        }
+    }
 }
 
 /// The `age-recipients` metadata: the recipients' fingerprints, comma-separated.

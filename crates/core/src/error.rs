@@ -19,6 +19,12 @@ pub enum Error {
     /// The store refused a recovery kit: the backup fails (or is retried) whole.
     #[error("Failed to upload snapshot to {service}: storing its recovery kit {key} failed: {cause}", service = .cause.service().unwrap_or("S3"))]
     KitNotStored { key: String, cause: teb_pipeline::Error },
+    /// The command line was interrupted mid-backup; its upload was aborted, unless S3 refused.
+    #[error("Failed to upload snapshot: interrupted by {why}; {}", match aborted {
+        None => "the multipart upload was aborted, nothing was stored".to_owned(),
+        Some(e) => format!("aborting the multipart upload failed ({e}): the bucket's lifecycle rule removes it"),
+    })]
+    Interrupted { why: String, aborted: Option<String> },
     /// A recovery kit that cannot be opened or does not belong to its snapshot.
     #[error("Failed to read the recovery kit {key}: {reason}")]
     Kit { key: String, reason: String },
@@ -42,7 +48,11 @@ impl Error {
                 matches!(cause, teb_pipeline::Error::Storage { .. } | teb_pipeline::Error::IdleTimeout { .. })
                     && cause.is_transient()
             }
-            Error::Key(_) | Error::Kit { .. } | Error::Restore(_) | Error::RestoreRefused(_) => false,
+            Error::Key(_)
+            | Error::Kit { .. }
+            | Error::Interrupted { .. }
+            | Error::Restore(_)
+            | Error::RestoreRefused(_) => false,
         }
     }
 
@@ -51,7 +61,7 @@ impl Error {
         match self {
             Error::Talos(_) => "talos",
             Error::Snapshot { .. } => "snapshot",
-            Error::Upload(_) | Error::Key(_) => "s3",
+            Error::Upload(_) | Error::Key(_) | Error::Interrupted { .. } => "s3",
             Error::Verify { .. } => "verify",
             Error::Kit { .. } | Error::KitNotStored { .. } => "kit",
             Error::Restore(_) | Error::RestoreRefused(_) => "restore",

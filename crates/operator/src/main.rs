@@ -713,7 +713,9 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let key = backup::unused_key(&plan.storage, &key, args.key.is_some()).await?;
     let progress = ProgressLine::start(args.progress);
     let counter = progress.counter();
-    let result = backup::run(&plan, &key, &settings, &move |bytes| counter.store(bytes, Ordering::Relaxed)).await;
+    let interrupted = interrupted()?;
+    let progress_of = move |bytes| counter.store(bytes, Ordering::Relaxed);
+    let result = backup::run_interruptible(&plan, &key, &settings, &progress_of, interrupted).await;
     progress.stop();
     let outcome = result?;
     let seconds = outcome.report.duration.as_secs_f64();
@@ -733,6 +735,20 @@ async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     });
     println!("{summary}");
     Ok(())
+}
+
+/// SIGINT or SIGTERM, from now on: once these handlers are in place the signals no longer end the
+/// process, so a backup cut short aborts its upload first ([`backup::run_interruptible`]).
+fn interrupted() -> anyhow::Result<impl std::future::Future<Output = String>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT".to_owned(),
+            _ = terminate.recv() => "SIGTERM".to_owned(),
+        }
+    })
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {

@@ -119,6 +119,32 @@ async fn total_timeout_bounds_a_slow_backup_and_leaves_nothing() {
     assert!(s3.unfinished_uploads().is_empty(), "{:?}", s3.unfinished_uploads());
 }
 
+/// SIGINT (Ctrl-C) or SIGTERM mid-upload: the command aborts its multipart upload before it exits,
+/// saying so; the bucket holds nothing, whole or half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_command_aborts_its_upload() {
+    let ground = CliGround::start().await;
+    ground.fill("/slow", 100, 4096).await;
+    ground.emulator.faults.limit_bandwidth(16 * 1024);
+    let (s3, talosconfig) = (&ground.s3, ground.talosconfig("talosconfig", "os:etcd:backup"));
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let child = command(&talosconfig, s3).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        while s3.unfinished_uploads().is_empty() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "{name}: no upload started");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // SAFETY: kill(2) on the child's own PID, which is alive until waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let output = tokio::task::block_in_place(|| child.wait_with_output().unwrap());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(&format!("interrupted by {name}; the multipart upload was aborted")), "{stderr}");
+        assert!(s3.unfinished_uploads().is_empty(), "{name}: {:?}", s3.unfinished_uploads());
+        assert!(s3.objects("backups").await.unwrap().is_empty(), "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
     use teb_testkit::s3::{WEB_IDENTITY_ROLE, WEB_IDENTITY_TOKEN};
