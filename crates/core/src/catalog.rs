@@ -150,6 +150,23 @@ pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), 
     storage.probe(&format!("{KEY_PREFIX}/{controlplane}/.storage-check")).await.map_err(Error::Upload)
 }
 
+/// Aborts the unfinished uploads at the attempt key `key` (at its stem: the key up to `.db`, whatever
+/// the format) that `recorded` does not name: what an attempt cut off between starting its upload and
+/// recording it left, found by listing (S3, GCS; nothing on Azure). Returns their keys.
+pub async fn abort_unrecorded(storage: &Storage, key: &str, recorded: &[UploadRef]) -> Result<Vec<String>, Error> {
+    let stem = key.rfind(".db").map_or(key, |at| &key[..at]);
+    let mut aborted = Vec::new();
+    for upload in storage.unfinished_uploads(stem).await.map_err(Error::Upload)? {
+        // `…-2.db` is another attempt's key: only this stem's own formats are this attempt's.
+        let ours = upload.key.strip_prefix(stem).is_some_and(|rest| rest.starts_with(".db"));
+        if ours && !recorded.iter().any(|r| r.upload_id == upload.upload_id) {
+            storage.abort_upload(&upload).await.map_err(Error::Upload)?;
+            aborted.push(upload.key);
+        }
+    }
+    Ok(aborted)
+}
+
 /// Aborts uploads recorded by earlier attempts; returns those the store could not abort, with why.
 pub async fn abort_uploads(storage: &Storage, uploads: &[UploadRef]) -> Vec<(UploadRef, Error)> {
     let mut left = Vec::new();

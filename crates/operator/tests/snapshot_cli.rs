@@ -896,20 +896,7 @@ async fn the_backup_cycle_works_on_s3_servers_nobody_here_wrote() {
         assert_eq!(emulator.restored_get("/registry/configmaps/ns/kept").await.as_deref(), Some("kept"));
         assert_eq!(emulator.restored_get("/registry/configmaps/ns/after").await, None);
         // The delete retention makes: every backup goes, and the bucket is empty.
-        let location = teb_pipeline::S3Location {
-            bucket: "backups".into(),
-            region: "us-east-1".into(),
-            endpoint: Some(server.endpoint.clone()),
-            insecure_skip_tls_verify: false,
-            ca_pem: None,
-            credentials: Some(teb_pipeline::S3Credentials {
-                access_key_id: ACCESS_KEY.into(),
-                secret_access_key: SECRET_KEY.into(),
-            }),
-            sse: None,
-            object_lock: None,
-            checksum: teb_pipeline::S3Checksum::Auto,
-        };
+        let location = teb_testkit::s3::location(&server.endpoint, "backups", "us-east-1");
         let storage = teb_pipeline::StorageLocation::S3(location.clone());
         let storage = teb_pipeline::Storage::new(&storage, std::time::Duration::from_secs(30)).unwrap();
         for key in &keys {

@@ -224,6 +224,9 @@ async fn unfinished_uploads_are_listed_by_prefix() {
     assert!(!body.contains("b/two.db") && !body.contains("a/object.db"), "{body}");
     let (_, all) = get_with(&gcs, "etcd-backups?uploads", &token).await;
     assert!(all.contains(&b.upload_id) && all.contains(&a.upload_id), "{all}");
+    // The storage handle lists them the same way (object_store does not).
+    let listed = storage.unfinished_uploads("a/").await.unwrap();
+    assert_eq!(listed.iter().map(|u| (&u.key, &u.upload_id)).collect::<Vec<_>>(), [(&a.key, &a.upload_id)]);
 }
 
 /// As the metadata server it answers only with `Metadata-Flavor: Google`, and its access tokens

@@ -377,3 +377,29 @@ async fn a_policy_allows_only_its_actions_as_iam_does() {
     server.allow_only(Some(&[]));
     assert_eq!(server.objects("bucket").await.unwrap(), vec![]);
 }
+
+/// The storage handle lists the unfinished uploads under a prefix (a signed ListMultipartUploads,
+/// which object_store does not offer), so recovery can find one nobody recorded.
+#[tokio::test]
+async fn the_storage_handle_lists_unfinished_uploads_by_prefix() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket_in("backups", "eu-west-1").unwrap();
+    let storage = teb_pipeline::Storage::new(
+        &teb_pipeline::StorageLocation::S3(teb_testkit::s3::location(&server.endpoint, "backups", "eu-west-1")),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let one = storage.create_upload("a/etcd-snapshot-1.db", &[]).await.unwrap();
+    let two = storage.create_upload("a/etcd-snapshot-1.db.zst", &[]).await.unwrap();
+    storage.create_upload("b/etcd-snapshot-1.db", &[]).await.unwrap();
+    let mut listed: Vec<(String, String)> = storage
+        .unfinished_uploads("a/etcd-snapshot-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.key, u.upload_id))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [(one.key, one.upload_id), (two.key, two.upload_id)]);
+    assert_eq!(storage.unfinished_uploads("c/").await.unwrap(), []);
+}

@@ -142,6 +142,9 @@ async fn attempt(
     }
     // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
     abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
+    if let Some(key) = status.attempt_key.clone() {
+        abort_unrecorded(backup, resolver, &key, &status).await;
+    }
     status.attempts += 1;
     let attempt = status.attempts;
     let key = core_backup::snapshot_key(
@@ -203,13 +206,21 @@ async fn clean_up(
     let kept = snapshot.and_then(|key| Some((key, kept_because(backup, namespace_deleting)?)));
     let delete = snapshot.filter(|_| kept.is_none());
     let uploads = upload_refs(&status);
+    let attempt_key = status.attempt_key.as_deref();
     let cleaned = crate::isolate(async {
-        if uploads.is_empty() && delete.is_none() {
+        if uploads.is_empty() && delete.is_none() && attempt_key.is_none() {
             return Ok(Deletion::Deleted);
         }
         let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
         if let Some((upload, error)) = catalog::abort_uploads(&storage, &uploads).await.into_iter().next() {
             return Err(Error::Cleanup(format!("cannot abort the unfinished upload of {}: {error}", upload.key)));
+        }
+        // What an attempt cut off before recording its upload left (a listing refused is no reason
+        // to hold the deletion: the lifecycle rule takes it then).
+        if let Some(key) = attempt_key
+            && let Err(error) = catalog::abort_unrecorded(&storage, key, &uploads).await
+        {
+            tracing::warn!(name = %backup.name_any(), %error, "cannot list the unfinished uploads of the last attempt");
         }
         match delete {
             Some(key) => Ok(catalog::delete_snapshot(&storage, key).await?),
@@ -341,6 +352,31 @@ async fn namespace_deleting(client: &kube::Client, namespace: &str) -> Result<bo
 /// deleted with no operator running.
 fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus) -> bool {
     !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy() == DeletionPolicy::Delete
+}
+
+/// Intent before action: an attempt records its key before it starts an upload, so one cut off
+/// before recording the upload itself left it at that key, where the store lists it. One that
+/// cannot be listed (no `s3:ListBucketMultipartUploads`) is left to the bucket's lifecycle rule.
+async fn abort_unrecorded(
+    backup: &TalosEtcdBackup,
+    resolver: &mut Resolver,
+    key: &str,
+    status: &TalosEtcdBackupStatus,
+) {
+    let recorded = upload_refs(status);
+    let aborted = crate::isolate(async {
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+        Ok(catalog::abort_unrecorded(&storage, key, &recorded).await?)
+    })
+    .await;
+    match aborted {
+        Ok(keys) if !keys.is_empty() => {
+            tracing::info!(name = %backup.name_any(), ?keys, "aborted uploads an interrupted attempt did not record")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(name = %backup.name_any(), %error,
+            "cannot list the unfinished uploads of an interrupted attempt: the bucket's lifecycle rule removes any"),
+    }
 }
 
 fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {

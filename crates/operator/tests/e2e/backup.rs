@@ -315,20 +315,11 @@ async fn interrupted_attempt(scenario: &mut Scenario, name: &str, yaml: &str) ->
             .target(None)
             .unwrap(),
         storage: teb_pipeline::Storage::new(
-            &teb_pipeline::StorageLocation::S3(teb_pipeline::S3Location {
-                bucket: "my-etcd-backups".into(),
-                region: "us-west-2".into(),
-                endpoint: Some(scenario.s3.endpoint.clone()),
-                insecure_skip_tls_verify: false,
-                ca_pem: None,
-                credentials: Some(teb_pipeline::S3Credentials {
-                    access_key_id: teb_testkit::s3::ACCESS_KEY.into(),
-                    secret_access_key: teb_testkit::s3::SECRET_KEY.into(),
-                }),
-                sse: None,
-                object_lock: None,
-                checksum: teb_pipeline::S3Checksum::Auto,
-            }),
+            &teb_pipeline::StorageLocation::S3(teb_testkit::s3::location(
+                &scenario.s3.endpoint,
+                "my-etcd-backups",
+                "us-west-2",
+            )),
             Duration::from_secs(20),
         )
         .unwrap(),
@@ -833,7 +824,9 @@ async fn readmes_minimal_iam_policies_are_enough() {
     scenario.schedules().delete("pruned", &Default::default()).await.unwrap();
 
     // README's full policy: verifying reads the snapshot back.
-    let readme = [&write_only[..], &["s3:GetObject", "s3:DeleteObject", "s3:ListBucket"]].concat();
+    let readme =
+        [&write_only[..], &["s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"]]
+            .concat();
     scenario.s3.allow_only(Some(&readme));
     scenario.apply(&format!("{}  verify: true\n", backup_yaml("verified", &s3))).await;
     let verified = scenario
@@ -908,4 +901,43 @@ async fn a_backup_never_ends_ready_without_its_kit() {
     assert_eq!(objects, expected, "the first attempt's snapshot went with its kit");
     assert!(scenario.s3.unfinished_uploads().is_empty());
     assert_eq!(scenario.s3.faults.fired("put object refused"), 1 + 4, "once for the denied kit, four times now");
+}
+
+/// Intent before action: an attempt records its key before it starts an upload, so an upload started
+/// at that key but never recorded (a process killed between the two) is found by listing the store
+/// and aborted when the next attempt begins. Here the stray is made by hand while attempt 1 streams;
+/// attempt 1 then fails at its part, and attempt 2 aborts the stray before it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_nobody_recorded_at_the_attempt_key_is_aborted_by_the_next_attempt() {
+    use object_store::multipart::MultipartStore as _;
+    let scenario = Scenario::one_control_plane("e2e-unrecorded").await;
+    scenario.fill_etcd(2).await;
+    scenario.emulator.faults.limit_bandwidth(512 * 1024);
+    // object_store retries a failed part three times: four failures fail attempt 1.
+    scenario.s3.faults.fail_upload_part(1, 4);
+    scenario.apply(&backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint))).await;
+    let key = scenario
+        .eventually(30, "attempt 1's upload recorded", || async {
+            let status = scenario.backups().get("my-backup").await.unwrap().status.unwrap_or_default();
+            (!status.unfinished_uploads.is_empty()).then_some(status.attempt_key?)
+        })
+        .await;
+    // Started with the operator's own keys, as its killed predecessor would have.
+    let client = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&scenario.s3.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("my-etcd-backups")
+        .with_region(teb_testkit::spec::SPEC_REGION)
+        .with_access_key_id(teb_testkit::s3::ACCESS_KEY)
+        .with_secret_access_key(teb_testkit::s3::SECRET_KEY)
+        .build()
+        .unwrap();
+    let stray = client.create_multipart(&object_store::path::Path::from(key.as_str())).await.unwrap();
+    let status = scenario.wait_finished("my-backup").await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    assert_eq!(status.attempts, 2, "attempt 1 failed at its part");
+    let left: Vec<String> = scenario.s3.unfinished_uploads().into_iter().map(|u| u.upload_id).collect();
+    assert!(!left.contains(&stray), "the stray upload at {key} was aborted: {left:?}");
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(scenario.s3.faults.fired("part failed"), 4);
 }

@@ -154,6 +154,7 @@ pub(super) fn build(location: &AzureLocation, request_timeout: Duration) -> Resu
         container: format!("container {:?} of account {:?}", location.container, location.account),
         failure: Arc::new(failure),
         locked_writer: None,
+        lister: None,
     })
 }
 

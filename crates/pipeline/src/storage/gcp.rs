@@ -119,8 +119,9 @@ pub(super) fn build(location: &GcsLocation, request_timeout: Duration) -> Result
         options = options.with_allow_http(url.starts_with("http://"));
         builder = builder.with_base_url(url);
     }
+    let base = format!("{}/{}", location.endpoint.as_deref().unwrap_or(GCS_URL).trim_end_matches('/'), location.bucket);
     // The builder's own errors may quote the key file: name the field instead.
-    let store = builder.with_client_options(options).build().map_err(|e| match e {
+    let store = builder.with_client_options(options.clone()).build().map_err(|e| match e {
         object_store::Error::Generic { source, .. } if source.to_string().contains("credential") => Error::Invalid {
             service: SERVICE,
             field: "serviceAccountKey",
@@ -128,6 +129,8 @@ pub(super) fn build(location: &GcsLocation, request_timeout: Duration) -> Result
         },
         e => Error::Config { service: SERVICE, message: e.to_string() },
     })?;
+    let lister = super::listing::Lister::gcs(store.credentials().clone(), &options, base)
+        .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
     Ok(Storage {
         store: Arc::new(store),
         uploads: Uploads::Named,
@@ -135,8 +138,12 @@ pub(super) fn build(location: &GcsLocation, request_timeout: Duration) -> Result
         container: format!("bucket {:?}", location.bucket),
         failure: Arc::new(failure),
         locked_writer: None,
+        lister: Some(Arc::new(lister)),
     })
 }
+
+/// GCS's XML API.
+const GCS_URL: &str = "https://storage.googleapis.com";
 
 /// GCS error codes another try cannot fix: credentials, the bucket, the request itself.
 const PERMANENT_CODES: [&str; 6] = [

@@ -8,6 +8,7 @@ pub mod aws;
 pub mod azure;
 pub(crate) mod check;
 pub mod gcp;
+mod listing;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +67,7 @@ pub enum Operation {
     PutObject,
     DeleteObject,
     ListObjects,
+    ListMultipartUploads,
 }
 
 /// What a backend's client needs to be: an object store that takes multipart uploads.
@@ -107,6 +109,8 @@ pub struct Storage {
     pub(crate) failure: Arc<dyn Fn(object_store::Error) -> Failure + Send + Sync>,
     /// S3 with Object Lock: the client of each write that creates an object.
     pub(crate) locked_writer: Option<LockedWriters>,
+    /// S3 and GCS: lists unfinished uploads (Azure's staged blocks have no name to list).
+    pub(crate) lister: Option<Arc<listing::Lister>>,
 }
 
 /// A client whose writes lock the objects they create until `until`.
@@ -383,6 +387,17 @@ impl Storage {
         staged.map_err(|e| self.error(Operation::UploadPart, e))?;
         blocks.complete().await.map_err(|e| self.error(Operation::CompleteMultipartUpload, e))?;
         self.delete(key).await
+    }
+
+    /// The unfinished multipart uploads whose key starts with `prefix`, as the store lists them
+    /// (`s3:ListBucketMultipartUploads`; GCS `storage.multipartUploads.list`). None on Azure, whose
+    /// staged blocks have no name to list: Azure drops uncommitted blocks after seven days.
+    pub async fn unfinished_uploads(&self, prefix: &str) -> Result<Vec<UploadRef>, Error> {
+        let Some(lister) = &self.lister else {
+            return Ok(Vec::new());
+        };
+        let found = lister.list(prefix).await.map_err(|e| self.error(Operation::ListMultipartUploads, e))?;
+        Ok(found.into_iter().map(|(key, id)| UploadRef::recorded(key, id)).collect())
     }
 
     /// Aborts `upload`, dropping its parts. An upload the store no longer knows (completed, or

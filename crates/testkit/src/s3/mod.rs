@@ -56,6 +56,25 @@ pub const REGION: &str = "us-east-1";
 /// S3's smallest part but the last.
 const MIN_PART_SIZE: i64 = 5 << 20;
 
+/// `bucket` in `region` of the S3 server at `endpoint`, with [`ACCESS_KEY`] and the default
+/// settings: what a spec naming them resolves to.
+pub fn location(endpoint: &str, bucket: &str, region: &str) -> teb_pipeline::S3Location {
+    teb_pipeline::S3Location {
+        bucket: bucket.into(),
+        region: region.into(),
+        endpoint: Some(endpoint.to_owned()),
+        insecure_skip_tls_verify: false,
+        ca_pem: None,
+        credentials: Some(teb_pipeline::S3Credentials {
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
+        }),
+        sse: None,
+        object_lock: None,
+        checksum: teb_pipeline::S3Checksum::Auto,
+    }
+}
+
 /// Web identity (IRSA): the token the server's STS accepts, the role it may assume, and the temporary
 /// keys it hands out, which the S3 side then accepts (checking their signatures like any others).
 pub const WEB_IDENTITY_TOKEN: &str = "eyJ-teb-test-service-account-token";

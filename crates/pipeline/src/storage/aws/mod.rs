@@ -295,8 +295,18 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
         Arc::new(move || locked_writer(&builder, &options, lock, checksum)) as super::LockedWriters
     });
     let store = builder
-        .with_client_options(options)
+        .with_client_options(options.clone())
         .build()
+        .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
+    // The bucket's URL as object_store addresses it: path-style on a custom endpoint; on AWS
+    // virtual-hosted, unless a dot in the name would break the certificate's wildcard.
+    let (bucket, region) = (&location.bucket, &location.region);
+    let base = match location.endpoint.as_deref() {
+        Some(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+        None if bucket.contains('.') => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+    };
+    let lister = super::listing::Lister::s3(store.credentials().clone(), region, &options, base)
         .map_err(|e| Error::Config { service: SERVICE, message: e.to_string() })?;
     let asked = Asked {
         encryption: location.sse.is_some(),
@@ -311,6 +321,7 @@ pub(super) fn build(location: &S3Location, request_timeout: Duration) -> Result<
         container: format!("bucket {:?}", location.bucket),
         failure,
         locked_writer,
+        lister: Some(Arc::new(lister)),
     })
 }
 
