@@ -145,9 +145,22 @@ pub async fn read_kit(
 /// ([`Storage::probe`] under the backups' prefix: on S3 and GCS a multipart upload started and
 /// aborted, on Azure one block staged, committed and deleted). It finds a missing bucket or
 /// container, wrong credentials (a wrong key, an expired or read-only SAS), endpoint, region or CA,
-/// and leaves nothing behind.
+/// and leaves nothing behind: a test upload an earlier check left (killed between its start and its
+/// abort) is aborted first, found by listing, as only checks use their key.
 pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), Error> {
-    storage.probe(&format!("{KEY_PREFIX}/{controlplane}/.storage-check")).await.map_err(Error::Upload)
+    let key = format!("{KEY_PREFIX}/{controlplane}/.storage-check");
+    match storage.unfinished_uploads(&key).await {
+        Ok(left) => {
+            for upload in left.iter().filter(|u| u.key == key) {
+                if let Err(error) = storage.abort_upload(upload).await {
+                    tracing::warn!(%key, %error, "cannot abort an earlier storage check's test upload");
+                }
+            }
+        }
+        // Listing needs a permission a check does not: without it, the lifecycle rule takes them.
+        Err(error) => tracing::debug!(%key, %error, "cannot list earlier storage checks' test uploads"),
+    }
+    storage.probe(&key).await.map_err(Error::Upload)
 }
 
 /// Aborts the unfinished uploads at the attempt key `key` (at its stem: the key up to `.db`, whatever

@@ -356,6 +356,10 @@ async fn a_schedule_to_gcs_checks_its_bucket_and_prunes_to_retention() {
             gcs.endpoint
         )
     };
+    // A check killed between its test upload's start and its abort left that upload: the next check
+    // aborts it (the helper asserts that nothing unfinished is left).
+    let check_key = "talos-operator-etcd-backups/my-controlplane/.storage-check";
+    gcs.storage(PLACE).unwrap().create_upload(check_key, &[]).await.unwrap();
     let refused = [
         ("missing", storage("no-such-bucket", "gcs-key"), "NoSuchBucket"),
         ("viewer", storage(PLACE, "gcs-viewer"), "does not have storage.multipartUploads.create access"),
