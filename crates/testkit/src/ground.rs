@@ -55,8 +55,13 @@ impl ProvingGround {
 
     /// The reasons of the namespace's events.
     pub async fn event_reasons(&self) -> Vec<String> {
+        self.events().await.into_iter().filter_map(|e| e.reason).collect()
+    }
+
+    /// The namespace's Events.
+    pub async fn events(&self) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.admin.clone(), &self.ns);
-        events.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect()
+        events.list(&ListParams::default()).await.unwrap().items
     }
 
     /// Applies YAML into the namespace, as `kubectl apply -n` would.

@@ -63,9 +63,13 @@ impl Default for Config {
     }
 }
 
+/// The longest object name kube's recorder can name an Event after (253 − 17 for `.<16 hex digits>`).
+const RECORDER_NAME_LIMIT: usize = 236;
+
 struct Context {
     client: Client,
     recorder: Recorder,
+    reporter: Reporter,
     config: Config,
     metrics: Arc<Metrics>,
     /// Keys recently handed to attempts, so that two never write one.
@@ -90,7 +94,8 @@ pub async fn run(
     ready.store(true, Ordering::SeqCst);
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         client,
         config: config.clone(),
         metrics,
@@ -199,8 +204,49 @@ impl Context {
             _ => "Schedule",
         };
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        let regarding = object.object_ref(&());
+        let published = if regarding.name.as_ref().is_some_and(|n| n.len() > RECORDER_NAME_LIMIT) {
+            self.publish_generated(&event, regarding).await
+        } else {
+            self.recorder.publish(&event, &regarding).await
+        };
+        if let Err(e) = published {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
+    }
+
+    /// kube's recorder names an Event `<object's name>.<16 hex digits>`, past the 253 characters a
+    /// name may have when the object's own name is longer than [`RECORDER_NAME_LIMIT`]: such an
+    /// object's Events are created here under a generated name (each its own Event, no series).
+    async fn publish_generated(
+        &self,
+        event: &Event,
+        regarding: k8s_openapi::api::core::v1::ObjectReference,
+    ) -> Result<(), kube::Error> {
+        use k8s_openapi::api::events::v1::Event as K8sEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let namespace = regarding.namespace.clone().unwrap_or_default();
+        let stem: String = regarding.name.as_deref().unwrap_or_default().chars().take(200).collect();
+        let k8s_event = K8sEvent {
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(jiff::Timestamp::now())),
+            regarding: Some(regarding),
+            metadata: kube::api::ObjectMeta {
+                namespace: Some(namespace.clone()),
+                // A dash, not a dot: the API server checks the prefix as a name, minding only a trailing dash.
+                generate_name: Some(format!("{}-", stem.trim_end_matches(['.', '-']))),
+                ..Default::default()
+            },
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter.instance.clone().unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            type_: Some(if event.type_ == EventType::Warning { "Warning" } else { "Normal" }.into()),
+            ..Default::default()
+        };
+        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+        events.create(&kube::api::PostParams::default(), &k8s_event).await.map(drop)
     }
 }

@@ -474,12 +474,9 @@ async fn deletion_policy_decides_whether_the_snapshot_goes_with_the_backup() {
     api.delete("blocked", &Default::default()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let note = loop {
-        let events: Api<Event> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
-        let notes: Vec<String> = events
-            .list(&ListParams::default())
+        let notes: Vec<String> = scenario
+            .events()
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some("CleanupFailed"))
             .filter_map(|e| e.note)
@@ -940,4 +937,27 @@ async fn an_upload_nobody_recorded_at_the_attempt_key_is_aborted_by_the_next_att
     assert!(!left.contains(&stray), "the stray upload at {key} was aborted: {left:?}");
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(scenario.s3.faults.fired("part failed"), 4);
+}
+
+/// A name as long as Kubernetes allows (253 characters) still gets its Events: kube's recorder would
+/// name them past that limit, so they are created under a generated name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_the_longest_name_gets_its_events() {
+    let scenario = Scenario::one_control_plane("e2e-long-name").await;
+    let name = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+    assert_eq!(name.len(), 253);
+    scenario.apply(&backup_yaml(&name, &endpoint_field(&scenario.s3.endpoint))).await;
+    let status = scenario.wait_finished(&name).await;
+    assert!(condition(&status, READY).is_some(), "{status:?}");
+    let reasons: Vec<String> = scenario
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.contains(&"BackupStarted".to_owned()) && reasons.contains(&"BackupSucceeded".to_owned()),
+        "{reasons:?}"
+    );
 }
