@@ -149,29 +149,23 @@ pub async fn read_kit(
 /// abort) is aborted first, found by listing, as only checks use their key.
 pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), Error> {
     let key = format!("{KEY_PREFIX}/{controlplane}/.storage-check");
-    match storage.unfinished_uploads(&key).await {
-        Ok(left) => {
-            for upload in left.iter().filter(|u| u.key == key) {
-                if let Err(error) = storage.abort_upload(upload).await {
-                    tracing::warn!(%key, %error, "cannot abort an earlier storage check's test upload");
-                }
-            }
-        }
-        // Listing needs a permission a check does not: without it, the lifecycle rule takes them.
-        Err(error) => tracing::debug!(%key, %error, "cannot list earlier storage checks' test uploads"),
+    // Listing needs a permission a check does not: without it, the lifecycle rule takes them.
+    if let Err(error) = abort_unrecorded(storage, &key, &[]).await {
+        tracing::debug!(%key, %error, "cannot abort earlier storage checks' test uploads");
     }
     storage.probe(&key).await.map_err(Error::Upload)
 }
 
-/// Aborts the unfinished uploads at the attempt key `key` (at its stem: the key up to `.db`, whatever
-/// the format) that `recorded` does not name: what an attempt cut off between starting its upload and
-/// recording it left, found by listing (S3, GCS; nothing on Azure). Returns their keys.
+/// Aborts the unfinished uploads at `key` (an attempt key: at its stem, the key up to `.db`, whatever
+/// the format) that `recorded` does not name: what an attempt or a storage check cut off between
+/// starting its upload and recording or aborting it left, found by listing (S3, GCS; nothing on
+/// Azure). Returns their keys.
 pub async fn abort_unrecorded(storage: &Storage, key: &str, recorded: &[UploadRef]) -> Result<Vec<String>, Error> {
     let stem = key.rfind(".db").map_or(key, |at| &key[..at]);
     let mut aborted = Vec::new();
     for upload in storage.unfinished_uploads(stem).await.map_err(Error::Upload)? {
         // `…-2.db` is another attempt's key: only this stem's own formats are this attempt's.
-        let ours = upload.key.strip_prefix(stem).is_some_and(|rest| rest.starts_with(".db"));
+        let ours = upload.key.strip_prefix(stem).is_some_and(|rest| rest.is_empty() || rest.starts_with(".db"));
         if ours && !recorded.iter().any(|r| r.upload_id == upload.upload_id) {
             storage.abort_upload(&upload).await.map_err(Error::Upload)?;
             aborted.push(upload.key);
