@@ -161,7 +161,7 @@ pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), 
 /// starting its upload and recording or aborting it left, found by listing (S3, GCS; nothing on
 /// Azure). Returns their keys.
 pub async fn abort_unrecorded(storage: &Storage, key: &str, recorded: &[UploadRef]) -> Result<Vec<String>, Error> {
-    let stem = key.rfind(".db").map_or(key, |at| &key[..at]);
+    let stem = crate::backup::stem(key);
     let mut aborted = Vec::new();
     for upload in storage.unfinished_uploads(stem).await.map_err(Error::Upload)? {
         // `…-2.db` is another attempt's key: only this stem's own formats are this attempt's.

@@ -25,6 +25,10 @@ pub enum Error {
         Some(e) => format!("aborting the multipart upload failed ({e}): the bucket's lifecycle rule removes it"),
     })]
     Interrupted { why: String, aborted: Option<String> },
+    /// The caller's journal could not record the attempt ([`crate::backup::Journal`]); the attempt
+    /// stopped before going on unrecorded.
+    #[error("Failed to record the backup attempt: {0}")]
+    Journal(String),
     /// A recovery kit that cannot be opened or does not belong to its snapshot.
     #[error("Failed to read the recovery kit {key}: {reason}")]
     Kit { key: String, reason: String },
@@ -40,6 +44,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Talos(e) => e.is_transient(),
+            // The next attempt recovers what this one recorded.
+            Error::Journal(_) => true,
             Error::Snapshot { cause, .. } | Error::Upload(cause) | Error::KitNotStored { cause, .. } => {
                 cause.is_transient()
             }
@@ -62,6 +68,7 @@ impl Error {
             Error::Talos(_) => "talos",
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) | Error::Key(_) | Error::Interrupted { .. } => "s3",
+            Error::Journal(_) => "journal",
             Error::Verify { .. } => "verify",
             Error::Kit { .. } | Error::KitNotStored { .. } => "kit",
             Error::Restore(_) | Error::RestoreRefused(_) => "restore",

@@ -14,6 +14,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
 use teb_api::{DeletionPolicy, RecoveryKitPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
+use teb_core::backup::{Attempt, Journal, Record, Recovered};
 use teb_core::catalog::{self, Deletion};
 use teb_core::{Outcome, backup as core_backup};
 use teb_pipeline::{Format, UploadRef};
@@ -91,16 +92,18 @@ async fn finish(
         ctx.record_success_time(backup, &status);
     }
     finalizer::set(api, backup, needs_finalizer(backup, &status)).await?;
-    abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
+    abort_unfinished(api, backup, ctx, resolver, &mut status).await;
     if backup.spec.verify && status.verified.is_none() && conditions::is_true(&status.conditions, READY) {
         return verify_stored(api, backup, ctx, resolver, status).await;
     }
     Ok(ctx.after_finish(&status))
 }
 
-/// One attempt, after recording what an interrupted one stored (then the backup is Ready) or aborting
-/// what it left. A failure that may pass schedules the next attempt after a backoff (`nextAttemptTime`,
-/// a requeue: no reconcile sleeps); the last, or one that will not pass, fails the backup.
+/// One attempt, run by the core ([`Attempt::run`]) with its record kept in the status
+/// ([`StatusJournal`]), after recovering what an interrupted one left (its snapshot is adopted: then
+/// the backup is Ready). A failure that may pass schedules the next attempt after a backoff
+/// (`nextAttemptTime`, a requeue: no reconcile sleeps); the last, or one that will not pass, fails
+/// the backup.
 async fn attempt(
     api: &Api<TalosEtcdBackup>,
     backup: &TalosEtcdBackup,
@@ -108,7 +111,6 @@ async fn attempt(
     resolver: &mut Resolver,
     fresh: bool,
 ) -> Result<Action, Error> {
-    let (namespace, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
     // From here on an upload may start: deleting the backup must then abort it first.
     finalizer::set(api, backup, true).await?;
     let previous = backup.status.clone().unwrap_or_default();
@@ -120,52 +122,63 @@ async fn attempt(
     status.observed_generation = backup.metadata.generation;
     status.next_attempt_time = None;
     status.start_time.get_or_insert_with(now);
-    let max = ctx.config.max_attempts.max(1) as i32;
     if status.attempts == 0 {
         let message = format!("Backing up etcd of TalosControlPlane {:?}", backup.spec.talos_control_plane_ref.name);
         ctx.event(backup, EventType::Normal, "BackupStarted", message).await;
     }
-    if let Some(outcome) = interrupted_outcome(backup, resolver, &status).await {
-        let plan = crate::isolate(resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity)).await?;
-        match core_backup::adopt_interrupted(&plan, outcome).await {
-            Ok(outcome) => {
-                // Its upload is complete: S3 no longer knows it, so this only clears the record.
-                abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
-                return succeed(api, backup, ctx, status, outcome).await;
-            }
-            // Not a backup without its kit: the snapshot is gone (unless locked); a new attempt
-            // stores both.
-            Err(error) => {
-                tracing::warn!(%namespace, %name, %error, "the interrupted attempt's kit cannot be stored; backing up again")
-            }
-        }
-    }
-    // An attempt cut off mid-upload (a crash) left its upload unfinished: abort it before starting over.
-    abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
-    if let Some(key) = status.attempt_key.clone() {
-        abort_unrecorded(backup, resolver, &key, &status).await;
-    }
-    status.attempts += 1;
-    let attempt = status.attempts;
+    let journal = &mut StatusJournal::new(api, backup, ctx.config.max_attempts, status);
+    let recovered = crate::isolate(async {
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+        Ok(core_backup::recover(&storage, backup.uid().as_deref(), journal).await?)
+    })
+    .await;
+    let recovered = recovered.unwrap_or_else(|error| {
+        tracing::warn!(name = %backup.name_any(), %error, "cannot recover what the last attempt left now");
+        Recovered::default()
+    });
+    report_not_aborted(backup, ctx, &recovered.not_aborted).await;
     let key = core_backup::snapshot_key(
         &backup.spec.talos_control_plane_ref.name,
         Timestamp::now(),
         resolve::format_of(&backup.spec),
     );
-    status.attempt_key = Some(key.clone());
-    set_phase(&mut status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
-    patch_status(api, &name, &status).await?;
-    tracing::info!(%namespace, %name, attempt, %key, "backup attempt started");
     let running = metrics::Running::start(&ctx.metrics.in_progress);
-    let result = crate::isolate(attempt_backup(api, backup, ctx, resolver, &key, &mut status)).await;
+    let result = crate::isolate(async {
+        if let Some(hook) = &ctx.config.attempt_hook {
+            hook(backup);
+        }
+        let plan = match resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity).await {
+            Ok(plan) => plan,
+            Err(error) => {
+                journal.begin();
+                return Err(error);
+            }
+        };
+        let claim = |k: &str| ctx.keys_in_use.claim(k);
+        let attempt = Attempt { plan: &plan, settings: &ctx.config.settings, claim: &claim, progress: &|_| {} };
+        Ok(attempt.run(&key, recovered.interrupted, journal).await?)
+    })
+    .await;
     drop(running);
-    let error = match result {
-        Ok(outcome) => return succeed(api, backup, ctx, status, outcome).await,
-        Err(error) => error,
-    };
+    let status = journal.status();
+    match result {
+        Ok(outcome) => succeed(api, backup, ctx, status, outcome).await,
+        Err(error) => retry_or_fail(api, backup, ctx, status, error).await,
+    }
+}
+
+/// After a failed attempt: the next one after a backoff when the failure may pass and attempts are
+/// left, else the backup fails.
+async fn retry_or_fail(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    mut status: TalosEtcdBackupStatus,
+    error: Error,
+) -> Result<Action, Error> {
+    let (namespace, name) = (backup.namespace().unwrap_or_default(), backup.name_any());
     ctx.metrics.errors.get_or_create(&metrics::ErrorLabels { kind: error.kind() }).inc();
-    // The pipeline aborted its upload already; this confirms it (or keeps it for later).
-    abort_unfinished(api, backup, ctx, resolver, &mut status).await?;
+    let (attempt, max) = (status.attempts, ctx.config.max_attempts.max(1) as i32);
     if error.is_transient() && attempt < max {
         let delay = backoff(ctx.config.retry_backoff, attempt);
         let message = format!("Attempt {attempt} of {max} failed: {error}; retrying in {}s", delay.as_secs());
@@ -185,6 +198,60 @@ async fn attempt(
     ctx.metrics.finished(metrics::BackupResult::failed, elapsed_seconds(&status));
     ctx.event(backup, EventType::Warning, "BackupFailed", message).await;
     Ok(ctx.after_finish(&status))
+}
+
+/// An attempt's [`Record`] kept in the backup's status (`attemptKey`, `unfinishedUploads`) and
+/// written with the rest of it: what a crashed attempt's successor reads back.
+struct StatusJournal<'a> {
+    api: &'a Api<TalosEtcdBackup>,
+    backup: &'a TalosEtcdBackup,
+    max_attempts: u32,
+    status: TalosEtcdBackupStatus,
+    record: Record,
+}
+
+impl<'a> StatusJournal<'a> {
+    fn new(
+        api: &'a Api<TalosEtcdBackup>,
+        backup: &'a TalosEtcdBackup,
+        max_attempts: u32,
+        status: TalosEtcdBackupStatus,
+    ) -> Self {
+        let record = Record { key: status.attempt_key.clone(), uploads: upload_refs(&status) };
+        StatusJournal { api, backup, max_attempts, status, record }
+    }
+
+    /// The status with the record as it stands.
+    fn status(&self) -> TalosEtcdBackupStatus {
+        let mut status = self.status.clone();
+        status.attempt_key = self.record.key.clone();
+        status.unfinished_uploads = self
+            .record
+            .uploads
+            .iter()
+            .map(|u| UploadRecord { key: u.key.clone(), upload_id: u.upload_id.clone() })
+            .collect();
+        status
+    }
+}
+
+impl Journal for StatusJournal<'_> {
+    fn record(&mut self) -> &mut Record {
+        &mut self.record
+    }
+
+    fn begin(&mut self) {
+        self.status.attempts += 1;
+        let (attempt, max) = (self.status.attempts, self.max_attempts.max(1));
+        set_phase(&mut self.status, Phase::InProgress, format!("Backup attempt {attempt} of {max} in progress"));
+        tracing::info!(name = %self.backup.name_any(), attempt, "backup attempt started");
+    }
+
+    async fn save(&mut self) -> Result<(), teb_core::Error> {
+        let status = self.status();
+        let written = patch_status(self.api, &self.backup.name_any(), &status).await;
+        written.map_err(|e| teb_core::Error::Journal(e.to_string()))
+    }
 }
 
 /// Removes what a backup leaves in the bucket when it is deleted (its unfinished uploads; its
@@ -354,60 +421,39 @@ fn needs_finalizer(backup: &TalosEtcdBackup, status: &TalosEtcdBackupStatus) -> 
     !status.unfinished_uploads.is_empty() || backup.spec.deletion_policy() == DeletionPolicy::Delete
 }
 
-/// Intent before action: an attempt records its key before it starts an upload, so one cut off
-/// before recording the upload itself left it at that key, where the store lists it. One that
-/// cannot be listed (no `s3:ListBucketMultipartUploads`) is left to the bucket's lifecycle rule.
-async fn abort_unrecorded(
-    backup: &TalosEtcdBackup,
-    resolver: &mut Resolver,
-    key: &str,
-    status: &TalosEtcdBackupStatus,
-) {
-    let recorded = upload_refs(status);
-    let aborted = crate::isolate(async {
-        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
-        Ok(catalog::abort_unrecorded(&storage, key, &recorded).await?)
-    })
-    .await;
-    match aborted {
-        Ok(keys) if !keys.is_empty() => {
-            tracing::info!(name = %backup.name_any(), ?keys, "aborted uploads an interrupted attempt did not record")
-        }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(name = %backup.name_any(), %error,
-            "cannot list the unfinished uploads of an interrupted attempt: the bucket's lifecycle rule removes any"),
-    }
-}
-
 fn upload_refs(status: &TalosEtcdBackupStatus) -> Vec<UploadRef> {
     status.unfinished_uploads.iter().map(|u| UploadRef::recorded(u.key.clone(), u.upload_id.clone())).collect()
 }
 
-/// Aborts the uploads `status` records as unfinished and writes the status when that changed it.
-/// Those S3 could not abort stay recorded (and get an event) for the next try.
+/// Aborts the uploads `status` records as unfinished (the core's [`recover`](core_backup::recover)
+/// of a finished backup) and writes the status when that changed it. Those S3 could not abort stay
+/// recorded (and get an event) for the next try.
 async fn abort_unfinished(
     api: &Api<TalosEtcdBackup>,
     backup: &TalosEtcdBackup,
     ctx: &Context,
     resolver: &mut Resolver,
     status: &mut TalosEtcdBackupStatus,
-) -> Result<(), Error> {
+) {
     if status.unfinished_uploads.is_empty() {
-        return Ok(());
+        return;
     }
-    let left = crate::isolate(async {
+    let journal = &mut StatusJournal::new(api, backup, ctx.config.max_attempts, status.clone());
+    let recovered = crate::isolate(async {
         let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
-        Ok(catalog::abort_uploads(&storage, &upload_refs(status)).await)
+        Ok(core_backup::recover(&storage, None, journal).await?)
     })
     .await;
-    let left = match left {
-        Ok(left) => left,
-        Err(error) => {
-            tracing::warn!(name = %backup.name_any(), %error, "cannot abort unfinished uploads now");
-            return Ok(());
-        }
-    };
-    for (upload, error) in &left {
+    match recovered {
+        Ok(recovered) => report_not_aborted(backup, ctx, &recovered.not_aborted).await,
+        Err(error) => tracing::warn!(name = %backup.name_any(), %error, "cannot abort unfinished uploads now"),
+    }
+    *status = journal.status();
+}
+
+/// An event for each recorded upload the store would not abort.
+async fn report_not_aborted(backup: &TalosEtcdBackup, ctx: &Context, left: &[(UploadRef, teb_core::Error)]) {
+    for (upload, error) in left {
         let message = format!(
             "Cannot abort the unfinished multipart upload of {} ({error}); retrying every {}s",
             upload.key,
@@ -416,13 +462,6 @@ async fn abort_unfinished(
         tracing::warn!(name = %backup.name_any(), key = %upload.key, %error, "abort failed");
         ctx.event(backup, EventType::Warning, "UploadAbortFailed", message).await;
     }
-    let still: Vec<UploadRecord> =
-        left.into_iter().map(|(u, _)| UploadRecord { key: u.key, upload_id: u.upload_id }).collect();
-    if still != status.unfinished_uploads {
-        status.unfinished_uploads = still;
-        patch_status(api, &backup.name_any(), status).await?;
-    }
-    Ok(())
 }
 
 /// Records a stored snapshot: Ready, with its key, size, SHA-256 and node.
@@ -545,65 +584,6 @@ async fn verify_stored(
         }
     }
     Ok(ctx.after_finish(&status))
-}
-
-/// What an attempt cut off after its upload completed (its Ready status could not be written) left in
-/// the bucket: recorded rather than stored a second time, where nobody would point at the first.
-async fn interrupted_outcome(
-    backup: &TalosEtcdBackup,
-    resolver: &mut Resolver,
-    status: &TalosEtcdBackupStatus,
-) -> Option<Outcome> {
-    let key = status.attempt_key.as_deref()?;
-    let found = crate::isolate(async {
-        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
-        Ok(core_backup::find_stored(&storage, key, &backup.uid().unwrap_or_default()).await?)
-    })
-    .await;
-    let name = backup.name_any();
-    match found {
-        Ok(Some(outcome)) => {
-            tracing::info!(%name, %key, "found the snapshot an interrupted attempt stored");
-            Some(outcome)
-        }
-        Ok(None) => None,
-        Err(error) => {
-            tracing::warn!(%name, %error, "cannot look for an earlier attempt's snapshot");
-            None
-        }
-    }
-}
-
-/// One attempt. Its upload is recorded in the status before the first part is sent, so that a crash
-/// leaves it findable; it leaves the record once completed.
-async fn attempt_backup(
-    api: &Api<TalosEtcdBackup>,
-    backup: &TalosEtcdBackup,
-    ctx: &Context,
-    resolver: &mut Resolver,
-    key: &str,
-    status: &mut TalosEtcdBackupStatus,
-) -> Result<Outcome, Error> {
-    if let Some(hook) = &ctx.config.attempt_hook {
-        hook(backup);
-    }
-    let plan = resolver.backup_plan(&backup.spec, backup.uid(), ctx.config.cert_validity).await?;
-    let claims = &ctx.keys_in_use;
-    let prepared = core_backup::prepare(&plan, key, &ctx.config.settings, &|k| claims.claim(k)).await?;
-    let upload = &prepared.upload;
-    status.attempt_key = Some(upload.key.clone());
-    status.unfinished_uploads.push(UploadRecord { key: upload.key.clone(), upload_id: upload.upload_id.clone() });
-    if let Err(error) = patch_status(api, &backup.name_any(), status).await {
-        prepared.abandon().await;
-        status.unfinished_uploads.pop();
-        return Err(error);
-    }
-    let upload_id = upload.upload_id.clone();
-    let outcome = prepared.stream(&|_| {}).await?;
-    status.unfinished_uploads.retain(|u| u.upload_id != upload_id);
-    // A snapshot whose kit fails is deleted; one Object Lock keeps is adopted by a retry only with
-    // its kit stored then.
-    Ok(core_backup::complete_with_kit(&plan, outcome).await?)
 }
 
 fn set_phase(status: &mut TalosEtcdBackupStatus, phase: Phase, message: String) {

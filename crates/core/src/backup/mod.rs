@@ -1,4 +1,9 @@
-//! One backup attempt: used by the controller and by the `snapshot` command.
+//! A backup: used by the controller and by the `snapshot` command. [`Attempt`] runs one attempt
+//! whole; this module holds its steps and the keys it writes to.
+
+mod attempt;
+
+pub use attempt::{Attempt, Journal, MemoryJournal, Record, Recovered, recover};
 
 use std::time::Duration;
 
@@ -49,7 +54,7 @@ impl std::fmt::Debug for KitSource {
 
 /// Stores the recovery kit of the snapshot `outcome` reports, as the plan says: its key, or None when
 /// none may be stored (no cluster secrets known, no recipients to seal it to, or `Never`).
-pub async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<String>, Error> {
+async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<String>, Error> {
     let Some(source) = &plan.kit else {
         return Ok(None);
     };
@@ -72,7 +77,7 @@ pub async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<St
 /// Gives the snapshot `outcome` reports the recovery kit the plan says it is to have: snapshot and
 /// kit are one backup, so when a kit that is due cannot be stored the snapshot is deleted (unless S3
 /// Object Lock keeps it) and the kit's error returned, for the attempt to fail or be retried whole.
-pub async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
+async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
     match store_kit(plan, &outcome).await {
         Ok(kit) => {
             outcome.kit = kit;
@@ -93,7 +98,7 @@ pub async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Resul
 
 /// Takes the snapshot an interrupted attempt stored ([`find_stored`]) as the backup, with the kit
 /// beside it, or stored now: never without the kit it is to have ([`complete_with_kit`]).
-pub async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
+async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
     for sealed in [true, false] {
         let key = kit::kit_key(&outcome.report.key, sealed);
         if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
@@ -153,7 +158,7 @@ pub(crate) const FORMAT: &str = "etcd-snapshot-sha256-trailer";
 /// A snapshot an earlier, interrupted attempt of the backup `owner` stored at `key` (its upload
 /// completed, but its status was never written), recognised by the metadata this writer records.
 /// Finding it keeps a retry from storing a second copy.
-pub async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option<Outcome>, Error> {
+async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option<Outcome>, Error> {
     let Some(stored) = storage.stored(key).await.map_err(Error::Upload)? else {
         return Ok(None);
     };
@@ -172,7 +177,7 @@ pub async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Op
 }
 
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`, which the
-/// caller chose free ([`unused_key`] on the command line).
+/// caller chose free ([`unused_key`] on the command line); the recovery kit too, when the plan has one.
 pub async fn run(
     plan: &BackupPlan,
     key: &str,
@@ -183,8 +188,7 @@ pub async fn run(
 }
 
 /// [`run`], cut short when `interrupted` completes (a signal, naming itself): the upload is aborted
-/// before it returns, so that nothing is left behind. Preparing is not cut short, as an upload
-/// whose creation was cut off could not be named to abort it; `interrupted` is polled after it.
+/// before it returns, so that nothing is left behind.
 pub async fn run_interruptible(
     plan: &BackupPlan,
     key: &str,
@@ -192,15 +196,19 @@ pub async fn run_interruptible(
     progress: &(dyn Fn(u64) + Send + Sync),
     interrupted: impl std::future::Future<Output = String>,
 ) -> Result<Outcome, Error> {
-    let prepared = prepare(plan, key, settings, &|_| true).await?;
-    let upload = prepared.upload.clone();
-    tokio::select! {
-        outcome = prepared.stream(progress) => outcome,
-        why = interrupted => {
-            let aborted = plan.storage.abort_upload(&upload).await;
-            Err(Error::Interrupted { why, aborted: aborted.err().map(|e| e.to_string()) })
+    let mut journal = MemoryJournal::default();
+    let attempt = Attempt { plan, settings, claim: &|_| true, progress };
+    let why = {
+        let run = attempt.run(key, None, &mut journal);
+        tokio::pin!(run);
+        tokio::select! {
+            outcome = &mut run => return outcome,
+            why = interrupted => why,
         }
-    }
+    };
+    // The attempt is dropped: what its record names is all it started.
+    let aborted = catalog::abort_uploads(&plan.storage, &journal.0.uploads).await;
+    Err(Error::Interrupted { why, aborted: aborted.into_iter().next().map(|(_, e)| e.to_string()) })
 }
 
 /// The `age-recipients` metadata: the recipients' fingerprints, comma-separated.
@@ -219,10 +227,10 @@ pub fn numbered_key(key: &str, n: u32) -> String {
     }
 }
 
-/// A backup ready to stream: the node chosen, its snapshot stream open, the upload created. The
-/// controller records [`Prepared::upload`] before streaming, so that a crash leaves it findable.
-pub struct Prepared {
-    pub upload: UploadRef,
+/// A backup ready to stream: the node chosen, its snapshot stream open, the upload created, which
+/// [`Attempt::run`] records before streaming, so that a crash leaves it findable.
+struct Prepared {
+    upload: UploadRef,
     storage: Storage,
     snapshot: BoxStream<'static, Result<bytes::Bytes, teb_talos::Error>>,
     chosen: ChosenNode,
@@ -231,15 +239,8 @@ pub struct Prepared {
 }
 
 /// Everything before the first byte: Talos connection, node choice, snapshot stream, and
-/// last (so that nothing before it leaves an upload behind) the multipart upload. Keys have
-/// one-second resolution, so two backups of a control plane can meet on one: the upload goes to the
-/// first of `key`, `key-2`, `key-3`, ... that `claim` grants.
-pub async fn prepare(
-    plan: &BackupPlan,
-    key: &str,
-    settings: &Settings,
-    claim: &(dyn Fn(&str) -> bool + Sync),
-) -> Result<Prepared, Error> {
+/// last (so that nothing before it leaves an upload behind) the multipart upload at `key`.
+async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Prepared, Error> {
     let talos = TalosClient::connect(&plan.talos, settings.connect_timeout).await.map_err(Error::Talos)?;
     let chosen = talos.choose_node(&plan.talos.nodes).await.map_err(Error::Talos)?;
     if let Some(because) = &chosen.unchecked_because {
@@ -258,10 +259,8 @@ pub async fn prepare(
     if !plan.encoding.recipients.is_empty() {
         metadata.push(("age-recipients", plan.encoding.fingerprints().join(",")));
     }
-    let key = first_free_key(key, claim)
-        .ok_or_else(|| Error::Key(format!("no free key after {key}: 100 backups share its second")))?;
     let storage = plan.storage.clone();
-    let upload = storage.create_upload(&key, &metadata).await.map_err(Error::Upload)?;
+    let upload = storage.create_upload(key, &metadata).await.map_err(Error::Upload)?;
     Ok(Prepared { upload, storage, snapshot, chosen, limits: settings.limits.clone(), encoding: plan.encoding.clone() })
 }
 
@@ -285,12 +284,17 @@ pub async fn unused_key(storage: &Storage, key: &str, explicit: bool) -> Result<
     Err(Error::Key(message))
 }
 
-/// The first of `key`, `key-2`, `key-3`, ... whose stem (the key up to `.db`) `claim` grants: two
+/// Keys have one-second resolution, so two backups of a control plane can meet on one: the first of
+/// `key`, `key-2`, `key-3`, ... whose stem (the key up to `.db`) `claim` grants: two
 /// backups of one second never share a stem whatever their formats, so neither do their recovery
 /// kits (`state-<stem>.yaml`).
-pub fn first_free_key(key: &str, claim: &(dyn Fn(&str) -> bool + Sync)) -> Option<String> {
-    let stem = |candidate: &str| candidate.rfind(".db").map_or(candidate, |at| &candidate[..at]).to_owned();
-    (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)).find(|candidate| claim(&stem(candidate)))
+fn first_free_key(key: &str, claim: &(dyn Fn(&str) -> bool + Sync)) -> Option<String> {
+    (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)).find(|candidate| claim(stem(candidate)))
+}
+
+/// A key up to `.db`: what the formats of one backup's key share.
+pub(crate) fn stem(key: &str) -> &str {
+    key.rfind(".db").map_or(key, |at| &key[..at])
 }
 
 /// Keys handed to attempts in the last minute. A key names its second, so once that second is past
@@ -317,7 +321,7 @@ impl KeyClaims {
 
 impl Prepared {
     /// Gives the backup up before streaming: aborts the upload (best effort).
-    pub async fn abandon(self) {
+    async fn abandon(self) {
         if let Err(e) = self.storage.abort_upload(&self.upload).await {
             tracing::warn!(key = %self.upload.key, error = %e, "aborting the multipart upload failed");
         }
@@ -325,7 +329,7 @@ impl Prepared {
 
     /// Streams the snapshot into the upload (compressed and encrypted as the plan says); completes
     /// it only when the trailer matched, aborts it otherwise.
-    pub async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
+    async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
         let node = self.chosen.node;
         let report =
             teb_pipeline::run(self.snapshot, &self.storage, &self.upload, &self.limits, &self.encoding, progress)
