@@ -51,8 +51,8 @@ pub(crate) enum Uploads {
     /// drops them.
     Named,
     /// Azure: blocks staged against the blob and committed with its metadata in one block list.
-    /// There is nothing to name or abort: uncommitted blocks are invisible and the service
-    /// discards them after a week (or at the next commit to the blob).
+    /// There is nothing to name: uncommitted blocks are invisible, and the service discards them at
+    /// the next commit to the blob (which is how they are aborted) or after a week.
     Blocks,
 }
 
@@ -404,12 +404,27 @@ impl Storage {
     /// aborted already) counts as aborted.
     pub async fn abort_upload(&self, upload: &UploadRef) -> Result<(), Error> {
         if self.uploads == Uploads::Blocks {
-            return Ok(());
+            return self.discard_blocks(&upload.key).await;
         }
         match self.store.abort_multipart(&Path::from(upload.key.as_str()), &upload.upload_id).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(Operation::AbortMultipartUpload, e)),
         }
+    }
+
+    /// Azure: staged blocks have no name to abort, but committing a block list deletes every block it
+    /// does not name (Put Block List: "Any blocks not specified in the block list are permanently
+    /// deleted"). Where no blob exists yet, an empty one is committed, then deleted; a blob already
+    /// there (its upload completed) is left alone.
+    async fn discard_blocks(&self, key: &str) -> Result<(), Error> {
+        if self.size(key).await?.is_some() {
+            return Ok(());
+        }
+        let path = Path::from(key);
+        let blocks = self.store.put_multipart_opts(&path, PutMultipartOptions::default()).await;
+        let mut blocks = blocks.map_err(|e| self.error(Operation::AbortMultipartUpload, e))?;
+        blocks.complete().await.map_err(|e| self.error(Operation::AbortMultipartUpload, e))?;
+        self.delete(key).await
     }
 
     /// The writer of `upload`'s parts.
