@@ -1,6 +1,8 @@
 //! A real operator process killed with SIGKILL in the middle of an upload: after a restart the bucket
 //! holds the snapshot and no unfinished multipart upload.
 
+use std::time::Duration;
+
 use kube::api::Api;
 use teb_api::TalosEtcdBackup;
 use teb_api::conditions::{self, READY};
@@ -154,4 +156,142 @@ async fn sigkill_mid_upload_to_gcs_or_azure_leaves_one_object_after_restart() {
             assert!(staged.is_empty(), "{staged:?}");
         }
     }
+}
+
+/// Where a backend's servers say what is stored and what is left unfinished.
+enum Store<'a> {
+    S3(&'a teb_testkit::s3::S3Server),
+    Gcs(&'a teb_testkit::gcs::GcsServer),
+    Azure(&'a teb_testkit::azure::Azurite),
+}
+
+impl Store<'_> {
+    /// A TalosEtcdBackup `name` writing to this store (S3: the specification's example).
+    fn backup(&self, name: &str) -> String {
+        let storage = match self {
+            Store::S3(s3) => return backup_yaml(name, &endpoint_field(&s3.endpoint)),
+            Store::Gcs(gcs) => format!(
+                "    gcs:\n      bucket: etcd-backups\n      endpoint: {}\n      serviceAccountKey: {{name: gcs-key, key: \
+                 key.json}}\n",
+                gcs.endpoint
+            ),
+            Store::Azure(azurite) => format!(
+                "    azure:\n      account: {}\n      container: etcd-backups\n      endpoint: {}\n      accountKey: \
+                 {{name: azure-key, key: accountKey}}\n",
+                teb_testkit::azure::ACCOUNT,
+                azurite.endpoint
+            ),
+        };
+        format!(
+            "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackup\nmetadata:\n  name: {name}\nspec:\n  \
+             talosControlPlaneRef:\n    name: my-controlplane\n  backupStorage:\n{storage}"
+        )
+    }
+
+    async fn objects(&self) -> Vec<String> {
+        let objects = match self {
+            Store::S3(s3) => s3.objects("my-etcd-backups").await.unwrap(),
+            Store::Gcs(gcs) => gcs.objects("etcd-backups"),
+            Store::Azure(azurite) => azurite.blobs("etcd-backups").await.unwrap(),
+        };
+        let mut keys: Vec<String> = objects.into_iter().map(|(key, _)| key).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Unfinished multipart uploads (S3, GCS) or blobs with staged blocks (Azure), as the server counts them.
+    async fn unfinished(&self) -> Vec<String> {
+        match self {
+            Store::S3(s3) => s3.unfinished_uploads().into_iter().map(|u| u.key).collect(),
+            Store::Gcs(gcs) => gcs.unfinished_uploads(),
+            Store::Azure(azurite) => azurite.uncommitted_blobs("etcd-backups").await.unwrap(),
+        }
+    }
+}
+
+/// An operator killed at random moments while three backups run at once, on each backend: after each
+/// restart every backup is Ready with exactly one object, and the servers count no unfinished upload
+/// (nor, on Azure, staged blocks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_leaves_one_object_per_backup_and_nothing_unfinished() {
+    use teb_testkit::azure::{ACCOUNT_KEY, Azurite};
+    use teb_testkit::gcs::GcsServer;
+    const ROUNDS: usize = 4;
+    const BACKUPS: usize = 3;
+    let ground = ProvingGround::start(
+        "crash-random",
+        EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() },
+        false,
+    )
+    .await;
+    ground.fill_etcd(16).await;
+    ground.control_plane_with_bundle().await;
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket("etcd-backups");
+    let azurite = Azurite::start().await.unwrap();
+    azurite.create_container("etcd-backups").await.unwrap();
+    ground.apply(SECRET_YAML).await;
+    ground.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
+    ground.create_secret(&secret("azure-key", "accountKey", ACCOUNT_KEY)).await;
+    let api: Api<TalosEtcdBackup> = Api::namespaced(ground.admin.clone(), &ground.ns);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("operator.log");
+    let mut kills = Vec::new();
+    for (backend, store) in
+        [("s3", Store::S3(&ground.s3)), ("gcs", Store::Gcs(&gcs)), ("azure", Store::Azure(&azurite))]
+    {
+        let mut names = Vec::new();
+        for round in 0..ROUNDS {
+            // About 4 s per backup: a kill lands before, during or after the uploads.
+            ground.emulator.faults.limit_bandwidth(4 << 20);
+            let first = operator(&ground, &log);
+            for i in 0..BACKUPS {
+                let name = format!("{backend}-{round}-{i}");
+                ground.apply(&store.backup(&name)).await;
+                names.push(name);
+            }
+            // A random moment in the 5 s after the first attempt started (the clock's nanoseconds: no
+            // seed to keep): before an upload, between its steps, mid-stream, or after it.
+            let round_names = &names[names.len() - BACKUPS..];
+            wait_for("an attempt", async || {
+                for name in round_names {
+                    if api.get(name).await.unwrap().status.is_some_and(|s| s.attempts > 0) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+            let moment = Duration::from_millis(u64::from(nanos) % 5000);
+            tokio::time::sleep(moment).await;
+            drop(first); // SIGKILL
+            let left = store.unfinished().await.len();
+            kills.push(format!(
+                "{backend} round {round}: killed {moment:?} into the attempts, leaving {left} unfinished"
+            ));
+
+            ground.emulator.faults.clear();
+            let second = operator(&ground, &log);
+            for name in &names {
+                wait_for("Ready", async || {
+                    let status = api.get(name).await.unwrap().status.unwrap_or_default();
+                    conditions::is_true(&status.conditions, READY)
+                })
+                .await;
+            }
+            drop(second);
+            let log = std::fs::read_to_string(&log).unwrap();
+            let mut recorded = Vec::new();
+            for name in &names {
+                let status = api.get(name).await.unwrap().status.unwrap();
+                assert!(status.unfinished_uploads.is_empty(), "{name}: {status:?}\n{log}");
+                recorded.push(status.filename.unwrap());
+            }
+            recorded.sort();
+            assert_eq!(store.objects().await, recorded, "{backend} round {round}: one object per backup\n{log}");
+            assert_eq!(store.unfinished().await, Vec::<String>::new(), "{backend} round {round}\n{log}");
+        }
+    }
+    eprintln!("{}", kills.join("\n"));
 }

@@ -221,7 +221,13 @@ impl GcsServer {
                 tokio::spawn(async move {
                     let serve = hyper::service::service_fn(move |request| {
                         let service = service.clone();
-                        async move { Ok::<_, std::convert::Infallible>(service.handle(request).await) }
+                        // A request read is finished even when the client goes away, as GCS does.
+                        async move {
+                            let answer = tokio::spawn(async move { service.handle(request).await }).await;
+                            Ok::<_, std::convert::Infallible>(
+                                answer.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+                            )
+                        }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = builder.serve_connection(TokioIo::new(stream), serve).await;

@@ -496,7 +496,10 @@ async fn serve(
                     if is_part && let Some(fault) = faults.take_mid_part() {
                         return Err(break_mid_part(request.into_body(), fault, &faults).await);
                     }
-                    hyper::service::Service::call(&service, request).await
+                    // S3 finishes a request it has read even when the client goes away (a process
+                    // killed mid-CompleteMultipartUpload): the call is not dropped with the connection.
+                    let call = tokio::spawn(async move { hyper::service::Service::call(&service, request).await });
+                    call.await.unwrap_or_else(|e| Err(s3s::HttpError::new(Box::new(std::io::Error::other(e)))))
                 }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
