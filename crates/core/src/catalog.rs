@@ -71,6 +71,20 @@ pub async fn verify(
     storage.verify(key, format, identities, settings.limits.idle_timeout, progress).await.map_err(failed)
 }
 
+/// A stored backup verified whole: the snapshot as [`verify`] checks it, then its recovery kit as
+/// [`verify_kit`] does (the kit is part of the backup). The snapshot's check, and the kit's key when
+/// it has one.
+pub async fn verify_backup(
+    storage: &Storage,
+    key: &str,
+    identities: &[Identity],
+    settings: &Settings,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(CheckedSnapshot, Option<String>), Error> {
+    let checked = verify(storage, key, identities, settings, progress).await?;
+    Ok((checked, verify_kit(storage, key, identities).await?))
+}
+
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).
 pub async fn latest_key(storage: &Storage, cluster: Option<&str>) -> Result<Option<String>, Error> {
     let listed = storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;

@@ -786,9 +786,7 @@ async fn verify(args: StoredBackupArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let result = async {
         let progress = move |bytes| counter.store(bytes, Ordering::Relaxed);
-        let checked = catalog::verify(&storage, &key, &identities, &settings, &progress).await?;
-        // The recovery kit is part of the backup: it must open and belong to the same cluster.
-        Ok::<_, teb_core::Error>((checked, catalog::verify_kit(&storage, &key, &identities).await?))
+        catalog::verify_backup(&storage, &key, &identities, &settings, &progress).await
     }
     .await;
     progress.stop();

@@ -28,12 +28,14 @@ pub struct Resolver {
     secrets: Secrets,
     request_timeout: Duration,
     storage: Option<Storage>,
+    /// The TalosControlPlane, once read (None inside: there is none).
+    controlplane: Option<Option<TalosControlPlane>>,
 }
 
 impl Resolver {
     /// `request_timeout` bounds each storage request of the handle [`Resolver::storage`] builds.
     pub fn new(client: &Client, namespace: &str, request_timeout: Duration) -> Self {
-        Resolver { secrets: Secrets::new(client, namespace), request_timeout, storage: None }
+        Resolver { secrets: Secrets::new(client, namespace), request_timeout, storage: None, controlplane: None }
     }
 
     /// The storage handle of `storage` (found at `at`: `spec.`, or a schedule's
@@ -80,8 +82,7 @@ impl Resolver {
     /// The recovery kit's part of `controlplane`: its secrets bundle and bundle config, when the
     /// TalosControlPlane has them (a backup through a talosconfig Secret may have none).
     async fn kit_source(&mut self, controlplane: &str) -> Option<KitSource> {
-        let api = Api::<TalosControlPlane>::namespaced(self.secrets.client.clone(), &self.secrets.namespace);
-        let status = api.get_opt(controlplane).await.ok().flatten()?.status?;
+        let status = self.controlplane(controlplane).await.ok().flatten()?.status?;
         let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         Some(KitSource {
             secrets_bundle: nonempty(status.secret_bundle)?,
@@ -115,15 +116,27 @@ impl Resolver {
         if let Some(reference) = talosconfig {
             return talosconfig_target(&secrets.value(reference).await?, reference, &namespace);
         }
-        let found = Api::<TalosControlPlane>::namespaced(secrets.client.clone(), &namespace)
-            .get_opt(controlplane)
+        let found = self
+            .controlplane(controlplane)
             .await
             .map_err(|e| cp_error(controlplane, &namespace, kube_reason(&e)))?
             .ok_or_else(|| {
                 let reason = "not found; it must exist in the same namespace as the TalosEtcdBackup".into();
                 cp_error(controlplane, &namespace, reason)
             })?;
-        talos_from_controlplane(&found, secrets, cert_validity, role).await
+        talos_from_controlplane(&found, &mut self.secrets, cert_validity, role).await
+    }
+
+    /// The TalosControlPlane `name`, read on the first call only: the Talos target and the recovery
+    /// kit both come from it.
+    async fn controlplane(&mut self, name: &str) -> Result<Option<TalosControlPlane>, kube::Error> {
+        if let Some(read) = &self.controlplane {
+            return Ok(read.clone());
+        }
+        let api = Api::<TalosControlPlane>::namespaced(self.secrets.client.clone(), &self.secrets.namespace);
+        let read = api.get_opt(name).await?;
+        self.controlplane = Some(read.clone());
+        Ok(read)
     }
 
     /// The age identities in the Secret key `reference`: what decrypts a backup for verification or

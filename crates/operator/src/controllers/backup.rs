@@ -532,10 +532,7 @@ async fn verify_stored(
             Some(reference) => resolver.identities(reference).await?,
             None => Vec::new(),
         };
-        let checked = catalog::verify(&storage, &key, &identities, &ctx.config.settings, &|_| {}).await?;
-        // The kit is part of the backup: it must open and belong to the snapshot's cluster too.
-        let kit = catalog::verify_kit(&storage, &key, &identities).await?;
-        Ok((checked, kit))
+        Ok(catalog::verify_backup(&storage, &key, &identities, &ctx.config.settings, &|_| {}).await?)
     })
     .await;
     let outcome = match result {

@@ -961,3 +961,27 @@ async fn a_backup_with_the_longest_name_gets_its_events() {
         "{reasons:?}"
     );
 }
+
+/// A backup deleted while its upload runs: the deletion waits for the attempt, then its finalizer
+/// takes what is left (with `deletionPolicy: Delete` the snapshot too). Nothing stays in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_deleted_mid_upload_leaves_nothing() {
+    let scenario = Scenario::one_control_plane("e2e-deleted-mid-upload").await;
+    scenario.fill_etcd(12).await;
+    scenario.emulator.faults.limit_bandwidth(2 << 20);
+    let yaml = backup_yaml("my-backup", &endpoint_field(&scenario.s3.endpoint)).replacen(
+        "spec:\n",
+        "spec:\n  deletionPolicy: Delete\n",
+        1,
+    );
+    scenario.apply(&yaml).await;
+    scenario.eventually(30, "a part sent", || async { (scenario.s3.parts_received() > 0).then_some(()) }).await;
+    assert_eq!(scenario.s3.unfinished_uploads().len(), 1);
+    scenario.backups().delete("my-backup", &Default::default()).await.unwrap();
+    scenario
+        .eventually(60, "the backup gone", || async {
+            scenario.backups().get_opt("my-backup").await.unwrap().is_none().then_some(())
+        })
+        .await;
+    scenario.assert_bucket_clean().await;
+}
