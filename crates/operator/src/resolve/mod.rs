@@ -8,19 +8,20 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use teb_api::{
-    AzureStorage, Backend, BackupStorage, BundleConfig, Compression, GcsStorage, RecoveryKitPolicy, S3Storage,
-    SecretKeyRef, TalosControlPlane, TalosEtcdBackupSpec,
+    Backend, BackupStorage, BundleConfig, Compression, RecoveryKitPolicy, SecretKeyRef, TalosControlPlane,
+    TalosEtcdBackupSpec,
 };
 use teb_core::kit::KitPolicy;
 use teb_core::{BackupPlan, KitSource};
 use teb_pipeline::codec::{self, MAX_ZSTD_LEVEL};
-use teb_pipeline::{
-    AzureCredentials, AzureLocation, Encoding, Format, GcsLocation, Identity, S3Credentials, S3Location,
-    ServerSideEncryption, ServiceAccountKey, Storage, StorageLocation, validate,
-};
+use teb_pipeline::{Encoding, Format, Identity, Storage, StorageLocation};
 use teb_talos::{SecretsBundle, Talosconfig, Target};
 
 use crate::Error;
+
+mod azure;
+mod gcs;
+mod s3;
 
 /// What one reconcile reads of a namespace, each thing once: its Secrets, the TalosControlPlane,
 /// and the storage handle built from them.
@@ -47,9 +48,9 @@ impl Resolver {
         }
         validate_storage(storage, at)?;
         let location = match storage.backend().map_err(|reason| Error::Spec(format!("{at}backupStorage: {reason}")))? {
-            Backend::S3(s3) => StorageLocation::S3(s3_location(&mut self.secrets, s3, at).await?),
-            Backend::Azure(azure) => StorageLocation::Azure(azure_location(&mut self.secrets, azure, at).await?),
-            Backend::Gcs(gcs) => StorageLocation::Gcs(gcs_location(&mut self.secrets, gcs).await?),
+            Backend::S3(s3) => StorageLocation::S3(s3::location(&mut self.secrets, s3, at).await?),
+            Backend::Azure(azure) => StorageLocation::Azure(azure::location(&mut self.secrets, azure, at).await?),
+            Backend::Gcs(gcs) => StorageLocation::Gcs(gcs::location(&mut self.secrets, gcs).await?),
         };
         let built = Storage::new(&location, self.request_timeout).map_err(Error::storage)?;
         self.storage = Some(built.clone());
@@ -183,111 +184,6 @@ async fn encoding(secrets: &mut Secrets, spec: &TalosEtcdBackupSpec) -> Result<E
     Ok(Encoding { zstd_level, recipients })
 }
 
-async fn s3_location(secrets: &mut Secrets, s3: &S3Storage, at: &str) -> Result<S3Location, Error> {
-    let ca_pem = match &s3.ca_bundle {
-        Some(reference) => Some(secrets.checked_value(reference, validate::ca_bundle).await?),
-        None => None,
-    };
-    Ok(S3Location {
-        bucket: s3.bucket.clone(),
-        region: s3.region.clone(),
-        endpoint: s3.endpoint.clone().filter(|e| !e.is_empty()),
-        insecure_skip_tls_verify: s3.insecure_skip_tls_verify.unwrap_or(false),
-        ca_pem,
-        credentials: match key_refs(s3, at)? {
-            Some((access, secret)) => Some(S3Credentials {
-                access_key_id: secrets.checked_value(access, validate::access_key_id).await?,
-                secret_access_key: secrets.checked_value(secret, validate::secret_access_key).await?,
-            }),
-            None => None,
-        },
-        sse: server_side_encryption(s3, at)?,
-        object_lock: object_lock(s3, at)?,
-        checksum: checksum(s3, at)?,
-    })
-}
-
-fn object_lock(s3: &S3Storage, at: &str) -> Result<Option<teb_pipeline::ObjectLock>, Error> {
-    let Some(lock) = &s3.object_lock else {
-        return Ok(None);
-    };
-    teb_pipeline::ObjectLock::parse(lock.mode.as_str(), &lock.retention)
-        .map(Some)
-        .map_err(|reason| Error::Spec(format!("{at}backupStorage.s3.objectLock: {reason}")))
-}
-
-async fn azure_location(secrets: &mut Secrets, azure: &AzureStorage, at: &str) -> Result<AzureLocation, Error> {
-    let credentials = match azure_credential_ref(azure, at)? {
-        Some(AzureCredentialRef::AccountKey(key)) => {
-            Some(AzureCredentials::AccountKey(secrets.checked_value(key, teb_pipeline::azure::account_key).await?))
-        }
-        Some(AzureCredentialRef::Sas(token)) => {
-            Some(AzureCredentials::Sas(secrets.checked_value(token, teb_pipeline::azure::sas_token).await?))
-        }
-        None => None,
-    };
-    Ok(AzureLocation {
-        account: azure.account.clone(),
-        container: azure.container.clone(),
-        endpoint: azure.endpoint.clone().filter(|e| !e.is_empty()),
-        credentials,
-    })
-}
-
-async fn gcs_location(secrets: &mut Secrets, gcs: &GcsStorage) -> Result<GcsLocation, Error> {
-    let service_account_key = match &gcs.service_account_key {
-        Some(key) => Some(ServiceAccountKey(secrets.checked_value(key, teb_pipeline::gcp::service_account_key).await?)),
-        None => None,
-    };
-    Ok(GcsLocation {
-        bucket: gcs.bucket.clone(),
-        endpoint: gcs.endpoint.clone().filter(|e| !e.is_empty()),
-        service_account_key,
-    })
-}
-
-/// An Azure credential's Secret key.
-enum AzureCredentialRef<'a> {
-    AccountKey(&'a SecretKeyRef),
-    Sas(&'a SecretKeyRef),
-}
-
-/// `accountKey` or `sasToken`, or neither (the operator's own identity); not both.
-fn azure_credential_ref<'a>(azure: &'a AzureStorage, at: &str) -> Result<Option<AzureCredentialRef<'a>>, Error> {
-    match (&azure.account_key, &azure.sas_token) {
-        (Some(key), None) => Ok(Some(AzureCredentialRef::AccountKey(key))),
-        (None, Some(token)) => Ok(Some(AzureCredentialRef::Sas(token))),
-        (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(Error::Spec(format!(
-            "{at}backupStorage.azure: set accountKey or sasToken, not both (or neither to use the operator's own \
-             identity)"
-        ))),
-    }
-}
-
-/// `checksum`, checked against `objectLock`.
-fn checksum(s3: &S3Storage, at: &str) -> Result<teb_pipeline::S3Checksum, Error> {
-    let chosen = match s3.checksum {
-        Some(algorithm) => teb_pipeline::S3Checksum::parse(algorithm.as_str()),
-        None => Ok(teb_pipeline::S3Checksum::Auto),
-    };
-    chosen
-        .and_then(|checksum| checksum.with_lock(s3.object_lock.is_some()))
-        .map_err(|reason| Error::Spec(format!("{at}backupStorage.s3.checksum: {reason}")))
-}
-
-/// `serverSideEncryption` and `kmsKeyID`, checked together.
-fn server_side_encryption(s3: &S3Storage, at: &str) -> Result<Option<ServerSideEncryption>, Error> {
-    let field = |path: &str, reason: String| Error::Spec(format!("{at}backupStorage.s3.{path}: {reason}"));
-    match (s3.server_side_encryption.as_deref(), s3.kms_key_id.as_deref()) {
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err(field("kmsKeyID", "set serverSideEncryption: aws:kms with it".into())),
-        (Some(algorithm), key) => ServerSideEncryption::parse(algorithm, key)
-            .map(Some)
-            .map_err(|reason| field("serverSideEncryption", reason)),
-    }
-}
-
 /// Every field of `spec` checked before any I/O, each error naming the field. The CRD schema rejects
 /// most of this at apply time; objects created against an older CRD get here.
 pub fn validate_spec(spec: &TalosEtcdBackupSpec) -> Result<(), Error> {
@@ -313,50 +209,21 @@ pub fn validate_spec_at(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Erro
 
 /// The fields of a spec's `backupStorage` found at `at`: exactly one backend, and its fields.
 fn validate_storage(storage: &BackupStorage, at: &str) -> Result<(), Error> {
-    let backend = storage.backend().map_err(|reason| Error::Spec(format!("{at}backupStorage: {reason}")))?;
-    let field = |backend: &str, path: &str, result: Result<(), String>| {
-        result.map_err(|reason| Error::Spec(format!("{at}backupStorage.{backend}.{path}: {reason}")))
-    };
-    let endpoint = |e: &Option<String>| e.clone().filter(|e| !e.is_empty());
-    match backend {
-        Backend::S3(s3) => {
-            field("s3", "bucket", validate::bucket(&s3.bucket))?;
-            field("s3", "region", validate::region(&s3.region))?;
-            if let Some(url) = endpoint(&s3.endpoint) {
-                field("s3", "endpoint", validate::endpoint(&url))?;
-            }
-            key_refs(s3, at)?;
-            server_side_encryption(s3, at)?;
-            object_lock(s3, at)?;
-            checksum(s3, at)?;
-            let references = [
-                ("backupStorage.s3.accessKeyID", s3.access_key_id.as_ref()),
-                ("backupStorage.s3.secretAccessKey", s3.secret_access_key.as_ref()),
-                ("backupStorage.s3.caBundle", s3.ca_bundle.as_ref()),
-            ];
-            references_valid(&references, at)
-        }
-        Backend::Azure(azure) => {
-            field("azure", "account", teb_pipeline::azure::account(&azure.account))?;
-            field("azure", "container", teb_pipeline::azure::container(&azure.container))?;
-            if let Some(url) = endpoint(&azure.endpoint) {
-                field("azure", "endpoint", teb_pipeline::azure::endpoint(&url))?;
-            }
-            azure_credential_ref(azure, at)?;
-            let references = [
-                ("backupStorage.azure.accountKey", azure.account_key.as_ref()),
-                ("backupStorage.azure.sasToken", azure.sas_token.as_ref()),
-            ];
-            references_valid(&references, at)
-        }
-        Backend::Gcs(gcs) => {
-            field("gcs", "bucket", teb_pipeline::gcp::bucket(&gcs.bucket))?;
-            if let Some(url) = endpoint(&gcs.endpoint) {
-                field("gcs", "endpoint", teb_pipeline::validate::endpoint(&url))?;
-            }
-            references_valid(&[("backupStorage.gcs.serviceAccountKey", gcs.service_account_key.as_ref())], at)
-        }
+    match storage.backend().map_err(|reason| Error::Spec(format!("{at}backupStorage: {reason}")))? {
+        Backend::S3(s3) => s3::validate(s3, at),
+        Backend::Azure(azure) => azure::validate(azure, at),
+        Backend::Gcs(gcs) => gcs::validate(gcs, at),
     }
+}
+
+/// A field of `backupStorage.<backend>` found at `at`, checked.
+fn field(at: &str, backend: &str, path: &str, result: Result<(), String>) -> Result<(), Error> {
+    result.map_err(|reason| Error::Spec(format!("{at}backupStorage.{backend}.{path}: {reason}")))
+}
+
+/// An endpoint set to something.
+fn endpoint(endpoint: &Option<String>) -> Option<String> {
+    endpoint.clone().filter(|e| !e.is_empty())
 }
 
 /// Secret key references (path below `at`, reference): names and keys the API server would take.
@@ -404,18 +271,6 @@ fn validate_encoding(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Error> 
         )));
     }
     Ok(())
-}
-
-/// The access key references: both, or neither (the operator's own credentials).
-fn key_refs<'a>(s3: &'a S3Storage, at: &str) -> Result<Option<(&'a SecretKeyRef, &'a SecretKeyRef)>, Error> {
-    match (&s3.access_key_id, &s3.secret_access_key) {
-        (Some(access), Some(secret)) => Ok(Some((access, secret))),
-        (None, None) => Ok(None),
-        _ => Err(Error::Spec(format!(
-            "{at}backupStorage.s3: set both accessKeyID and secretAccessKey, or neither to use the operator's own \
-             credentials (web identity, container or instance credentials)"
-        ))),
-    }
 }
 
 async fn talos_from_controlplane(
@@ -568,9 +423,9 @@ mod tests {
     #[test]
     fn access_keys_come_in_pairs_or_not_at_all() {
         let both = "    accessKeyID: {name: s, key: a}\n    secretAccessKey: {name: s, key: b}\n";
-        assert!(key_refs(spec(both).backup_storage.s3.as_ref().unwrap(), "spec.").unwrap().is_some());
+        assert!(s3::key_refs(spec(both).backup_storage.s3.as_ref().unwrap(), "spec.").unwrap().is_some());
         assert!(
-            key_refs(spec("").backup_storage.s3.as_ref().unwrap(), "spec.").unwrap().is_none(),
+            s3::key_refs(spec("").backup_storage.s3.as_ref().unwrap(), "spec.").unwrap().is_none(),
             "neither: the operator's own credentials"
         );
         let one = spec("    accessKeyID: {name: s, key: a}\n");
