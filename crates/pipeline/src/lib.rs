@@ -23,5 +23,6 @@ pub use storage::aws::{
 };
 pub use storage::azure::{self, AzureCredentials, AzureLocation};
 pub use storage::gcp::{self, GcsLocation, ServiceAccountKey};
+pub use storage::url::{ObjectUrl, Scheme};
 pub use storage::{Operation, Storage, StorageLocation, StoredSnapshot, UploadRef};
 pub use verify::{CheckedSnapshot, SnapshotCheck, TrailerVerifier};

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::Args;
 use teb_core::Settings;
 use teb_pipeline::{
-    AzureCredentials, AzureLocation, GcsLocation, S3Credentials, S3Location, ServiceAccountKey, Storage,
-    StorageLocation,
+    AzureCredentials, AzureLocation, GcsLocation, ObjectUrl, S3Credentials, S3Location, Scheme, ServiceAccountKey,
+    Storage, StorageLocation,
 };
 
 /// Where the backups are, and how to reach the bucket or container.
@@ -67,24 +67,6 @@ pub(crate) struct BucketArgs {
     pub(crate) gcs_service_account_key: Option<PathBuf>,
 }
 
-/// A bucket or container as a URL in object_store's conventions, and the key after it, if any.
-pub(crate) struct ObjectUrl<'a> {
-    pub(crate) scheme: &'a str,
-    pub(crate) container: &'a str,
-    pub(crate) key: Option<&'a str>,
-}
-
-impl<'a> ObjectUrl<'a> {
-    pub(crate) fn parse(text: &'a str) -> Option<Self> {
-        let (scheme, rest) = text.split_once("://")?;
-        let (container, key) = match rest.split_once('/') {
-            Some((container, key)) => (container, Some(key).filter(|k| !k.is_empty())),
-            None => (rest, None),
-        };
-        Some(ObjectUrl { scheme, container, key })
-    }
-}
-
 impl BucketArgs {
     /// The storage handle: built once, used for every request of the command. `key`: the key a
     /// command was given, which may be an object URL (then it names the bucket or container).
@@ -95,36 +77,45 @@ impl BucketArgs {
 
     /// The bucket or container as given (a name or a URL), for summaries.
     pub(crate) fn name(&self, key: Option<&str>) -> String {
-        match key.and_then(ObjectUrl::parse) {
-            Some(url) => format!("{}://{}", url.scheme, url.container),
+        match key.and_then(|key| ObjectUrl::parse(key).ok().flatten()) {
+            Some(url) => url.container_url(),
             None => self.bucket.clone().unwrap_or_default(),
         }
     }
 
+    /// Which store and container the arguments name: `--bucket` (a name is an S3 bucket), or the
+    /// object URL given as the key, which must agree with it.
     pub(crate) fn location(&self, key: Option<&str>) -> anyhow::Result<StorageLocation> {
-        let from_key = key.and_then(ObjectUrl::parse);
-        let from_bucket = self
-            .bucket
-            .as_deref()
-            .map(|b| ObjectUrl::parse(b).unwrap_or(ObjectUrl { scheme: "s3", container: b, key: None }));
+        let from_key = key.map(ObjectUrl::parse).transpose().map_err(|e| anyhow::anyhow!("--key: {e}"))?.flatten();
+        let from_bucket = match self.bucket.as_deref() {
+            Some(bucket) => {
+                Some(ObjectUrl::parse(bucket).map_err(|e| anyhow::anyhow!("--bucket: {e}"))?.unwrap_or(ObjectUrl {
+                    scheme: Scheme::S3,
+                    written: "s3".into(),
+                    container: bucket.to_owned(),
+                    key: None,
+                }))
+            }
+            None => None,
+        };
         anyhow::ensure!(
             from_bucket.as_ref().is_none_or(|bucket| bucket.key.is_none()),
             "--bucket: give the bucket or container only (az://container), the key with --key"
         );
         let url = match (from_key, from_bucket) {
-            (Some(key), Some(bucket)) if (key.scheme, key.container) != (bucket.scheme, bucket.container) => {
-                anyhow::bail!("--key names {}://{} but --bucket names {}", key.scheme, key.container, self.name(None))
+            (Some(key), Some(bucket)) if (key.scheme, &key.container) != (bucket.scheme, &bucket.container) => {
+                anyhow::bail!("--key names {} but --bucket names {}", key.container_url(), self.name(None))
             }
             (Some(url), _) | (None, Some(url)) => url,
             (None, None) => anyhow::bail!(
                 "--bucket is required, or --key as an object URL (s3://bucket/key, az://container/key, gs://bucket/key)"
             ),
         };
-        let container = url.container.to_owned();
+        let container = url.container;
         let endpoint = self.endpoint.clone();
         Ok(match url.scheme {
-            "s3" => StorageLocation::S3(self.s3_location(container)?),
-            "az" | "azure" => StorageLocation::Azure(AzureLocation {
+            Scheme::S3 => StorageLocation::S3(self.s3_location(container)?),
+            Scheme::Azure => StorageLocation::Azure(AzureLocation {
                 account: self.azure_account.clone().context("--azure-account is required for an az:// container")?,
                 container,
                 endpoint,
@@ -134,7 +125,7 @@ impl BucketArgs {
                     (None, None) => None,
                 },
             }),
-            "gs" => StorageLocation::Gcs(GcsLocation {
+            Scheme::Gcs => StorageLocation::Gcs(GcsLocation {
                 bucket: container,
                 endpoint,
                 service_account_key: match &self.gcs_service_account_key {
@@ -145,7 +136,6 @@ impl BucketArgs {
                     None => None,
                 },
             }),
-            other => anyhow::bail!("{other}:// is not a store this tool knows: use s3://, az:// or gs://"),
         })
     }
 
@@ -188,5 +178,8 @@ impl BucketArgs {
 
 /// The key of `text`: itself, or the part after the bucket or container of an object URL.
 pub(crate) fn object_key(text: &str) -> String {
-    ObjectUrl::parse(text).and_then(|url| url.key).unwrap_or(text).to_owned()
+    match ObjectUrl::parse(text) {
+        Ok(Some(ObjectUrl { key: Some(key), .. })) => key,
+        _ => text.to_owned(),
+    }
 }

@@ -9,6 +9,7 @@ pub mod azure;
 pub(crate) mod check;
 pub mod gcp;
 mod listing;
+pub mod url;
 
 use std::collections::BTreeMap;
 use std::fmt;
