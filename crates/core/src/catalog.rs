@@ -30,14 +30,15 @@ pub struct ListedBackup {
 /// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer).
 pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<ListedBackup>, Error> {
     let mut listed = Vec::new();
-    let objects = storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;
+    let listing = |cause| Error::Bucket { action: "list the backups in", cause };
+    let objects = storage.list(&prefix_of(cluster)).await.map_err(listing)?;
     // Recovery kits are shown with their snapshot, not as entries of their own.
     let kits: std::collections::BTreeSet<&str> =
         objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| is_kit(key)).collect();
     for (key, size, modified) in objects.iter().filter(|(key, _, _)| !is_kit(key)).cloned() {
         let kit =
             [true, false].map(|sealed| kit::kit_key(&key, sealed)).into_iter().find(|k| kits.contains(k.as_str()));
-        let stored = storage.stored(&key).await.map_err(Error::Upload)?;
+        let stored = storage.stored(&key).await.map_err(listing)?;
         let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
         let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
         listed.push(ListedBackup {
@@ -87,7 +88,8 @@ pub async fn verify_backup(
 
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).
 pub async fn latest_key(storage: &Storage, cluster: Option<&str>) -> Result<Option<String>, Error> {
-    let listed = storage.list(&prefix_of(cluster)).await.map_err(Error::Upload)?;
+    let listed = storage.list(&prefix_of(cluster)).await;
+    let listed = listed.map_err(|cause| Error::Bucket { action: "list the backups in", cause })?;
     let snapshots = listed.into_iter().filter(|(key, _, _)| key.contains("/etcd-snapshot-"));
     Ok(snapshots.max_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0))).map(|(key, _, _)| key))
 }
@@ -120,15 +122,16 @@ pub enum Deletion {
 /// locked, neither is deleted, so a backup is whole or gone.
 pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<Deletion, Error> {
     let keys = [key.to_owned(), kit::kit_key(key, true), kit::kit_key(key, false)];
+    let deleting = |cause| Error::Bucket { action: "delete a backup from", cause };
     let mut locked = None;
     for key in &keys {
-        locked = locked.max(storage.locked_until(key).await.map_err(Error::Upload)?);
+        locked = locked.max(storage.locked_until(key).await.map_err(deleting)?);
     }
     if let Some(until) = locked {
         return Ok(Deletion::Locked { until });
     }
     for key in &keys {
-        storage.delete(key).await.map_err(Error::Upload)?;
+        storage.delete(key).await.map_err(deleting)?;
     }
     Ok(Deletion::Deleted)
 }
@@ -147,7 +150,7 @@ pub async fn read_kit(
     key: &str,
     identities: &[Identity],
 ) -> Result<Option<(String, kit::RecoveryKit)>, Error> {
-    let stored = storage.stored(key).await.map_err(Error::Upload)?;
+    let stored = storage.stored(key).await.map_err(|cause| Error::Bucket { action: "read a backup from", cause })?;
     let cluster = stored.as_ref().and_then(|s| s.metadata.get("cluster").cloned()).unwrap_or_else(|| {
         // Objects of other writers: the control plane from the key's folder.
         key.rsplit('/').nth(1).unwrap_or_default().to_owned()
@@ -177,7 +180,8 @@ pub async fn check_storage(storage: &Storage, controlplane: &str) -> Result<(), 
 pub async fn abort_unrecorded(storage: &Storage, key: &str, recorded: &[UploadRef]) -> Result<Vec<String>, Error> {
     let stem = crate::backup::stem(key);
     let mut aborted = Vec::new();
-    for upload in storage.unfinished_uploads(stem).await.map_err(Error::Upload)? {
+    let listed = storage.unfinished_uploads(stem).await;
+    for upload in listed.map_err(|cause| Error::Bucket { action: "list the unfinished uploads in", cause })? {
         // `…-2.db` is another attempt's key: only this stem's own formats are this attempt's.
         let ours = upload.key.strip_prefix(stem).is_some_and(|rest| rest.is_empty() || rest.starts_with(".db"));
         if ours && !recorded.iter().any(|r| r.upload_id == upload.upload_id) {

@@ -11,6 +11,10 @@ pub enum Error {
     /// failure was no service's (compression, encryption).
     #[error("Failed to upload snapshot to {service}: {0}", service = .0.service().unwrap_or("S3"))]
     Upload(teb_pipeline::Error),
+    /// A request about what is stored (listing, deleting) that the store refused, naming what was
+    /// asked: `Failed to list the backups in Azure Blob Storage: …`.
+    #[error("Failed to {action} {service}: {cause}", service = .cause.service().unwrap_or("S3"))]
+    Bucket { action: &'static str, cause: teb_pipeline::Error },
     #[error("Failed to verify the stored snapshot {key}: {cause}")]
     Verify { key: String, cause: teb_pipeline::Error },
     /// A key the command line may not use (taken, or none free).
@@ -46,9 +50,10 @@ impl Error {
             Error::Talos(e) => e.is_transient(),
             // The next attempt recovers what this one recorded.
             Error::Journal(_) => true,
-            Error::Snapshot { cause, .. } | Error::Upload(cause) | Error::KitNotStored { cause, .. } => {
-                cause.is_transient()
-            }
+            Error::Snapshot { cause, .. }
+            | Error::Upload(cause)
+            | Error::KitNotStored { cause, .. }
+            | Error::Bucket { cause, .. } => cause.is_transient(),
             // Reading it again helps only when reading failed, not when what was read is damaged.
             Error::Verify { cause, .. } => {
                 matches!(cause, teb_pipeline::Error::Storage { .. } | teb_pipeline::Error::IdleTimeout { .. })
@@ -67,7 +72,7 @@ impl Error {
         match self {
             Error::Talos(_) => "talos",
             Error::Snapshot { .. } => "snapshot",
-            Error::Upload(_) | Error::Key(_) | Error::Interrupted { .. } => "s3",
+            Error::Upload(_) | Error::Key(_) | Error::Interrupted { .. } | Error::Bucket { .. } => "s3",
             Error::Journal(_) => "journal",
             Error::Verify { .. } => "verify",
             Error::Kit { .. } | Error::KitNotStored { .. } => "kit",

@@ -755,6 +755,7 @@ async fn azure_and_gcs_urls_snapshot_list_and_verify() {
     let (ok, _, stderr) =
         outcome(azure("list").args(["--bucket", "az://backups"]).env("AZURE_STORAGE_ACCOUNT_KEY", wrong));
     assert!(!ok && stderr.contains("Azure Blob Storage error Authori"), "{stderr}");
+    assert!(stderr.contains("Failed to list the backups in Azure Blob Storage: ListObjects"), "{stderr}");
     assert!(!stderr.contains(wrong) && !stderr.contains(ACCOUNT_KEY), "{stderr}");
     // An Azure container without its account is refused before any request.
     let (ok, _, stderr) = outcome(bare("list").args(["--bucket", "az://backups", "--endpoint", &azurite.endpoint]));
