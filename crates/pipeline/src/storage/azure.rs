@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use object_store::azure::MicrosoftAzureBuilder;
 
-use super::check::{code_and_message, describe_char, quote};
+use super::check::{classify, describe_char, quote};
 use super::{Failure, Storage, Uploads, client_options, retry};
 use crate::Error;
 
@@ -174,19 +174,10 @@ const PERMANENT_CODES: [&str; 10] = [
 
 /// What failed, as Azure says it. Its messages carry `RequestId:` and `Time:` lines after the first.
 fn failure(e: object_store::Error) -> Failure {
-    let (code, message) = code_and_message(e);
-    let message = message.lines().next().unwrap_or_default().to_owned();
-    let message = match code.as_deref() {
-        Some("AuthenticationFailed" | "AuthorizationFailure") => {
-            format!("{message} (check the account key or SAS token, and that the SAS has not expired)")
-        }
-        _ => message,
-    };
-    let permanent = match code.as_deref() {
-        Some(code) => PERMANENT_CODES.contains(&code),
-        None => message.contains("certificate"),
-    };
-    Failure { code, message, permanent }
+    classify(e, &PERMANENT_CODES, |code, _| {
+        matches!(code, "AuthenticationFailed" | "AuthorizationFailure")
+            .then(|| "check the account key or SAS token, and that the SAS has not expired".to_owned())
+    })
 }
 
 #[cfg(test)]

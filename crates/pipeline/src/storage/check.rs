@@ -66,10 +66,32 @@ pub(crate) fn xml_tag(text: &str, tag: &str) -> Option<String> {
     Some(text[start..start + len].to_owned())
 }
 
+/// A failed request as every backend classifies it: the code and first line of the message its body
+/// carries ([`code_and_message`]), with the backend's `hint` for that code added in parentheses;
+/// permanent for the codes in `permanent` (without a code a certificate problem is, connection
+/// trouble is not).
+pub(crate) fn classify(
+    e: object_store::Error,
+    permanent: &[&str],
+    hint: impl FnOnce(&str, &str) -> Option<String>,
+) -> super::Failure {
+    let (code, message) = code_and_message(e);
+    let message = message.lines().next().unwrap_or_default().to_owned();
+    let permanent = match code.as_deref() {
+        Some(code) => permanent.contains(&code),
+        None => message.contains("certificate"),
+    };
+    let message = match code.as_deref().and_then(|code| hint(code, &message)) {
+        Some(hint) => format!("{message} ({hint})"),
+        None => message,
+    };
+    super::Failure { code, message, permanent }
+}
+
 /// The code and message of a failed request, as the service's XML body says them (with GCS's
 /// `Details`, where it names the missing permission behind "Access denied."), else the root cause
 /// (refused connection, bad certificate). object_store repeats itself down its source chain.
-pub(crate) fn code_and_message(e: object_store::Error) -> (Option<String>, String) {
+fn code_and_message(e: object_store::Error) -> (Option<String>, String) {
     let e = anyhow::Error::new(e);
     let full = format!("{e:#}");
     let code = xml_tag(&full, "Code");

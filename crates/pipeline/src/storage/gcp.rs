@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use object_store::gcp::GoogleCloudStorageBuilder;
 
-use super::check::{code_and_message, describe_char, quote};
+use super::check::{classify, describe_char, quote};
 use super::{Failure, Storage, Uploads, client_options, retry};
 use crate::Error;
 
@@ -156,12 +156,7 @@ const PERMANENT_CODES: [&str; 6] = [
 ];
 
 fn failure(e: object_store::Error) -> Failure {
-    let (code, message) = code_and_message(e);
-    let permanent = match code.as_deref() {
-        Some(code) => PERMANENT_CODES.contains(&code),
-        None => message.contains("certificate"),
-    };
-    Failure { code, message, permanent }
+    classify(e, &PERMANENT_CODES, |_, _| None)
 }
 
 #[cfg(test)]

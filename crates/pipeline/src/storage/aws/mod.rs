@@ -14,7 +14,7 @@ use object_store::{Certificate, ClientOptions};
 
 pub use validate::S3Field;
 
-use super::check::code_and_message;
+use super::check::classify;
 use super::{Failure, LockedWriter, Storage, Uploads, client_options, retry};
 use crate::Error;
 
@@ -385,33 +385,29 @@ struct Asked {
 /// policy that requires it; a lock refused, a bucket created without Object Lock: the message then
 /// says so.
 fn failure(e: object_store::Error, asked: Asked) -> Failure {
-    let (code, message) = code_and_message(e);
-    let message = match code.as_deref() {
-        Some("AccessDenied") if !asked.encryption => format!(
-            "{message} (if a bucket policy requires server-side encryption, set backupStorage.s3.serverSideEncryption: \
-             AES256 or aws:kms)"
-        ),
-        Some("NotImplemented" | "InvalidRequest" | "InvalidArgument") if asked.checksum && !asked.lock => format!(
-            "{message} (a store that refuses flexible-checksum headers takes the body's signed SHA-256 instead: set \
-             backupStorage.s3.checksum: None, or --checksum none on the command line)"
-        ),
-        Some("InvalidRequest") if asked.lock && message.contains("Object Lock") => format!(
-            "{message} (Object Lock needs a bucket created with Object Lock enabled, such as by aws s3api \
-             create-bucket --object-lock-enabled-for-bucket; without backupStorage.s3.objectLock, or \
-             --object-lock-mode on the command line, objects are written unlocked)"
-        ),
-        Some("NotImplemented" | "InvalidRequest" | "InvalidArgument") if asked.checksum && asked.lock => format!(
-            "{message} (a store that refuses flexible-checksum headers may take a locked write checked by \
-             Content-MD5: set backupStorage.s3.checksum: MD5, or --checksum md5 on the command line)"
-        ),
-        _ => message,
-    };
-    let permanent = match code.as_deref() {
-        Some(code) => PERMANENT_CODES.contains(&code),
-        // Without a code, certificate problems are permanent; connection trouble is not.
-        None => message.contains("certificate"),
-    };
-    Failure { code, message, permanent }
+    classify(e, &PERMANENT_CODES, |code, message| {
+        let hint = match code {
+            "AccessDenied" if !asked.encryption => {
+                "if a bucket policy requires server-side encryption, set backupStorage.s3.serverSideEncryption: \
+                 AES256 or aws:kms"
+            }
+            "NotImplemented" | "InvalidRequest" | "InvalidArgument" if asked.checksum && !asked.lock => {
+                "a store that refuses flexible-checksum headers takes the body's signed SHA-256 instead: set \
+                 backupStorage.s3.checksum: None, or --checksum none on the command line"
+            }
+            "InvalidRequest" if asked.lock && message.contains("Object Lock") => {
+                "Object Lock needs a bucket created with Object Lock enabled, such as by aws s3api create-bucket \
+                 --object-lock-enabled-for-bucket; without backupStorage.s3.objectLock, or --object-lock-mode on \
+                 the command line, objects are written unlocked"
+            }
+            "NotImplemented" | "InvalidRequest" | "InvalidArgument" if asked.checksum && asked.lock => {
+                "a store that refuses flexible-checksum headers may take a locked write checked by Content-MD5: set \
+                 backupStorage.s3.checksum: MD5, or --checksum md5 on the command line"
+            }
+            _ => return None,
+        };
+        Some(hint.to_owned())
+    })
 }
 
 #[cfg(test)]
