@@ -12,49 +12,106 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub const PROGRESSING: &str = "Progressing";
-pub const READY: &str = "Ready";
-pub const FAILED: &str = "Failed";
+/// An enum of names as Kubernetes writes them: each variant is its own name.
+macro_rules! names {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$doc:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$doc])* $variant,)* }
 
-pub const BACKUP_IN_PROGRESS: &str = "BackupInProgress";
-pub const BACKUP_COMPLETED: &str = "BackupCompleted";
-pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
-pub const BACKUP_FAILED: &str = "BackupFailed";
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => stringify!($variant),)* }
+            }
+        }
 
-/// With `spec.verify`, a backup also gets `Verified`: True `SnapshotVerified` once the stored snapshot
-/// read back sound, False `VerificationFailed` when it did not.
-pub const VERIFIED: &str = "Verified";
-pub const SNAPSHOT_VERIFIED: &str = "SnapshotVerified";
-pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+        /// A condition's field read back from the API server, compared with the name it should hold.
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.as_str()
+            }
+        }
 
-/// A backup being deleted whose snapshot S3 Object Lock keeps: `SnapshotLocked` True
-/// (`ObjectLockActive`), saying until when; the backup goes with its snapshot then.
-pub const SNAPSHOT_LOCKED: &str = "SnapshotLocked";
-pub const OBJECT_LOCK_ACTIVE: &str = "ObjectLockActive";
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
 
-/// Reasons of a TalosEtcdRestore's conditions (its types are a backup's: Progressing, Ready, Failed).
-pub const RESTORE_IN_PROGRESS: &str = "RestoreInProgress";
-pub const RESTORE_COMPLETED: &str = "RestoreCompleted";
-pub const RESTORE_SUCCEEDED: &str = "RestoreSucceeded";
-pub const RESTORE_FAILED: &str = "RestoreFailed";
-/// Failed because etcd runs on the node: restoring over a live etcd is never done.
-pub const RESTORE_REFUSED: &str = "RestoreRefused";
+names! {
+    /// The types of the conditions this operator writes.
+    pub enum Type {
+        Progressing,
+        Ready,
+        Failed,
+        /// With `spec.verify`: whether the stored snapshot read back sound.
+        Verified,
+        /// A backup being deleted whose snapshot S3 Object Lock keeps, saying until when.
+        SnapshotLocked,
+        /// A schedule: two scheduled runs passed without a successful backup.
+        Stale,
+        /// A schedule: whether the bucket of its backups accepts uploads.
+        StorageReady,
+    }
+}
 
-/// Conditions of a TalosEtcdBackupSchedule: `Ready` True (`ScheduleActive` or `SchedulePaused`) or
-/// False with `Failed` True (`InvalidSchedule`), as upstream; and `Stale`.
-pub const STALE: &str = "Stale";
-pub const SCHEDULE_ACTIVE: &str = "ScheduleActive";
-pub const SCHEDULE_PAUSED: &str = "SchedulePaused";
-pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
-/// `Stale` True: two scheduled runs passed without a successful backup.
-pub const NO_RECENT_BACKUP: &str = "NoRecentBackup";
-/// `Stale` False.
-pub const RECENT_BACKUP: &str = "RecentBackup";
-/// Whether the bucket of a schedule's backups accepts uploads: True `StorageReachable`, False
-/// `StorageUnreachable`.
-pub const STORAGE_READY: &str = "StorageReady";
-pub const STORAGE_REACHABLE: &str = "StorageReachable";
-pub const STORAGE_UNREACHABLE: &str = "StorageUnreachable";
+names! {
+    /// The reasons of the conditions this operator writes.
+    pub enum Reason {
+        BackupInProgress,
+        BackupCompleted,
+        BackupSucceeded,
+        BackupFailed,
+        SnapshotVerified,
+        VerificationFailed,
+        ObjectLockActive,
+        RestoreInProgress,
+        RestoreCompleted,
+        RestoreSucceeded,
+        RestoreFailed,
+        /// Failed because etcd runs on the node: restoring over a live etcd is never done.
+        RestoreRefused,
+        ScheduleActive,
+        SchedulePaused,
+        InvalidSchedule,
+        /// `Stale` True.
+        NoRecentBackup,
+        /// `Stale` False.
+        RecentBackup,
+        StorageReachable,
+        StorageUnreachable,
+    }
+}
+
+pub const PROGRESSING: Type = Type::Progressing;
+pub const READY: Type = Type::Ready;
+pub const FAILED: Type = Type::Failed;
+pub const VERIFIED: Type = Type::Verified;
+pub const SNAPSHOT_LOCKED: Type = Type::SnapshotLocked;
+pub const STALE: Type = Type::Stale;
+pub const STORAGE_READY: Type = Type::StorageReady;
+
+pub const BACKUP_IN_PROGRESS: Reason = Reason::BackupInProgress;
+pub const BACKUP_COMPLETED: Reason = Reason::BackupCompleted;
+pub const BACKUP_SUCCEEDED: Reason = Reason::BackupSucceeded;
+pub const BACKUP_FAILED: Reason = Reason::BackupFailed;
+pub const SNAPSHOT_VERIFIED: Reason = Reason::SnapshotVerified;
+pub const VERIFICATION_FAILED: Reason = Reason::VerificationFailed;
+pub const OBJECT_LOCK_ACTIVE: Reason = Reason::ObjectLockActive;
+pub const RESTORE_IN_PROGRESS: Reason = Reason::RestoreInProgress;
+pub const RESTORE_COMPLETED: Reason = Reason::RestoreCompleted;
+pub const RESTORE_SUCCEEDED: Reason = Reason::RestoreSucceeded;
+pub const RESTORE_FAILED: Reason = Reason::RestoreFailed;
+pub const RESTORE_REFUSED: Reason = Reason::RestoreRefused;
+pub const SCHEDULE_ACTIVE: Reason = Reason::ScheduleActive;
+pub const SCHEDULE_PAUSED: Reason = Reason::SchedulePaused;
+pub const INVALID_SCHEDULE: Reason = Reason::InvalidSchedule;
+pub const NO_RECENT_BACKUP: Reason = Reason::NoRecentBackup;
+pub const RECENT_BACKUP: Reason = Reason::RecentBackup;
+pub const STORAGE_REACHABLE: Reason = Reason::StorageReachable;
+pub const STORAGE_UNREACHABLE: Reason = Reason::StorageUnreachable;
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,18 +131,18 @@ impl Status {
 
 /// Where a backup or a restore stands. `Failed` carries its reason (a restore has two).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase<'a> {
+pub enum Phase {
     InProgress,
     Succeeded,
-    Failed(&'a str),
+    Failed(Reason),
 }
 
 /// The reasons a kind of resource gives its phases' conditions.
 pub struct PhaseReasons {
-    pub in_progress: &'static str,
-    pub completed: &'static str,
+    pub in_progress: Reason,
+    pub completed: Reason,
     pub completed_message: &'static str,
-    pub succeeded: &'static str,
+    pub succeeded: Reason,
 }
 
 pub const BACKUP_REASONS: PhaseReasons = PhaseReasons {
@@ -116,24 +173,24 @@ impl<'a> Conditions<'a> {
     }
 
     /// Sets the condition of `type_`, replacing one of that type if there is one.
-    pub fn set(&mut self, type_: &str, status: Status, reason: &str, message: &str) -> &mut Self {
+    pub fn set(&mut self, type_: Type, status: Status, reason: Reason, message: &str) -> &mut Self {
         let condition = condition(type_, status, reason, message, self.list, self.observed_generation, &self.now);
-        match self.list.iter_mut().find(|c| c.type_ == type_) {
+        match self.list.iter_mut().find(|c| c.type_ == type_.as_str()) {
             Some(existing) => *existing = condition,
             None => self.list.push(condition),
         }
         self
     }
 
-    pub fn remove(&mut self, type_: &str) -> &mut Self {
-        self.list.retain(|c| c.type_ != type_);
+    pub fn remove(&mut self, type_: Type) -> &mut Self {
+        self.list.retain(|c| c.type_ != type_.as_str());
         self
     }
 
     /// The specification's rows for `phase` (below); the one of Ready and Failed that would contradict
     /// it is removed, any other condition (Verified) is left as it is. `message` goes on the condition
     /// that says most about the phase.
-    pub fn set_phase(&mut self, phase: Phase<'_>, reasons: &PhaseReasons, message: &str) -> &mut Self {
+    pub fn set_phase(&mut self, phase: Phase, reasons: &PhaseReasons, message: &str) -> &mut Self {
         match phase {
             Phase::InProgress => {
                 self.set(PROGRESSING, Status::True, reasons.in_progress, message).remove(READY).remove(FAILED)
@@ -152,9 +209,9 @@ impl<'a> Conditions<'a> {
 
 /// One condition. Its lastTransitionTime is taken from `existing` when the status there is the same.
 fn condition(
-    type_: &str,
+    type_: Type,
     status: Status,
-    reason: &str,
+    reason: Reason,
     message: &str,
     existing: &[Condition],
     observed_generation: Option<i64>,
@@ -163,12 +220,12 @@ fn condition(
     let status = status.as_str();
     let last_transition_time = existing
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| c.type_ == type_.as_str() && c.status == status)
         .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
     Condition {
-        type_: type_.to_owned(),
+        type_: type_.as_str().to_owned(),
         status: status.to_owned(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         message: message.to_owned(),
         observed_generation,
         last_transition_time,
@@ -176,13 +233,13 @@ fn condition(
 }
 
 /// Whether the condition of `type_` is True.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == Status::True.as_str())
+pub fn is_true(conditions: &[Condition], type_: Type) -> bool {
+    conditions.iter().any(|c| c.type_ == type_.as_str() && c.status == Status::True.as_str())
 }
 
 /// Whether the condition of `type_` is False.
-pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == Status::False.as_str())
+pub fn is_false(conditions: &[Condition], type_: Type) -> bool {
+    conditions.iter().any(|c| c.type_ == type_.as_str() && c.status == Status::False.as_str())
 }
 
 #[cfg(test)]

@@ -577,7 +577,7 @@ async fn verify_stored(
         Ok(_) => ctx.event(backup, EventType::Normal, "BackupVerified", message).await,
         Err(_) => {
             tracing::warn!(name = %backup.name_any(), %message, "the stored snapshot failed verification");
-            ctx.event(backup, EventType::Warning, conditions::VERIFICATION_FAILED, message).await;
+            ctx.event(backup, EventType::Warning, conditions::VERIFICATION_FAILED.as_str(), message).await;
         }
     }
     Ok(ctx.after_finish(&status))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS};
+use teb_api::conditions::{self, Conditions, FAILED, Phase, READY, RESTORE_REASONS, Reason};
 use teb_api::{RestoreMemberStatus, TalosEtcdBackup, TalosEtcdRestore, TalosEtcdRestoreStatus};
 use teb_core::restore;
 use teb_pipeline::{Identity, Storage};
@@ -237,7 +237,7 @@ async fn fail(
     restore: &TalosEtcdRestore,
     ctx: &Context,
     mut status: TalosEtcdRestoreStatus,
-    reason: &str,
+    reason: Reason,
     message: String,
 ) -> Result<Action, Error> {
     status.completion_time = Some(now());
@@ -245,7 +245,7 @@ async fn fail(
     set_phase(&mut status, Phase::Failed(reason), &message);
     patch_status(api, &restore.name_any(), &status).await?;
     tracing::warn!(name = %restore.name_any(), %message, "restore failed");
-    ctx.event(restore, EventType::Warning, reason, message).await;
+    ctx.event(restore, EventType::Warning, reason.as_str(), message).await;
     Ok(Action::await_change())
 }
 

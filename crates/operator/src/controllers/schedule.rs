@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, Conditions, FAILED, READY, STALE, Status};
+use teb_api::conditions::{self, Conditions, FAILED, READY, Reason, STALE, Status};
 use teb_api::{
     ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,
     TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
@@ -159,7 +159,7 @@ async fn report_invalid(
         .remove(conditions::STORAGE_READY);
     if status != *previous {
         tracing::warn!(schedule = %schedule.name_any(), %message, "invalid schedule");
-        ctx.event(schedule, EventType::Warning, conditions::INVALID_SCHEDULE, message).await;
+        ctx.event(schedule, EventType::Warning, conditions::INVALID_SCHEDULE.as_str(), message).await;
         patch_status(api, &schedule.name_any(), &status).await?;
     }
     Ok(Action::await_change())
@@ -201,7 +201,7 @@ fn staleness(
     last_success: Option<Timestamp>,
     created: Timestamp,
     now: Timestamp,
-) -> ((Status, &'static str, String), Option<Timestamp>) {
+) -> ((Status, Reason, String), Option<Timestamp>) {
     match parsed.stale_at(last_success.unwrap_or(created)) {
         Some(at) if at <= now => {
             let since =
@@ -247,10 +247,10 @@ async fn storage_condition(
     previous: &TalosEtcdBackupScheduleStatus,
     status: &mut TalosEtcdBackupScheduleStatus,
     now: Timestamp,
-) -> (Option<(Status, &'static str, String)>, Timestamp) {
+) -> (Option<(Status, Reason, String)>, Timestamp) {
     let interval = |ok: bool| if ok { STORAGE_CHECK_INTERVAL } else { STORAGE_RECHECK_INTERVAL };
     let after = |t: Timestamp, ok: bool| t.checked_add(interval(ok)).unwrap_or(t);
-    let old = previous.conditions.iter().find(|c| c.type_ == conditions::STORAGE_READY);
+    let old = previous.conditions.iter().find(|c| c.type_ == conditions::STORAGE_READY.as_str());
     if let (Some(old), Some(checked)) = (old, &previous.last_storage_check_time) {
         let next = after(checked.0, old.status == Status::True.as_str());
         if old.observed_generation == status.observed_generation && next > now {

@@ -548,7 +548,7 @@ async fn verify_reads_the_stored_snapshot_back_and_catches_a_damaged_one() {
     let status = verified("checked").await;
     assert_eq!(status.verified, Some(true), "{status:?}");
     assert!(status.verified_at.is_some());
-    let c = condition(&status, "Verified").unwrap();
+    let c = condition(&status, teb_api::conditions::VERIFIED).unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "SnapshotVerified"));
     assert!(
         c.message.contains("the SHA-256 trailer matches") && c.message.contains("page headers are sound"),
@@ -574,7 +574,7 @@ async fn verify_reads_the_stored_snapshot_back_and_catches_a_damaged_one() {
     scenario.backups().patch("damaged", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let status = verified("damaged").await;
     assert_eq!(status.verified, Some(false));
-    let c = condition(&status, "Verified").unwrap();
+    let c = condition(&status, teb_api::conditions::VERIFIED).unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "VerificationFailed"));
     assert!(c.message.contains("not a sound etcd (bbolt) database: meta page 0 has magic"), "{}", c.message);
     assert!(scenario.event_reasons().await.contains(&"VerificationFailed".to_owned()));

@@ -169,10 +169,10 @@ async fn scrape(metrics: Arc<Metrics>) -> String {
     response
 }
 
-fn condition<'a>(
-    status: &'a TalosEtcdBackupStatus,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn condition(
+    status: &TalosEtcdBackupStatus,
+    type_: teb_api::conditions::Type,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -259,7 +259,7 @@ fn is_failed(backup: &TalosEtcdBackup) -> bool {
     backup.status.as_ref().is_some_and(|s| teb_api::conditions::is_true(&s.conditions, FAILED))
 }
 
-fn schedule_condition(status: &TalosEtcdBackupScheduleStatus, type_: &str) -> (String, String) {
+fn schedule_condition(status: &TalosEtcdBackupScheduleStatus, type_: teb_api::conditions::Type) -> (String, String) {
     let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_}: {status:?}"));
     (c.status.clone(), c.reason.clone())
 }

@@ -81,7 +81,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
             condition(&status, SNAPSHOT_LOCKED).cloned()
         })
         .await;
-    assert_eq!((waiting.status.as_str(), waiting.reason.as_str()), ("True", OBJECT_LOCK_ACTIVE));
+    assert_eq!((waiting.status.as_str(), waiting.reason.as_str()), ("True", OBJECT_LOCK_ACTIVE.as_str()));
     assert!(waiting.message.contains(&key) && waiting.message.contains(&until.to_string()), "{}", waiting.message);
     assert!(waiting.message.contains("set spec.deletionPolicy: Retain"), "{}", waiting.message);
     assert!(scenario.event_reasons().await.contains(&"SnapshotLocked".to_owned()));

@@ -80,7 +80,7 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
     let status = scenario.schedule_status("every4s").await;
     assert!(kept.iter().any(|b| b.metadata.name == status.last_successful_backup), "{status:?}");
     assert_eq!(schedule_condition(&status, READY), ("True".into(), "ScheduleActive".into()));
-    assert_eq!(schedule_condition(&status, "Stale"), ("False".into(), "RecentBackup".into()));
+    assert_eq!(schedule_condition(&status, teb_api::conditions::STALE), ("False".into(), "RecentBackup".into()));
     let (last, next) = (status.last_schedule_time.unwrap().0, status.next_schedule_time.unwrap().0);
     assert_eq!(next.duration_since(last).as_secs(), 4);
 
@@ -94,7 +94,7 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
             (stale && created && list.iter().filter(|b| is_failed(b)).count() == 2 && list.len() <= 3).then_some(status)
         })
         .await;
-    assert_eq!(schedule_condition(&failing, "Stale"), ("True".into(), "NoRecentBackup".into()));
+    assert_eq!(schedule_condition(&failing, teb_api::conditions::STALE), ("True".into(), "NoRecentBackup".into()));
 
     // Paused: no new backups, no next time.
     let patch = serde_json::json!({"spec": {"paused": true}});
