@@ -3,7 +3,7 @@
 
 use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
 
-use crate::backup::{FORMAT, KEY_PREFIX, fingerprints_of};
+use crate::backup::{FORMAT, KEY_PREFIX, Record, fingerprints_of};
 use crate::kit;
 use crate::{Error, Settings};
 
@@ -136,6 +136,26 @@ pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<Deletion, E
     Ok(Deletion::Deleted)
 }
 
+/// What a deleted backup leaves in the bucket, removed: the uploads its `record` names, those at its
+/// key no record names (listed; a listing refused is no reason to keep the backup: the bucket's
+/// lifecycle rule takes them then), and with `snapshot` its snapshot and kit, unless Object Lock keeps
+/// them ([`delete_snapshot`]).
+pub async fn remove_leftovers(storage: &Storage, record: &Record, snapshot: Option<&str>) -> Result<Deletion, Error> {
+    if let Some((upload, error)) = abort_uploads(storage, &record.uploads).await.into_iter().next() {
+        tracing::warn!(key = %upload.key, %error, "cannot abort an unfinished upload");
+        return Err(error);
+    }
+    if let Some(key) = &record.key
+        && let Err(error) = abort_unrecorded(storage, key, &record.uploads).await
+    {
+        tracing::warn!(%key, %error, "cannot list the unfinished uploads of the last attempt");
+    }
+    match snapshot {
+        Some(key) => delete_snapshot(storage, key).await,
+        None => Ok(Deletion::Deleted),
+    }
+}
+
 /// Opens the recovery kit stored beside the snapshot at `key` with `identities` and checks it: it
 /// parses, holds a usable secrets bundle and belongs to the snapshot's cluster. Its key, or None
 /// when the backup has no kit.
@@ -196,8 +216,8 @@ pub async fn abort_unrecorded(storage: &Storage, key: &str, recorded: &[UploadRe
 pub async fn abort_uploads(storage: &Storage, uploads: &[UploadRef]) -> Vec<(UploadRef, Error)> {
     let mut left = Vec::new();
     for upload in uploads {
-        if let Err(e) = storage.abort_upload(upload).await {
-            left.push((upload.clone(), Error::Upload(e)));
+        if let Err(cause) = storage.abort_upload(upload).await {
+            left.push((upload.clone(), Error::Bucket { action: "abort an unfinished upload in", cause }));
         }
     }
     left

@@ -14,8 +14,6 @@ pub enum Error {
     Spec(String),
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Cleanup(String),
     /// A panic caught in one backup: a bug, reported on that backup instead of ending the process.
     #[error("Internal error (a bug in talos-etcd-backup; please report it): {0}")]
     Internal(String),
@@ -26,7 +24,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Core(e) => e.is_transient(),
-            Error::Kube(_) | Error::Cleanup(_) => true,
+            Error::Kube(_) => true,
             Error::ControlPlane { .. } | Error::Secret { .. } | Error::Spec(_) | Error::Internal(_) => false,
         }
     }
@@ -39,7 +37,6 @@ impl Error {
             Error::Core(e) => e.kind(),
             Error::Spec(_) => "spec",
             Error::Kube(_) => "kubernetes",
-            Error::Cleanup(_) => "cleanup",
             Error::Internal(_) => "internal",
         }
     }

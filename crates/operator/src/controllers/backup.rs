@@ -272,27 +272,13 @@ async fn clean_up(
     let snapshot = status.filename.as_deref().filter(|_| backup.spec.deletion_policy() == DeletionPolicy::Delete);
     let kept = snapshot.and_then(|key| Some((key, kept_because(backup, namespace_deleting)?)));
     let delete = snapshot.filter(|_| kept.is_none());
-    let uploads = upload_refs(&status);
-    let attempt_key = status.attempt_key.as_deref();
+    let record = Record { key: status.attempt_key.clone(), uploads: upload_refs(&status) };
     let cleaned = crate::isolate(async {
-        if uploads.is_empty() && delete.is_none() && attempt_key.is_none() {
+        if record == Record::default() && delete.is_none() {
             return Ok(Deletion::Deleted);
         }
         let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
-        if let Some((upload, error)) = catalog::abort_uploads(&storage, &uploads).await.into_iter().next() {
-            return Err(Error::Cleanup(format!("cannot abort the unfinished upload of {}: {error}", upload.key)));
-        }
-        // What an attempt cut off before recording its upload left (a listing refused is no reason
-        // to hold the deletion: the lifecycle rule takes it then).
-        if let Some(key) = attempt_key
-            && let Err(error) = catalog::abort_unrecorded(&storage, key, &uploads).await
-        {
-            tracing::warn!(name = %backup.name_any(), %error, "cannot list the unfinished uploads of the last attempt");
-        }
-        match delete {
-            Some(key) => Ok(catalog::delete_snapshot(&storage, key).await?),
-            None => Ok(Deletion::Deleted),
-        }
+        Ok(catalog::remove_leftovers(&storage, &record, delete).await?)
     })
     .await;
     match cleaned {
