@@ -6,7 +6,9 @@ use std::time::Duration;
 use kube::api::Api;
 use teb_api::TalosEtcdBackup;
 use teb_api::conditions::{self, READY};
+use teb_testkit::azure::Azurite;
 use teb_testkit::emulator::EmulatorOptions;
+use teb_testkit::gcs::GcsServer;
 use teb_testkit::ground::{ProvingGround, wait_for};
 use teb_testkit::process::ChildProcess;
 use teb_testkit::spec::{SECRET_YAML, backup_yaml, endpoint_field};
@@ -79,47 +81,15 @@ fn secret(name: &str, key: &str, value: &str) -> k8s_openapi::api::core::v1::Sec
 /// the restarted attempt's, and nothing is left staged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_upload_to_gcs_or_azure_leaves_one_object_after_restart() {
-    use teb_testkit::azure::{ACCOUNT, ACCOUNT_KEY, Azurite};
-    use teb_testkit::gcs::GcsServer;
-    let ground = ProvingGround::start(
-        "crash-backends",
-        EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() },
-        false,
-    )
-    .await;
-    ground.fill_etcd(24).await;
-    ground.control_plane_with_bundle().await;
-    let gcs = GcsServer::start().await.unwrap();
-    gcs.create_bucket("etcd-backups");
-    let azurite = Azurite::start().await.unwrap();
-    azurite.create_container("etcd-backups").await.unwrap();
-    ground.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
-    ground.create_secret(&secret("azure-key", "accountKey", ACCOUNT_KEY)).await;
-    let storage = |name: &str| match name {
-        "to-gcs" => format!(
-            "    gcs:\n      bucket: etcd-backups\n      endpoint: {}\n      serviceAccountKey: {{name: gcs-key, key: \
-             key.json}}\n",
-            gcs.endpoint
-        ),
-        _ => format!(
-            "    azure:\n      account: {ACCOUNT}\n      container: etcd-backups\n      endpoint: {}\n      accountKey: \
-             {{name: azure-key, key: accountKey}}\n",
-            azurite.endpoint
-        ),
-    };
+    let (ground, gcs, azurite) = ground_with_backends("crash-backends", 24).await;
     let api: Api<TalosEtcdBackup> = Api::namespaced(ground.admin.clone(), &ground.ns);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("operator.log");
     for name in ["to-gcs", "to-azure"] {
         ground.emulator.faults.limit_bandwidth(2 << 20);
         let first = operator(&ground, &log);
-        ground
-            .apply(&format!(
-                "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdBackup\nmetadata:\n  name: {name}\nspec:\n  \
-                 talosControlPlaneRef:\n    name: my-controlplane\n  backupStorage:\n{}",
-                storage(name)
-            ))
-            .await;
+        let store = if name == "to-gcs" { Store::Gcs(&gcs) } else { Store::Azure(&azurite) };
+        ground.apply(&store.backup(name)).await;
         // A part received (an upload alone exists before the status write that records it).
         wait_for("a part on its way", async || match name {
             "to-gcs" => gcs.unfinished_parts() > 0,
@@ -158,11 +128,27 @@ async fn sigkill_mid_upload_to_gcs_or_azure_leaves_one_object_after_restart() {
     }
 }
 
+/// A proving ground with one control plane whose etcd holds `mib` MiB, and a GCS server and Azurite
+/// with an `etcd-backups` bucket and container, their keys in Secrets.
+async fn ground_with_backends(prefix: &str, mib: usize) -> (ProvingGround, GcsServer, Azurite) {
+    let options = EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() };
+    let ground = ProvingGround::start(prefix, options, false).await;
+    ground.fill_etcd(mib).await;
+    ground.control_plane_with_bundle().await;
+    let gcs = GcsServer::start().await.unwrap();
+    gcs.create_bucket("etcd-backups");
+    let azurite = Azurite::start().await.unwrap();
+    azurite.create_container("etcd-backups").await.unwrap();
+    ground.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
+    ground.create_secret(&secret("azure-key", "accountKey", teb_testkit::azure::ACCOUNT_KEY)).await;
+    (ground, gcs, azurite)
+}
+
 /// Where a backend's servers say what is stored and what is left unfinished.
 enum Store<'a> {
     S3(&'a teb_testkit::s3::S3Server),
-    Gcs(&'a teb_testkit::gcs::GcsServer),
-    Azure(&'a teb_testkit::azure::Azurite),
+    Gcs(&'a GcsServer),
+    Azure(&'a Azurite),
 }
 
 impl Store<'_> {
@@ -214,25 +200,10 @@ impl Store<'_> {
 /// (nor, on Azure, staged blocks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_one_object_per_backup_and_nothing_unfinished() {
-    use teb_testkit::azure::{ACCOUNT_KEY, Azurite};
-    use teb_testkit::gcs::GcsServer;
     const ROUNDS: usize = 4;
     const BACKUPS: usize = 3;
-    let ground = ProvingGround::start(
-        "crash-random",
-        EmulatorOptions { control_planes: 1, workers: 0, ..Default::default() },
-        false,
-    )
-    .await;
-    ground.fill_etcd(16).await;
-    ground.control_plane_with_bundle().await;
-    let gcs = GcsServer::start().await.unwrap();
-    gcs.create_bucket("etcd-backups");
-    let azurite = Azurite::start().await.unwrap();
-    azurite.create_container("etcd-backups").await.unwrap();
+    let (ground, gcs, azurite) = ground_with_backends("crash-random", 16).await;
     ground.apply(SECRET_YAML).await;
-    ground.create_secret(&secret("gcs-key", "key.json", &gcs.service_account_key())).await;
-    ground.create_secret(&secret("azure-key", "accountKey", ACCOUNT_KEY)).await;
     let api: Api<TalosEtcdBackup> = Api::namespaced(ground.admin.clone(), &ground.ns);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("operator.log");
