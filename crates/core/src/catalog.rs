@@ -4,7 +4,9 @@
 use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
 
 use crate::backup::{FORMAT, KEY_PREFIX, Record, fingerprints_of};
+use crate::etcd_db::EtcdDb;
 use crate::kit;
+use crate::report::ContentReport;
 use crate::{Error, Settings};
 
 /// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
@@ -84,6 +86,22 @@ pub async fn verify_backup(
 ) -> Result<(CheckedSnapshot, Option<String>), Error> {
     let checked = verify(storage, key, identities, settings, progress).await?;
     Ok((checked, verify_kit(storage, key, identities).await?))
+}
+
+/// What is inside the snapshot at `key` ([`ContentReport`]): its database read offline, in place when
+/// it is stored plain, else decoded into a scratch file ([`crate::etcd_db::open_stored`]).
+pub async fn report(
+    storage: &Storage,
+    key: &str,
+    identities: &[Identity],
+    settings: &Settings,
+) -> Result<ContentReport, Error> {
+    let failed = |reason: String| Error::Report { key: key.to_owned(), reason };
+    let stored = storage.stored(key).await.map_err(|cause| Error::Bucket { action: "read a backup from", cause })?;
+    let format = stored.map_or_else(|| Format::of_key(key), |s| s.format);
+    let db = crate::etcd_db::open_stored(storage, key, format, identities, settings).await.map_err(failed)?;
+    let contents = EtcdDb::open(&db).await.map_err(failed)?.contents().await.map_err(failed)?;
+    Ok(ContentReport::of(&contents))
 }
 
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).

@@ -33,6 +33,9 @@ pub enum Error {
     /// stopped before going on unrecorded.
     #[error("Failed to record the backup attempt: {0}")]
     Journal(String),
+    /// A stored snapshot whose database could not be read offline (its content report).
+    #[error("Failed to read what is inside {key}: {reason}")]
+    Report { key: String, reason: String },
     /// A recovery kit that cannot be opened or does not belong to its snapshot.
     #[error("Failed to read the recovery kit {key}: {reason}")]
     Kit { key: String, reason: String },
@@ -60,6 +63,7 @@ impl Error {
                     && cause.is_transient()
             }
             Error::Key(_)
+            | Error::Report { .. }
             | Error::Kit { .. }
             | Error::Interrupted { .. }
             | Error::Restore(_)
@@ -74,7 +78,7 @@ impl Error {
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) | Error::Key(_) | Error::Interrupted { .. } | Error::Bucket { .. } => "s3",
             Error::Journal(_) => "journal",
-            Error::Verify { .. } => "verify",
+            Error::Verify { .. } | Error::Report { .. } => "verify",
             Error::Kit { .. } | Error::KitNotStored { .. } => "kit",
             Error::Restore(_) | Error::RestoreRefused(_) => "restore",
         }

@@ -3,7 +3,9 @@
 //! pages whatever the database's size. What etcd keeps where (etcd v3.5 server/storage/schema and
 //! server/etcdserver/api/membership/storev2.go / store.go): bucket `members` maps a member's ID in hex
 //! to its JSON (`id`, `peerURLs`, `name`, `clientURLs`, `isLearner`); `members_removed` the IDs of
-//! removed members; `meta` the consistent index.
+//! removed members; `meta` the consistent index and the last compaction; `key` every revision
+//! compaction left (server/storage/mvcc: the bucket's key is the revision, 8 bytes of main revision
+//! big-endian, `_`, 8 bytes of sub revision, and a `t` for a deletion; its value an `mvccpb.KeyValue`).
 //!
 //! Pages come from a [`PageSource`]: a plain snapshot in the bucket (range reads, no download), a
 //! file, or bytes in memory.
@@ -59,6 +61,50 @@ impl PageSource for StoredObject<'_> {
         let bytes = self.storage.get_range(self.key, offset..offset + len as u64).await.map_err(|e| e.to_string())?;
         Ok(bytes.to_vec())
     }
+}
+
+/// A stored snapshot's database, to read offline: in place with range reads when it is stored plain,
+/// else decoded into a scratch file (in `TMPDIR`, unlinked from the start, so gone on every exit path).
+pub enum StoredDb<'a> {
+    InPlace(StoredObject<'a>),
+    Scratch(std::fs::File),
+}
+
+impl PageSource for StoredDb<'_> {
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        match self {
+            StoredDb::InPlace(object) => object.read_at(offset, len).await,
+            StoredDb::Scratch(file) => file.read_at(offset, len).await,
+        }
+    }
+}
+
+/// The database of the snapshot at `key`, stored in `format` ([`StoredDb`]).
+pub async fn open_stored<'a>(
+    storage: &'a Storage,
+    key: &'a str,
+    format: teb_pipeline::Format,
+    identities: &[teb_pipeline::Identity],
+    settings: &crate::Settings,
+) -> Result<StoredDb<'a>, String> {
+    use futures::StreamExt as _;
+    use std::io::Write as _;
+    if format == teb_pipeline::Format::default() {
+        return Ok(StoredDb::InPlace(StoredObject { storage, key }));
+    }
+    if format.age && identities.is_empty() {
+        return Err("it is encrypted, and no age identity was given".into());
+    }
+    let mut stream = storage
+        .read_snapshot(key, format, identities, settings.limits.idle_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut file = tempfile::tempfile().map_err(|e| format!("creating a scratch file in TMPDIR: {e}"))?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        file.write_all(&chunk).map_err(|e| format!("writing the scratch file: {e}"))?;
+    }
+    Ok(StoredDb::Scratch(file))
 }
 
 /// One member of the cluster as the database records it.
@@ -171,6 +217,74 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
         Ok(members)
     }
 
+    /// The newest revision of every key the database holds, and what `meta` records. The `key`
+    /// bucket is in revision order, so a later revision of a key replaces an earlier one and a
+    /// deletion removes it: what is left is what etcd serves. Memory is one entry per live key (as
+    /// etcd's own index), whatever the size of the values.
+    pub async fn contents(&self) -> Result<Contents, String> {
+        let mut contents = Contents::default();
+        let mut broken = None;
+        let found = self
+            .for_each(b"key", &mut |revision, value| {
+                if revision.len() < 17 || revision[8] != b'_' {
+                    broken.get_or_insert_with(|| format!("a key revision of {} bytes", revision.len()));
+                    return;
+                }
+                let main = i64::from_be_bytes(revision[..8].try_into().unwrap_or_default());
+                contents.revision = contents.revision.max(main);
+                let kv = match <KeyValue as prost::Message>::decode(value) {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        broken.get_or_insert_with(|| format!("revision {main} is not an mvccpb.KeyValue: {e}"));
+                        return;
+                    }
+                };
+                if revision.get(17) == Some(&b't') {
+                    contents.keys.remove(&kv.key);
+                } else {
+                    let latest = Latest { mod_revision: kv.mod_revision, value_size: kv.value.len() as u64 };
+                    contents.keys.insert(kv.key, latest);
+                }
+            })
+            .await?;
+        if let Some(broken) = broken {
+            return Err(broken);
+        }
+        if !found {
+            return Err("the database has no key bucket".into());
+        }
+        self.for_each(b"meta", &mut |key, value| match key {
+            b"finishedCompactRev" if value.len() >= 8 => {
+                contents.compacted = Some(i64::from_be_bytes(value[..8].try_into().unwrap_or_default()))
+            }
+            b"consistent_index" if value.len() == 8 => {
+                contents.consistent_index = Some(u64::from_be_bytes(value.try_into().unwrap_or_default()))
+            }
+            _ => {}
+        })
+        .await?;
+        contents.db_size = self.meta.pages * self.meta.page_size as u64;
+        Ok(contents)
+    }
+
+    /// The newest value of `key`, when the database holds it (a deletion after it: None).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let mut newest = None;
+        self.for_each(b"key", &mut |revision, value| {
+            // Cheap before decoding: the key is the value's first field (tag 1, length-delimited).
+            if !value.windows(key.len()).take(8).any(|w| w == key) {
+                return;
+            }
+            if let Ok(kv) = <KeyValue as prost::Message>::decode(value)
+                && kv.key == key
+            {
+                newest = (revision.get(17) != Some(&b't')).then_some(kv.value);
+            }
+        })
+        .await?;
+        Ok(newest)
+    }
+
     /// Walks the subtree at `node`, handing every leaf element (key, value, flags) to `each`.
     fn walk<'s>(
         &'s self,
@@ -230,6 +344,43 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
         }
         Ok(page)
     }
+}
+
+/// What a database holds: each live key's newest revision, and what `meta` records.
+#[derive(Debug, Default)]
+pub struct Contents {
+    /// The highest revision in the database: the cluster's revision when the snapshot was taken.
+    pub revision: i64,
+    /// The revision of the last compaction, when there was one.
+    pub compacted: Option<i64>,
+    pub consistent_index: Option<u64>,
+    /// Pages × page size: the database file's size.
+    pub db_size: u64,
+    pub keys: std::collections::HashMap<Vec<u8>, Latest>,
+}
+
+/// A key's newest revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latest {
+    pub mod_revision: i64,
+    pub value_size: u64,
+}
+
+/// etcd's `mvccpb.KeyValue` (api/mvccpb/kv.proto), as the `key` bucket stores each revision.
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeyValue {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(bytes = "vec", tag = "5")]
+    value: Vec<u8>,
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
 /// Gets every leaf element: key, value, flags.

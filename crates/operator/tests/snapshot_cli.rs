@@ -251,6 +251,10 @@ async fn verify_command_passes_real_snapshots_and_catches_damage() {
     let (page_size, pages) = (summary["page_size"].as_u64().unwrap(), summary["pages"].as_u64().unwrap());
     assert_eq!(page_size * pages + 32, summary["size"].as_u64().unwrap(), "{summary}");
     assert!(summary["pages_checked"].as_u64().unwrap() > 10, "{summary}");
+    // What is inside: the 300 Secrets put above, read from the stored object in place.
+    let contents = &summary["contents"];
+    assert_eq!(contents["resources"]["secrets"], 300, "{summary}");
+    assert!(contents["revision"].as_i64().unwrap() >= 300 && contents["keys"].as_u64().unwrap() >= 300, "{summary}");
     let (ok, latest, _) = verify(&["--latest", "--cluster", "demo"]);
     assert!(ok && latest["key"] == key.as_str(), "{latest}");
 
@@ -587,6 +591,8 @@ async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
     let (ok, verified, stderr) = run(&["verify", "--key", &key, "--age-identity-file", &key_file]);
     assert!(ok, "{verified} {stderr}");
     assert_eq!((&verified["sha256"], &verified["size"]), (&summary["sha256"], &summary["size"]));
+    // Decoded into a scratch file to be read: the same database inside.
+    assert!(verified["contents"]["keys"].as_u64().unwrap() > 0, "{verified}");
     let (ok, failed, _) = run(&["verify", "--key", &key]);
     assert!(!ok && failed["error"].as_str().unwrap().contains("give the identity"), "{failed}");
     let (ok, failed, _) = run(&["verify", "--key", &key, "--age-identity-file", &other_file]);

@@ -101,6 +101,11 @@ impl KubeEnv {
         Ok(())
     }
 
+    /// The client URLs of kube-apiserver's etcd, comma-separated.
+    pub fn etcd_endpoints(&self) -> &str {
+        &self.etcd_servers
+    }
+
     /// A kubeconfig file for `admin` (system:masters) or `operator` (bound only by deploy/rbac.yaml).
     pub fn kubeconfig_path(&self, user: &str) -> PathBuf {
         kubeconfig_path(self.dir.path(), user)

@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use teb_pipeline::{CheckedSnapshot, Format, Identity, SnapshotCheck, Storage};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
-use crate::etcd_db::{DbMember, EtcdDb, StoredObject};
+use crate::etcd_db::{DbMember, EtcdDb, open_stored};
 use crate::{Error, Settings};
 
 mod after;
@@ -311,9 +311,7 @@ async fn probe_others(
     futures::future::join_all(probes).await.into_iter().collect()
 }
 
-/// The members the backup's database names, read before anything changes: in place with range reads
-/// when it is stored plain; decoded into an unlinked scratch file (in `TMPDIR`, gone on every exit
-/// path) when it is compressed or encrypted.
+/// The members the backup's database names, read before anything changes ([`open_stored`]).
 async fn backup_members(
     storage: &Storage,
     key: &str,
@@ -321,41 +319,12 @@ async fn backup_members(
     identities: &[Identity],
     settings: &Settings,
 ) -> Result<Vec<DbMember>, String> {
-    let members = if format == Format::default() {
-        let object = StoredObject { storage, key };
-        EtcdDb::open(&object).await?.members().await?
-    } else {
-        if format.age && identities.is_empty() {
-            return Err("it is encrypted, and no age identity was given".into());
-        }
-        let scratch = decode_to_scratch(storage, key, format, identities, settings).await?;
-        EtcdDb::open(&scratch).await?.members().await?
-    };
+    let stored = open_stored(storage, key, format, identities, settings).await?;
+    let members = EtcdDb::open(&stored).await?.members().await?;
     if members.is_empty() {
         return Err("its members bucket is empty".into());
     }
     Ok(members)
-}
-
-/// The decoded snapshot in a scratch file that is unlinked from the start.
-async fn decode_to_scratch(
-    storage: &Storage,
-    key: &str,
-    format: Format,
-    identities: &[Identity],
-    settings: &Settings,
-) -> Result<std::fs::File, String> {
-    use std::io::Write as _;
-    let mut stream = storage
-        .read_snapshot(key, format, identities, settings.limits.idle_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut file = tempfile::tempfile().map_err(|e| format!("creating a scratch file in TMPDIR: {e}"))?;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        file.write_all(&chunk).map_err(|e| format!("writing the scratch file: {e}"))?;
-    }
-    Ok(file)
 }
 
 /// A node's etcd, by a short EtcdStatus probe.

@@ -1,0 +1,172 @@
+//! The content report against a real etcd filled through a real kube-apiserver: thousands of
+//! ConfigMaps, Secrets and custom resources, some overwritten, some deleted, then a compaction. Its
+//! counts equal what kube-apiserver lists, resource by resource and namespace by namespace.
+
+use std::process::Command;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::discovery::ApiResource;
+use teb_core::etcd_db::EtcdDb;
+use teb_core::report::ContentReport;
+use teb_testkit::kube::{KubeEnv, apply_yaml};
+
+const NAMESPACES: [&str; 3] = ["team-a", "team-b", "team-c"];
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+/// Runs `each` for 0..n, 16 at a time.
+async fn each<F: std::future::Future<Output = ()>>(n: usize, each: impl Fn(usize) -> F) {
+    futures::stream::iter(0..n).for_each_concurrent(16, each).await;
+}
+
+fn widget() -> ApiResource {
+    ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    }
+}
+
+/// What kube-apiserver lists of `api`, counted.
+async fn listed<K>(api: &Api<K>) -> usize
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default()).await.unwrap().items.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_what_kube_apiserver_lists() {
+    let kube = KubeEnv::start().await.unwrap();
+    let client = kube.admin_client().await.unwrap();
+    apply_yaml(&client, CRD, None).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in NAMESPACES {
+        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    }
+    // Let the CRD be served before its objects are created.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for (n, ns) in NAMESPACES.iter().enumerate() {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &widget());
+        let count = 400 + 100 * n;
+        each(count, |i| {
+            let configmaps = configmaps.clone();
+            async move {
+                let cm =
+                    serde_json::json!({"metadata": {"name": format!("cm-{i}")}, "data": {"v": "x".repeat(i % 300)}});
+                configmaps.create(&PostParams::default(), &serde_json::from_value(cm).unwrap()).await.unwrap();
+            }
+        })
+        .await;
+        each(count / 2, |i| {
+            let secrets = secrets.clone();
+            async move {
+                let secret =
+                    serde_json::json!({"metadata": {"name": format!("s-{i}")}, "stringData": {"k": format!("v{i}")}});
+                secrets.create(&PostParams::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+            }
+        })
+        .await;
+        each(count / 4, |i| {
+            let widgets = widgets.clone();
+            async move {
+                let widget = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                    "metadata": {"name": format!("w-{i}")}, "spec": {"size": i}});
+                widgets.create(&PostParams::default(), &serde_json::from_value(widget).unwrap()).await.unwrap();
+            }
+        })
+        .await;
+        // Overwritten and deleted keys: the report counts each key once, and no deleted one.
+        each(count / 4, |i| {
+            let configmaps = configmaps.clone();
+            async move {
+                let mut cm = configmaps.get(&format!("cm-{i}")).await.unwrap();
+                cm.data = Some([("v".to_owned(), "changed".to_owned())].into());
+                configmaps.replace(&format!("cm-{i}"), &PostParams::default(), &cm).await.unwrap();
+            }
+        })
+        .await;
+        each(count / 5, |i| {
+            let (configmaps, secrets) = (configmaps.clone(), secrets.clone());
+            async move {
+                configmaps.delete(&format!("cm-{}", count - 1 - i), &DeleteParams::default()).await.unwrap();
+                if i % 2 == 0 {
+                    secrets.delete(&format!("s-{i}"), &DeleteParams::default()).await.unwrap();
+                }
+            }
+        })
+        .await;
+    }
+
+    let assets = teb_testkit::assets::assets().unwrap();
+    let etcdctl = |args: &[&str]| {
+        let output = Command::new(&assets.etcdctl)
+            .arg(format!("--endpoints={}", kube.etcd_endpoints()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // A compaction at the current revision: history goes, the newest revision of each key stays.
+    let status: serde_json::Value = serde_json::from_str(&etcdctl(&["endpoint", "status", "-w", "json"])).unwrap();
+    let revision = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
+    etcdctl(&["compact", &revision.to_string(), "--physical"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.db");
+    etcdctl(&["snapshot", "save", file.to_str().unwrap()]);
+
+    let opened = std::fs::File::open(&file).unwrap();
+    let db = EtcdDb::open(&opened).await.unwrap();
+    let report = ContentReport::of(&db.contents().await.unwrap());
+    assert!(report.revision >= revision, "{} < {revision}", report.revision);
+    assert_eq!(report.compacted_revision, Some(revision));
+    let mut compared = 0;
+    for ns in NAMESPACES {
+        let pairs = [
+            ("configmaps", listed(&Api::<ConfigMap>::namespaced(client.clone(), ns)).await),
+            ("secrets", listed(&Api::<Secret>::namespaced(client.clone(), ns)).await),
+            (
+                "widgets.example.com",
+                listed(&Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget())).await,
+            ),
+        ];
+        for (resource, listed) in pairs {
+            assert_eq!(report.count(resource, Some(ns)) as usize, listed, "{resource} in {ns}");
+            compared += listed;
+        }
+    }
+    assert_eq!(report.count("namespaces", None) as usize, listed(&namespaces).await);
+    assert_eq!(report.count("configmaps", None) as usize, listed(&Api::<ConfigMap>::all(client.clone())).await);
+    assert!(compared > 2000, "{compared} objects compared");
+    eprintln!(
+        "revision {}, {} keys, {} objects in {} resources; {compared} compared with kube-apiserver's lists",
+        report.revision,
+        report.keys,
+        report.objects,
+        report.resources.len()
+    );
+}
