@@ -50,16 +50,62 @@ impl PageSource for std::fs::File {
     }
 }
 
-/// A plain snapshot stored in a bucket, read in place with range requests.
+/// A plain snapshot stored in a bucket, read in place with range requests of a whole chunk at a time
+/// (bbolt writes a tree's pages mostly in order, so a walk reads on where it read last), the last
+/// [`CACHED_CHUNKS`] chunks kept: memory stays bounded, and a walk costs a request per chunk, not per page.
 pub struct StoredObject<'a> {
-    pub storage: &'a Storage,
-    pub key: &'a str,
+    storage: &'a Storage,
+    key: &'a str,
+    chunks: std::sync::Mutex<std::collections::VecDeque<(u64, bytes::Bytes)>>,
+}
+
+/// The size of a ranged read.
+const CHUNK: u64 = 1 << 20;
+/// Chunks kept, newest last: 16 MiB.
+const CACHED_CHUNKS: usize = 16;
+
+impl<'a> StoredObject<'a> {
+    pub fn new(storage: &'a Storage, key: &'a str) -> Self {
+        StoredObject { storage, key, chunks: Default::default() }
+    }
+
+    /// The chunk that starts at `start`, from the cache or the bucket.
+    async fn chunk(&self, start: u64) -> Result<bytes::Bytes, String> {
+        let cached = self.chunks.lock().expect("chunk cache lock").iter().find(|(at, _)| *at == start).cloned();
+        if let Some((_, bytes)) = cached {
+            return Ok(bytes);
+        }
+        // The last chunk comes shorter: a range may end past the object's end.
+        let bytes = self.storage.get_range(self.key, start..start + CHUNK).await.map_err(|e| e.to_string())?;
+        let mut chunks = self.chunks.lock().expect("chunk cache lock");
+        if chunks.len() == CACHED_CHUNKS {
+            chunks.pop_front();
+        }
+        chunks.push_back((start, bytes.clone()));
+        Ok(bytes)
+    }
 }
 
 impl PageSource for StoredObject<'_> {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
-        let bytes = self.storage.get_range(self.key, offset..offset + len as u64).await.map_err(|e| e.to_string())?;
-        Ok(bytes.to_vec())
+        let mut read = Vec::with_capacity(len);
+        let end = offset + len as u64;
+        let mut at = offset;
+        while at < end {
+            let start = at - at % CHUNK;
+            let chunk = self.chunk(start).await?;
+            let from = (at - start) as usize;
+            if from >= chunk.len() {
+                break; // past the end of the object
+            }
+            let to = chunk.len().min((end - start) as usize);
+            read.extend_from_slice(&chunk[from..to]);
+            at = start + to as u64;
+            if to < CHUNK as usize && to == chunk.len() {
+                break;
+            }
+        }
+        Ok(read)
     }
 }
 
@@ -90,7 +136,7 @@ pub async fn open_stored<'a>(
     use futures::StreamExt as _;
     use std::io::Write as _;
     if format == teb_pipeline::Format::default() {
-        return Ok(StoredDb::InPlace(StoredObject { storage, key }));
+        return Ok(StoredDb::InPlace(StoredObject::new(storage, key)));
     }
     if format.age && identities.is_empty() {
         return Err("it is encrypted, and no age identity was given".into());
