@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""The content report's cost, beside the backup's own: for each size, a real etcd filled to it
+(Kubernetes-shaped objects), `snapshot` into the S3 test server (plain, and zstd+age), then `verify`,
+whose summary gives the report's seconds apart from the check's; its peak RSS is the process's (check
+and report). Prints one JSON line a size and the ratios against the targets (report < 0.5 x the
+backup's time, RSS <= 64 MiB).
+
+    bench/report.py --sizes 256M,1G      (after `cargo build --release -p talos-etcd-backup -p teb-testkit --bins`)
+"""
+
+import argparse
+import atexit
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+import run as bench  # noqa: E402  (the benchmark's helpers: processes, RSS sampling, sizes)
+
+MiB = 1 << 20
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256M,1G")
+    ap.add_argument("--bin", default=os.path.join(bench.ROOT, "target/release"))
+    args = ap.parse_args()
+    teb_bench, teb = os.path.join(args.bin, "teb-bench"), os.path.join(args.bin, "talos-etcd-backup")
+    s3 = subprocess.Popen([teb_bench, "s3-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    atexit.register(s3.kill)
+    endpoint = s3.stdout.readline().decode().strip()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="YOUR_ACCESS_KEY_ID", AWS_SECRET_ACCESS_KEY="YOUR_SECRET_ACCESS_KEY",
+               RUST_LOG="warn", RUST_BACKTRACE="0")
+    for size in [bench.parse_size(s) for s in args.sizes.split(",")]:
+        work = tempfile.mkdtemp(prefix="teb-report-bench-")
+        emu = subprocess.Popen([os.path.join(args.bin, "talos-emulator"), "--listen", "127.0.0.1:0",
+                                "--control-planes", "1", "--workers", "0", "--quota-backend-bytes",
+                                str(2 * size + (2 << 30)), "--out", work],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        atexit.register(emu.kill)
+        lines = [emu.stdout.readline().decode() for _ in range(6)]
+        etcd_url = next(l.split(": ")[1].strip() for l in lines if "etcd members" in l)
+        bench.run("fill", [teb_bench, "fill", "--etcd", etcd_url, "--bytes", str(size)], env=env)
+        talosconfig = os.path.join(work, "talosconfig-etcd-backup")
+        identity = os.path.join(work, "key.txt")
+        subprocess.run(["age-keygen", "-o", identity], check=True, capture_output=True)
+        recipient = next(l.split(": ")[1] for l in open(identity) if l.startswith("# public key"))
+        row = {"size": size}
+        for name, key, flags in (("plain", "bench/report.db", []),
+                                 ("zstd_age", "bench/report.db.zst.age", ["--zstd", "--age-recipient", recipient])):
+            place = ["--bucket", "bench", "--endpoint", endpoint]
+            backup = bench.run("snapshot", [teb, "snapshot", "--talosconfig", talosconfig, "--key", key] + place + flags,
+                               env=env)
+            backup = dict(backup, **bench.last_json(backup["stdout"]))
+            verify = bench.run("verify", [teb, "verify", "--key", key, "--age-identity-file", identity] + place, env=env)
+            verify = dict(verify, **bench.last_json(verify["stdout"]))
+            row[name] = {
+                "db_bytes": verify["contents"]["db_size"], "keys": verify["contents"]["keys"],
+                "backup_seconds": backup["seconds"], "report_seconds": verify["report_seconds"],
+                "ratio": verify["report_seconds"] / backup["seconds"], "verify_peak_rss_mib": verify["peak_rss"] / MiB,
+                "scratch_bytes_written": verify["disk_write"],
+            }
+        emu.kill()
+        print(json.dumps(row), flush=True)
+        for name in ("plain", "zstd_age"):
+            r = row[name]
+            print(f"{size // MiB} MiB {name}: report {r['report_seconds']:.1f} s = {r['ratio']:.2f} x the backup's "
+                  f"{r['backup_seconds']:.1f} s (target < 0.5), {r['keys']} keys; verify+report peak RSS "
+                  f"{r['verify_peak_rss_mib']:.0f} MiB (target <= 64), {r['scratch_bytes_written'] // MiB} MiB written to scratch",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
