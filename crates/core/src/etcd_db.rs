@@ -313,24 +313,6 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
         Ok(contents)
     }
 
-    /// The newest value of `key`, when the database holds it (a deletion after it: None).
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let mut newest = None;
-        self.for_each(b"key", &mut |revision, value| {
-            // Cheap before decoding: the key is the value's first field (tag 1, length-delimited).
-            if !value.windows(key.len()).take(8).any(|w| w == key) {
-                return;
-            }
-            if let Ok(kv) = <KeyValue as prost::Message>::decode(value)
-                && kv.key == key
-            {
-                newest = (revision.get(17) != Some(&b't')).then_some(kv.value);
-            }
-        })
-        .await?;
-        Ok(newest)
-    }
-
     /// Walks the subtree at `node`, handing every leaf element (key, value, flags) to `each`.
     fn walk<'s>(
         &'s self,
