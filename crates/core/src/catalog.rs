@@ -4,9 +4,9 @@
 use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
 
 use crate::backup::{FORMAT, KEY_PREFIX, Record, fingerprints_of};
-use crate::etcd_db::EtcdDb;
+use crate::etcd_db::Scan;
 use crate::kit;
-use crate::report::ContentReport;
+use crate::report::{ContentReport, Counter};
 use crate::{Error, Settings};
 
 /// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
@@ -59,19 +59,42 @@ pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<Listed
     Ok(listed)
 }
 
-/// Reads the snapshot at `key` back and checks it: its SHA-256 trailer and its bbolt structure. A
-/// compressed or encrypted one (as its metadata, else its key, says) is decoded on the way, with
-/// `identities` when encrypted.
+/// A stored snapshot read back: sound, and what is inside it.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub snapshot: CheckedSnapshot,
+    pub contents: ContentReport,
+    /// The time the pass spent on the content report (the scan and the count).
+    pub report_time: std::time::Duration,
+}
+
+/// Reads the snapshot at `key` back and checks it in one pass: its SHA-256 trailer, its bbolt
+/// structure, and the trees of its `key`, `meta` and `members` buckets, which the same pass counts
+/// ([`ContentReport`]). A compressed or encrypted one (as its metadata, else its key, says) is decoded
+/// on the way, with `identities` when encrypted.
 pub async fn verify(
     storage: &Storage,
     key: &str,
     identities: &[Identity],
     settings: &Settings,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<CheckedSnapshot, Error> {
+) -> Result<Verified, Error> {
     let failed = |cause| Error::Verify { key: key.to_owned(), cause };
     let format = storage.stored(key).await.map_err(failed)?.map_or_else(|| Format::of_key(key), |s| s.format);
-    storage.verify(key, format, identities, settings.limits.idle_timeout, progress).await.map_err(failed)
+    let mut scan = Scan::new(Counter::with_budget(settings.report_budget));
+    let mut report_time = std::time::Duration::ZERO;
+    let mut tap = |db: &[u8]| {
+        let started = std::time::Instant::now();
+        scan.update(db);
+        report_time += started.elapsed();
+    };
+    let idle = settings.limits.idle_timeout;
+    let snapshot = storage.verify(key, format, identities, idle, progress, &mut tap).await.map_err(failed)?;
+    let unreadable = |reason| Error::Report { key: key.to_owned(), reason };
+    let started = std::time::Instant::now();
+    let (scanned, counter) = scan.finish().map_err(unreadable)?;
+    let contents = ContentReport::of(&scanned, &counter).map_err(unreadable)?;
+    Ok(Verified { snapshot, contents, report_time: report_time + started.elapsed() })
 }
 
 /// A stored backup verified whole: the snapshot as [`verify`] checks it, then its recovery kit as
@@ -83,25 +106,9 @@ pub async fn verify_backup(
     identities: &[Identity],
     settings: &Settings,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<(CheckedSnapshot, Option<String>), Error> {
-    let checked = verify(storage, key, identities, settings, progress).await?;
-    Ok((checked, verify_kit(storage, key, identities).await?))
-}
-
-/// What is inside the snapshot at `key` ([`ContentReport`]): its database read offline, in place when
-/// it is stored plain, else decoded into a scratch file ([`crate::etcd_db::open_stored`]).
-pub async fn report(
-    storage: &Storage,
-    key: &str,
-    identities: &[Identity],
-    settings: &Settings,
-) -> Result<ContentReport, Error> {
-    let failed = |reason: String| Error::Report { key: key.to_owned(), reason };
-    let stored = storage.stored(key).await.map_err(|cause| Error::Bucket { action: "read a backup from", cause })?;
-    let format = stored.map_or_else(|| Format::of_key(key), |s| s.format);
-    let db = crate::etcd_db::open_stored(storage, key, format, identities, settings).await.map_err(failed)?;
-    let contents = EtcdDb::open(&db).await.map_err(failed)?.contents().await.map_err(failed)?;
-    Ok(ContentReport::of(&contents))
+) -> Result<(Verified, Option<String>), Error> {
+    let verified = verify(storage, key, identities, settings, progress).await?;
+    Ok((verified, verify_kit(storage, key, identities).await?))
 }
 
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).

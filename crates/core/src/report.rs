@@ -1,12 +1,12 @@
-//! What is inside a backup: its database read offline ([`crate::etcd_db`]) and counted as Kubernetes
+//! What is inside a backup: its database scanned ([`crate::etcd_db::Scan`]) and counted as Kubernetes
 //! sees it. kube-apiserver stores an object at `/registry/<resource>/<namespace>/<name>` (cluster
 //! scoped: `/registry/<resource>/<name>`), a resource of another group at
 //! `/registry/<group>/<resource>/…` (k8s.io/apiserver storage: `ResourcePrefix`); a few core
 //! resources keep older prefixes (`services/specs`, `services/endpoints`, `minions`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use crate::etcd_db::Contents;
+use crate::etcd_db::{Revision, Revisions, Scanned};
 
 /// A backup's contents, counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,32 +70,159 @@ impl ObjectKey {
     }
 }
 
+/// Counts what the `key` bucket holds as the scan hands over its revisions, in any order: a key's
+/// highest revision is what etcd serves, a deletion removes it. Memory is an entry of 40 bytes per
+/// revision kept (its key hashed to 128 bits, its resource and namespace numbered), not the keys nor
+/// the values, and never more than its budget: past it the counter keeps nothing more and the
+/// report says why ([`ContentReport::of`]).
+#[derive(Debug)]
+pub struct Counter {
+    latest: HashMap<[u64; 2], Counted>,
+    resources: Names,
+    namespaces: Names,
+    /// Revisions it may still keep.
+    room: usize,
+    /// Whether a revision came past the budget.
+    full: bool,
+    budget: usize,
+}
+
+/// The default budget: 16 MiB of revisions, 400,000 of them (a database of about 1 GiB of
+/// Kubernetes objects of 2 KiB).
+pub const DEFAULT_BUDGET: usize = 16 << 20;
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter::with_budget(DEFAULT_BUDGET)
+    }
+}
+
+impl Counter {
+    /// A counter that keeps at most `bytes` of revisions.
+    pub fn with_budget(bytes: usize) -> Self {
+        let room = bytes / std::mem::size_of::<<Counter as Revisions>::Kept>();
+        Counter {
+            latest: HashMap::new(),
+            resources: Names::default(),
+            namespaces: Names::default(),
+            room,
+            full: false,
+            budget: bytes,
+        }
+    }
+}
+
+/// One revision of a key, as the counter keeps it.
+#[derive(Clone, Copy, Debug)]
+pub struct Counted {
+    revision: i64,
+    value_size: u32,
+    /// Resource and namespace, numbered; [`NOT_AN_OBJECT`] for a key kube-apiserver did not write.
+    object: (u32, u32),
+    deleted: bool,
+}
+
+const NOT_AN_OBJECT: u32 = u32::MAX;
+
+/// Names numbered in the order they come.
+#[derive(Debug, Default)]
+struct Names {
+    numbers: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn number(&mut self, name: String) -> u32 {
+        let next = self.names.len() as u32;
+        *self.numbers.entry(name).or_insert_with_key(|name| {
+            self.names.push(name.clone());
+            next
+        })
+    }
+}
+
+/// A key's identity: 128 bits of two SipHash runs (a collision among a billion keys has odds of
+/// about 1 in 10^20).
+fn key_hash(key: &[u8]) -> [u64; 2] {
+    use std::hash::Hasher as _;
+    let mut first = std::hash::DefaultHasher::new();
+    first.write(key);
+    let mut second = std::hash::DefaultHasher::new();
+    second.write_u8(0x5a);
+    second.write(key);
+    [first.finish(), second.finish()]
+}
+
+impl Revisions for Counter {
+    type Kept = ([u64; 2], Counted);
+
+    fn keep(&mut self, revision: &Revision<'_>) -> Option<Self::Kept> {
+        // Every revision seen counts, kept whole or not: the budget bounds the memory, whatever
+        // is later dropped or replaced.
+        let Some(room) = self.room.checked_sub(1) else {
+            self.full = true;
+            return None;
+        };
+        self.room = room;
+        let object = match ObjectKey::parse(revision.key) {
+            Some(o) if !revision.deleted => (self.resources.number(o.resource), self.namespaces.number(o.namespace)),
+            _ => (NOT_AN_OBJECT, NOT_AN_OBJECT),
+        };
+        let value_size = revision.value.len().min(u32::MAX as usize) as u32;
+        Some((
+            key_hash(revision.key),
+            Counted { revision: revision.main, value_size, object, deleted: revision.deleted },
+        ))
+    }
+
+    fn add(&mut self, (key, counted): Self::Kept) {
+        let newer = self.latest.get(&key).is_none_or(|known| known.revision < counted.revision);
+        if newer {
+            self.latest.insert(key, counted);
+        }
+    }
+}
+
 impl ContentReport {
-    /// The report of what `contents` holds.
-    pub fn of(contents: &Contents) -> Self {
+    /// The report of what a scan found and its counter counted, or why there is none.
+    pub fn of(scanned: &Scanned, counter: &Counter) -> Result<Self, String> {
+        if counter.full {
+            return Err(format!(
+                "the database holds more revisions than a report of {} MiB counts ({}); count it with \
+                 `talos-etcd-backup verify --report-memory-mib` and a larger budget",
+                counter.budget >> 20,
+                counter.budget / std::mem::size_of::<<Counter as Revisions>::Kept>()
+            ));
+        }
         let mut report = ContentReport {
-            revision: contents.revision,
-            compacted_revision: contents.compacted,
-            keys: contents.keys.len() as u64,
-            db_size: contents.db_size,
+            revision: scanned.revision,
+            compacted_revision: scanned.compacted,
+            db_size: scanned.db_size,
             ..Default::default()
         };
-        let mut resources: BTreeMap<String, ResourceCount> = BTreeMap::new();
-        for (key, latest) in &contents.keys {
-            report.bytes += latest.value_size;
-            let Some(object) = ObjectKey::parse(key) else {
+        let mut resources: BTreeMap<u32, ResourceCount> = BTreeMap::new();
+        for counted in counter.latest.values().filter(|c| !c.deleted) {
+            report.keys += 1;
+            report.bytes += counted.value_size as u64;
+            let (resource, namespace) = counted.object;
+            if resource == NOT_AN_OBJECT {
                 continue;
-            };
+            }
             report.objects += 1;
-            let count = resources.entry(object.resource.clone()).or_default();
-            count.resource = object.resource;
+            let count = resources.entry(resource).or_default();
             count.objects += 1;
-            count.bytes += latest.value_size;
-            *count.namespaces.entry(object.namespace).or_default() += 1;
+            count.bytes += counted.value_size as u64;
+            *count.namespaces.entry(counter.namespaces.names[namespace as usize].clone()).or_default() += 1;
         }
-        report.resources = resources.into_values().collect();
+        report.resources = resources
+            .into_iter()
+            .map(|(number, count)| ResourceCount {
+                resource: counter.resources.names[number as usize].clone(),
+                ..count
+            })
+            .collect();
         report.resources.sort_by(|a, b| b.objects.cmp(&a.objects).then_with(|| a.resource.cmp(&b.resource)));
-        report
+        Ok(report)
     }
 
     /// The objects of `resource` (in `namespace`, when given).

@@ -1,6 +1,7 @@
 //! The content report against a real etcd filled through a real kube-apiserver: thousands of
 //! ConfigMaps, Secrets and custom resources, some overwritten, some deleted, then a compaction. Its
-//! counts equal what kube-apiserver lists, resource by resource and namespace by namespace.
+//! counts equal what kube-apiserver lists, resource by resource and namespace by namespace, and its
+//! keys what etcd counts.
 
 use std::process::Command;
 
@@ -8,8 +9,8 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
-use teb_core::etcd_db::EtcdDb;
-use teb_core::report::ContentReport;
+use teb_core::etcd_db::Scan;
+use teb_core::report::{ContentReport, Counter};
 use teb_testkit::kube::{KubeEnv, apply_yaml};
 
 const NAMESPACES: [&str; 3] = ["team-a", "team-b", "team-c"];
@@ -139,9 +140,28 @@ async fn the_report_counts_what_kube_apiserver_lists() {
     let file = dir.path().join("snapshot.db");
     etcdctl(&["snapshot", "save", file.to_str().unwrap()]);
 
-    let opened = std::fs::File::open(&file).unwrap();
-    let db = EtcdDb::open(&opened).await.unwrap();
-    let report = ContentReport::of(&db.contents().await.unwrap());
+    // etcd's own count of its live keys, every key, not only objects.
+    let counted: serde_json::Value =
+        serde_json::from_str(&etcdctl(&["get", "", "--prefix", "--keys-only", "-w", "json"])).unwrap();
+    let live_keys = counted["count"].as_u64().unwrap();
+
+    // Scanned in one pass, whatever the chunking: the same report.
+    let bytes = std::fs::read(&file).unwrap();
+    let scan = |chunk: usize| {
+        let mut scan = Scan::new(Counter::default());
+        bytes.chunks(chunk).for_each(|c| scan.update(c));
+        let (scanned, counter) = scan.finish().unwrap();
+        ContentReport::of(&scanned, &counter).unwrap()
+    };
+    let report = scan(1 << 20);
+    assert_eq!(scan(1000), report);
+    assert_eq!(report.keys, live_keys, "live keys");
+    // A budget too small for the database: no report, and a reason (never a wrong count).
+    let mut scan = Scan::new(Counter::with_budget(40 * 1000));
+    scan.update(&bytes);
+    let (scanned, counter) = scan.finish().unwrap();
+    let refused = ContentReport::of(&scanned, &counter).unwrap_err();
+    assert!(refused.contains("more revisions than a report of 0 MiB counts (1000)"), "{refused}");
     assert!(report.revision >= revision, "{} < {revision}", report.revision);
     assert_eq!(report.compacted_revision, Some(revision));
     let mut compared = 0;

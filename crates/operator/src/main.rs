@@ -11,7 +11,7 @@ use cli::list::{ListArgs, list};
 use cli::restore::{RestoreArgs, restore};
 use cli::snapshot::{SnapshotArgs, snapshot};
 use cli::verify::verify;
-use cli::{StoredBackupArgs, Tuning, parse_duration};
+use cli::{Tuning, parse_duration};
 use talos_etcd_backup::controllers;
 
 mod cli;
@@ -43,9 +43,10 @@ enum Command {
     Snapshot(SnapshotArgs),
     /// List the backups in a bucket: key, size, time, node and SHA-256.
     List(ListArgs),
-    /// Read a stored backup back and check it: SHA-256 trailer and bbolt structure. Exit code 0 when
-    /// sound, 1 when not.
-    Verify(StoredBackupArgs),
+    /// Read a stored backup back and check it (SHA-256 trailer, bbolt structure, the trees of its key,
+    /// meta and members buckets) and count what is inside it, in one pass. Exit code 0 when sound, 1
+    /// when not.
+    Verify(cli::verify::VerifyArgs),
     /// Write a backup's recovery kit out: its secrets bundle (for `talosctl gen config --with-secrets`)
     /// and an os:admin talosconfig minted from its OS CA, valid for --validity.
     Kit(KitArgs),

@@ -86,8 +86,17 @@ pub struct CheckedSnapshot {
 
 impl SnapshotCheck {
     pub fn update(&mut self, chunk: &[u8]) {
-        let db = &mut self.db;
-        self.trailer.update_with(chunk, &mut |bytes| db.update(bytes));
+        self.update_with(chunk, &mut |_| {});
+    }
+
+    /// [`SnapshotCheck::update`], handing each byte of the database (never of the trailer) to `db`
+    /// too, once, in order.
+    pub fn update_with(&mut self, chunk: &[u8], db: &mut dyn FnMut(&[u8])) {
+        let check = &mut self.db;
+        self.trailer.update_with(chunk, &mut |bytes| {
+            check.update(bytes);
+            db(bytes);
+        });
     }
 
     pub fn finish(self) -> Result<CheckedSnapshot, Error> {

@@ -120,6 +120,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Each storage request, a part upload included (given to [`Storage::new`]).
     pub request_timeout: Duration,
+    /// The most memory a content report may take ([`crate::report::Counter`]).
+    pub report_budget: usize,
 }
 
 impl Default for Settings {
@@ -128,6 +130,7 @@ impl Default for Settings {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
+            report_budget: crate::report::DEFAULT_BUDGET,
         }
     }
 }

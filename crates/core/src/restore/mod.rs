@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use teb_pipeline::{CheckedSnapshot, Format, Identity, SnapshotCheck, Storage};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
-use crate::etcd_db::{DbMember, EtcdDb, open_stored};
+use crate::etcd_db::{DbMember, EtcdDb, Scan, StoredObject};
 use crate::{Error, Settings};
 
 mod after;
@@ -311,7 +311,8 @@ async fn probe_others(
     futures::future::join_all(probes).await.into_iter().collect()
 }
 
-/// The members the backup's database names, read before anything changes ([`open_stored`]).
+/// The members the backup's database names, read before anything changes: with a few range reads
+/// when it is stored plain, else from its decoded stream ([`Scan`]).
 async fn backup_members(
     storage: &Storage,
     key: &str,
@@ -319,8 +320,20 @@ async fn backup_members(
     identities: &[Identity],
     settings: &Settings,
 ) -> Result<Vec<DbMember>, String> {
-    let stored = open_stored(storage, key, format, identities, settings).await?;
-    let members = EtcdDb::open(&stored).await?.members().await?;
+    let members = if format == Format::default() {
+        EtcdDb::open(&StoredObject::new(storage, key)).await?.members().await?
+    } else {
+        if format.age && identities.is_empty() {
+            return Err("it is encrypted, and no age identity was given".into());
+        }
+        let idle = settings.limits.idle_timeout;
+        let mut stream = storage.read_snapshot(key, format, identities, idle).await.map_err(|e| e.to_string())?;
+        let mut scan = Scan::new(());
+        while let Some(chunk) = stream.next().await {
+            scan.update(&chunk.map_err(|e| e.to_string())?);
+        }
+        scan.finish()?.0.members
+    };
     if members.is_empty() {
         return Err("its members bucket is empty".into());
     }

@@ -522,23 +522,30 @@ async fn verify_stored(
     })
     .await;
     let outcome = match result {
-        Ok((checked, _)) if status.sha256.as_ref().is_some_and(|sha| *sha != checked.sha256) => Err(format!(
-            "the object at {key} has SHA-256 {}, not the {} recorded when it was stored: it was replaced",
-            checked.sha256,
-            status.sha256.as_deref().unwrap_or("-")
-        )),
-        Ok((checked, kit)) => {
+        Ok((verified, _)) if status.sha256.as_ref().is_some_and(|sha| *sha != verified.snapshot.sha256) => {
+            Err(format!(
+                "the object at {key} has SHA-256 {}, not the {} recorded when it was stored: it was replaced",
+                verified.snapshot.sha256,
+                status.sha256.as_deref().unwrap_or("-")
+            ))
+        }
+        Ok((verified, kit)) => {
+            let (checked, contents) = (&verified.snapshot, &verified.contents);
             // Known now if a crash left them unknown (an encoded object recorded after a restart).
             status.sha256.get_or_insert_with(|| checked.sha256.clone());
             status.size.get_or_insert(checked.size as i64);
             let kit = kit.map(|k| format!("; its recovery kit {k} opens and belongs to the same cluster"));
             Ok(format!(
                 "Read back {} bytes of {key}: the SHA-256 trailer matches, the bbolt meta pages, size ({} pages of {} \
-                 bytes) and {} page headers are sound{}",
+                 bytes) and {} page headers are sound, its key bucket's tree holds {} keys ({} Kubernetes objects) at \
+                 revision {}{}",
                 checked.size,
                 checked.db.pages,
                 checked.db.page_size,
                 checked.db.pages_checked,
+                contents.keys,
+                contents.objects,
+                contents.revision,
                 kit.unwrap_or_default()
             ))
         }

@@ -245,7 +245,8 @@ impl Storage {
     }
 
     /// Reads the snapshot at `key` back in one streamed pass (decoded as [`Storage::read_snapshot`]
-    /// does) and checks it ([`SnapshotCheck`]). `progress` gets the snapshot's bytes read so far.
+    /// does) and checks it ([`SnapshotCheck`]), handing the database's bytes to `db` on the way.
+    /// `progress` gets the snapshot's bytes read so far.
     pub async fn verify(
         &self,
         key: &str,
@@ -253,6 +254,7 @@ impl Storage {
         identities: &[Identity],
         idle_timeout: Duration,
         progress: &(dyn Fn(u64) + Send + Sync),
+        db: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<CheckedSnapshot, Error> {
         use futures::StreamExt as _;
         let mut stream = self.read_snapshot(key, format, identities, idle_timeout).await?;
@@ -260,7 +262,7 @@ impl Storage {
         let mut bytes = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            check.update(&chunk);
+            check.update_with(&chunk, db);
             bytes += chunk.len() as u64;
             progress(bytes);
         }

@@ -1,26 +1,32 @@
-//! An offline reader of etcd's database, the bbolt file a snapshot is (without its 32-byte trailer):
-//! the newest meta page, then the B+tree of one bucket walked page by page, so memory stays a few
-//! pages whatever the database's size. What etcd keeps where (etcd v3.5 server/storage/schema and
+//! An offline reader of etcd's database, the bbolt file a snapshot is (without its 32-byte trailer).
+//! What etcd keeps where (etcd v3.5 server/storage/schema and
 //! server/etcdserver/api/membership/storev2.go / store.go): bucket `members` maps a member's ID in hex
 //! to its JSON (`id`, `peerURLs`, `name`, `clientURLs`, `isLearner`); `members_removed` the IDs of
 //! removed members; `meta` the consistent index and the last compaction; `key` every revision
 //! compaction left (server/storage/mvcc: the bucket's key is the revision, 8 bytes of main revision
 //! big-endian, `_`, 8 bytes of sub revision, and a `t` for a deletion; its value an `mvccpb.KeyValue`).
 //!
-//! Pages come from a [`PageSource`]: a plain snapshot in the bucket (range reads, no download), a
-//! file, or bytes in memory.
+//! Two ways in: [`EtcdDb`] walks one bucket's B+tree from the newest meta page with random access
+//! (a few range reads of a plain stored snapshot find its members), and [`Scan`] reads the whole
+//! database once, in file order, from any stream (the object's GET, its decoded stream, the backup's
+//! own stream while it uploads) and keeps only the pages the trees reach.
 
 use std::future::Future;
 
 use teb_pipeline::Storage;
 use teb_pipeline::bbolt::{BRANCH, LEAF, Meta, PAGE_HEADER, parse_meta};
 
+pub mod scan;
+
+pub use scan::{Revision, Revisions, Scan, Scanned};
+
 /// A bucket value's flag in a leaf element (bbolt's `bucketLeafFlag`).
-const BUCKET_LEAF: u32 = 0x01;
+pub(crate) const BUCKET_LEAF: u32 = 0x01;
 /// A page whose tree is deeper than this is damaged (bbolt's trees are a few levels deep).
 const MAX_DEPTH: usize = 64;
 
-/// Where the database's bytes are read from.
+/// Where [`EtcdDb`] reads the database's bytes from: a plain snapshot in the bucket (range reads, no
+/// download), or bytes in memory.
 pub trait PageSource: Sync {
     /// `len` bytes at `offset`; fewer only at the end.
     fn read_at(&self, offset: u64, len: usize) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
@@ -30,23 +36,6 @@ impl PageSource for [u8] {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
         let start = (offset as usize).min(self.len());
         Ok(self[start..(start + len).min(self.len())].to_vec())
-    }
-}
-
-impl PageSource for std::fs::File {
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
-        use std::os::unix::fs::FileExt;
-        let mut buffer = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            match FileExt::read_at(self, &mut buffer[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => return Err(format!("reading the scratch file: {e}")),
-            }
-        }
-        buffer.truncate(filled);
-        Ok(buffer)
     }
 }
 
@@ -107,50 +96,6 @@ impl PageSource for StoredObject<'_> {
         }
         Ok(read)
     }
-}
-
-/// A stored snapshot's database, to read offline: in place with range reads when it is stored plain,
-/// else decoded into a scratch file (in `TMPDIR`, unlinked from the start, so gone on every exit path).
-pub enum StoredDb<'a> {
-    InPlace(StoredObject<'a>),
-    Scratch(std::fs::File),
-}
-
-impl PageSource for StoredDb<'_> {
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
-        match self {
-            StoredDb::InPlace(object) => object.read_at(offset, len).await,
-            StoredDb::Scratch(file) => file.read_at(offset, len).await,
-        }
-    }
-}
-
-/// The database of the snapshot at `key`, stored in `format` ([`StoredDb`]).
-pub async fn open_stored<'a>(
-    storage: &'a Storage,
-    key: &'a str,
-    format: teb_pipeline::Format,
-    identities: &[teb_pipeline::Identity],
-    settings: &crate::Settings,
-) -> Result<StoredDb<'a>, String> {
-    use futures::StreamExt as _;
-    use std::io::Write as _;
-    if format == teb_pipeline::Format::default() {
-        return Ok(StoredDb::InPlace(StoredObject::new(storage, key)));
-    }
-    if format.age && identities.is_empty() {
-        return Err("it is encrypted, and no age identity was given".into());
-    }
-    let mut stream = storage
-        .read_snapshot(key, format, identities, settings.limits.idle_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut file = tempfile::tempfile().map_err(|e| format!("creating a scratch file in TMPDIR: {e}"))?;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        file.write_all(&chunk).map_err(|e| format!("writing the scratch file: {e}"))?;
-    }
-    Ok(StoredDb::Scratch(file))
 }
 
 /// One member of the cluster as the database records it.
@@ -263,56 +208,6 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
         Ok(members)
     }
 
-    /// The newest revision of every key the database holds, and what `meta` records. The `key`
-    /// bucket is in revision order, so a later revision of a key replaces an earlier one and a
-    /// deletion removes it: what is left is what etcd serves. Memory is one entry per live key (as
-    /// etcd's own index), whatever the size of the values.
-    pub async fn contents(&self) -> Result<Contents, String> {
-        let mut contents = Contents::default();
-        let mut broken = None;
-        let found = self
-            .for_each(b"key", &mut |revision, value| {
-                if revision.len() < 17 || revision[8] != b'_' {
-                    broken.get_or_insert_with(|| format!("a key revision of {} bytes", revision.len()));
-                    return;
-                }
-                let main = i64::from_be_bytes(revision[..8].try_into().unwrap_or_default());
-                contents.revision = contents.revision.max(main);
-                let kv = match <KeyValue as prost::Message>::decode(value) {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        broken.get_or_insert_with(|| format!("revision {main} is not an mvccpb.KeyValue: {e}"));
-                        return;
-                    }
-                };
-                if revision.get(17) == Some(&b't') {
-                    contents.keys.remove(&kv.key);
-                } else {
-                    let latest = Latest { mod_revision: kv.mod_revision, value_size: kv.value.len() as u64 };
-                    contents.keys.insert(kv.key, latest);
-                }
-            })
-            .await?;
-        if let Some(broken) = broken {
-            return Err(broken);
-        }
-        if !found {
-            return Err("the database has no key bucket".into());
-        }
-        self.for_each(b"meta", &mut |key, value| match key {
-            b"finishedCompactRev" if value.len() >= 8 => {
-                contents.compacted = Some(i64::from_be_bytes(value[..8].try_into().unwrap_or_default()))
-            }
-            b"consistent_index" if value.len() == 8 => {
-                contents.consistent_index = Some(u64::from_be_bytes(value.try_into().unwrap_or_default()))
-            }
-            _ => {}
-        })
-        .await?;
-        contents.db_size = self.meta.pages * self.meta.page_size as u64;
-        Ok(contents)
-    }
-
     /// Walks the subtree at `node`, handing every leaf element (key, value, flags) to `each`.
     fn walk<'s>(
         &'s self,
@@ -328,27 +223,16 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
                 Node::Inline(bytes) => bytes,
                 Node::Page(id) => self.page(id).await?,
             };
-            let header = |at: usize, n: usize| page.get(at..at + n).ok_or_else(|| "a page is cut short".to_owned());
-            let flags = u16::from_le_bytes(header(8, 2)?.try_into().unwrap_or_default());
-            let count = u16::from_le_bytes(header(10, 2)?.try_into().unwrap_or_default()) as usize;
-            for i in 0..count {
-                let at = PAGE_HEADER + i * 16;
-                let word = |o: usize| -> Result<u32, String> {
-                    Ok(u32::from_le_bytes(header(at + o, 4)?.try_into().unwrap_or_default()))
-                };
-                match flags {
-                    BRANCH => {
-                        let child = u64::from_le_bytes(header(at + 8, 8)?.try_into().unwrap_or_default());
+            match parse_node(&page)? {
+                ParsedNode::Branch(children) => {
+                    for child in children {
                         self.walk(Node::Page(child), depth + 1, each).await?;
                     }
-                    LEAF => {
-                        let (element_flags, pos, ksize, vsize) =
-                            (word(0)?, word(4)? as usize, word(8)? as usize, word(12)? as usize);
-                        let key = header(at + pos, ksize)?;
-                        let value = header(at + pos + ksize, vsize)?;
-                        each(key, value, element_flags);
+                }
+                ParsedNode::Leaf(elements) => {
+                    for element in elements {
+                        each(element.key, element.value, element.flags);
                     }
-                    other => return Err(format!("a tree page has flags {other:#x}, not a branch or leaf")),
                 }
             }
             Ok(())
@@ -374,41 +258,45 @@ impl<'a, S: PageSource + ?Sized> EtcdDb<'a, S> {
     }
 }
 
-/// What a database holds: each live key's newest revision, and what `meta` records.
-#[derive(Debug, Default)]
-pub struct Contents {
-    /// The highest revision in the database: the cluster's revision when the snapshot was taken.
-    pub revision: i64,
-    /// The revision of the last compaction, when there was one.
-    pub compacted: Option<i64>,
-    pub consistent_index: Option<u64>,
-    /// Pages × page size: the database file's size.
-    pub db_size: u64,
-    pub keys: std::collections::HashMap<Vec<u8>, Latest>,
+/// A tree node's contents: its children's page ids, or its elements.
+pub(crate) enum ParsedNode<'a> {
+    Branch(Vec<u64>),
+    Leaf(Vec<Element<'a>>),
 }
 
-/// A key's newest revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Latest {
-    pub mod_revision: i64,
-    pub value_size: u64,
+/// One element of a leaf: a key and its value, or a nested bucket's header ([`BUCKET_LEAF`]).
+pub(crate) struct Element<'a> {
+    pub flags: u32,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
 }
 
-/// etcd's `mvccpb.KeyValue` (api/mvccpb/kv.proto), as the `key` bucket stores each revision.
-#[derive(Clone, PartialEq, prost::Message)]
-struct KeyValue {
-    #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
-    #[prost(int64, tag = "2")]
-    create_revision: i64,
-    #[prost(int64, tag = "3")]
-    mod_revision: i64,
-    #[prost(int64, tag = "4")]
-    version: i64,
-    #[prost(bytes = "vec", tag = "5")]
-    value: Vec<u8>,
-    #[prost(int64, tag = "6")]
-    lease: i64,
+/// The node `page` holds (a page with its overflow, or an inline bucket), every offset checked
+/// against its length.
+pub(crate) fn parse_node(page: &[u8]) -> Result<ParsedNode<'_>, String> {
+    let bytes = |at: usize, n: usize| page.get(at..at + n).ok_or_else(|| "a page is cut short".to_owned());
+    let word =
+        |at: usize| -> Result<u32, String> { Ok(u32::from_le_bytes(bytes(at, 4)?.try_into().unwrap_or_default())) };
+    let flags = u16::from_le_bytes(bytes(8, 2)?.try_into().unwrap_or_default());
+    let count = u16::from_le_bytes(bytes(10, 2)?.try_into().unwrap_or_default()) as usize;
+    let at = |i: usize| PAGE_HEADER + i * 16;
+    match flags {
+        BRANCH => (0..count)
+            .map(|i| Ok(u64::from_le_bytes(bytes(at(i) + 8, 8)?.try_into().unwrap_or_default())))
+            .collect::<Result<_, String>>()
+            .map(ParsedNode::Branch),
+        LEAF => (0..count)
+            .map(|i| {
+                let (flags, pos, ksize, vsize) =
+                    (word(at(i))?, word(at(i) + 4)? as usize, word(at(i) + 8)? as usize, word(at(i) + 12)? as usize);
+                let key = bytes(at(i) + pos, ksize)?;
+                let value = bytes(at(i) + pos + ksize, vsize)?;
+                Ok(Element { flags, key, value })
+            })
+            .collect::<Result<_, String>>()
+            .map(ParsedNode::Leaf),
+        other => Err(format!("a tree page has flags {other:#x}, not a branch or leaf")),
+    }
 }
 
 /// Gets every leaf element: key, value, flags.
