@@ -398,6 +398,14 @@ pub struct TalosEtcdBackupStatus {
     /// was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_filename: Option<String>,
+    /// The key of the content report stored beside the snapshot (`…/report-<timestamp>.json`, `.age`
+    /// added when the backup is encrypted); unset when none was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_filename: Option<String>,
+    /// What the snapshot holds, counted from its own stream while it was stored; unset when it was not
+    /// counted (an Event says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<BackupContents>,
     /// The key the running attempt writes, recorded before its upload starts so that an attempt cut
     /// off after its upload completed (the status could not be written) is recognised instead of
     /// being uploaded again. Cleared when the backup finishes.
@@ -449,4 +457,30 @@ pub struct TalosEtcdBackupStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// A summary of what a backup holds (the full count is the content report beside it).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupContents {
+    /// The cluster's etcd revision when the snapshot was taken.
+    pub revision: i64,
+    /// Live keys in etcd.
+    pub keys: i64,
+    /// Bytes of their values.
+    pub bytes: i64,
+    /// Kubernetes objects (keys kube-apiserver writes: `/registry/<resource>/…`).
+    pub objects: i64,
+    /// The resources with the most objects, at most five, most first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub largest_resources: Vec<ResourceObjects>,
+}
+
+/// The objects of one resource.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceObjects {
+    /// `configmaps`, or `<resource>.<group>` (`widgets.example.com`).
+    pub resource: String,
+    pub objects: i64,
 }

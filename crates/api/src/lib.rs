@@ -9,9 +9,10 @@ mod schedule;
 pub mod validate;
 
 pub use backup::{
-    AgeEncryption, AzureStorage, Backend, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy, Encryption,
-    GcsStorage, ObjectLock, ObjectLockMode, RecoveryKitPolicy, S3ChecksumAlgorithm, S3Storage, SECRET_KEY,
-    SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec, TalosEtcdBackupStatus, UploadRecord,
+    AgeEncryption, AzureStorage, Backend, BackupContents, BackupStorage, Compression, DNS_SUBDOMAIN, DeletionPolicy,
+    Encryption, GcsStorage, ObjectLock, ObjectLockMode, RecoveryKitPolicy, ResourceObjects, S3ChecksumAlgorithm,
+    S3Storage, SECRET_KEY, SecretKeyRef, TalosControlPlaneRef, TalosEtcdBackup, TalosEtcdBackupSpec,
+    TalosEtcdBackupStatus, UploadRecord,
 };
 pub use controlplane::{BundleConfig, TalosControlPlane, TalosControlPlaneSpec, TalosControlPlaneStatus};
 pub use restore::{

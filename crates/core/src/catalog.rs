@@ -6,7 +6,7 @@ use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
 use crate::backup::{FORMAT, KEY_PREFIX, Record, fingerprints_of};
 use crate::etcd_db::Scan;
 use crate::kit;
-use crate::report::{ContentReport, Counter};
+use crate::report::{self, ContentReport, Counter};
 use crate::{Error, Settings};
 
 /// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
@@ -34,10 +34,11 @@ pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<Listed
     let mut listed = Vec::new();
     let listing = |cause| Error::Bucket { action: "list the backups in", cause };
     let objects = storage.list(&prefix_of(cluster)).await.map_err(listing)?;
-    // Recovery kits are shown with their snapshot, not as entries of their own.
+    // Recovery kits and reports are shown with their snapshot, not as entries of their own.
     let kits: std::collections::BTreeSet<&str> =
         objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| is_kit(key)).collect();
-    for (key, size, modified) in objects.iter().filter(|(key, _, _)| !is_kit(key)).cloned() {
+    let snapshots = objects.iter().filter(|(key, _, _)| !is_kit(key) && !is_report(key));
+    for (key, size, modified) in snapshots.cloned() {
         let kit =
             [true, false].map(|sealed| kit::kit_key(&key, sealed)).into_iter().find(|k| kits.contains(k.as_str()));
         let stored = storage.stored(&key).await.map_err(listing)?;
@@ -125,6 +126,12 @@ fn is_kit(key: &str) -> bool {
     name.starts_with("state-") && (name.ends_with(".yaml") || name.ends_with(".yaml.age"))
 }
 
+/// A content report's key: `…/report-<timestamp>.json` (`.age`).
+fn is_report(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with("report-") && (name.ends_with(".json") || name.ends_with(".json.age"))
+}
+
 fn prefix_of(cluster: Option<&str>) -> String {
     match cluster {
         Some(cluster) => format!("{KEY_PREFIX}/{cluster}/"),
@@ -143,10 +150,16 @@ pub enum Deletion {
 }
 
 /// Deletes a stored snapshot (a missing one counts as deleted): retention and `deletionPolicy: Delete`.
-/// Its recovery kit goes with it, sealed or plain: a kit is never left behind. While either is
+/// Its recovery kit and content report go with it, sealed or plain: neither is ever left behind. While either is
 /// locked, neither is deleted, so a backup is whole or gone.
 pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<Deletion, Error> {
-    let keys = [key.to_owned(), kit::kit_key(key, true), kit::kit_key(key, false)];
+    let keys = [
+        key.to_owned(),
+        kit::kit_key(key, true),
+        kit::kit_key(key, false),
+        report::report_key(key, true),
+        report::report_key(key, false),
+    ];
     let deleting = |cause| Error::Bucket { action: "delete a backup from", cause };
     let mut locked = None;
     for key in &keys {

@@ -175,11 +175,7 @@ impl RecoveryKit {
 /// The kit's key beside the snapshot at `snapshot_key`, as the upstream operator names it:
 /// `…/etcd-snapshot-<timestamp>.db` → `…/state-<timestamp>.yaml`, `.age` added when sealed.
 pub fn kit_key(snapshot_key: &str, sealed: bool) -> String {
-    let (dir, base) = snapshot_key.rsplit_once('/').unwrap_or(("", snapshot_key));
-    let stamp = base.strip_prefix("etcd-snapshot-").unwrap_or(base);
-    let stamp = stamp.split(".db").next().unwrap_or(stamp);
-    let key = format!("{dir}/state-{stamp}.yaml{}", if sealed { ".age" } else { "" });
-    key.trim_start_matches('/').to_owned()
+    crate::backup::companion_key(snapshot_key, "state-", ".yaml", sealed)
 }
 
 /// Stores `kit` beside its snapshot: sealed to `recipients`, or plain when there are none and

@@ -6,7 +6,75 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use teb_pipeline::{Identity, Recipient, Storage, codec};
+
+use crate::Error;
 use crate::etcd_db::{Revision, Revisions, Scanned};
+
+/// The format name a stored report carries.
+const REPORT_FORMAT: &str = "talos-etcd-backup-content-report/v1";
+
+/// A report as stored beside its snapshot: its format's name, then the report.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredReport {
+    format: String,
+    #[serde(flatten)]
+    report: ContentReport,
+}
+
+/// The report's key beside the snapshot at `snapshot_key`: `…/report-<timestamp>.json`, `.age`
+/// added when sealed.
+pub fn report_key(snapshot_key: &str, sealed: bool) -> String {
+    crate::backup::companion_key(snapshot_key, "report-", ".json", sealed)
+}
+
+/// Stores `report` beside the snapshot at `snapshot_key`, sealed to `recipients` when there are any
+/// (resource and namespace names are the cluster's business, as the snapshot is). Returns its key.
+pub async fn store(
+    storage: &Storage,
+    snapshot_key: &str,
+    report: &ContentReport,
+    recipients: &[Recipient],
+) -> Result<String, Error> {
+    let stored = StoredReport { format: REPORT_FORMAT.to_owned(), report: report.clone() };
+    let json = serde_json::to_vec_pretty(&stored)
+        .map_err(|e| Error::Report { key: snapshot_key.into(), reason: e.to_string() })?;
+    let sealed = !recipients.is_empty();
+    let bytes = if sealed { codec::seal(&json, recipients).map_err(Error::Upload)? } else { json };
+    let key = report_key(snapshot_key, sealed);
+    let metadata = [("format", REPORT_FORMAT.to_owned())];
+    storage
+        .put(&key, bytes, &metadata)
+        .await
+        .map_err(|cause| Error::Bucket { action: "store a content report in", cause })?;
+    Ok(key)
+}
+
+/// The report stored beside the snapshot at `snapshot_key`, if any, opened with `identities` when
+/// sealed.
+pub async fn read(
+    storage: &Storage,
+    snapshot_key: &str,
+    identities: &[Identity],
+) -> Result<Option<ContentReport>, Error> {
+    for sealed in [true, false] {
+        let key = report_key(snapshot_key, sealed);
+        let failed = |reason: String| Error::Report { key: key.clone(), reason };
+        let Some(bytes) =
+            storage.get(&key).await.map_err(|cause| Error::Bucket { action: "read a content report from", cause })?
+        else {
+            continue;
+        };
+        let plain =
+            if sealed { codec::open(&bytes, identities).map_err(|e| failed(e.to_string()))? } else { bytes.to_vec() };
+        let stored: StoredReport = serde_json::from_slice(&plain).map_err(|e| failed(e.to_string()))?;
+        if stored.format != REPORT_FORMAT {
+            return Err(failed(format!("its format is {:?}, not {REPORT_FORMAT:?}", stored.format)));
+        }
+        return Ok(Some(stored.report));
+    }
+    Ok(None)
+}
 
 /// A backup's contents, counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,9 +155,9 @@ pub struct Counter {
     budget: usize,
 }
 
-/// The default budget: 16 MiB of revisions, 400,000 of them (a database of about 1 GiB of
-/// Kubernetes objects of 2 KiB).
-pub const DEFAULT_BUDGET: usize = 16 << 20;
+/// The default budget: 32 MiB, 800,000 revisions (a database of about 2 GiB of Kubernetes objects
+/// of 2.5 KiB).
+pub const DEFAULT_BUDGET: usize = 32 << 20;
 
 impl Default for Counter {
     fn default() -> Self {

@@ -216,6 +216,10 @@ async fn an_attempt_killed_at_any_step_is_recovered_into_one_backup_and_no_uploa
         let kit = kit::kit_key(&outcome.report.key, false);
         assert_eq!(outcome.kit.as_deref(), Some(kit.as_str()), "{kill:?}");
         let mut expected = vec![outcome.report.key.clone(), kit];
+        // The content report, counted from the snapshot's stream, beside it: a new backup's, or the one
+        // the killed attempt stored before its result was saved (an adopted snapshot is not counted).
+        assert_eq!(outcome.report_key.is_some(), kill != Kill::BeforeKit, "{kill:?}: {:?}", outcome.contents);
+        expected.extend(outcome.report_key.clone());
         expected.sort();
         assert_eq!(bench.keys(&bucket).await, expected, "{kill:?}: one backup");
         assert_eq!(bench.unfinished(&bucket), 0, "{kill:?}: no unfinished upload");
@@ -254,8 +258,8 @@ async fn a_backup_is_never_complete_without_its_kit() {
     assert!(matches!(error, Error::KitNotStored { .. }) && error.is_transient(), "{error}");
     assert_eq!((bench.keys("throttled").await, bench.unfinished("throttled")), (vec![], 0));
     let outcome = bench.next_attempt(&plan, &durable).await.unwrap();
-    assert_eq!(bench.keys("throttled").await.len(), 2);
-    assert!(outcome.kit.is_some());
+    assert_eq!(bench.keys("throttled").await.len(), 3, "snapshot, kit and content report");
+    assert!(outcome.kit.is_some() && outcome.report_key.is_some());
 
     // With Object Lock the snapshot whose kit failed cannot be deleted: the next attempt adopts it
     // only with its kit stored (here: once the kit's write goes through), never without.

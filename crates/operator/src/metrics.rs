@@ -97,6 +97,10 @@ pub struct Metrics {
     pub stored_bytes: Counter,
     /// `teb_last_success_timestamp_seconds{namespace,controlplane}`: newest Ready backup's completion.
     pub last_success: Family<ControlPlaneLabels, Gauge<f64, AtomicU64>>,
+    /// `teb_backup_objects{namespace,controlplane}`: Kubernetes objects in the newest backup.
+    pub objects: Family<ControlPlaneLabels, Gauge>,
+    /// `teb_backup_keys{namespace,controlplane}`: etcd keys in the newest backup.
+    pub keys: Family<ControlPlaneLabels, Gauge>,
     /// `teb_backups_in_progress`: attempts running now.
     pub in_progress: Gauge,
     /// `teb_errors_total{kind}`: failed attempts by what failed (talos, snapshot, s3, secret, ...).
@@ -131,6 +135,14 @@ impl Default for Metrics {
             "Completion time of the newest Ready backup of each control plane",
             last_success.clone(),
         );
+        let objects = Family::<ControlPlaneLabels, Gauge>::default();
+        registry.register(
+            "backup_objects",
+            "Kubernetes objects in the newest backup of each control plane",
+            objects.clone(),
+        );
+        let keys = Family::<ControlPlaneLabels, Gauge>::default();
+        registry.register("backup_keys", "etcd keys in the newest backup of each control plane", keys.clone());
         let in_progress = Gauge::default();
         registry.register("backups_in_progress", "Backup attempts running", in_progress.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
@@ -159,6 +171,8 @@ impl Default for Metrics {
             duration,
             stored_bytes,
             last_success,
+            objects,
+            keys,
             in_progress,
             errors,
             schedule_runs,
@@ -190,6 +204,13 @@ impl Metrics {
         if unix_seconds > gauge.get() {
             gauge.set(unix_seconds);
         }
+    }
+
+    /// What the newest backup of a control plane holds.
+    pub fn contents(&self, namespace: &str, controlplane: &str, objects: i64, keys: i64) {
+        let labels = ControlPlaneLabels { namespace: namespace.to_owned(), controlplane: controlplane.to_owned() };
+        self.objects.get_or_create(&labels).set(objects);
+        self.keys.get_or_create(&labels).set(keys);
     }
 
     /// OpenMetrics text of every metric.

@@ -17,7 +17,7 @@ mod verify;
 pub use bbolt::DbSummary;
 pub use codec::{Encoding, Format, Identity, Recipient};
 pub use error::Error;
-pub use run::{Limits, Report, run};
+pub use run::{Limits, Report, run, run_with};
 pub use storage::aws::{
     self, LockMode, ObjectLock, S3Checksum, S3Credentials, S3Field, S3Location, ServerSideEncryption, validate,
 };

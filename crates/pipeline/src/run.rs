@@ -66,11 +66,29 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::error::Error + Send + Sync + 'static,
 {
+    run_with(source, storage, upload, limits, encoding, progress, &mut |_| {}).await
+}
+
+/// [`run`], handing each byte of the database (never of the trailer) to `db` too, once, in order, as
+/// it passes: what a reader of the database sees of the backup's own stream.
+pub async fn run_with<S, E>(
+    source: S,
+    storage: &Storage,
+    upload: &UploadRef,
+    limits: &Limits,
+    encoding: &Encoding,
+    progress: &(dyn Fn(u64) + Send + Sync),
+    db: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<Report, Error>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let started = Instant::now();
     let mut parts = Parts::new(storage, storage.writer(upload).await?);
     let mut verifier = TrailerVerifier::new();
     let how = How { limits, encoding, progress };
-    let streamed = tokio::time::timeout(limits.total_timeout, stream_into(source, &mut parts, &mut verifier, &how))
+    let streamed = tokio::time::timeout(limits.total_timeout, stream_into(source, &mut parts, &mut verifier, &how, db))
         .await
         .unwrap_or_else(|_| Err(Error::TotalTimeout { timeout: limits.total_timeout, bytes: verifier.total() }));
     let size = verifier.total();
@@ -167,6 +185,7 @@ async fn stream_into<S, E>(
     parts: &mut Parts<'_>,
     verifier: &mut TrailerVerifier,
     how: &How<'_>,
+    db: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<u64, Error>
 where
     S: Stream<Item = Result<Bytes, E>> + Send,
@@ -207,7 +226,7 @@ where
             }
             Some(Err(e)) => return Err(Error::Source { bytes: verifier.total(), cause: Box::new(e) }),
             Some(Ok(chunk)) => {
-                verifier.update(&chunk);
+                verifier.update_with(&chunk, db);
                 encoder.write(&chunk)?;
                 progress(verifier.total());
                 // A slot first, then the part: at most `parts_in_flight + 1` part buffers exist.

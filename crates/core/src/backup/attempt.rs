@@ -9,6 +9,7 @@ use teb_pipeline::{Storage, UploadRef};
 
 use super::{
     BackupPlan, Outcome, Settings, adopt_interrupted, complete_with_kit, find_stored, first_free_key, prepare, stem,
+    store_report,
 };
 use crate::Error;
 use crate::catalog;
@@ -112,7 +113,7 @@ impl Attempt<'_> {
         if let Some(outcome) = interrupted {
             let key = outcome.report.key.clone();
             match adopt_interrupted(self.plan, outcome).await {
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => return Ok(store_report(self.plan, outcome).await),
                 // Not a backup without its kit: the snapshot is gone (unless locked); this attempt stores
                 // both, under another key (a locked snapshot keeps its own).
                 Err(error) => {
@@ -140,6 +141,7 @@ impl Attempt<'_> {
         if streamed.is_ok() || self.plan.storage.abort_upload(&upload).await.is_ok() {
             journal.record().uploads.retain(|u| *u != upload);
         }
-        complete_with_kit(self.plan, streamed?).await
+        let outcome = complete_with_kit(self.plan, streamed?).await?;
+        Ok(store_report(self.plan, outcome).await)
     }
 }

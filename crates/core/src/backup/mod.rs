@@ -14,7 +14,9 @@ use teb_talos::{ChosenNode, TalosClient, Target};
 
 use crate::Error;
 use crate::catalog::{self, Deletion};
+use crate::etcd_db::Scan;
 use crate::kit::{self, KitPolicy, RecoveryKit};
+use crate::report::{self, ContentReport, Counter};
 
 /// Everything a backup needs, as plain values and a storage handle.
 #[derive(Clone, Debug)]
@@ -74,6 +76,19 @@ async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<String
     kit::store(&plan.storage, &kit, &plan.encoding.recipients, plan.kit_policy).await
 }
 
+/// Stores the content report beside a complete backup (snapshot and kit), sealed as the kit is. The
+/// report is an account of the backup, not part of it: one that cannot be stored is logged, and the
+/// backup stands.
+async fn store_report(plan: &BackupPlan, mut outcome: Outcome) -> Outcome {
+    if let (Ok(contents), None) = (&outcome.contents, &outcome.report_key) {
+        match report::store(&plan.storage, &outcome.report.key, contents, &plan.encoding.recipients).await {
+            Ok(key) => outcome.report_key = Some(key),
+            Err(error) => tracing::warn!(key = %outcome.report.key, %error, "cannot store the content report"),
+        }
+    }
+    outcome
+}
+
 /// Gives the snapshot `outcome` reports the recovery kit the plan says it is to have: snapshot and
 /// kit are one backup, so when a kit that is due cannot be stored the snapshot is deleted (unless S3
 /// Object Lock keeps it) and the kit's error returned, for the attempt to fail or be retried whole.
@@ -99,6 +114,16 @@ async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Result<Ou
 /// Takes the snapshot an interrupted attempt stored ([`find_stored`]) as the backup, with the kit
 /// beside it, or stored now: never without the kit it is to have ([`complete_with_kit`]).
 async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
+    // The report, when the interrupted attempt got as far as storing it (readable here when plain).
+    for sealed in [true, false] {
+        let key = report::report_key(&outcome.report.key, sealed);
+        if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
+            if !sealed && let Ok(Some(contents)) = report::read(&plan.storage, &outcome.report.key, &[]).await {
+                outcome.contents = Ok(contents);
+            }
+            outcome.report_key = Some(key);
+        }
+    }
     for sealed in [true, false] {
         let key = kit::kit_key(&outcome.report.key, sealed);
         if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
@@ -147,12 +172,32 @@ pub struct Outcome {
     pub unchecked_because: Option<String>,
     /// The key of the recovery kit stored with it, once stored.
     pub kit: Option<String>,
+    /// What is inside, counted from the backup's own stream as it passed ([`crate::report`]), or why
+    /// it was not.
+    pub contents: Result<ContentReport, String>,
+    /// The key of the content report stored beside it, once stored.
+    pub report_key: Option<String>,
 }
+
+/// Why an adopted snapshot's contents are unknown.
+const NOT_COUNTED_ADOPTED: &str = "counted only while a snapshot streams, and the attempt that stored this one was \
+    interrupted before its report was stored: `talos-etcd-backup verify` counts it";
 
 /// `talos-operator-etcd-backups/<controlplane>/etcd-snapshot-2025-10-04T11-30-00Z.db`, ending in
 /// `.db.zst`, `.db.age` or `.db.zst.age` when compressed or encrypted.
 pub fn snapshot_key(controlplane: &str, at: jiff::Timestamp, format: Format) -> String {
     format!("{KEY_PREFIX}/{controlplane}/etcd-snapshot-{}{}", at.strftime("%Y-%m-%dT%H-%M-%SZ"), format.suffix())
+}
+
+/// The key of an object stored beside the snapshot at `snapshot_key`, named as the upstream operator
+/// names its state backup: `…/etcd-snapshot-<timestamp>.db` → `…/<name><timestamp><extension>`, `.age`
+/// added when sealed.
+pub(crate) fn companion_key(snapshot_key: &str, name: &str, extension: &str, sealed: bool) -> String {
+    let (dir, base) = snapshot_key.rsplit_once('/').unwrap_or(("", snapshot_key));
+    let stamp = base.strip_prefix("etcd-snapshot-").unwrap_or(base);
+    let stamp = stamp.split(".db").next().unwrap_or(stamp);
+    let key = format!("{dir}/{name}{stamp}{extension}{}", if sealed { ".age" } else { "" });
+    key.trim_start_matches('/').to_owned()
 }
 
 /// The object format this writer records in the object's metadata.
@@ -176,7 +221,16 @@ async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option
         Report { key: key.to_owned(), size, stored_size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
     let fingerprints = fingerprints_of(&stored.metadata);
     let node = stored.metadata.get("node").cloned().unwrap_or_default();
-    Ok(Some(Outcome { report, format: stored.format, fingerprints, node, unchecked_because: None, kit: None }))
+    Ok(Some(Outcome {
+        report,
+        format: stored.format,
+        fingerprints,
+        node,
+        unchecked_because: None,
+        kit: None,
+        contents: Err(NOT_COUNTED_ADOPTED.into()),
+        report_key: None,
+    }))
 }
 
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`, which the
@@ -239,6 +293,7 @@ struct Prepared {
     chosen: ChosenNode,
     limits: Limits,
     encoding: Encoding,
+    report_budget: usize,
 }
 
 /// Everything before the first byte: Talos connection, node choice, snapshot stream, and
@@ -264,7 +319,15 @@ async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Pr
     }
     let storage = plan.storage.clone();
     let upload = storage.create_upload(key, &metadata).await.map_err(Error::Upload)?;
-    Ok(Prepared { upload, storage, snapshot, chosen, limits: settings.limits.clone(), encoding: plan.encoding.clone() })
+    Ok(Prepared {
+        upload,
+        storage,
+        snapshot,
+        chosen,
+        limits: settings.limits.clone(),
+        encoding: plan.encoding.clone(),
+        report_budget: settings.report_budget,
+    })
 }
 
 /// The command line never overwrites an object: `key` when the bucket holds none there; else, for a key
@@ -332,12 +395,20 @@ impl Prepared {
 
     /// Streams the snapshot into the upload (compressed and encrypted as the plan says); completes
     /// it only when the trailer matched, aborts it otherwise.
+    /// What is inside is counted on the way ([`Scan`]), within the settings' memory budget.
     async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
         let node = self.chosen.node;
-        let report =
-            teb_pipeline::run(self.snapshot, &self.storage, &self.upload, &self.limits, &self.encoding, progress)
-                .await
-                .map_err(|e| Error::from_pipeline(&node, e))?;
+        let mut scan = Scan::new(Counter::with_budget(self.report_budget));
+        let (storage, upload, limits, encoding) = (&self.storage, &self.upload, &self.limits, &self.encoding);
+        let report = teb_pipeline::run_with(self.snapshot, storage, upload, limits, encoding, progress, &mut |db| {
+            scan.update(db)
+        })
+        .await
+        .map_err(|e| Error::from_pipeline(&node, e))?;
+        let contents = scan.finish().and_then(|(scanned, counter)| ContentReport::of(&scanned, &counter));
+        if let Err(reason) = &contents {
+            tracing::warn!(key = %report.key, %reason, "the backup's contents were not counted");
+        }
         Ok(Outcome {
             report,
             format: self.encoding.format(),
@@ -345,6 +416,8 @@ impl Prepared {
             node,
             unchecked_because: self.chosen.unchecked_because,
             kit: None,
+            contents,
+            report_key: None,
         })
     }
 }

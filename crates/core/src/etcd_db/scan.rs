@@ -295,6 +295,7 @@ impl<R: Revisions> Scan<R> {
                 leaf.elements.push((element.flags, element.key.to_vec(), element.value.to_vec()));
             }
         }
+        leaf.kept.shrink_to_fit();
         if !key_shaped && !elements.is_empty() {
             leaf.not_key = Some("a leaf of the key bucket holds keys that are not revisions".into());
         }

@@ -37,6 +37,23 @@ pub(crate) struct Tuning {
     /// Give up when one backup attempt takes longer than this.
     #[arg(long, env = "TOTAL_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub(crate) total_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) report: ReportBudget,
+}
+
+/// The memory a content report may take.
+#[derive(Args)]
+pub(crate) struct ReportBudget {
+    /// The most memory counting a backup's contents may take, in MiB: about 40 bytes per revision the
+    /// database holds. Past it the backup is stored all the same, uncounted, and says why.
+    #[arg(long, env = "REPORT_MEMORY_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub(crate) report_memory_mib: u32,
+}
+
+impl ReportBudget {
+    pub(crate) fn bytes(&self) -> usize {
+        self.report_memory_mib as usize * 1024 * 1024
+    }
 }
 
 impl Tuning {
@@ -48,6 +65,7 @@ impl Tuning {
                 idle_timeout: self.idle_timeout,
                 total_timeout: self.total_timeout,
             },
+            report_budget: self.report.bytes(),
             ..Settings::default()
         }
     }
@@ -227,4 +245,15 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// What is inside a backup, as `snapshot` and `verify` print it: the revision, the keys, and the objects of the ten
+/// resources with most objects.
+pub(crate) fn contents_summary(report: &teb_core::report::ContentReport) -> serde_json::Value {
+    let resources: serde_json::Map<String, serde_json::Value> =
+        report.resources.iter().take(10).map(|r| (r.resource.clone(), r.objects.into())).collect();
+    serde_json::json!({
+        "revision": report.revision, "compacted_revision": report.compacted_revision, "keys": report.keys,
+        "bytes": report.bytes, "db_size": report.db_size, "objects": report.objects, "resources": resources,
+    })
 }

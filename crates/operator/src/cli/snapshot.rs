@@ -89,6 +89,11 @@ pub(crate) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         "recipients": outcome.fingerprints,
         "sha256": outcome.report.sha256,
         "node": outcome.node,
+        "contents": match &outcome.contents {
+            Ok(report) => super::contents_summary(report),
+            Err(reason) => serde_json::json!({ "not_counted": reason }),
+        },
+        "report": outcome.report_key,
         "seconds": seconds,
         "mb_per_s": size as f64 / 1e6 / seconds.max(1e-9),
         "peak_rss_bytes": peak_rss_bytes(),

@@ -6,20 +6,18 @@ use std::time::Instant;
 use clap::Args;
 use teb_core::{Settings, catalog};
 
-use super::{ProgressLine, StoredBackupArgs, peak_rss_bytes};
+use super::{ProgressLine, StoredBackupArgs, contents_summary, peak_rss_bytes};
 
 #[derive(Args)]
 pub(crate) struct VerifyArgs {
     #[command(flatten)]
     pub(crate) stored: StoredBackupArgs,
-    /// The most memory the content report may take, in MiB (40 bytes per revision in the database;
-    /// the check itself needs none of it).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub(crate) report_memory_mib: u32,
+    #[command(flatten)]
+    pub(crate) report: super::ReportBudget,
 }
 
 pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let settings = Settings { report_budget: args.report_memory_mib as usize * 1024 * 1024, ..Settings::default() };
+    let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
     let args = args.stored;
     let (storage, identities, key) = args.open(&settings, "verify").await?;
     let progress = ProgressLine::start(args.progress);
@@ -62,15 +60,4 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             Err(error.into())
         }
     }
-}
-
-/// What is inside a backup, as `verify` prints it: the revision, the keys, and the objects of the ten
-/// resources with most objects.
-fn contents_summary(report: &teb_core::report::ContentReport) -> serde_json::Value {
-    let resources: serde_json::Map<String, serde_json::Value> =
-        report.resources.iter().take(10).map(|r| (r.resource.clone(), r.objects.into())).collect();
-    serde_json::json!({
-        "revision": report.revision, "compacted_revision": report.compacted_revision, "keys": report.keys,
-        "bytes": report.bytes, "db_size": report.db_size, "objects": report.objects, "resources": resources,
-    })
 }

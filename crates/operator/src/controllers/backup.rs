@@ -13,7 +13,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
-use teb_api::{DeletionPolicy, RecoveryKitPolicy, TalosEtcdBackup, TalosEtcdBackupStatus, UploadRecord};
+use teb_api::{
+    BackupContents, DeletionPolicy, RecoveryKitPolicy, ResourceObjects, TalosEtcdBackup, TalosEtcdBackupStatus,
+    UploadRecord,
+};
 use teb_core::backup::{Attempt, Journal, Record, Recovered};
 use teb_core::catalog::{self, Deletion};
 use teb_core::{Outcome, backup as core_backup};
@@ -461,6 +464,8 @@ async fn succeed(
     let report = &outcome.report;
     status.filename = Some(report.key.clone());
     status.state_filename = outcome.kit.clone();
+    status.report_filename = outcome.report_key.clone();
+    status.contents = outcome.contents.as_ref().ok().map(contents_summary);
     status.size = report.size.map(|size| size as i64);
     status.stored_size = Some(report.stored_size as i64);
     status.sha256 = report.sha256.clone();
@@ -476,8 +481,12 @@ async fn succeed(
         Some(size) => format!("{size} bytes"),
         None => format!("{} bytes ({}; stored by an earlier attempt)", report.stored_size, outcome.format.name()),
     };
+    let holding = match &outcome.contents {
+        Ok(c) => format!(", holding {} Kubernetes objects in {} keys at revision {}", c.objects, c.keys, c.revision),
+        Err(_) => String::new(),
+    };
     let message = format!(
-        "Snapshot of {size} from node {} stored in {} at {} ({:.1} s)",
+        "Snapshot of {size} from node {} stored in {} at {} ({:.1} s){holding}",
         outcome.node,
         backup.spec.backup_storage.describe(),
         report.key,
@@ -488,7 +497,15 @@ async fn succeed(
     ctx.metrics.finished(metrics::BackupResult::succeeded, elapsed_seconds(&status));
     ctx.metrics.stored_bytes.inc_by(report.stored_size);
     ctx.record_success_time(backup, &status);
+    if let Some(contents) = &status.contents {
+        let namespace = backup.namespace().unwrap_or_default();
+        ctx.metrics.contents(&namespace, &backup.spec.talos_control_plane_ref.name, contents.objects, contents.keys);
+    }
     tracing::info!(name = %backup.name_any(), key = %report.key, stored = report.stored_size, "backup succeeded");
+    if let Err(because) = &outcome.contents {
+        let message = format!("The backup is stored, but what it holds was not counted: {because}");
+        ctx.event(backup, EventType::Warning, "ContentsNotCounted", message).await;
+    }
     if let Some(because) = kit_missing_because(backup, &outcome) {
         ctx.event(backup, EventType::Warning, "RecoveryKitNotStored", because).await;
     }
@@ -497,6 +514,20 @@ async fn succeed(
     }
     ctx.event(backup, EventType::Normal, "BackupSucceeded", message).await;
     Ok(Action::await_change())
+}
+
+/// The status's summary of a content report: the counts and the five largest resources.
+fn contents_summary(report: &teb_core::report::ContentReport) -> BackupContents {
+    let largest = report.resources.iter().take(5);
+    BackupContents {
+        revision: report.revision,
+        keys: report.keys as i64,
+        bytes: report.bytes as i64,
+        objects: report.objects as i64,
+        largest_resources: largest
+            .map(|r| ResourceObjects { resource: r.resource.clone(), objects: r.objects as i64 })
+            .collect(),
+    }
 }
 
 /// Reads the stored snapshot back and checks it (`spec.verify`): `Verified` True, or False with what

@@ -89,6 +89,8 @@ enum Values {
     /// Secrets (base64 of random bytes), ConfigMaps (configuration text) and Deployments (JSON with
     /// labels, images and resources), 16 to 128 KiB each, every one different.
     Objects,
+    /// The same kinds of objects, 1 to 4 KiB each, as most of a real cluster's are: many keys.
+    Small,
     /// 1 MiB of pseudo-random bytes per key.
     Random,
 }
@@ -166,11 +168,11 @@ const WORDS: &[&str] = &[
     "ingress",
 ];
 
-/// One Kubernetes-shaped object of 16 to 128 KiB, as JSON; `k` makes it unique.
-fn object(k: u64) -> Vec<u8> {
+/// One Kubernetes-shaped object of `size.0` to `size.0 + size.1` bytes, as JSON; `k` makes it unique.
+fn object(k: u64, size: (u64, u64)) -> Vec<u8> {
     use base64::Engine as _;
     let mut rng = Rng(k.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let target = 16_384 + rng.below(112 * 1024) as usize;
+    let target = (size.0 + rng.below(size.1)) as usize;
     let name = format!("{}-{}-{k:x}", rng.pick(WORDS), rng.pick(WORDS));
     let mut out = String::with_capacity(target + 4096);
     match k % 10 {
@@ -235,6 +237,7 @@ async fn fill(url: &str, target: u64, values: Values) -> anyhow::Result<()> {
         // Up to 64 MiB between size checks (less near the target), 4 puts at a time.
         let average = match values {
             Values::Objects => 72 << 10,
+            Values::Small => 2560,
             Values::Random => 1 << 20,
         };
         let puts = ((target - status.db_size as u64) / 2 / average).clamp(1, (64 << 20) / average);
@@ -242,7 +245,8 @@ async fn fill(url: &str, target: u64, values: Values) -> anyhow::Result<()> {
             .map(|k| {
                 let mut kv = KvClient::new(channel.clone());
                 let v = match values {
-                    Values::Objects => object(k),
+                    Values::Objects => object(k, (16 << 10, 112 << 10)),
+                    Values::Small => object(k, (1 << 10, 3 << 10)),
                     Values::Random => {
                         let mut v = random.clone();
                         v[..8].copy_from_slice(&k.to_le_bytes());
