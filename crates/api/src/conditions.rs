@@ -54,6 +54,9 @@ names! {
         Stale,
         /// A schedule: whether the bucket of its backups accepts uploads.
         StorageReady,
+        /// A stored backup holding far fewer Kubernetes objects than the newest good backup of its
+        /// control plane before it: True, with both counts.
+        ObjectsDropped,
     }
 }
 
@@ -82,6 +85,8 @@ names! {
         RecentBackup,
         StorageReachable,
         StorageUnreachable,
+        /// `ObjectsDropped` True.
+        FewerObjects,
     }
 }
 
@@ -92,6 +97,7 @@ pub const VERIFIED: Type = Type::Verified;
 pub const SNAPSHOT_LOCKED: Type = Type::SnapshotLocked;
 pub const STALE: Type = Type::Stale;
 pub const STORAGE_READY: Type = Type::StorageReady;
+pub const OBJECTS_DROPPED: Type = Type::ObjectsDropped;
 
 pub const BACKUP_IN_PROGRESS: Reason = Reason::BackupInProgress;
 pub const BACKUP_COMPLETED: Reason = Reason::BackupCompleted;
@@ -112,6 +118,7 @@ pub const NO_RECENT_BACKUP: Reason = Reason::NoRecentBackup;
 pub const RECENT_BACKUP: Reason = Reason::RecentBackup;
 pub const STORAGE_REACHABLE: Reason = Reason::StorageReachable;
 pub const STORAGE_UNREACHABLE: Reason = Reason::StorageUnreachable;
+pub const FEWER_OBJECTS: Reason = Reason::FewerObjects;
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

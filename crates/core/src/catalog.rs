@@ -26,21 +26,34 @@ pub struct ListedBackup {
     pub recipients: Vec<String>,
     /// The key of its recovery kit, when one is stored beside it.
     pub kit: Option<String>,
+    /// The key of its content report, when one is stored beside it.
+    pub report: Option<String>,
+    /// The Kubernetes objects its report counts, when the report is stored plain.
+    pub objects: Option<u64>,
 }
 
 /// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
-/// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer).
+/// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer), and a GET of its
+/// content report when that is stored plain.
 pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<ListedBackup>, Error> {
     let mut listed = Vec::new();
     let listing = |cause| Error::Bucket { action: "list the backups in", cause };
     let objects = storage.list(&prefix_of(cluster)).await.map_err(listing)?;
     // Recovery kits and reports are shown with their snapshot, not as entries of their own.
-    let kits: std::collections::BTreeSet<&str> =
-        objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| is_kit(key)).collect();
+    let companions: std::collections::BTreeSet<&str> =
+        objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| is_kit(key) || is_report(key)).collect();
     let snapshots = objects.iter().filter(|(key, _, _)| !is_kit(key) && !is_report(key));
     for (key, size, modified) in snapshots.cloned() {
-        let kit =
-            [true, false].map(|sealed| kit::kit_key(&key, sealed)).into_iter().find(|k| kits.contains(k.as_str()));
+        let beside = |name: fn(&str, bool) -> String| {
+            [true, false].map(|sealed| name(&key, sealed)).into_iter().find(|k| companions.contains(k.as_str()))
+        };
+        let (kit, report) = (beside(kit::kit_key), beside(report::report_key));
+        let objects = match &report {
+            Some(found) if !found.ends_with(".age") => {
+                report::read(storage, &key, &[]).await.ok().flatten().map(|r| r.objects)
+            }
+            _ => None,
+        };
         let stored = storage.stored(&key).await.map_err(listing)?;
         let ours = stored.filter(|s| s.metadata.get("format").map(String::as_str) == Some(FORMAT));
         let meta = |name: &str| ours.as_ref().and_then(|s| s.metadata.get(name).cloned());
@@ -52,6 +65,8 @@ pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<Listed
             recipients: ours.as_ref().map(|s| fingerprints_of(&s.metadata)).unwrap_or_default(),
             last_modified: jiff::Timestamp::from_second(modified).unwrap_or_default(),
             kit,
+            report,
+            objects,
             key,
             size,
         });

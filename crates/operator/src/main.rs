@@ -75,6 +75,11 @@ struct OperatorArgs {
     /// Wait before the second attempt (doubled for each further one).
     #[arg(long, env = "RETRY_BACKOFF", default_value = "10s", value_parser = parse_duration)]
     retry_backoff: Duration,
+    /// A backup holding fewer Kubernetes objects than this percentage of the newest good backup of
+    /// its control plane is flagged (condition ObjectsDropped, a Warning event) and never pushes that
+    /// good backup out of a schedule's retention; 0 turns the check off.
+    #[arg(long, env = "MIN_OBJECTS_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    min_objects_percent: u32,
     #[command(flatten)]
     tuning: Tuning,
     #[command(flatten)]
@@ -148,6 +153,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         retry_backoff: args.retry_backoff,
         concurrency: args.concurrency,
+        min_objects_percent: args.min_objects_percent,
         ..controllers::Config::default()
     };
     let election = &args.election;

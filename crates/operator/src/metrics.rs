@@ -101,6 +101,8 @@ pub struct Metrics {
     pub objects: Family<ControlPlaneLabels, Gauge>,
     /// `teb_backup_keys{namespace,controlplane}`: etcd keys in the newest backup.
     pub keys: Family<ControlPlaneLabels, Gauge>,
+    /// `teb_backups_objects_dropped_total{namespace,controlplane}`: backups flagged `ObjectsDropped`.
+    pub objects_dropped: Family<ControlPlaneLabels, Counter>,
     /// `teb_backups_in_progress`: attempts running now.
     pub in_progress: Gauge,
     /// `teb_errors_total{kind}`: failed attempts by what failed (talos, snapshot, s3, secret, ...).
@@ -143,6 +145,12 @@ impl Default for Metrics {
         );
         let keys = Family::<ControlPlaneLabels, Gauge>::default();
         registry.register("backup_keys", "etcd keys in the newest backup of each control plane", keys.clone());
+        let objects_dropped = Family::<ControlPlaneLabels, Counter>::default();
+        registry.register(
+            "backups_objects_dropped",
+            "Backups holding far fewer objects than the newest good backup of their control plane",
+            objects_dropped.clone(),
+        );
         let in_progress = Gauge::default();
         registry.register("backups_in_progress", "Backup attempts running", in_progress.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
@@ -173,6 +181,7 @@ impl Default for Metrics {
             last_success,
             objects,
             keys,
+            objects_dropped,
             in_progress,
             errors,
             schedule_runs,
@@ -211,6 +220,12 @@ impl Metrics {
         let labels = ControlPlaneLabels { namespace: namespace.to_owned(), controlplane: controlplane.to_owned() };
         self.objects.get_or_create(&labels).set(objects);
         self.keys.get_or_create(&labels).set(keys);
+    }
+
+    /// A backup of a control plane flagged `ObjectsDropped`.
+    pub fn objects_dropped(&self, namespace: &str, controlplane: &str) {
+        let labels = ControlPlaneLabels { namespace: namespace.to_owned(), controlplane: controlplane.to_owned() };
+        self.objects_dropped.get_or_create(&labels).inc();
     }
 
     /// OpenMetrics text of every metric.

@@ -7,6 +7,7 @@ use kube::api::Api;
 use teb_api::TalosEtcdBackup;
 use teb_api::conditions::{self, READY};
 use teb_testkit::azure::Azurite;
+use teb_testkit::backup_objects;
 use teb_testkit::emulator::EmulatorOptions;
 use teb_testkit::gcs::GcsServer;
 use teb_testkit::ground::{ProvingGround, wait_for};
@@ -60,10 +61,9 @@ async fn sigkill_mid_upload_leaves_no_unfinished_upload_after_restart() {
         std::fs::read_to_string(&log).unwrap()
     );
     assert!(status.unfinished_uploads.is_empty());
-    assert_eq!(
-        s3.objects("my-etcd-backups").await.unwrap(),
-        vec![(status.filename.unwrap(), status.size.unwrap() as u64)]
-    );
+    let objects = s3.objects("my-etcd-backups").await.unwrap();
+    assert_eq!(objects.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), backup_objects(&status));
+    assert!(objects.contains(&(status.filename.unwrap(), status.size.unwrap() as u64)));
     assert_eq!(status.attempts, 2, "the interrupted attempt counts");
 }
 
@@ -114,12 +114,17 @@ async fn sigkill_mid_upload_to_gcs_or_azure_leaves_one_object_after_restart() {
         let status = api.get(name).await.unwrap().status.unwrap();
         assert!(status.unfinished_uploads.is_empty(), "{status:?}");
         assert_eq!(status.attempts, 2, "the interrupted attempt counts");
-        let stored = vec![(status.filename.clone().unwrap(), status.size.unwrap() as u64)];
+        let snapshot = (status.filename.clone().unwrap(), status.size.unwrap() as u64);
+        let keys = |objects: &[(String, u64)]| objects.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>();
         if name == "to-gcs" {
             assert!(gcs.unfinished_uploads().is_empty(), "{}", std::fs::read_to_string(&log).unwrap());
-            assert_eq!(gcs.objects("etcd-backups"), stored);
+            let objects = gcs.objects("etcd-backups");
+            assert_eq!(keys(&objects), backup_objects(&status));
+            assert!(objects.contains(&snapshot));
         } else {
-            assert_eq!(azurite.blobs("etcd-backups").await.unwrap(), stored);
+            let blobs = azurite.blobs("etcd-backups").await.unwrap();
+            assert_eq!(keys(&blobs), backup_objects(&status));
+            assert!(blobs.contains(&snapshot));
             // The killed attempt's staged blocks are discarded too (an empty block list committed
             // over them, then deleted): nothing staged is left.
             let staged = azurite.uncommitted_blobs("etcd-backups").await.unwrap();
@@ -257,10 +262,10 @@ async fn sigkill_at_random_moments_leaves_one_object_per_backup_and_nothing_unfi
             for name in &names {
                 let status = api.get(name).await.unwrap().status.unwrap();
                 assert!(status.unfinished_uploads.is_empty(), "{name}: {status:?}\n{log}");
-                recorded.push(status.filename.unwrap());
+                recorded.extend(backup_objects(&status));
             }
             recorded.sort();
-            assert_eq!(store.objects().await, recorded, "{backend} round {round}: one object per backup\n{log}");
+            assert_eq!(store.objects().await, recorded, "{backend} round {round}: the objects the backups name\n{log}");
             assert_eq!(store.unfinished().await, Vec::<String>::new(), "{backend} round {round}\n{log}");
         }
     }

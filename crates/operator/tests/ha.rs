@@ -134,8 +134,9 @@ async fn a_standby_takes_over_when_the_leader_dies_and_every_backup_runs_once() 
         .map(|b| b.status.unwrap().filename.unwrap())
         .collect();
     keys.sort();
-    let stored: Vec<String> = s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(stored.len(), 20, "one object per backup: {stored:?}");
+    let objects = teb_testkit::snapshots(&s3.objects("my-etcd-backups").await.unwrap());
+    let stored: Vec<String> = objects.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(stored.len(), 20, "one snapshot per backup: {stored:?}");
     let mut stored_sorted = stored.clone();
     stored_sorted.sort();
     assert_eq!(keys, stored_sorted);

@@ -76,6 +76,7 @@ async fn the_chart_installs_with_every_operator_flag_and_the_rbac_of_deploy() {
         "operator": {
             "watchNamespace": "backups", "concurrency": 7, "maxAttempts": 5, "retryBackoff": "30s",
             "partSizeMiB": 16, "partsInFlight": 2, "idleTimeout": "90s", "totalTimeout": "2h",
+            "reportMemoryMiB": 48, "minObjectsPercent": 30,
             "logFormat": "text", "healthPort": 9090,
             "leaderElection": {"enabled": true, "name": "teb-lease", "leaseDuration": "20s",
                                "renewDeadline": "12s", "retryPeriod": "3s"},
@@ -124,6 +125,8 @@ async fn the_chart_installs_with_every_operator_flag_and_the_rbac_of_deploy() {
         ("PARTS_IN_FLIGHT", "2"),
         ("IDLE_TIMEOUT", "90s"),
         ("TOTAL_TIMEOUT", "2h"),
+        ("REPORT_MEMORY_MIB", "48"),
+        ("MIN_OBJECTS_PERCENT", "30"),
         ("LOG_FORMAT", "text"),
         ("HEALTH_ADDR", "0.0.0.0:9090"),
         ("LEADER_ELECT", "true"),

@@ -6,6 +6,7 @@ use object_store::ObjectStoreExt as _;
 use teb_testkit::emulator::{BootStage, EmulatorOptions};
 use teb_testkit::ground::CliGround;
 use teb_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use teb_testkit::snapshots;
 
 /// `talos-etcd-backup <subcommand> --bucket backups --endpoint <the S3 server>`, its keys in the
 /// environment.
@@ -74,7 +75,12 @@ async fn snapshot_command_uploads_a_verified_snapshot() {
     let key = summary["key"].as_str().unwrap();
     assert!(key.starts_with("talos-operator-etcd-backups/demo/etcd-snapshot-"), "{key}");
     let objects = s3.objects("backups").await.unwrap();
-    assert_eq!(objects, vec![(key.to_owned(), summary["size"].as_u64().unwrap())]);
+    assert_eq!(snapshots(&objects), vec![(key.to_owned(), summary["size"].as_u64().unwrap())]);
+    // Its content report beside it, counted from the backup's own stream.
+    let report = summary["report"].as_str().unwrap();
+    assert_eq!(objects.len(), 2);
+    assert!(objects.iter().any(|(k, _)| k == report), "{objects:?}");
+    assert!(summary["contents"]["keys"].as_u64().unwrap() > 0, "{summary}");
     assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 0);
     // No secret in what the command printed.
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -179,7 +185,7 @@ async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
     let output = tokio::task::block_in_place(|| run(WEB_IDENTITY_TOKEN));
     assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let objects = s3.objects("backups").await.unwrap();
+    let objects = snapshots(&s3.objects("backups").await.unwrap());
     assert_eq!(objects, vec![(summary["key"].as_str().unwrap().to_owned(), summary["size"].as_u64().unwrap())]);
 
     // A token STS refuses: a clear failure, nothing stored.
@@ -188,7 +194,7 @@ async fn snapshot_command_uses_web_identity_when_no_keys_are_given() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("AssumeRoleWithWebIdentity"), "{stderr}");
     assert!(!stderr.contains("some-other-token"), "the token must not be printed: {stderr}");
-    assert_eq!(s3.objects("backups").await.unwrap().len(), 1);
+    assert_eq!(snapshots(&s3.objects("backups").await.unwrap()).len(), 1);
     assert!(s3.unfinished_uploads().is_empty());
 }
 
@@ -557,7 +563,8 @@ async fn encrypted_compressed_backups_open_with_age_and_zstd_and_restore() {
     let (size, stored) = (summary["size"].as_u64().unwrap(), summary["stored_size"].as_u64().unwrap());
     assert!(stored * 4 < size, "repetitive values compress: {stored} of {size}");
     assert_eq!(summary["recipients"].as_array().unwrap().len(), 1);
-    assert_eq!(s3.objects("backups").await.unwrap(), vec![(key.clone(), stored)]);
+    assert_eq!(snapshots(&s3.objects("backups").await.unwrap()), vec![(key.clone(), stored)]);
+    assert!(summary["report"].as_str().unwrap().ends_with(".json.age"), "sealed as the backup: {summary}");
     let printed = format!("{summary}{stderr}");
     assert!(!printed.contains(&secret_line[15..]), "the identity never shows");
 
@@ -673,7 +680,8 @@ async fn snapshot_command_never_overwrites_an_object() {
     let summary: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
     let stored = summary["key"].as_str().unwrap();
     assert!(stored.ends_with("Z-2.db"), "a taken generated key is numbered: {stored}");
-    assert_eq!(s3.objects("backups").await.unwrap().len(), 6);
+    // Under the prefix: the four taken and the one stored (manual/etcd.db is outside it).
+    assert_eq!(snapshots(&s3.objects("backups").await.unwrap()).len(), 5);
 }
 
 /// The same commands on Azure Blob Storage (Azurite) and GCS, named by object_store's URLs:

@@ -1,7 +1,9 @@
 //! Which backups of a schedule retention keeps: the newest N successful ones, together with
 //! (grandfather-father-son) the newest successful one of each of the last hours, days, weeks and
 //! months asked for; the newest few failed ones; every running one. The newest successful backup is
-//! never pruned.
+//! never pruned, nor the newest good one: a successful backup that holds far fewer objects than the
+//! good one before it ([`State::Suspect`]) counts as a successful one, but never pushes out the last
+//! good backup.
 
 use std::collections::HashSet;
 
@@ -27,6 +29,9 @@ pub struct Policy {
 pub enum State {
     Running,
     Succeeded,
+    /// Stored, but holding far fewer objects than the newest good backup before it (a wiped member,
+    /// a deleted namespace): a successful backup that is not a good one.
+    Suspect,
     Failed,
 }
 
@@ -41,13 +46,14 @@ pub struct Candidate<'a> {
 
 /// The names of the backups to delete, oldest first.
 pub fn to_prune<'a>(candidates: &[Candidate<'a>], policy: &Policy) -> Vec<&'a str> {
-    let newest_first = |state: State| {
-        let mut list: Vec<&Candidate<'a>> = candidates.iter().filter(|c| c.state == state).collect();
+    let newest_first = |states: &[State]| {
+        let mut list: Vec<&Candidate<'a>> = candidates.iter().filter(|c| states.contains(&c.state)).collect();
         list.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.name.cmp(a.name)));
         list
     };
-    let succeeded = newest_first(State::Succeeded);
+    let succeeded = newest_first(&[State::Succeeded, State::Suspect]);
     let mut keep: HashSet<&str> = succeeded.iter().take(policy.keep_last.max(1)).map(|c| c.name).collect();
+    keep.extend(newest_first(&[State::Succeeded]).first().map(|c| c.name));
     let periods = [
         (policy.keep_hourly, Period::Hour),
         (policy.keep_daily, Period::Day),
@@ -65,7 +71,7 @@ pub fn to_prune<'a>(candidates: &[Candidate<'a>], policy: &Policy) -> Vec<&'a st
             }
         }
     }
-    keep.extend(newest_first(State::Failed).iter().take(policy.keep_failed).map(|c| c.name));
+    keep.extend(newest_first(&[State::Failed]).iter().take(policy.keep_failed).map(|c| c.name));
     let mut pruned: Vec<&Candidate<'a>> =
         candidates.iter().filter(|c| c.state != State::Running && !keep.contains(c.name)).collect();
     pruned.sort_by_key(|c| c.time);
@@ -143,6 +149,20 @@ mod tests {
         list[0].2 = State::Running;
         let pruned = to_prune(&candidates(&list), &policy(5));
         assert_eq!(pruned, ["2026010101", "2026010102"]);
+    }
+
+    #[test]
+    fn suspect_backups_count_as_successful_but_never_push_out_the_last_good_one() {
+        // Two good backups, then five that hold far fewer objects (a wiped member).
+        let mut list = series(7, 1, State::Succeeded);
+        list[2..].iter_mut().for_each(|b| b.2 = State::Suspect);
+        let pruned = to_prune(&candidates(&list), &policy(3));
+        // Keep-last 3 keeps the three newest suspects; the newest good one stays besides.
+        assert_eq!(pruned, ["2026010100", "2026010102", "2026010103"]);
+        // A good one again: retention counts as before, the suspects go as they age.
+        list.extend(series(8, 1, State::Succeeded).into_iter().skip(7));
+        let pruned = to_prune(&candidates(&list), &policy(3));
+        assert_eq!(pruned, ["2026010100", "2026010101", "2026010102", "2026010103", "2026010104"]);
     }
 
     #[test]

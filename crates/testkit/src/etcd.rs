@@ -202,6 +202,17 @@ impl EtcdCluster {
         Ok((!text.is_empty()).then(|| text.trim_end_matches('\n').to_owned()))
     }
 
+    /// Deletes every key under `prefix` with etcdctl; returns how many.
+    pub fn delete_prefix(&self, prefix: &str) -> anyhow::Result<u64> {
+        let output = Command::new(&assets()?.etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.members[0].client_url))
+            .args(["del", "--prefix", prefix])
+            .output()?;
+        anyhow::ensure!(output.status.success(), "etcdctl del: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+    }
+
     async fn wait_for_leader(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
         for member in &self.members {

@@ -33,6 +33,21 @@ pub mod etcd_proto {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// The objects a backup's status names, sorted: its snapshot, recovery kit and content report. A
+/// bucket holds exactly these of a backup, nothing more.
+pub fn backup_objects(status: &teb_api::TalosEtcdBackupStatus) -> Vec<String> {
+    let mut keys: Vec<String> =
+        [&status.filename, &status.state_filename, &status.report_filename].into_iter().flatten().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// The snapshots among a bucket's `objects` (key, size), each stored with its kit and content report
+/// beside it.
+pub fn snapshots(objects: &[(String, u64)]) -> Vec<(String, u64)> {
+    objects.iter().filter(|(key, _)| key.contains("/etcd-snapshot-")).cloned().collect()
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for test servers).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

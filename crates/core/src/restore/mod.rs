@@ -510,10 +510,12 @@ async fn stream_into_recover(
         }
         Ok(None) => Err(upload_failed(upload.await.err())),
         Err(error) => {
-            // Cancel rather than end the stream, so that Talos discards what it got.
-            let _ = tx.send(RecoverPart::Abort).await;
-            drop(tx);
-            let _ = upload.await;
+            // Cancel rather than end the stream, so that Talos discards what it got. The call is
+            // driven meanwhile: with the queue full, the cancel waits for it to take a chunk.
+            let cancel = async move {
+                let _ = tx.send(RecoverPart::Abort).await;
+            };
+            let _ = tokio::join!(cancel, upload);
             Err(error)
         }
     }

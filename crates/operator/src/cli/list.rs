@@ -28,19 +28,30 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
                     "key": b.key, "size": b.size, "time": b.last_modified.to_string(),
                     "cluster": b.cluster, "node": b.node, "sha256": b.sha256,
                     "encoding": b.encoding, "recipients": b.recipients, "kit": b.kit,
+                    "report": b.report, "objects": b.objects,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(entries));
         return Ok(());
     }
-    println!("{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} KEY", "TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT");
+    let header = ("TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT", "OBJECTS");
+    println!(
+        "{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} {:>8}  KEY",
+        header.0, header.1, header.2, header.3, header.4, header.5, header.6
+    );
     for b in &listed {
         let sha = b.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
         let time = b.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let (node, encoding) = (b.node.as_deref().unwrap_or("-"), b.encoding.as_deref().unwrap_or("-"));
         let kit = if b.kit.is_some() { "yes" } else { "-" };
-        println!("{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {}", b.size, b.key);
+        // Counted: a sealed report's count needs the identity (`verify` counts it).
+        let objects = match (b.objects, &b.report) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(_)) => "sealed".to_owned(),
+            (None, None) => "-".to_owned(),
+        };
+        println!("{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {objects:>8}  {}", b.size, b.key);
     }
     Ok(())
 }

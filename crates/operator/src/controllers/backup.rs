@@ -12,7 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, BACKUP_REASONS, Conditions, FAILED, Phase, READY, Status};
+use teb_api::conditions::{
+    self, BACKUP_REASONS, Conditions, FAILED, FEWER_OBJECTS, OBJECTS_DROPPED, Phase, READY, Status,
+};
 use teb_api::{
     BackupContents, DeletionPolicy, RecoveryKitPolicy, ResourceObjects, TalosEtcdBackup, TalosEtcdBackupStatus,
     UploadRecord,
@@ -493,6 +495,15 @@ async fn succeed(
         report.duration.as_secs_f64()
     );
     set_phase(&mut status, Phase::Succeeded, message.clone());
+    let dropped = match &status.contents {
+        Some(contents) => objects_dropped(api, backup, ctx, contents).await,
+        None => None,
+    };
+    if let Some(dropped) = &dropped {
+        let generation = status.observed_generation;
+        let conditions = &mut status.conditions;
+        Conditions::new(conditions, generation, now()).set(OBJECTS_DROPPED, Status::True, FEWER_OBJECTS, dropped);
+    }
     patch_status(api, &backup.name_any(), &status).await?;
     ctx.metrics.finished(metrics::BackupResult::succeeded, elapsed_seconds(&status));
     ctx.metrics.stored_bytes.inc_by(report.stored_size);
@@ -506,6 +517,11 @@ async fn succeed(
         let message = format!("The backup is stored, but what it holds was not counted: {because}");
         ctx.event(backup, EventType::Warning, "ContentsNotCounted", message).await;
     }
+    if let Some(dropped) = dropped {
+        let namespace = backup.namespace().unwrap_or_default();
+        ctx.metrics.objects_dropped(&namespace, &backup.spec.talos_control_plane_ref.name);
+        ctx.event(backup, EventType::Warning, "ObjectsDropped", dropped).await;
+    }
     if let Some(because) = kit_missing_because(backup, &outcome) {
         ctx.event(backup, EventType::Warning, "RecoveryKitNotStored", because).await;
     }
@@ -514,6 +530,42 @@ async fn succeed(
     }
     ctx.event(backup, EventType::Normal, "BackupSucceeded", message).await;
     Ok(Action::await_change())
+}
+
+/// Why this backup looks emptied, when it holds fewer objects than `--min-objects-percent` of the
+/// newest good backup of its control plane (Ready, counted, not itself flagged). A list that fails
+/// only loses the check, never the backup.
+async fn objects_dropped(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    contents: &BackupContents,
+) -> Option<String> {
+    let percent = i64::from(ctx.config.min_objects_percent);
+    if percent == 0 {
+        return None;
+    }
+    let listed = api.list(&kube::api::ListParams::default()).await;
+    let listed = listed.inspect_err(|e| tracing::warn!(error = %e, "cannot compare the backup's contents")).ok()?;
+    let controlplane = &backup.spec.talos_control_plane_ref.name;
+    let (_, objects, good) = listed
+        .items
+        .iter()
+        .filter(|b| b.spec.talos_control_plane_ref.name == *controlplane && b.name_any() != backup.name_any())
+        .filter_map(|b| {
+            let status = b.status.as_ref()?;
+            let good = conditions::is_true(&status.conditions, READY)
+                && !conditions::is_true(&status.conditions, OBJECTS_DROPPED);
+            good.then_some((status.completion_time.clone()?.0, status.contents.as_ref()?.objects, b.name_any()))
+        })
+        .max_by_key(|(time, _, _)| *time)?;
+    (contents.objects * 100 < objects * percent).then(|| {
+        format!(
+            "This backup holds {} Kubernetes objects, fewer than {percent}% of the {objects} in {good}, the newest good \
+             backup of {controlplane}: was etcd wiped or were objects deleted? A schedule's retention keeps {good}",
+            contents.objects
+        )
+    })
 }
 
 /// The status's summary of a content report: the counts and the five largest resources.

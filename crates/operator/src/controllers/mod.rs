@@ -46,6 +46,9 @@ pub struct Config {
     pub cert_validity: Duration,
     /// Wait between tries to abort an upload S3 could not abort (while it was unreachable).
     pub abort_retry: Duration,
+    /// A backup holding fewer Kubernetes objects than this percentage of the newest good backup of
+    /// its control plane gets the `ObjectsDropped` condition (0: never).
+    pub min_objects_percent: u32,
     pub attempt_hook: Option<AttemptHook>,
 }
 
@@ -58,6 +61,7 @@ impl Default for Config {
             concurrency: 4,
             cert_validity: Duration::from_secs(3600),
             abort_retry: Duration::from_secs(60),
+            min_objects_percent: 50,
             attempt_hook: None,
         }
     }

@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use teb_api::conditions::{self, Conditions, FAILED, READY, Reason, STALE, Status};
+use teb_api::conditions::{self, Conditions, FAILED, OBJECTS_DROPPED, READY, Reason, STALE, Status};
 use teb_api::{
     ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,
     TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
@@ -392,7 +392,7 @@ async fn prune(
 fn record_success(status: &mut TalosEtcdBackupScheduleStatus, owned: &[TalosEtcdBackup], verified_only: bool) {
     let newest = owned
         .iter()
-        .filter(|b| state_of(b) == State::Succeeded)
+        .filter(|b| matches!(state_of(b), State::Succeeded | State::Suspect))
         .filter(|b| !verified_only || b.status.as_ref().and_then(|s| s.verified) == Some(true))
         .filter_map(|b| Some((b.status.as_ref()?.completion_time.clone()?, b.name_any())))
         .max_by_key(|(t, _)| t.0);
@@ -406,7 +406,9 @@ fn record_success(status: &mut TalosEtcdBackupScheduleStatus, owned: &[TalosEtcd
 
 fn state_of(backup: &TalosEtcdBackup) -> State {
     let conditions: &[Condition] = backup.status.as_ref().map_or(&[], |s| &s.conditions);
-    if conditions::is_true(conditions, READY) {
+    if conditions::is_true(conditions, READY) && conditions::is_true(conditions, OBJECTS_DROPPED) {
+        State::Suspect
+    } else if conditions::is_true(conditions, READY) {
         State::Succeeded
     } else if conditions::is_true(conditions, FAILED) {
         State::Failed

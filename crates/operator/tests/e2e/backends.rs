@@ -103,10 +103,12 @@ async fn backup_verify_restore_delete(
     assert_eq!(status.encoding.as_deref(), Some("zstd+age"));
     let key = status.filename.clone().unwrap();
     assert!(key.starts_with("talos-operator-etcd-backups/my-controlplane/") && key.ends_with(".db.zst.age"), "{key}");
-    let kit = status.state_filename.clone().expect("a recovery kit");
+    assert!(status.state_filename.is_some(), "a recovery kit");
+    let report = status.report_filename.clone().expect("a content report");
+    assert!(report.ends_with(".json.age"), "sealed as the backup is: {report}");
     let mut stored = server.keys().await;
     stored.sort();
-    assert_eq!(stored, [key.clone(), kit.clone()], "the snapshot and its kit");
+    assert_eq!(stored, teb_testkit::backup_objects(&status), "the snapshot, its kit and its report");
     server.assert_nothing_unfinished().await;
 
     // etcd is lost; the restore decrypts and decompresses on the way into EtcdRecover.
@@ -192,7 +194,7 @@ async fn azure_blob_storage_backs_up_verifies_restores_and_refuses_clearly() {
     scenario.apply(&backup("by-sas", &by_sas, "  deletionPolicy: Delete\n")).await;
     let status = scenario.wait_finished("by-sas").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
-    assert_eq!(server.keys().await, [status.filename.unwrap()]);
+    assert_eq!(server.keys().await, teb_testkit::backup_objects(&status));
     scenario.backups().delete("by-sas", &Default::default()).await.unwrap();
     scenario.eventually(30, "the by-sas backup to go", || async { server.keys().await.is_empty().then_some(()) }).await;
 
@@ -268,7 +270,8 @@ async fn google_cloud_storage_backs_up_verifies_restores_and_refuses_clearly() {
     assert!(condition(&status, READY).is_some(), "{status:?}");
     let mut stored = server.keys().await;
     stored.sort();
-    assert_eq!(stored, [status.filename.unwrap(), status.state_filename.unwrap()], "the snapshot and its kit");
+    assert!(status.state_filename.is_some() && status.report_filename.is_some(), "{status:?}");
+    assert_eq!(stored, teb_testkit::backup_objects(&status), "the snapshot, its kit and its report");
     server.assert_nothing_unfinished().await;
 }
 
@@ -324,11 +327,12 @@ async fn schedules_check_storage_and_prune(
         .await;
     scenario
         .eventually(30, "the place to hold exactly the live backups' objects", || async {
-            let mut live = stored_keys(&scenario.backups_of("every3s").await);
+            let backups = scenario.backups_of("every3s").await;
+            let mut live = stored_keys(&backups);
             live.sort();
             let mut objects = server.keys().await;
             objects.sort();
-            (objects == live && live.len() == 2).then_some(())
+            (objects == live && backups.len() == 2).then_some(())
         })
         .await;
     // An abort the store did not take at once is retried until it does.

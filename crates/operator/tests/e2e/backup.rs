@@ -47,7 +47,9 @@ async fn specification_flow_backs_up_a_snapshot_that_restores() {
     assert!(key.starts_with(prefix) && key.ends_with("Z.db"), "{key}");
     let stamp = &key[prefix.len()..key.len() - 3];
     assert!(jiff::civil::DateTime::strptime("%Y-%m-%dT%H-%M-%SZ", stamp).is_ok(), "timestamp {stamp}");
-    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap(), vec![(key.clone(), status.size.unwrap() as u64)]);
+    let objects = scenario.s3.objects("my-etcd-backups").await.unwrap();
+    assert_eq!(teb_testkit::snapshots(&objects), vec![(key.clone(), status.size.unwrap() as u64)]);
+    assert_eq!(objects.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), teb_testkit::backup_objects(&status));
     let (bytes, metadata) = scenario.s3.get("my-etcd-backups", &key).await.unwrap();
     let db = &bytes[..bytes.len() - 32];
     assert_eq!(status.sha256.as_deref(), Some(hex::encode(sha2::Sha256::digest(db)).as_str()));
@@ -104,7 +106,7 @@ async fn specification_flow_backs_up_a_snapshot_that_restores() {
     let again = api.get("my-backup").await.unwrap().status.unwrap();
     assert_eq!(again.attempts, 1);
     assert_eq!(again.filename.as_deref(), Some(key.as_str()));
-    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1);
+    assert_eq!(teb_testkit::snapshots(&scenario.s3.objects("my-etcd-backups").await.unwrap()).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +362,10 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     assert_eq!(status.node.as_deref(), Some(stored.node.as_str()));
     assert_eq!(status.attempts, 1, "no new attempt");
     assert_eq!(status.attempt_key, None);
-    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1, "no second object");
+    let objects: Vec<String> =
+        scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(objects, teb_testkit::backup_objects(&status), "no second object");
+    assert!(status.report_filename.is_some(), "the interrupted attempt's report is kept");
 
     // The same with a recovery kit to keep: the snapshot the interrupted attempt left gets its kit.
     let yaml = format!("{}  recoveryKit: Plaintext\n", backup_yaml("with-kit", &endpoint_field(&scenario.s3.endpoint)));
@@ -371,7 +376,8 @@ async fn an_upload_whose_status_was_never_written_is_recorded_not_repeated() {
     assert_eq!(kit, teb_core::kit::kit_key(&key, false));
     let objects: Vec<String> =
         scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
-    assert!(objects.contains(&kit) && objects.len() == 3, "{objects:?}");
+    let snapshots = objects.iter().filter(|k| k.contains("/etcd-snapshot-")).count();
+    assert!(objects.contains(&kit) && snapshots == 2, "{objects:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,7 +523,7 @@ async fn backups_of_one_control_plane_in_one_second_never_share_a_key() {
         let (bytes, _) = scenario.s3.get("my-etcd-backups", key).await.unwrap();
         assert_eq!(bytes.len() % 512, 32, "{key} holds a snapshot");
     }
-    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), names.len());
+    assert_eq!(teb_testkit::snapshots(&scenario.s3.objects("my-etcd-backups").await.unwrap()).len(), names.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,7 +628,7 @@ async fn injected_faults_fire_and_end_as_promised() {
             status
         }
     };
-    let objects = || async { scenario.s3.objects("my-etcd-backups").await.unwrap().len() };
+    let objects = || async { teb_testkit::snapshots(&scenario.s3.objects("my-etcd-backups").await.unwrap()).len() };
 
     // A 500 on one part: the S3 client's own retries absorb it, within the one attempt.
     faults.fail_upload_part(2, 1);
@@ -697,7 +703,8 @@ async fn a_backup_survives_a_kube_apiserver_outage() {
     scenario
         .eventually(60, "the upload to complete", || async {
             let done = scenario.s3.unfinished_uploads().is_empty();
-            (done && scenario.s3.objects("my-etcd-backups").await.unwrap().len() == 1).then_some(())
+            (done && teb_testkit::snapshots(&scenario.s3.objects("my-etcd-backups").await.unwrap()).len() == 1)
+                .then_some(())
         })
         .await;
     env.start_apiserver().await.unwrap();
@@ -705,8 +712,7 @@ async fn a_backup_survives_a_kube_apiserver_outage() {
     assert!(condition(&status, READY).is_some(), "{status:?}");
     assert_eq!(status.attempts, 1, "{status:?}");
     let objects = scenario.s3.objects("my-etcd-backups").await.unwrap();
-    assert_eq!(objects.len(), 1, "{objects:?}");
-    assert_eq!(Some(&objects[0].0), status.filename.as_ref());
+    assert_eq!(objects.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), teb_testkit::backup_objects(&status));
     assert!(scenario.s3.unfinished_uploads().is_empty());
 }
 
@@ -814,8 +820,10 @@ async fn readmes_minimal_iam_policies_are_enough() {
             let mut seen = seen.lock().unwrap();
             seen.extend(backups.iter().filter_map(|b| b.metadata.name.clone()));
             let live = stored_keys(&backups);
-            let scheduled = objects.iter().filter(|(key, _)| live.contains(key)).count();
-            (seen.len() >= 4 && backups.len() <= 3 && objects.len() == scheduled + 1 && live.len() == 2).then_some(())
+            let snapshots = teb_testkit::snapshots(&objects);
+            let scheduled = snapshots.iter().filter(|(key, _)| live.contains(key)).count();
+            let stored = backups.iter().filter(|b| b.status.as_ref().is_some_and(|s| s.filename.is_some())).count();
+            (seen.len() >= 4 && backups.len() <= 3 && snapshots.len() == scheduled + 1 && stored == 2).then_some(())
         })
         .await;
     scenario.schedules().delete("pruned", &Default::default()).await.unwrap();
@@ -888,13 +896,13 @@ async fn a_backup_never_ends_ready_without_its_kit() {
     let status = scenario.wait_finished("throttled").await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
     assert_eq!(status.attempts, 2, "the kit's failure failed the first attempt");
+    let expected = teb_testkit::backup_objects(&status);
     let (key, kit) = (status.filename.unwrap(), status.state_filename.expect("a kit"));
     assert_eq!(kit, teb_core::kit::kit_key(&key, false));
     let mut objects: Vec<String> =
         scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
     objects.sort();
-    let mut expected = vec![key, kit];
-    expected.sort();
+    assert_eq!(objects.len(), 3, "snapshot, kit and report: {objects:?}");
     assert_eq!(objects, expected, "the first attempt's snapshot went with its kit");
     assert!(scenario.s3.unfinished_uploads().is_empty());
     assert_eq!(scenario.s3.faults.fired("put object refused"), 1 + 4, "once for the denied kit, four times now");

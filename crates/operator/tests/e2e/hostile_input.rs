@@ -99,7 +99,11 @@ async fn bad_input_is_refused_or_fails_clearly_and_never_stops_the_operator() {
     let status = scenario.wait_finished("after-all").await;
     assert!(condition(&status, READY).is_some(), "the operator still serves: {status:?}");
     assert!(scenario.s3.unfinished_uploads().is_empty());
-    assert_eq!(scenario.s3.objects("my-etcd-backups").await.unwrap().len(), 1, "only the good backup stored");
+    assert_eq!(
+        teb_testkit::snapshots(&scenario.s3.objects("my-etcd-backups").await.unwrap()).len(),
+        1,
+        "only the good backup stored"
+    );
 }
 
 fn base64_encode(text: &str) -> String {

@@ -265,8 +265,9 @@ fn schedule_condition(status: &TalosEtcdBackupScheduleStatus, type_: teb_api::co
 }
 
 /// The snapshot keys recorded by `backups`.
+/// Every object the backups' statuses name: snapshots, kits, content reports.
 fn stored_keys(backups: &[TalosEtcdBackup]) -> Vec<String> {
-    backups.iter().filter_map(|b| b.status.as_ref()?.filename.clone()).collect()
+    backups.iter().filter_map(|b| b.status.as_ref()).flat_map(teb_testkit::backup_objects).collect()
 }
 
 impl Scenario {

@@ -2,6 +2,7 @@
 //! never cascade to a snapshot.
 
 use super::*;
+use kube::ResourceExt as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
@@ -65,7 +66,7 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
     scenario
         .eventually(30, "the bucket to hold exactly the live backups' objects", || async {
             let keys = |list: Vec<TalosEtcdBackup>| -> Vec<String> {
-                list.into_iter().filter_map(|b| b.status?.filename).collect()
+                list.into_iter().filter_map(|b| b.status).flat_map(|s| teb_testkit::backup_objects(&s)).collect()
             };
             let before = keys(scenario.backups_of("every4s").await);
             let mut objects: Vec<String> =
@@ -118,6 +119,87 @@ async fn schedule_runs_on_time_prunes_to_retention_caps_failures_and_pauses() {
     };
     assert!(count("teb_schedule_runs_total{outcome=\"created\"}") >= 9, "{text}");
     assert!(count("teb_backups_pruned_total") >= 5, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_that_loses_its_objects_is_flagged_and_its_last_good_backup_kept() {
+    let scenario = Scenario::one_control_plane("e2e-dropped").await;
+    for i in 0..400 {
+        let key = format!("/registry/configmaps/team-a/cm-{i}");
+        scenario.emulator.etcd().put(key.as_bytes(), b"{}").await.unwrap();
+    }
+    scenario.apply(&scenario.schedule_yaml("every3s", "@every 3s", "")).await;
+    let patch = serde_json::json!({"spec": {"retention": 2}});
+    scenario.schedules().patch("every3s", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let objects = |b: &TalosEtcdBackup| b.status.as_ref().and_then(|s| s.contents.as_ref()).map_or(0, |c| c.objects);
+    let flagged = |b: &TalosEtcdBackup| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| teb_api::conditions::is_true(&s.conditions, teb_api::conditions::OBJECTS_DROPPED))
+    };
+    // Good backups first: each counts the 400 ConfigMaps (and what the emulator's etcd holds besides).
+    let good = scenario
+        .eventually(30, "two good backups", || async {
+            let ready: Vec<TalosEtcdBackup> =
+                scenario.backups_of("every3s").await.into_iter().filter(|b| is_ready(b) && objects(b) >= 400).collect();
+            (ready.len() >= 2).then(|| ready.into_iter().max_by_key(scheduled_at).unwrap())
+        })
+        .await;
+    assert!(!flagged(&good), "{:?}", good.status);
+
+    // The control plane loses its objects: backups from now on are flagged, and however many come,
+    // retention keeps the last good one (the newest good backup when the deletion happened, or one
+    // taken while it was under way).
+    assert_eq!(scenario.emulator.etcd().delete_prefix("/registry/configmaps/").unwrap(), 400);
+    let (kept, suspects) = scenario
+        .eventually(60, "three flagged backups, retention at work", || async {
+            let ready: Vec<TalosEtcdBackup> =
+                scenario.backups_of("every3s").await.into_iter().filter(is_ready).collect();
+            let (suspects, good): (Vec<_>, Vec<_>) = ready.into_iter().partition(|b| flagged(b));
+            let pruned_past_good = suspects.len() >= 2 && good.len() == 1;
+            let seen = scenario.schedule_status("every3s").await.last_schedule_time.is_some();
+            (seen && pruned_past_good && suspects.iter().all(|b| objects(b) < 400)).then_some((good, suspects))
+        })
+        .await;
+    let kept = &kept[0];
+    assert!(objects(kept) >= 400, "the kept one is good: {:?}", kept.status);
+    assert!(scheduled_at(kept) >= scheduled_at(&good));
+    let message = |b: &TalosEtcdBackup| {
+        let status = b.status.as_ref().unwrap();
+        status.conditions.iter().find(|c| c.type_ == teb_api::conditions::OBJECTS_DROPPED).unwrap().message.clone()
+    };
+    for suspect in &suspects {
+        let text = message(suspect);
+        assert!(text.contains(&format!("holds {} Kubernetes objects", objects(suspect))), "{text}");
+        assert!(text.contains("fewer than 50% of the"), "{text}");
+    }
+    // Its snapshot is intact in the bucket.
+    scenario.assert_stored(&teb_testkit::backup_objects(kept.status.as_ref().unwrap())).await;
+
+    // The Warning event names both counts; the metric counts the flagged backups.
+    let events: Api<Event> = Api::namespaced(scenario.admin.clone(), &scenario.ns);
+    let warnings: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ObjectsDropped"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(!warnings.is_empty());
+    assert!(warnings.iter().all(|w| w.contains(" Kubernetes objects, fewer than 50% of the ")), "{warnings:?}");
+    let text = scrape(scenario.metrics.clone()).await;
+    let line = text.lines().find(|l| l.starts_with("teb_backups_objects_dropped_total{")).unwrap_or_default();
+    let dropped: u64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(dropped >= 2, "{text}");
+    assert!(text.contains("teb_backup_objects{"), "{text}");
+    eprintln!(
+        "kept {} ({} objects); flagged: {:?}",
+        kept.name_any(),
+        objects(kept),
+        suspects.iter().map(|b| (b.name_any(), objects(b))).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
