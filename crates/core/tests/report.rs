@@ -157,7 +157,7 @@ async fn the_report_counts_what_kube_apiserver_lists() {
     assert_eq!(scan(1000), report);
     assert_eq!(report.keys, live_keys, "live keys");
     // A budget too small for the database: no report, and a reason (never a wrong count).
-    let mut scan = Scan::new(Counter::with_budget(40 * 1000));
+    let mut scan = Scan::new(Counter::with_budget(teb_core::report::REVISION_COST * 1000));
     scan.update(&bytes);
     let (scanned, counter) = scan.finish().unwrap();
     let refused = ContentReport::of(&scanned, &counter).unwrap_err();

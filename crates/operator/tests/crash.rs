@@ -205,7 +205,7 @@ impl Store<'_> {
 /// (nor, on Azure, staged blocks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_one_object_per_backup_and_nothing_unfinished() {
-    const ROUNDS: usize = 4;
+    const ROUNDS: usize = 3;
     const BACKUPS: usize = 3;
     let (ground, gcs, azurite) = ground_with_backends("crash-random", 16).await;
     ground.apply(SECRET_YAML).await;

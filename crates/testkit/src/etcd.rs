@@ -192,25 +192,24 @@ impl EtcdCluster {
 
     /// Reads a key with etcdctl (an independent client).
     pub fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
-        let output = Command::new(&assets()?.etcdctl)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.members[0].client_url))
-            .args(["get", "--print-value-only", key])
-            .output()?;
-        anyhow::ensure!(output.status.success(), "etcdctl get: {}", String::from_utf8_lossy(&output.stderr));
-        let text = String::from_utf8(output.stdout)?;
+        let text = self.etcdctl(&["get", "--print-value-only", key])?;
         Ok((!text.is_empty()).then(|| text.trim_end_matches('\n').to_owned()))
     }
 
     /// Deletes every key under `prefix` with etcdctl; returns how many.
     pub fn delete_prefix(&self, prefix: &str) -> anyhow::Result<u64> {
+        Ok(self.etcdctl(&["del", "--prefix", prefix])?.trim().parse()?)
+    }
+
+    /// etcdctl's output for `args`, against the first member.
+    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(&assets()?.etcdctl)
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.members[0].client_url))
-            .args(["del", "--prefix", prefix])
+            .args(args)
             .output()?;
-        anyhow::ensure!(output.status.success(), "etcdctl del: {}", String::from_utf8_lossy(&output.stderr));
-        Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+        anyhow::ensure!(output.status.success(), "etcdctl {}: {}", args[0], String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8(output.stdout)?)
     }
 
     async fn wait_for_leader(&self, limit: Duration) -> anyhow::Result<()> {

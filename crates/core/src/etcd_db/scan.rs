@@ -43,6 +43,11 @@ pub trait Revisions {
     type Kept: Send;
     fn keep(&mut self, revision: &Revision<'_>) -> Option<Self::Kept>;
     fn add(&mut self, kept: Self::Kept);
+    /// The reader wants no more (its memory budget is spent): the scan drops what it holds and only
+    /// counts the rest of the bytes.
+    fn exhausted(&self) -> bool {
+        false
+    }
 }
 
 /// A reader that wants no revisions: the members and the meta only.
@@ -92,20 +97,27 @@ impl Role {
 }
 
 /// A node kept until its place is known.
-enum Node<K> {
+enum Node {
     Branch(Vec<u64>),
-    Leaf(Leaf<K>),
+    Leaf(Leaf),
     /// Bytes that looked like a node's start but do not parse (stale, or damage if a tree names them).
     Unreadable(String),
 }
 
-/// What a leaf may matter for: the revisions kept of it when it looks like a `key` bucket leaf, and
-/// the few elements any other wanted bucket could use (bucket headers, meta keys, member IDs).
-struct Leaf<K> {
-    kept: Vec<K>,
+/// What a leaf may matter for: the revisions kept of it when it looks like a `key` bucket leaf (in
+/// the scan's arena: a leaf often holds one or two revisions, so no allocation of its own), and, rarely,
+/// more.
+struct Leaf {
+    kept: std::ops::Range<u32>,
     /// Its highest main revision.
     revision: i64,
-    /// Why it cannot be a `key` leaf, an error only when it is named as one.
+    other: Option<Box<OtherLeaf>>,
+}
+
+/// What few leaves have: the elements any other wanted bucket could use (bucket headers, meta keys,
+/// member IDs), and why a leaf cannot be a `key` leaf (an error only when it is named as one).
+#[derive(Default)]
+struct OtherLeaf {
     not_key: Option<String>,
     elements: Vec<(u32, Vec<u8>, Vec<u8>)>,
 }
@@ -132,7 +144,9 @@ pub struct Scan<R: Revisions> {
     /// Pages a tree names that have not passed yet.
     awaited: HashMap<u64, Role>,
     /// Nodes that passed before a tree named them.
-    unplaced: HashMap<u64, Node<R::Kept>>,
+    unplaced: HashMap<u64, Node>,
+    /// The revisions kept of leaves ([`Leaf::kept`]), taken once placed.
+    arena: Vec<Option<R::Kept>>,
     found: Scanned,
     key_bucket: bool,
     removed: Vec<u64>,
@@ -154,6 +168,7 @@ impl<R: Revisions> Scan<R> {
             too_large: Vec::new(),
             awaited: HashMap::new(),
             unplaced: HashMap::new(),
+            arena: Vec::new(),
             found: Scanned::default(),
             key_bucket: false,
             removed: Vec::new(),
@@ -206,7 +221,7 @@ impl<R: Revisions> Scan<R> {
             return Ok(());
         }
         let Some(meta) = self.meta else { return Ok(()) };
-        if id >= meta.pages {
+        if id >= meta.pages || self.given_up() {
             return Ok(());
         }
         let word = |at: usize| page.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
@@ -261,6 +276,17 @@ impl<R: Revisions> Scan<R> {
         Ok(())
     }
 
+    /// Whether the reader is exhausted; the first time, what the scan holds is dropped.
+    fn given_up(&mut self) -> bool {
+        if !self.revisions.exhausted() {
+            return false;
+        }
+        if !self.unplaced.is_empty() || !self.arena.is_empty() || !self.window.is_empty() {
+            (self.unplaced, self.arena, self.window, self.open) = Default::default();
+        }
+        true
+    }
+
     /// A node has passed whole: used now if a tree named it, else kept in summary.
     fn node_passed(&mut self, id: u64, bytes: &[u8]) -> Result<(), String> {
         let node = self.summary(bytes);
@@ -271,7 +297,7 @@ impl<R: Revisions> Scan<R> {
         Ok(())
     }
 
-    fn summary(&mut self, bytes: &[u8]) -> Node<R::Kept> {
+    fn summary(&mut self, bytes: &[u8]) -> Node {
         match parse_node(bytes) {
             Ok(ParsedNode::Branch(children)) => Node::Branch(children),
             Ok(ParsedNode::Leaf(elements)) => Node::Leaf(self.leaf(&elements)),
@@ -279,27 +305,31 @@ impl<R: Revisions> Scan<R> {
         }
     }
 
-    fn leaf(&mut self, elements: &[Element<'_>]) -> Leaf<R::Kept> {
-        let mut leaf = Leaf { kept: Vec::new(), revision: 0, not_key: None, elements: Vec::new() };
+    fn leaf(&mut self, elements: &[Element<'_>]) -> Leaf {
+        let start = self.arena.len() as u32;
+        let mut revision = 0;
+        let mut other = OtherLeaf::default();
         let key_shaped = elements.iter().all(|e| e.flags == 0 && matches!(e.key.len(), 17 | 18) && e.key[8] == b'_');
         for element in elements {
-            if key_shaped && leaf.not_key.is_none() {
+            if key_shaped && other.not_key.is_none() {
                 match revision_of(element) {
-                    Ok(revision) => {
-                        leaf.revision = leaf.revision.max(revision.main);
-                        leaf.kept.extend(self.revisions.keep(&revision));
+                    Ok(kept) => {
+                        revision = revision.max(kept.main);
+                        if let Some(kept) = self.revisions.keep(&kept) {
+                            self.arena.push(Some(kept));
+                        }
                     }
-                    Err(reason) => leaf.not_key = Some(reason),
+                    Err(reason) => other.not_key = Some(reason),
                 }
             } else if matters_outside_key(element) {
-                leaf.elements.push((element.flags, element.key.to_vec(), element.value.to_vec()));
+                other.elements.push((element.flags, element.key.to_vec(), element.value.to_vec()));
             }
         }
-        leaf.kept.shrink_to_fit();
         if !key_shaped && !elements.is_empty() {
-            leaf.not_key = Some("a leaf of the key bucket holds keys that are not revisions".into());
+            other.not_key = Some("a leaf of the key bucket holds keys that are not revisions".into());
         }
-        leaf
+        let other = (other.not_key.is_some() || !other.elements.is_empty()).then(|| Box::new(other));
+        Leaf { kept: start..self.arena.len() as u32, revision, other }
     }
 
     /// Node `id` belongs to the tree of `role`: it and all below it that have passed are used; the
@@ -324,16 +354,21 @@ impl<R: Revisions> Scan<R> {
         Ok(())
     }
 
-    fn use_leaf(&mut self, role: Role, leaf: Leaf<R::Kept>, work: &mut Vec<(u64, Role)>) -> Result<(), String> {
+    fn use_leaf(&mut self, role: Role, leaf: Leaf, work: &mut Vec<(u64, Role)>) -> Result<(), String> {
+        let other = leaf.other.map(|other| *other).unwrap_or_default();
         if role == Role::Key {
-            if let Some(not_key) = leaf.not_key {
+            if let Some(not_key) = other.not_key {
                 return Err(not_key);
             }
             self.found.revision = self.found.revision.max(leaf.revision);
-            leaf.kept.into_iter().for_each(|kept| self.revisions.add(kept));
+            for at in leaf.kept {
+                if let Some(kept) = self.arena.get_mut(at as usize).and_then(Option::take) {
+                    self.revisions.add(kept);
+                }
+            }
             return Ok(());
         }
-        for (flags, key, value) in leaf.elements {
+        for (flags, key, value) in other.elements {
             match role {
                 Role::Root => {
                     let Some(bucket) = Role::of_bucket(&key).filter(|_| flags & BUCKET_LEAF != 0) else { continue };
@@ -389,6 +424,10 @@ impl<R: Revisions> Scan<R> {
                 "the database is cut short: {} of the {} bytes its meta page names",
                 self.offset, self.found.db_size
             ));
+        }
+        if self.given_up() {
+            // The reader says why it has no result; the trees were not followed to their ends.
+            return Ok((self.found, self.revisions));
         }
         if let Some(page) = self.awaited.keys().min() {
             return Err(format!("the database's tree names page {page}, where no node of {} pages starts", meta.pages));

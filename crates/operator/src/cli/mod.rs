@@ -44,8 +44,9 @@ pub(crate) struct Tuning {
 /// The memory a content report may take.
 #[derive(Args)]
 pub(crate) struct ReportBudget {
-    /// The most memory counting a backup's contents may take, in MiB: about 40 bytes per revision the
-    /// database holds. Past it the backup is stored all the same, uncounted, and says why.
+    /// The most memory counting a backup's contents may take, in MiB: 192 bytes per revision the
+    /// database holds (32 MiB: about 175,000). Past it the backup is stored all the same, uncounted,
+    /// and says why.
     #[arg(long, env = "REPORT_MEMORY_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub(crate) report_memory_mib: u32,
 }
