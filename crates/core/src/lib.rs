@@ -1,7 +1,7 @@
 //! The use cases of talos-etcd-backup, with no Kubernetes in them: back up ([`backup`]), list,
 //! verify and delete ([`catalog`]), restore ([`restore`]), the recovery kit kept with each
-//! backup ([`kit`]), an offline reader of a snapshot's database ([`etcd_db`]) and what it finds inside
-//! ([`report`]). Each takes plain values and a
+//! backup ([`kit`]), an offline reader of a snapshot's database ([`etcd_db`]), what it finds inside
+//! ([`report`]) and the keys one by one ([`objects`]). Each takes plain values and a
 //! [`Storage`](teb_pipeline::Storage) handle built once by its caller, and returns a report or an
 //! [`Error`]. The command line and the controllers call the same functions.
 
@@ -10,6 +10,7 @@ pub mod catalog;
 mod error;
 pub mod etcd_db;
 pub mod kit;
+pub mod objects;
 pub mod report;
 pub mod restore;
 

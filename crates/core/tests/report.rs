@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use teb_core::etcd_db::Scan;
+use teb_core::objects::{Filter, Listing};
 use teb_core::report::{ContentReport, Counter};
 use teb_testkit::kube::{KubeEnv, apply_yaml};
 
@@ -180,6 +181,32 @@ async fn the_report_counts_what_kube_apiserver_lists() {
         }
     }
     assert_eq!(report.count("namespaces", None) as usize, listed(&namespaces).await);
+    // One by one: the objects a backup lists are those kube-apiserver lists, name by name.
+    for ns in NAMESPACES {
+        let objects = |resource: &str| {
+            let filter = Filter { resource: Some(resource.into()), namespace: Some(ns.into()), prefix: None };
+            let mut scan = Scan::new(Listing::new(filter, 64 << 20));
+            bytes.chunks(1 << 16).for_each(|c| scan.update(c));
+            let keys = scan.finish().unwrap().1.keys().unwrap();
+            keys.into_iter().map(|k| k.object.unwrap().name).collect::<Vec<_>>()
+        };
+        let names = |list: Vec<String>| {
+            let mut list = list;
+            list.sort();
+            list
+        };
+        let configmaps = Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap();
+        assert_eq!(
+            objects("configmaps"),
+            names(configmaps.items.into_iter().filter_map(|c| c.metadata.name).collect())
+        );
+        let widgets = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget());
+        let widgets = widgets.list(&ListParams::default()).await.unwrap();
+        assert_eq!(
+            objects("widgets.example.com"),
+            names(widgets.items.into_iter().filter_map(|w| w.metadata.name).collect())
+        );
+    }
     assert_eq!(report.count("configmaps", None) as usize, listed(&Api::<ConfigMap>::all(client.clone())).await);
     assert!(compared > 2000, "{compared} objects compared");
     eprintln!(

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cli::kit::{KitArgs, kit};
 use cli::list::{ListArgs, list};
+use cli::objects::{ObjectsArgs, objects};
 use cli::restore::{RestoreArgs, restore};
 use cli::snapshot::{SnapshotArgs, snapshot};
 use cli::verify::verify;
@@ -47,6 +48,9 @@ enum Command {
     /// meta and members buckets) and count what is inside it, in one pass. Exit code 0 when sound, 1
     /// when not.
     Verify(cli::verify::VerifyArgs),
+    /// List the keys and Kubernetes objects a stored backup holds (each key's newest live revision;
+    /// keys, sizes and revisions, never values), by resource, namespace or key prefix: no restore.
+    Objects(ObjectsArgs),
     /// Write a backup's recovery kit out: its secrets bundle (for `talosctl gen config --with-secrets`)
     /// and an os:admin talosconfig minted from its OS CA, valid for --validity.
     Kit(KitArgs),
@@ -130,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         Command::Snapshot(args) => runtime.block_on(snapshot(args)),
         Command::List(args) => runtime.block_on(list(args)),
         Command::Verify(args) => runtime.block_on(verify(args)),
+        Command::Objects(args) => runtime.block_on(objects(args)),
         Command::Restore(args) => runtime.block_on(restore(args)),
         Command::Kit(args) => runtime.block_on(kit(args)),
     }

@@ -263,6 +263,18 @@ async fn verify_command_passes_real_snapshots_and_catches_damage() {
     assert!(contents["revision"].as_i64().unwrap() >= 300 && contents["keys"].as_u64().unwrap() >= 300, "{summary}");
     let (ok, latest, _) = verify(&["--latest", "--cluster", "demo"]);
     assert!(ok && latest["key"] == key.as_str(), "{latest}");
+    // One by one: `objects` lists the 300 Secrets, name by name, sizes and revisions, never values.
+    let listed = tokio::task::block_in_place(|| {
+        cli("objects", s3).args(["--key", &key, "--resource", "secrets", "--output", "json"]).output().unwrap()
+    });
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(listed.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut expected: Vec<String> = (0..300).map(|i| format!("s-{i}")).collect();
+    expected.sort();
+    let names: Vec<&str> = lines.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, expected);
+    assert!(lines.iter().all(|l| l["namespace"] == "ns" && l["size"] == 2048 && l.get("value").is_none()));
 
     // Damage: a flipped byte (the trailer no longer matches), and a broken page header under a
     // recomputed trailer (only the structure check sees it).

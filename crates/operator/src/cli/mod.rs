@@ -5,6 +5,7 @@
 pub(crate) mod bucket;
 pub(crate) mod kit;
 pub(crate) mod list;
+pub(crate) mod objects;
 pub(crate) mod restore;
 pub(crate) mod snapshot;
 pub(crate) mod verify;
