@@ -50,7 +50,7 @@ pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<Listed
         let (kit, report) = (beside(kit::kit_key), beside(report::report_key));
         let objects = match &report {
             Some(found) if !found.ends_with(".age") => {
-                report::read(storage, &key, &[]).await.ok().flatten().map(|r| r.objects)
+                report::read(storage, found, &[]).await.ok().flatten().map(|r| r.objects)
             }
             _ => None,
         };

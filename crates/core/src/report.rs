@@ -50,30 +50,23 @@ pub async fn store(
     Ok(key)
 }
 
-/// The report stored beside the snapshot at `snapshot_key`, if any, opened with `identities` when
-/// sealed.
-pub async fn read(
-    storage: &Storage,
-    snapshot_key: &str,
-    identities: &[Identity],
-) -> Result<Option<ContentReport>, Error> {
-    for sealed in [true, false] {
-        let key = report_key(snapshot_key, sealed);
-        let failed = |reason: String| Error::Report { key: key.clone(), reason };
-        let Some(bytes) =
-            storage.get(&key).await.map_err(|cause| Error::Bucket { action: "read a content report from", cause })?
-        else {
-            continue;
-        };
-        let plain =
-            if sealed { codec::open(&bytes, identities).map_err(|e| failed(e.to_string()))? } else { bytes.to_vec() };
-        let stored: StoredReport = serde_json::from_slice(&plain).map_err(|e| failed(e.to_string()))?;
-        if stored.format != REPORT_FORMAT {
-            return Err(failed(format!("its format is {:?}, not {REPORT_FORMAT:?}", stored.format)));
-        }
-        return Ok(Some(stored.report));
+/// The report stored at `key` ([`report_key`]), if any, opened with `identities` when sealed.
+pub async fn read(storage: &Storage, key: &str, identities: &[Identity]) -> Result<Option<ContentReport>, Error> {
+    let failed = |reason: String| Error::Report { key: key.to_owned(), reason };
+    let read = storage.get(key).await.map_err(|cause| Error::Bucket { action: "read a content report from", cause });
+    let Some(bytes) = read? else {
+        return Ok(None);
+    };
+    let plain = if key.ends_with(".age") {
+        codec::open(&bytes, identities).map_err(|e| failed(e.to_string()))?
+    } else {
+        bytes.to_vec()
+    };
+    let stored: StoredReport = serde_json::from_slice(&plain).map_err(|e| failed(e.to_string()))?;
+    if stored.format != REPORT_FORMAT {
+        return Err(failed(format!("its format is {:?}, not {REPORT_FORMAT:?}", stored.format)));
     }
-    Ok(None)
+    Ok(Some(stored.report))
 }
 
 /// A backup's contents, counted.

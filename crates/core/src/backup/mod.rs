@@ -118,7 +118,7 @@ async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Ou
     for sealed in [true, false] {
         let key = report::report_key(&outcome.report.key, sealed);
         if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
-            if !sealed && let Ok(Some(contents)) = report::read(&plan.storage, &outcome.report.key, &[]).await {
+            if !sealed && let Ok(Some(contents)) = report::read(&plan.storage, &key, &[]).await {
                 outcome.contents = Ok(contents);
             }
             outcome.report_key = Some(key);
