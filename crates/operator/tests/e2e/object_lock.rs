@@ -58,7 +58,9 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
     assert_eq!(status.verified, Some(true), "{status:?}");
     let (key, kit) = (status.filename.clone().unwrap(), status.state_filename.clone().expect("a recovery kit"));
     let mut until = started;
-    for object in [&key, &kit] {
+    // The content report is locked too, written last: the deletion waits for the latest lock.
+    let report = status.report_filename.clone().expect("a content report");
+    for object in [&key, &kit, &report] {
         let lock = scenario.s3.lock_of("locked-backups", object).unwrap_or_else(|| panic!("{object} is not locked"));
         assert_eq!(lock.mode, "GOVERNANCE");
         let seconds = lock.until.duration_since(started).as_secs();
@@ -97,7 +99,9 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
     assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked version was tried");
     assert_eq!(scenario.s3.faults.fired("locked version hidden"), 0, "a locked version was hidden");
     // As README says: the bucket is versioned, so each delete left a delete marker before the version.
-    for object in [&key, &kit] {
+    // The content report is locked too, written last: the deletion waits for the latest lock.
+    let report = status.report_filename.clone().expect("a content report");
+    for object in [&key, &kit, &report] {
         let versions = scenario.s3.versions("locked-backups", object);
         let markers: Vec<bool> = versions.iter().map(|v| v.data.is_none()).collect();
         assert_eq!(markers, [false, true], "{object}: the version kept behind its delete marker");
