@@ -17,7 +17,9 @@ if [ "$#" -eq 0 ]; then
   idle=the_talos_client_survives_a_long_pause_in_reading
   cargo test -j2 --workspace --no-run 2>&1 | tail -n 3
   beside_log="$(mktemp)"
-  cargo test -j2 -p teb-testkit --test emulator -- --exact "$idle" >"$beside_log" 2>&1 &
+  # `--workspace` keeps the workspace's feature set: `-p teb-testkit` alone would rebuild four crates
+  # beside the running tests.
+  cargo test -j2 --workspace --test emulator -- --exact "$idle" >"$beside_log" 2>&1 &
   beside=$!
   cargo test -j2 --workspace --no-fail-fast -- --skip "$idle" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}

@@ -58,6 +58,23 @@ impl ProvingGround {
         self.events().await.into_iter().filter_map(|e| e.reason).collect()
     }
 
+    /// Waits up to 30 s for an Event with `reason` about the object `name` (any object when `None`):
+    /// the controllers record Events after the status they report, so a test that saw the status may
+    /// still be ahead of them.
+    pub async fn expect_event(&self, name: Option<&str>, reason: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.events().await;
+            let about = |e: &Event| name.is_none() || e.regarding.as_ref().and_then(|r| r.name.as_deref()) == name;
+            if events.iter().any(|e| about(e) && e.reason.as_deref() == Some(reason)) {
+                return;
+            }
+            let seen: Vec<_> = events.iter().filter(|e| about(e)).filter_map(|e| e.reason.clone()).collect();
+            assert!(tokio::time::Instant::now() < deadline, "no {reason} event about {name:?}; seen: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The namespace's Events.
     pub async fn events(&self) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.admin.clone(), &self.ns);

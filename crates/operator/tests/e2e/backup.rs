@@ -402,7 +402,7 @@ async fn an_upload_s3_could_not_abort_is_aborted_once_s3_takes_it() {
     sorted.sort();
     assert_eq!(sorted, pending, "the status records exactly the uploads S3 still holds");
     assert_eq!(recorded.len(), 2);
-    assert!(scenario.event_reasons().await.contains(&"UploadAbortFailed".to_owned()));
+    scenario.expect_event(None, "UploadAbortFailed").await;
 
     // S3 takes aborts again: the operator aborts both and clears the record.
     scenario.s3.faults.fail_aborts(false);
@@ -583,7 +583,7 @@ async fn verify_reads_the_stored_snapshot_back_and_catches_a_damaged_one() {
     let c = condition(&status, teb_api::conditions::VERIFIED).unwrap();
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "VerificationFailed"));
     assert!(c.message.contains("not a sound etcd (bbolt) database: meta page 0 has magic"), "{}", c.message);
-    assert!(scenario.event_reasons().await.contains(&"VerificationFailed".to_owned()));
+    scenario.expect_event(None, "VerificationFailed").await;
 
     // A schedule with verify: its backups are verified, and only verified ones count as successes.
     scenario.apply(&scenario.schedule_yaml("verified", "@every 3s", "  verify: true\n")).await;
@@ -639,7 +639,7 @@ async fn injected_faults_fire_and_end_as_promised() {
     faults.fail_upload_part(2, 4);
     assert_eq!(succeeds("part-500-past-retries").await.attempts, 2);
     assert_eq!(faults.fired("part failed"), 5);
-    assert!(scenario.event_reasons().await.contains(&"BackupAttemptFailed".to_owned()));
+    scenario.expect_event(None, "BackupAttemptFailed").await;
     // The connection reset in the middle of a part.
     faults.reset_mid_part(1);
     let status = succeeds("reset-mid-part").await;
@@ -957,17 +957,8 @@ async fn a_backup_with_the_longest_name_gets_its_events() {
     scenario.apply(&backup_yaml(&name, &endpoint_field(&scenario.s3.endpoint))).await;
     let status = scenario.wait_finished(&name).await;
     assert!(condition(&status, READY).is_some(), "{status:?}");
-    let reasons: Vec<String> = scenario
-        .events()
-        .await
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(
-        reasons.contains(&"BackupStarted".to_owned()) && reasons.contains(&"BackupSucceeded".to_owned()),
-        "{reasons:?}"
-    );
+    scenario.expect_event(Some(&name), "BackupStarted").await;
+    scenario.expect_event(Some(&name), "BackupSucceeded").await;
 }
 
 /// A backup deleted while its upload runs: the deletion waits for the attempt, then its finalizer

@@ -86,7 +86,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
     assert_eq!((waiting.status.as_str(), waiting.reason.as_str()), ("True", OBJECT_LOCK_ACTIVE.as_str()));
     assert!(waiting.message.contains(&key) && waiting.message.contains(&until.to_string()), "{}", waiting.message);
     assert!(waiting.message.contains("set spec.deletionPolicy: Retain"), "{}", waiting.message);
-    assert!(scenario.event_reasons().await.contains(&"SnapshotLocked".to_owned()));
+    scenario.expect_event(None, "SnapshotLocked").await;
     assert_eq!(scenario.s3.objects("locked-backups").await.unwrap().len(), 3, "snapshot, kit and report");
     // Once the lock has expired, the backup goes with its snapshot and kit.
     scenario
