@@ -10,6 +10,7 @@ pub mod catalog;
 mod error;
 pub mod etcd_db;
 pub mod kit;
+pub mod kube_object;
 pub mod objects;
 pub mod report;
 pub mod restore;

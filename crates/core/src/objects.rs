@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
+use sha2::{Digest as _, Sha256};
+
 use teb_pipeline::{Format, Identity, Storage};
 
-use crate::etcd_db::{Revision, Revisions, Scan};
+use crate::etcd_db::{Revision, Revisions, Scan, Scanned};
 use crate::report::ObjectKey;
 use crate::{Error, Settings};
 
@@ -18,6 +20,8 @@ pub struct Filter {
     pub namespace: Option<String>,
     /// The start of the key (`/registry/secrets/`).
     pub prefix: Option<String>,
+    /// One object's name.
+    pub name: Option<String>,
 }
 
 impl Filter {
@@ -25,7 +29,8 @@ impl Filter {
         let prefix = self.prefix.as_ref().is_none_or(|p| key.starts_with(p.as_bytes()));
         let resource = self.resource.as_ref().is_none_or(|r| object.is_some_and(|o| o.resource == *r));
         let namespace = self.namespace.as_ref().is_none_or(|n| object.is_some_and(|o| o.namespace == *n));
-        prefix && resource && namespace
+        let name = self.name.as_ref().is_none_or(|n| object.is_some_and(|o| o.name == *n));
+        prefix && resource && namespace && name
     }
 }
 
@@ -39,28 +44,50 @@ pub struct StoredKey {
     pub mod_revision: i64,
     /// Bytes of its value.
     pub size: u64,
+    /// What the [`Listing`] kept of the value.
+    pub content: Content,
+}
+
+/// What a [`Listing`] keeps of each value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Nothing: keys, sizes and revisions only.
+    Nothing,
+    /// Its SHA-256, to tell a changed value from an unchanged one.
+    Digest([u8; 32]),
+    /// The value itself, as etcd holds it.
+    Value(Vec<u8>),
+}
+
+/// Which [`Content`] a [`Listing`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    Nothing,
+    Digests,
+    Values,
 }
 
 /// Keeps the revisions of the keys a [`Filter`] wants, the newest per key, as a [`Scan`] hands them
 /// over; past its budget it keeps nothing more and [`Listing::keys`] says so.
 pub struct Listing {
     filter: Filter,
+    keep: Keep,
     latest: HashMap<Vec<u8>, (i64, bool, StoredKey)>,
     room: usize,
     full: bool,
 }
 
 impl Listing {
-    /// A listing of what `filter` wants, within `budget` bytes.
-    pub fn new(filter: Filter, budget: usize) -> Self {
-        Listing { filter, latest: HashMap::new(), room: budget, full: false }
+    /// A listing of what `filter` wants, keeping `keep` of each value, within `budget` bytes.
+    pub fn new(filter: Filter, keep: Keep, budget: usize) -> Self {
+        Listing { filter, keep, latest: HashMap::new(), room: budget, full: false }
     }
 
     /// The live keys, in key order; or, past the budget, what to do.
     pub fn keys(self) -> Result<Vec<StoredKey>, String> {
         if self.full {
-            return Err("the keys asked for take more than the memory budget: narrow them with --resource, \
-                 --namespace or --prefix, or raise --report-memory-mib"
+            return Err("the keys asked for take more than the memory budget: narrow them (a resource, a \
+                 namespace, a prefix), or raise --report-memory-mib"
                 .into());
         }
         let live = self.latest.into_values().filter(|(_, deleted, _)| !deleted);
@@ -78,8 +105,14 @@ impl Revisions for Listing {
         if !self.filter.wants(revision.key, object.as_ref()) {
             return None;
         }
-        // The key twice (here and as the map's key), and the entry's own size.
-        let Some(room) = self.room.checked_sub(2 * revision.key.len() + 160) else {
+        // The key twice (here and as the map's key), the entry's own size, and what it keeps of the
+        // value (every revision of a key until the newest is known: a key's history counts).
+        let content = match self.keep {
+            Keep::Nothing => 0,
+            Keep::Digests => 32,
+            Keep::Values => revision.value.len(),
+        };
+        let Some(room) = self.room.checked_sub(2 * revision.key.len() + 160 + content) else {
             self.full = true;
             return None;
         };
@@ -90,6 +123,11 @@ impl Revisions for Listing {
             create_revision: revision.create_revision,
             mod_revision: revision.mod_revision,
             size: revision.value.len() as u64,
+            content: match self.keep {
+                Keep::Nothing => Content::Nothing,
+                Keep::Digests => Content::Digest(Sha256::digest(revision.value).into()),
+                Keep::Values => Content::Value(revision.value.to_vec()),
+            },
         };
         Some((revision.main, revision.deleted, stored))
     }
@@ -106,23 +144,37 @@ impl Revisions for Listing {
     }
 }
 
-/// The live keys `filter` wants of the snapshot at `key`, in key order: the object read once, decoded
-/// on the way when compressed or encrypted (with `identities`), its keys kept within the settings'
-/// report budget. `progress` gets the snapshot's bytes read so far.
+/// The live keys `listing` wants of the snapshot at `key`, in key order: the object read once,
+/// decoded on the way when compressed or encrypted (with `identities`). `progress` gets the
+/// snapshot's bytes read so far.
 pub async fn list(
     storage: &Storage,
     key: &str,
     identities: &[Identity],
     settings: &Settings,
-    filter: Filter,
+    listing: Listing,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Vec<StoredKey>, Error> {
+    let (_, listing) = scan_stored(storage, key, identities, settings, listing, progress).await?;
+    listing.keys().map_err(|reason| Error::Report { key: key.to_owned(), reason })
+}
+
+/// The snapshot at `key` read once into a [`Scan`] for `reader`: decoded on the way when compressed
+/// or encrypted (as its metadata, else its key, says; with `identities`).
+pub async fn scan_stored<R: Revisions>(
+    storage: &Storage,
+    key: &str,
+    identities: &[Identity],
+    settings: &Settings,
+    reader: R,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(Scanned, R), Error> {
     use futures::StreamExt as _;
     let failed = |cause| Error::Verify { key: key.to_owned(), cause };
     let format = storage.stored(key).await.map_err(failed)?.map_or_else(|| Format::of_key(key), |s| s.format);
     let mut stream =
         storage.read_snapshot(key, format, identities, settings.limits.idle_timeout).await.map_err(failed)?;
-    let mut scan = Scan::new(Listing::new(filter, settings.report_budget));
+    let mut scan = Scan::new(reader);
     let mut read = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(failed)?;
@@ -130,6 +182,5 @@ pub async fn list(
         read += chunk.len() as u64;
         progress(read);
     }
-    let unreadable = |reason| Error::Report { key: key.to_owned(), reason };
-    scan.finish().and_then(|(_, listing)| listing.keys()).map_err(unreadable)
+    scan.finish().map_err(|reason| Error::Report { key: key.to_owned(), reason })
 }

@@ -8,45 +8,16 @@ use std::process::Command;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use kube::discovery::ApiResource;
 use teb_core::etcd_db::Scan;
-use teb_core::objects::{Filter, Listing};
+use teb_core::objects::{Filter, Keep, Listing};
 use teb_core::report::{ContentReport, Counter};
-use teb_testkit::kube::{KubeEnv, apply_yaml};
+use teb_testkit::kube::{KubeEnv, apply_yaml, widget_resource};
 
 const NAMESPACES: [&str; 3] = ["team-a", "team-b", "team-c"];
-
-const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.example.com
-spec:
-  group: example.com
-  names: {kind: Widget, plural: widgets, singular: widget}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        x-kubernetes-preserve-unknown-fields: true
-"#;
 
 /// Runs `each` for 0..n, 16 at a time.
 async fn each<F: std::future::Future<Output = ()>>(n: usize, each: impl Fn(usize) -> F) {
     futures::stream::iter(0..n).for_each_concurrent(16, each).await;
-}
-
-fn widget() -> ApiResource {
-    ApiResource {
-        group: "example.com".into(),
-        version: "v1".into(),
-        api_version: "example.com/v1".into(),
-        kind: "Widget".into(),
-        plural: "widgets".into(),
-    }
 }
 
 /// What kube-apiserver lists of `api`, counted.
@@ -61,7 +32,7 @@ where
 async fn the_report_counts_what_kube_apiserver_lists() {
     let kube = KubeEnv::start().await.unwrap();
     let client = kube.admin_client().await.unwrap();
-    apply_yaml(&client, CRD, None).await.unwrap();
+    apply_yaml(&client, teb_testkit::kube::WIDGET_CRD, None).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in NAMESPACES {
         let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
@@ -72,7 +43,7 @@ async fn the_report_counts_what_kube_apiserver_lists() {
     for (n, ns) in NAMESPACES.iter().enumerate() {
         let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &widget());
+        let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &widget_resource());
         let count = 400 + 100 * n;
         each(count, |i| {
             let configmaps = configmaps.clone();
@@ -172,7 +143,7 @@ async fn the_report_counts_what_kube_apiserver_lists() {
             ("secrets", listed(&Api::<Secret>::namespaced(client.clone(), ns)).await),
             (
                 "widgets.example.com",
-                listed(&Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget())).await,
+                listed(&Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget_resource())).await,
             ),
         ];
         for (resource, listed) in pairs {
@@ -184,8 +155,9 @@ async fn the_report_counts_what_kube_apiserver_lists() {
     // One by one: the objects a backup lists are those kube-apiserver lists, name by name.
     for ns in NAMESPACES {
         let objects = |resource: &str| {
-            let filter = Filter { resource: Some(resource.into()), namespace: Some(ns.into()), prefix: None };
-            let mut scan = Scan::new(Listing::new(filter, 64 << 20));
+            let filter =
+                Filter { resource: Some(resource.into()), namespace: Some(ns.into()), prefix: None, name: None };
+            let mut scan = Scan::new(Listing::new(filter, Keep::Nothing, 64 << 20));
             bytes.chunks(1 << 16).for_each(|c| scan.update(c));
             let keys = scan.finish().unwrap().1.keys().unwrap();
             keys.into_iter().map(|k| k.object.unwrap().name).collect::<Vec<_>>()
@@ -200,7 +172,7 @@ async fn the_report_counts_what_kube_apiserver_lists() {
             objects("configmaps"),
             names(configmaps.items.into_iter().filter_map(|c| c.metadata.name).collect())
         );
-        let widgets = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget());
+        let widgets = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget_resource());
         let widgets = widgets.list(&ListParams::default()).await.unwrap();
         assert_eq!(
             objects("widgets.example.com"),

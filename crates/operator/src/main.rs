@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cli::diff::{DiffArgs, diff};
+use cli::get::{GetArgs, get};
 use cli::kit::{KitArgs, kit};
 use cli::list::{ListArgs, list};
 use cli::objects::{ObjectsArgs, objects};
@@ -51,6 +53,13 @@ enum Command {
     /// List the keys and Kubernetes objects a stored backup holds (each key's newest live revision;
     /// keys, sizes and revisions, never values), by resource, namespace or key prefix: no restore.
     Objects(ObjectsArgs),
+    /// Print Kubernetes objects of a stored backup as YAML for `kubectl apply`: one (RESOURCE
+    /// NAMESPACE/NAME) or all of a resource. Secrets encrypted at rest are opened with the keys of
+    /// the backup's recovery kit (or --secrets-bundle); metadata the cluster assigned is left out.
+    Get(GetArgs),
+    /// What changed between two stored backups: the objects and keys added, removed and changed
+    /// (their stored value differs), each and counted by resource.
+    Diff(DiffArgs),
     /// Write a backup's recovery kit out: its secrets bundle (for `talosctl gen config --with-secrets`)
     /// and an os:admin talosconfig minted from its OS CA, valid for --validity.
     Kit(KitArgs),
@@ -135,6 +144,8 @@ fn main() -> anyhow::Result<()> {
         Command::List(args) => runtime.block_on(list(args)),
         Command::Verify(args) => runtime.block_on(verify(args)),
         Command::Objects(args) => runtime.block_on(objects(args)),
+        Command::Get(args) => runtime.block_on(get(args)),
+        Command::Diff(args) => runtime.block_on(diff(args)),
         Command::Restore(args) => runtime.block_on(restore(args)),
         Command::Kit(args) => runtime.block_on(kit(args)),
     }

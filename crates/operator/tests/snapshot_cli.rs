@@ -1,5 +1,6 @@
 //! The `snapshot` command: one backup outside Kubernetes, from a talosconfig into S3.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use object_store::ObjectStoreExt as _;
@@ -953,4 +954,299 @@ async fn the_backup_cycle_works_on_s3_servers_nobody_here_wrote() {
             assert!(vault.locked_until("kit.age").await.unwrap().is_some());
         }
     }
+}
+
+/// kube-apiserver's encryption configuration for Secrets: `providers` in order (provider, key name,
+/// base64 secret), then identity, as Talos writes it.
+fn encryption_config(providers: &[(&str, &str, &str)]) -> String {
+    let mut yaml = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+                    - resources: [secrets]\n  providers:\n"
+        .to_owned();
+    for (provider, name, secret) in providers {
+        yaml += &format!("  - {provider}:\n      keys:\n      - name: {name}\n        secret: {secret}\n");
+    }
+    yaml + "  - identity: {}\n"
+}
+
+/// Runs `each` for 0..n, 16 at a time.
+async fn each<F: std::future::Future<Output = ()>>(n: usize, each: impl Fn(usize) -> F) {
+    use futures::StreamExt as _;
+    futures::stream::iter(0..n).for_each_concurrent(16, each).await;
+}
+
+/// Runs `command` (off the async runtime's threads): whether it succeeded, its standard output and
+/// its standard error.
+fn run(command: &mut Command) -> (bool, String, String) {
+    let output = tokio::task::block_in_place(|| command.output().unwrap());
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.success(), text(output.stdout), text(output.stderr))
+}
+
+/// JSON lines.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Objects as kube-apiserver serves them, less what the cluster assigns, by `namespace/name`; only
+/// those in `namespaces`.
+fn by_name(objects: Vec<serde_json::Value>, namespaces: &[&str]) -> BTreeMap<String, serde_json::Value> {
+    let mut named = BTreeMap::new();
+    for mut object in objects {
+        let metadata = object["metadata"].as_object_mut().unwrap();
+        for field in teb_core::kube_object::ASSIGNED_METADATA {
+            metadata.remove(field);
+        }
+        let namespace = metadata["namespace"].as_str().unwrap().to_owned();
+        let name = format!("{namespace}/{}", metadata["name"].as_str().unwrap());
+        if namespaces.contains(&namespace.as_str()) {
+            named.insert(name, object);
+        }
+    }
+    named
+}
+
+/// `get` brings back each object exactly as kube-apiserver serves it (less what the cluster
+/// assigned), from a real etcd filled through a real kube-apiserver that encrypts Secrets at rest
+/// with Talos's two keys (secretbox `key2`, aescbc `key1`: some Secrets written with each), in every
+/// format a backup is stored in; `diff` names what changed between two backups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_brings_back_each_object_as_kube_apiserver_serves_it_and_diff_names_changes() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+    use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+    use teb_testkit::kube::{KubeEnv, KubeOptions, apply_yaml};
+
+    let ground = CliGround::start().await;
+    let (s3, dir) = (&ground.s3, ground.dir.path());
+    let (secretbox, aescbc) = (BASE64.encode([0x5b; 32]), BASE64.encode([0xcb; 32]));
+    // A Talos secrets bundle (`talosctl gen secrets`) with both keys, as a cluster made with aescbc
+    // and upgraded since has them.
+    let bundle_yaml = ground.emulator.ca.secrets_bundle_yaml();
+    let (line_start, _) = bundle_yaml.split_once("  secretboxencryptionsecret: ").unwrap();
+    let rest = bundle_yaml[line_start.len()..].split_once('\n').unwrap().1;
+    let bundle = dir.join("secrets.yaml");
+    let both = format!("  secretboxencryptionsecret: {secretbox}\n  aescbcencryptionsecret: {aescbc}\n");
+    std::fs::write(&bundle, format!("{line_start}{both}{rest}")).unwrap();
+    let bundle = bundle.to_str().unwrap().to_owned();
+    let talos_order = encryption_config(&[("secretbox", "key2", &secretbox), ("aescbc", "key1", &aescbc)]);
+    let aescbc_first = encryption_config(&[("aescbc", "key1", &aescbc), ("secretbox", "key2", &secretbox)]);
+    let etcd_servers = Some(ground.emulator.etcd().client_urls().join(","));
+    let kube = KubeEnv::start_with(KubeOptions { etcd_servers, encryption: Some(aescbc_first) }).await.unwrap();
+    let client = kube.admin_client().await.unwrap();
+    let widget = teb_testkit::kube::widget_resource();
+    apply_yaml(&client, teb_testkit::kube::WIDGET_CRD, None).await.unwrap();
+    let namespaces = ["team-a", "team-b"];
+    for ns in namespaces {
+        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let secrets = |ns: &str| Api::<Secret>::namespaced(client.clone(), ns);
+    let configmaps = |ns: &str| Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let widgets = |ns: &str| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widget);
+    let create_secrets = |range: std::ops::Range<usize>| {
+        let apis = namespaces.map(secrets);
+        each(2 * range.len(), move |i| {
+            let (api, n) = (apis[i % 2].clone(), range.start + i / 2);
+            async move {
+                let secret = serde_json::json!({"metadata": {"name": format!("s-{n}"), "labels": {"n": n.to_string()}},
+                    "type": if n % 3 == 0 { "kubernetes.io/basic-auth" } else { "Opaque" },
+                    "stringData": {"username": format!("user-{n}"), "password": "w".repeat(1 + n % 50)},
+                    "data": {"binary": BASE64.encode([n as u8, 0, 255])}});
+                api.create(&PostParams::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+            }
+        })
+    };
+    // Secrets written under aescbc first, as an older cluster did.
+    create_secrets(0..250).await;
+    for ns in namespaces {
+        let (configmaps, widgets) = (configmaps(ns), widgets(ns));
+        each(400, |i| {
+            let (configmaps, widgets) = (configmaps.clone(), widgets.clone());
+            async move {
+                let cm = serde_json::json!({"metadata": {"name": format!("cm-{i}"), "annotations": {"a": "b"}},
+                    "data": {"v": "x".repeat(i % 400)}, "binaryData": {"bin": "AAEC"}, "immutable": i % 3 == 0});
+                configmaps.create(&PostParams::default(), &serde_json::from_value(cm).unwrap()).await.unwrap();
+                if i % 2 == 0 {
+                    let widget = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                        "metadata": {"name": format!("w-{i}"), "finalizers": ["example.com/keep"]},
+                        "spec": {"size": i, "tags": ["a", "b"], "nested": {"on": true}}});
+                    widgets.create(&PostParams::default(), &serde_json::from_value(widget).unwrap()).await.unwrap();
+                }
+            }
+        })
+        .await;
+    }
+    // kube-apiserver restarted in Talos's order: new Secrets sealed with secretbox; some old ones
+    // deleted, some ConfigMaps overwritten.
+    kube.stop_apiserver();
+    kube.set_encryption(&talos_order).unwrap();
+    kube.start_apiserver().await.unwrap();
+    create_secrets(250..500).await;
+    for ns in namespaces {
+        let (configmaps, secrets) = (configmaps(ns), secrets(ns));
+        each(60, |i| {
+            let (configmaps, secrets) = (configmaps.clone(), secrets.clone());
+            async move {
+                let name = format!("cm-{}", 1 + i * 3);
+                let mut cm = configmaps.get(&name).await.unwrap();
+                cm.data = Some([("v".to_owned(), "changed".to_owned())].into());
+                configmaps.replace(&name, &PostParams::default(), &cm).await.unwrap();
+                secrets.delete(&format!("s-{}", i * 5), &DeleteParams::default()).await.unwrap();
+            }
+        })
+        .await;
+    }
+    let stored = |key: &str| ground.emulator.etcd().get(key).unwrap().unwrap();
+    assert!(stored("/registry/secrets/team-a/s-1").starts_with("k8s:enc:aescbc:v1:key1:"));
+    assert!(stored("/registry/secrets/team-a/s-251").starts_with("k8s:enc:secretbox:v1:key2:"));
+    assert!(stored("/registry/configmaps/team-a/cm-1").starts_with("k8s\0"));
+
+    // Backed up in the four formats.
+    let talosconfig = ground.talosconfig("backup.talosconfig", "os:etcd:backup");
+    let identity = age::x25519::Identity::generate();
+    let identity_file = dir.join("identity.txt");
+    std::fs::write(&identity_file, age::secrecy::ExposeSecret::expose_secret(&identity.to_string())).unwrap();
+    let recipient = identity.to_public().to_string();
+    let formats: [&[&str]; 4] =
+        [&[], &["--zstd"], &["--age-recipient", &recipient], &["--zstd", "--age-recipient", &recipient]];
+    let (mut backups, mut reports) = (Vec::new(), Vec::new());
+    for extra in formats {
+        let (ok, summary, stderr) = outcome(command(&talosconfig, s3).args(extra));
+        assert!(ok, "{stderr}");
+        backups.push(summary["key"].as_str().unwrap().to_owned());
+        reports.push(summary["contents"]["resources"].clone());
+    }
+    let get = |key: &str, args: &[&str]| {
+        let mut get = cli("get", s3);
+        get.args(args).args(["--key", key, "--age-identity-file"]).arg(&identity_file);
+        run(&mut get)
+    };
+    let lp = ListParams::default();
+    let served = |kind: &str, api_version: &str, items: serde_json::Value| {
+        let items = items["items"].as_array().unwrap().iter().map(|o| {
+            let mut o = o.clone();
+            (o["kind"], o["apiVersion"]) = (kind.into(), api_version.into());
+            o
+        });
+        by_name(items.collect(), &namespaces)
+    };
+    fn json<T: serde::Serialize>(list: T) -> serde_json::Value {
+        serde_json::to_value(list).unwrap()
+    }
+    let expected = [
+        ("secrets", served("Secret", "v1", json(Api::<Secret>::all(client.clone()).list(&lp).await.unwrap()))),
+        ("configmaps", served("ConfigMap", "v1", json(Api::<ConfigMap>::all(client.clone()).list(&lp).await.unwrap()))),
+        (
+            "widgets.example.com",
+            served(
+                "Widget",
+                "example.com/v1",
+                json(Api::<DynamicObject>::all_with(client.clone(), &widget).list(&lp).await.unwrap()),
+            ),
+        ),
+    ];
+    // Each backup's report counts what kube-apiserver lists.
+    let counts = [
+        ("secrets", Api::<Secret>::all(client.clone()).list(&lp).await.unwrap().items.len()),
+        ("configmaps", Api::<ConfigMap>::all(client.clone()).list(&lp).await.unwrap().items.len()),
+        (
+            "widgets.example.com",
+            Api::<DynamicObject>::all_with(client.clone(), &widget).list(&lp).await.unwrap().items.len(),
+        ),
+    ];
+    for (resources, (resource, listed)) in reports.iter().flat_map(|r| counts.iter().map(move |c| (r, c))) {
+        assert_eq!(resources[resource].as_u64(), Some(*listed as u64), "{resource}: {resources}");
+    }
+    let mut compared = 0;
+    for key in &backups {
+        for (resource, expected) in &expected {
+            let (ok, stdout, stderr) = get(key, &[resource, "--secrets-bundle", &bundle, "--output", "json"]);
+            assert!(ok, "{key} {resource}: {stderr}");
+            let got = by_name(json_lines(&stdout), &namespaces);
+            assert_eq!(got.len(), expected.len(), "{key} {resource}");
+            for (name, object) in expected {
+                assert_eq!(got.get(name), Some(object), "{key}: {resource} {name}");
+            }
+            compared += expected.len();
+        }
+    }
+    assert!(compared > 4 * 2000, "{compared} objects compared");
+
+    // One object as YAML, as `kubectl apply -f` takes it.
+    let (ok, text, stderr) = get(&backups[3], &["secret", "team-b/s-251", "--secrets-bundle", &bundle]);
+    assert!(ok, "{stderr}");
+    assert!(text.starts_with("---\napiVersion: v1\nkind: Secret\nmetadata:\n"), "{text}");
+    let document: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(document["data"]["username"], BASE64.encode("user-251"));
+    let secret = secrets("team-b").get("s-251").await.unwrap();
+    assert_eq!(serde_json::from_value::<Secret>(document).unwrap().data, secret.data);
+    // The keys from the backup's recovery kit, sealed beside it as the operator stores it.
+    let kit = teb_core::kit::RecoveryKit {
+        cluster: "demo".into(),
+        secrets_bundle: std::fs::read_to_string(&bundle).unwrap(),
+        bundle_config: "{}".into(),
+        namespace: None,
+        state: teb_core::kit::upstream_state(None).into(),
+        machine_config: None,
+        observed_kube_version: None,
+        backup_key: backups[2].clone(),
+        backup_sha256: None,
+        backup_node: "127.0.0.1".into(),
+        backup_time: "2026-12-06T00:00:00Z".into(),
+    };
+    let recipients = teb_pipeline::codec::parse_recipients([recipient.as_str()]).unwrap();
+    let sealed = teb_pipeline::codec::seal(kit.to_yaml().as_bytes(), &recipients).unwrap();
+    let kit_key = object_store::path::Path::from(teb_core::kit::kit_key(&backups[2], true));
+    s3.client("backups").unwrap().put(&kit_key, sealed.into()).await.unwrap();
+    let (ok, text, stderr) = get(&backups[2], &["secrets", "team-a/s-1"]);
+    assert!(ok, "{stderr}");
+    let document: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let secret = secrets("team-a").get("s-1").await.unwrap();
+    assert_eq!(serde_json::from_value::<Secret>(document).unwrap().data, secret.data);
+    // Without the keys it says where to find them; with another cluster's, that they are not its.
+    let (ok, _, stderr) = get(&backups[0], &["secret", "team-a/s-1"]);
+    assert!(
+        !ok && stderr.contains("has no recovery kit to take their keys from: pass the cluster's secrets"),
+        "{stderr}"
+    );
+    let other = dir.join("other.yaml");
+    std::fs::write(&other, format!("secrets:\n  aescbcencryptionsecret: {}\n", BASE64.encode([1; 32]))).unwrap();
+    let (ok, _, stderr) = get(&backups[0], &["secret", "team-a/s-1", "--secrets-bundle", other.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("does not open with the aescbc key \"key1\""), "{stderr}");
+    let (ok, _, stderr) = get(&backups[0], &["configmap", "team-a/nothing"]);
+    assert!(!ok && stderr.contains("holds no configmaps team-a/nothing"), "{stderr}");
+
+    // Later: a ConfigMap added, a Secret deleted, a Widget changed.
+    let new: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "new"}})).unwrap();
+    configmaps("team-a").create(&PostParams::default(), &new).await.unwrap();
+    secrets("team-b").delete("s-2", &DeleteParams::default()).await.unwrap();
+    let mut changed = widgets("team-a").get("w-4").await.unwrap();
+    changed.data["spec"]["size"] = 400.into();
+    widgets("team-a").replace("w-4", &PostParams::default(), &changed).await.unwrap();
+    let (ok, later, stderr) = outcome(&mut command(&talosconfig, s3));
+    assert!(ok, "{stderr}");
+    let later = later["key"].as_str().unwrap();
+    let expected = [
+        ("configmaps", ("added", "/registry/configmaps/team-a/new")),
+        ("secrets", ("removed", "/registry/secrets/team-b/s-2")),
+        ("widgets.example.com", ("changed", "/registry/example.com/widgets/team-a/w-4")),
+    ];
+    for (resource, expected) in expected {
+        let (ok, stdout, stderr) =
+            run(cli("diff", s3).args([&backups[0], later, "--output", "json", "--resource", resource]));
+        assert!(ok, "{stderr}");
+        let lines = json_lines(&stdout);
+        let changes: Vec<(&str, &str)> =
+            lines.iter().map(|l| (l["change"].as_str().unwrap(), l["key"].as_str().unwrap())).collect();
+        assert_eq!(changes, [expected], "{resource}");
+    }
+    let (ok, text, stderr) = run(cli("diff", s3).args([&backups[0], later]));
+    assert!(ok, "{stderr}");
+    let counts = |resource: &str| {
+        text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).any(|w| w[..] == [resource, "1", "0", "0"])
+    };
+    assert!(counts("configmaps"), "{text}");
+    eprintln!("{compared} objects compared with kube-apiserver's across {} backups", backups.len());
 }

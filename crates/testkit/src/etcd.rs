@@ -50,8 +50,19 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until they agree on a leader.
+    /// Starts `size` members and waits until they agree on a leader. Ports are picked free, but
+    /// another process may take one before etcd binds it: then it starts again on others.
     pub async fn start(size: usize, options: &EtcdOptions) -> anyhow::Result<Self> {
+        let mut tries = 0;
+        loop {
+            match EtcdCluster::start_once(size, options).await {
+                Err(e) if tries < 3 && format!("{e:#}").contains("address already in use") => tries += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(size: usize, options: &EtcdOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("teb-etcd-").tempdir()?;
         let named: Vec<(String, String)> = if options.members.is_empty() {
             (0..size).map(|i| (format!("member-{i}"), "127.0.0.1".to_owned())).collect()
@@ -80,8 +91,19 @@ impl EtcdCluster {
             };
             members.push(start_member(start, options, dir.path())?);
         }
+        let log_dir = dir.path().to_owned();
         let cluster = EtcdCluster { members, _dir: dir };
-        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        if let Err(e) = cluster.wait_for_leader(Duration::from_secs(30)).await {
+            let logs: Vec<String> = named
+                .iter()
+                .map(|(name, _)| {
+                    let log = std::fs::read_to_string(log_dir.join(format!("{name}.log"))).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    format!("{name}: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                })
+                .collect();
+            return Err(e.context(logs.join("\n")));
+        }
         Ok(cluster)
     }
 
@@ -209,7 +231,8 @@ impl EtcdCluster {
             .args(args)
             .output()?;
         anyhow::ensure!(output.status.success(), "etcdctl {}: {}", args[0], String::from_utf8_lossy(&output.stderr));
-        Ok(String::from_utf8(output.stdout)?)
+        // Lossy: values may be binary (protobuf, encrypted at rest).
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     async fn wait_for_leader(&self, limit: Duration) -> anyhow::Result<()> {
@@ -221,7 +244,13 @@ impl EtcdCluster {
                     result if tokio::time::Instant::now() > deadline => {
                         anyhow::bail!("etcd {} has no leader after {limit:?}: {:?}", member.name, result.err());
                     }
-                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    _ => {
+                        // A member that exited (a port taken, say) never gets a leader.
+                        if let Some(process) = member.process.lock().expect("member lock").as_mut() {
+                            process.check_running()?;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
                 }
             }
         }

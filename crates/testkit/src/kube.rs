@@ -22,6 +22,37 @@ use crate::process::ChildProcess;
 /// The user the operator's RBAC manifests bind: the ServiceAccount of `deploy/rbac.yaml`.
 pub const OPERATOR_USER: &str = "system:serviceaccount:talos-etcd-backup:talos-etcd-backup";
 
+/// A namespaced custom resource that keeps any fields (`widgets.example.com`, kind Widget), for
+/// tests that fill a cluster with objects of a group of its own.
+pub const WIDGET_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+/// The API resource of [`WIDGET_CRD`]'s objects.
+pub fn widget_resource() -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    }
+}
+
 /// The operator's RBAC manifests, applied to every environment.
 pub const RBAC_YAML: &str = include_str!("../../../deploy/rbac.yaml");
 
@@ -33,7 +64,18 @@ pub struct KubeEnv {
     apiserver: Mutex<Option<ChildProcess>>,
     etcd_servers: String,
     port: u16,
-    _etcd: EtcdCluster,
+    /// Its own etcd, unless it was started on another's.
+    _etcd: Option<EtcdCluster>,
+}
+
+/// How [`KubeEnv::start_with`] starts kube-apiserver.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// The client URLs of an etcd to store in (comma-separated), instead of a new one: a Talos
+    /// emulator's, say, whose snapshots then hold what kube-apiserver wrote.
+    pub etcd_servers: Option<String>,
+    /// An EncryptionConfiguration (YAML) for `--encryption-provider-config`.
+    pub encryption: Option<String>,
 }
 
 impl KubeEnv {
@@ -64,13 +106,28 @@ impl KubeEnv {
 
     /// Starts a new environment and applies the CRDs and the operator's RBAC.
     pub async fn start() -> anyhow::Result<Self> {
-        let etcd = EtcdCluster::start(1, &EtcdOptions::default()).await.context("starting etcd for kube-apiserver")?;
+        KubeEnv::start_with(KubeOptions::default()).await
+    }
+
+    /// [`KubeEnv::start`], as `options` say.
+    pub async fn start_with(options: KubeOptions) -> anyhow::Result<Self> {
+        let (etcd, etcd_servers) = match options.etcd_servers {
+            Some(servers) => (None, servers),
+            None => {
+                let etcd =
+                    EtcdCluster::start(1, &EtcdOptions::default()).await.context("starting etcd for kube-apiserver")?;
+                let servers = etcd.client_urls().join(",");
+                (Some(etcd), servers)
+            }
+        };
         let dir = tempfile::Builder::new().prefix("teb-kube-").tempdir()?;
         let port = crate::free_port();
         write_tokens(dir.path())?;
         write_service_account_keys(dir.path())?;
         let d = |f: &str| dir.path().join(f);
-        let etcd_servers = etcd.client_urls().join(",");
+        if let Some(encryption) = &options.encryption {
+            std::fs::write(d(ENCRYPTION_CONFIG), encryption)?;
+        }
         let command = apiserver_command(dir.path(), &etcd_servers, port)?;
         let mut apiserver = ChildProcess::spawn("kube-apiserver", command, &d("kube-apiserver.log"))?;
         let server = format!("https://127.0.0.1:{port}");
@@ -84,6 +141,11 @@ impl KubeEnv {
         wait_for_controllers(&admin).await.with_context(|| log_tail(&d("kube-controller-manager.log")))?;
         let apiserver = Mutex::new(Some(apiserver));
         Ok(KubeEnv { server, dir, _controller_manager: controller_manager, apiserver, etcd_servers, port, _etcd: etcd })
+    }
+
+    /// Replaces the encryption configuration kube-apiserver reads at its next start.
+    pub fn set_encryption(&self, config: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(self.dir.path().join(ENCRYPTION_CONFIG), config)?)
     }
 
     /// Stops kube-apiserver (as an upgrade or a crash of the control plane would).
@@ -152,8 +214,14 @@ fn apiserver_command(dir: &Path, etcd_servers: &str, port: u16) -> anyhow::Resul
         .arg(format!("--service-account-signing-key-file={}", d("sa.key").display()))
         .arg("--service-cluster-ip-range=10.0.0.0/24")
         .arg("--v=0");
+    if d(ENCRYPTION_CONFIG).exists() {
+        command.arg(format!("--encryption-provider-config={}", d(ENCRYPTION_CONFIG).display()));
+    }
     Ok(command)
 }
+
+/// kube-apiserver's encryption configuration, in its directory, when it has one.
+const ENCRYPTION_CONFIG: &str = "encryption.yaml";
 
 fn kubeconfig_path(dir: &Path, user: &str) -> PathBuf {
     dir.join(format!("{user}.kubeconfig"))

@@ -3,6 +3,8 @@
 //! tuning, progress).
 
 pub(crate) mod bucket;
+pub(crate) mod diff;
+pub(crate) mod get;
 pub(crate) mod kit;
 pub(crate) mod list;
 pub(crate) mod objects;

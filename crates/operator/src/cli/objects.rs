@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use clap::Args;
 use teb_core::Settings;
-use teb_core::objects::{self, Filter};
+use teb_core::objects::{self, Filter, Keep, Listing};
 
 use super::{Output, ProgressLine, ReportBudget, StoredBackupArgs};
 
@@ -12,6 +12,18 @@ use super::{Output, ProgressLine, ReportBudget, StoredBackupArgs};
 pub(crate) struct ObjectsArgs {
     #[command(flatten)]
     pub(crate) stored: StoredBackupArgs,
+    #[command(flatten)]
+    pub(crate) keys: KeyFilter,
+    /// `table` or `json` (one object per line).
+    #[arg(long, default_value = "table")]
+    pub(crate) output: Output,
+    #[command(flatten)]
+    pub(crate) report: ReportBudget,
+}
+
+/// Which keys to read: by resource, namespace, key prefix.
+#[derive(Args)]
+pub(crate) struct KeyFilter {
     /// Only objects of this resource: configmaps, secrets, or <resource>.<group> (widgets.example.com).
     #[arg(long)]
     pub(crate) resource: Option<String>,
@@ -21,21 +33,23 @@ pub(crate) struct ObjectsArgs {
     /// Only keys that start with this (/registry/secrets/).
     #[arg(long)]
     pub(crate) prefix: Option<String>,
-    /// `table` or `json` (one object per line).
-    #[arg(long, default_value = "table")]
-    pub(crate) output: Output,
-    #[command(flatten)]
-    pub(crate) report: ReportBudget,
+}
+
+impl KeyFilter {
+    pub(crate) fn filter(&self) -> Filter {
+        let KeyFilter { resource, namespace, prefix } = self;
+        Filter { resource: resource.clone(), namespace: namespace.clone(), prefix: prefix.clone(), name: None }
+    }
 }
 
 pub(crate) async fn objects(args: ObjectsArgs) -> anyhow::Result<()> {
     let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
     let (storage, identities, key) = args.stored.open(&settings, "list the objects of").await?;
-    let filter = Filter { resource: args.resource, namespace: args.namespace, prefix: args.prefix };
+    let listing = Listing::new(args.keys.filter(), Keep::Nothing, settings.report_budget);
     let progress = ProgressLine::start(args.stored.progress);
     let counter = progress.counter();
     let read = move |bytes| counter.store(bytes, Ordering::Relaxed);
-    let keys = objects::list(&storage, &key, &identities, &settings, filter, &read).await;
+    let keys = objects::list(&storage, &key, &identities, &settings, listing, &read).await;
     progress.stop();
     let keys = keys?;
     // Keys only: a value is the cluster's business, and a Secret's holds its secrets.
