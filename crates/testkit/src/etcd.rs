@@ -218,6 +218,15 @@ impl EtcdCluster {
         Ok((!text.is_empty()).then(|| text.trim_end_matches('\n').to_owned()))
     }
 
+    /// Compacts at the current revision (`etcdctl compact --physical`): history goes, each key's
+    /// newest revision stays. Returns the revision.
+    pub fn compact(&self) -> anyhow::Result<i64> {
+        let status: serde_json::Value = serde_json::from_str(&self.etcdctl(&["endpoint", "status", "-w", "json"])?)?;
+        let revision = status[0]["Status"]["header"]["revision"].as_i64().context("no revision in etcd's status")?;
+        self.etcdctl(&["compact", &revision.to_string(), "--physical"])?;
+        Ok(revision)
+    }
+
     /// Deletes every key under `prefix` with etcdctl; returns how many.
     pub fn delete_prefix(&self, prefix: &str) -> anyhow::Result<u64> {
         Ok(self.etcdctl(&["del", "--prefix", prefix])?.trim().parse()?)
