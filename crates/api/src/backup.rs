@@ -402,6 +402,10 @@ pub struct TalosEtcdBackupStatus {
     /// added when the backup is encrypted); unset when none was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_filename: Option<String>,
+    /// Key of the backup's manifest beside the snapshot (`…/manifest-<timestamp>.json`, `.age` when
+    /// sealed): what the backup is, for a restore years later or another tool (docs/manifest.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_filename: Option<String>,
     /// What the snapshot holds, counted from its own stream while it was stored; unset when it was not
     /// counted (an Event says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]

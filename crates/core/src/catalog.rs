@@ -6,6 +6,7 @@ use teb_pipeline::{CheckedSnapshot, Format, Identity, Storage, UploadRef};
 use crate::backup::{FORMAT, KEY_PREFIX, Record, fingerprints_of};
 use crate::etcd_db::Scan;
 use crate::kit;
+use crate::manifest::{self, Manifest};
 use crate::report::{self, ContentReport, Counter};
 use crate::{Error, Settings};
 
@@ -30,24 +31,31 @@ pub struct ListedBackup {
     pub report: Option<String>,
     /// The Kubernetes objects its report counts, when the report is stored plain.
     pub objects: Option<u64>,
+    /// Its manifest, when stored plain.
+    pub manifest: Option<Manifest>,
 }
 
 /// The backups under the specification's prefix (of `cluster` only, when given), oldest first. One
 /// LIST, then per object a HEAD and a read of its last 32 bytes (the SHA-256 trailer), and a GET of its
-/// content report when that is stored plain.
+/// content report and of its manifest when they are stored plain.
 pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<ListedBackup>, Error> {
     let mut listed = Vec::new();
     let listing = |cause| Error::Bucket { action: "list the backups in", cause };
     let objects = storage.list(&prefix_of(cluster)).await.map_err(listing)?;
-    // Recovery kits and reports are shown with their snapshot, not as entries of their own.
+    // Recovery kits, reports and manifests are shown with their snapshot, not as entries of their own.
+    let companion = |key: &str| is_kit(key) || is_report(key) || manifest::is_manifest(key);
     let companions: std::collections::BTreeSet<&str> =
-        objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| is_kit(key) || is_report(key)).collect();
-    let snapshots = objects.iter().filter(|(key, _, _)| !is_kit(key) && !is_report(key));
+        objects.iter().map(|(key, _, _)| key.as_str()).filter(|key| companion(key)).collect();
+    let snapshots = objects.iter().filter(|(key, _, _)| !companion(key));
     for (key, size, modified) in snapshots.cloned() {
         let beside = |name: fn(&str, bool) -> String| {
             [true, false].map(|sealed| name(&key, sealed)).into_iter().find(|k| companions.contains(k.as_str()))
         };
         let (kit, report) = (beside(kit::kit_key), beside(report::report_key));
+        let manifest = match beside(manifest::manifest_key) {
+            Some(found) if !found.ends_with(".age") => manifest::read(storage, &key, &[]).await.ok().flatten(),
+            _ => None,
+        };
         let objects = match &report {
             Some(found) if !found.ends_with(".age") => {
                 report::read(storage, found, &[]).await.ok().flatten().map(|r| r.objects)
@@ -67,6 +75,7 @@ pub async fn list(storage: &Storage, cluster: Option<&str>) -> Result<Vec<Listed
             kit,
             report,
             objects,
+            manifest,
             key,
             size,
         });
@@ -82,12 +91,16 @@ pub struct Verified {
     pub contents: ContentReport,
     /// The time the pass spent on the content report (the scan and the count).
     pub report_time: std::time::Duration,
+    /// Its manifest, when it has one that could be read (plain, or with the identity), checked
+    /// against the snapshot.
+    pub manifest: Option<Manifest>,
 }
 
 /// Reads the snapshot at `key` back and checks it in one pass: its SHA-256 trailer, its bbolt
 /// structure, and the trees of its `key`, `meta` and `members` buckets, which the same pass counts
 /// ([`ContentReport`]). A compressed or encrypted one (as its metadata, else its key, says) is decoded
-/// on the way, with `identities` when encrypted.
+/// on the way, with `identities` when encrypted. Its manifest, when it has one, must record this
+/// snapshot.
 pub async fn verify(
     storage: &Storage,
     key: &str,
@@ -110,7 +123,14 @@ pub async fn verify(
     let started = std::time::Instant::now();
     let (scanned, counter) = scan.finish().map_err(unreadable)?;
     let contents = ContentReport::of(&scanned, &counter).map_err(unreadable)?;
-    Ok(Verified { snapshot, contents, report_time: report_time + started.elapsed() })
+    let manifest = manifest::read(storage, key, identities).await?;
+    if let Some(reason) =
+        manifest.as_ref().and_then(|m| m.mismatch(&snapshot.sha256, snapshot.size, Some(contents.revision)))
+    {
+        let sealed = key.ends_with(".age");
+        return Err(Error::Manifest { key: manifest::manifest_key(key, sealed), reason });
+    }
+    Ok(Verified { snapshot, contents, report_time: report_time + started.elapsed(), manifest })
 }
 
 /// A stored backup verified whole: the snapshot as [`verify`] checks it, then its recovery kit as
@@ -165,8 +185,8 @@ pub enum Deletion {
 }
 
 /// Deletes a stored snapshot (a missing one counts as deleted): retention and `deletionPolicy: Delete`.
-/// Its recovery kit and content report go with it, sealed or plain: neither is ever left behind. While either is
-/// locked, neither is deleted, so a backup is whole or gone.
+/// Its recovery kit, content report and manifest go with it, sealed or plain: none is ever left
+/// behind. While any is locked, none is deleted, so a backup is whole or gone.
 pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<Deletion, Error> {
     let keys = [
         key.to_owned(),
@@ -174,6 +194,8 @@ pub async fn delete_snapshot(storage: &Storage, key: &str) -> Result<Deletion, E
         kit::kit_key(key, false),
         report::report_key(key, true),
         report::report_key(key, false),
+        manifest::manifest_key(key, true),
+        manifest::manifest_key(key, false),
     ];
     let deleting = |cause| Error::Bucket { action: "delete a backup from", cause };
     let mut locked = None;

@@ -11,6 +11,7 @@ mod error;
 pub mod etcd_db;
 pub mod kit;
 pub mod kube_object;
+pub mod manifest;
 pub mod objects;
 pub mod report;
 pub mod restore;

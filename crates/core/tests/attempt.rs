@@ -220,6 +220,9 @@ async fn an_attempt_killed_at_any_step_is_recovered_into_one_backup_and_no_uploa
         // the killed attempt stored before its result was saved (an adopted snapshot is not counted).
         assert_eq!(outcome.report_key.is_some(), kill != Kill::BeforeKit, "{kill:?}: {:?}", outcome.contents);
         expected.extend(outcome.report_key.clone());
+        // Its manifest, stored last: the new backup's, or stored now for the adopted one.
+        assert!(outcome.manifest_key.is_some(), "{kill:?}");
+        expected.extend(outcome.manifest_key.clone());
         expected.sort();
         assert_eq!(bench.keys(&bucket).await, expected, "{kill:?}: one backup");
         assert_eq!(bench.unfinished(&bucket), 0, "{kill:?}: no unfinished upload");
@@ -258,8 +261,8 @@ async fn a_backup_is_never_complete_without_its_kit() {
     assert!(matches!(error, Error::KitNotStored { .. }) && error.is_transient(), "{error}");
     assert_eq!((bench.keys("throttled").await, bench.unfinished("throttled")), (vec![], 0));
     let outcome = bench.next_attempt(&plan, &durable).await.unwrap();
-    assert_eq!(bench.keys("throttled").await.len(), 3, "snapshot, kit and content report");
-    assert!(outcome.kit.is_some() && outcome.report_key.is_some());
+    assert_eq!(bench.keys("throttled").await.len(), 4, "snapshot, kit, content report and manifest");
+    assert!(outcome.kit.is_some() && outcome.report_key.is_some() && outcome.manifest_key.is_some());
 
     // With Object Lock the snapshot whose kit failed cannot be deleted: the next attempt adopts it
     // only with its kit stored (here: once the kit's write goes through), never without.

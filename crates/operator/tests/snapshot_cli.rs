@@ -77,11 +77,42 @@ async fn snapshot_command_uploads_a_verified_snapshot() {
     assert!(key.starts_with("talos-operator-etcd-backups/demo/etcd-snapshot-"), "{key}");
     let objects = s3.objects("backups").await.unwrap();
     assert_eq!(snapshots(&objects), vec![(key.to_owned(), summary["size"].as_u64().unwrap())]);
-    // Its content report beside it, counted from the backup's own stream.
+    // Its content report beside it, counted from the backup's own stream, and its manifest.
     let report = summary["report"].as_str().unwrap();
-    assert_eq!(objects.len(), 2);
-    assert!(objects.iter().any(|(k, _)| k == report), "{objects:?}");
+    let manifest_key = summary["manifest"].as_str().unwrap();
+    assert_eq!(objects.len(), 3);
+    assert!(objects.iter().any(|(k, _)| k == report) && objects.iter().any(|(k, _)| k == manifest_key));
     assert!(summary["contents"]["keys"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(manifest_key, key.replace("/etcd-snapshot-", "/manifest-").replace(".db", ".json"));
+    let (bytes, _) = s3.get("backups", manifest_key).await.unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let etcd_version = ground.emulator.etcd().members[0].status().await.unwrap().version;
+    let expected = serde_json::json!({
+        "format": "talos-etcd-backup-manifest", "formatVersion": 1,
+        "tool": format!("talos-etcd-backup {}", env!("CARGO_PKG_VERSION")),
+        "controlPlane": "demo", "etcdVersion": etcd_version, "memberId": manifest["memberId"],
+        "node": summary["node"], "revision": summary["contents"]["revision"], "dbSize": summary["contents"]["db_size"],
+        "snapshot": {"key": key, "sha256": summary["sha256"], "size": summary["size"],
+                     "storedSize": summary["stored_size"], "compression": "none"},
+        "report": report, "time": manifest["time"],
+    });
+    assert_eq!(manifest, expected);
+    assert!(manifest["memberId"].as_str().unwrap().len() > 4, "{manifest}");
+    assert!(etcd_version.starts_with("3.5."), "{etcd_version}");
+    // `list` and `verify` show it; a manifest that records another snapshot fails verification.
+    let (ok, listed, stderr) = outcome(cli("list", s3).args(["--output", "json"]));
+    assert!(ok, "{stderr}");
+    assert_eq!(listed[0]["manifest"], manifest);
+    let (ok, verified, stderr) = outcome(cli("verify", s3).args(["--key", key]));
+    assert!(ok, "{stderr}");
+    assert_eq!(verified["manifest"], manifest);
+    let mut forged = manifest.clone();
+    forged["snapshot"]["sha256"] = "0".repeat(64).into();
+    let forged = serde_json::to_vec(&forged).unwrap();
+    s3.client("backups").unwrap().put(&object_store::path::Path::from(manifest_key), forged.into()).await.unwrap();
+    let (ok, verified, _) = outcome(cli("verify", s3).args(["--key", key]));
+    let error = verified["error"].as_str().unwrap_or_default();
+    assert!(!ok && error.contains("does not hold: it records SHA-256 0000"), "{verified}");
     assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 0);
     // No secret in what the command printed.
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -69,6 +69,9 @@ pub struct ChosenNode {
     pub targeted: bool,
     pub role: MemberRole,
     pub db_size: i64,
+    /// Its etcd member ID and etcd's version (EtcdStatus's `protocol_version`), when checked.
+    pub member_id: Option<u64>,
+    pub etcd_version: Option<String>,
     /// Why etcd health was not checked before choosing, when it was not.
     pub unchecked_because: Option<String>,
 }
@@ -223,6 +226,8 @@ impl TalosClient {
             targeted: true,
             role,
             db_size: status.db_size,
+            member_id: Some(status.member_id),
+            etcd_version: Some(status.protocol_version.clone()).filter(|v| !v.is_empty()),
             unchecked_because: None,
         };
         for node in candidates {
@@ -267,7 +272,16 @@ impl TalosClient {
              os:etcd:backup only EtcdSnapshot), so {} was chosen without checking it",
             if targeted { format!("node {node} of the talosconfig") } else { format!("the endpoint node {node}") }
         );
-        ChosenNode { node, targeted, role: MemberRole::Unchecked, db_size: 0, unchecked_because: Some(because) }
+        let unchecked_because = Some(because);
+        ChosenNode {
+            node,
+            targeted,
+            role: MemberRole::Unchecked,
+            db_size: 0,
+            member_id: None,
+            etcd_version: None,
+            unchecked_because,
+        }
     }
 
     /// Starts an etcd snapshot on `node`. The stream yields the snapshot's bytes as Talos sends them

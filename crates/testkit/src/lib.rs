@@ -33,11 +33,15 @@ pub mod etcd_proto {
     tonic::include_proto!("etcdserverpb");
 }
 
-/// The objects a backup's status names, sorted: its snapshot, recovery kit and content report. A
-/// bucket holds exactly these of a backup, nothing more.
+/// The objects a backup's status names, sorted: its snapshot, recovery kit, content report and
+/// manifest. A bucket holds exactly these of a backup, nothing more.
 pub fn backup_objects(status: &teb_api::TalosEtcdBackupStatus) -> Vec<String> {
     let mut keys: Vec<String> =
-        [&status.filename, &status.state_filename, &status.report_filename].into_iter().flatten().cloned().collect();
+        [&status.filename, &status.state_filename, &status.report_filename, &status.manifest_filename]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
     keys.sort();
     keys
 }

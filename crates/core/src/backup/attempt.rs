@@ -9,7 +9,7 @@ use teb_pipeline::{Storage, UploadRef};
 
 use super::{
     BackupPlan, Outcome, Settings, adopt_interrupted, complete_with_kit, find_stored, first_free_key, prepare, stem,
-    store_report,
+    store_accounts,
 };
 use crate::Error;
 use crate::catalog;
@@ -113,7 +113,7 @@ impl Attempt<'_> {
         if let Some(outcome) = interrupted {
             let key = outcome.report.key.clone();
             match adopt_interrupted(self.plan, outcome).await {
-                Ok(outcome) => return Ok(store_report(self.plan, outcome).await),
+                Ok(outcome) => return Ok(store_accounts(self.plan, outcome).await),
                 // Not a backup without its kit: the snapshot is gone (unless locked); this attempt stores
                 // both, under another key (a locked snapshot keeps its own).
                 Err(error) => {
@@ -142,6 +142,6 @@ impl Attempt<'_> {
             journal.record().uploads.retain(|u| *u != upload);
         }
         let outcome = complete_with_kit(self.plan, streamed?).await?;
-        Ok(store_report(self.plan, outcome).await)
+        Ok(store_accounts(self.plan, outcome).await)
     }
 }

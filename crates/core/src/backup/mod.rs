@@ -16,6 +16,7 @@ use crate::Error;
 use crate::catalog::{self, Deletion};
 use crate::etcd_db::Scan;
 use crate::kit::{self, KitPolicy, RecoveryKit};
+use crate::manifest::{self, Manifest, SnapshotFacts};
 use crate::report::{self, ContentReport, Counter};
 
 /// Everything a backup needs, as plain values and a storage handle.
@@ -76,17 +77,59 @@ async fn store_kit(plan: &BackupPlan, outcome: &Outcome) -> Result<Option<String
     kit::store(&plan.storage, &kit, &plan.encoding.recipients, plan.kit_policy).await
 }
 
-/// Stores the content report beside a complete backup (snapshot and kit), sealed as the kit is. The
-/// report is an account of the backup, not part of it: one that cannot be stored is logged, and the
-/// backup stands.
-async fn store_report(plan: &BackupPlan, mut outcome: Outcome) -> Outcome {
+/// Stores the content report, then the manifest (which names the report), beside a complete backup
+/// (snapshot and kit), sealed as the kit is. Both are accounts of the backup, not part of it: one
+/// that cannot be stored is logged, and the backup stands.
+async fn store_accounts(plan: &BackupPlan, mut outcome: Outcome) -> Outcome {
+    let recipients = &plan.encoding.recipients;
     if let (Ok(contents), None) = (&outcome.contents, &outcome.report_key) {
-        match report::store(&plan.storage, &outcome.report.key, contents, &plan.encoding.recipients).await {
+        match report::store(&plan.storage, &outcome.report.key, contents, recipients).await {
             Ok(key) => outcome.report_key = Some(key),
             Err(error) => tracing::warn!(key = %outcome.report.key, %error, "cannot store the content report"),
         }
     }
+    if outcome.manifest_key.is_none() {
+        match manifest::store(&plan.storage, &manifest_of(plan, &outcome), recipients).await {
+            Ok(key) => outcome.manifest_key = Some(key),
+            Err(error) => tracing::warn!(key = %outcome.report.key, %error, "cannot store the manifest"),
+        }
+    }
     outcome
+}
+
+/// The manifest of the backup `outcome` reports: versions from the control plane's configuration
+/// (its `bundleConfig`) and from EtcdStatus, the rest from the backup itself.
+fn manifest_of(plan: &BackupPlan, outcome: &Outcome) -> Manifest {
+    let source = plan.kit.as_ref();
+    let config: serde_json::Value =
+        source.and_then(|k| serde_json::from_str(&k.bundle_config).ok()).unwrap_or_default();
+    let text = |field: &str| config.get(field).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let contents = outcome.contents.as_ref().ok();
+    Manifest {
+        format: manifest::FORMAT.to_owned(),
+        format_version: manifest::FORMAT_VERSION,
+        tool: format!("talos-etcd-backup {}", env!("CARGO_PKG_VERSION")),
+        control_plane: plan.controlplane.clone(),
+        cluster: text("clusterName"),
+        talos_version: text("version"),
+        kubernetes_version: source.and_then(|k| k.observed_kube_version.clone()).or_else(|| text("kubeVersion")),
+        etcd_version: outcome.etcd_version.clone(),
+        member_id: outcome.member_id.map(|id| format!("{id:x}")),
+        node: outcome.node.clone(),
+        revision: contents.map(|c| c.revision),
+        db_size: contents.map(|c| c.db_size),
+        snapshot: SnapshotFacts {
+            key: outcome.report.key.clone(),
+            sha256: outcome.report.sha256.clone(),
+            size: outcome.report.size,
+            stored_size: outcome.report.stored_size,
+            compression: if outcome.format.zstd { "zstd" } else { "none" }.to_owned(),
+            age_recipients: outcome.fingerprints.clone(),
+        },
+        kit: outcome.kit.clone(),
+        report: outcome.report_key.clone(),
+        time: jiff::Timestamp::now().to_string(),
+    }
 }
 
 /// Gives the snapshot `outcome` reports the recovery kit the plan says it is to have: snapshot and
@@ -114,7 +157,14 @@ async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Result<Ou
 /// Takes the snapshot an interrupted attempt stored ([`find_stored`]) as the backup, with the kit
 /// beside it, or stored now: never without the kit it is to have ([`complete_with_kit`]).
 async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
-    // The report, when the interrupted attempt got as far as storing it (readable here when plain).
+    // The manifest and the report, when the interrupted attempt got as far as storing them (the
+    // report read here when plain).
+    for sealed in [true, false] {
+        let key = manifest::manifest_key(&outcome.report.key, sealed);
+        if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
+            outcome.manifest_key = Some(key);
+        }
+    }
     for sealed in [true, false] {
         let key = report::report_key(&outcome.report.key, sealed);
         if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
@@ -177,6 +227,11 @@ pub struct Outcome {
     pub contents: Result<ContentReport, String>,
     /// The key of the content report stored beside it, once stored.
     pub report_key: Option<String>,
+    /// The etcd member that served the snapshot and etcd's version, when EtcdStatus said.
+    pub member_id: Option<u64>,
+    pub etcd_version: Option<String>,
+    /// The key of the manifest stored beside it, once stored.
+    pub manifest_key: Option<String>,
 }
 
 /// Why an adopted snapshot's contents are unknown.
@@ -230,6 +285,9 @@ async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option
         kit: None,
         contents: Err(NOT_COUNTED_ADOPTED.into()),
         report_key: None,
+        member_id: None,
+        etcd_version: None,
+        manifest_key: None,
     }))
 }
 
@@ -418,6 +476,9 @@ impl Prepared {
             kit: None,
             contents,
             report_key: None,
+            member_id: self.chosen.member_id,
+            etcd_version: self.chosen.etcd_version,
+            manifest_key: None,
         })
     }
 }

@@ -55,6 +55,8 @@ pub struct RestorePlan {
     pub others: Vec<Other>,
     /// The backup's members, or why they could not be read.
     pub members: Result<Vec<DbMember>, String>,
+    /// The backup's manifest, when it has one that could be read (plain, or with the identity).
+    pub manifest: Option<crate::manifest::Manifest>,
 }
 
 /// Another control-plane node, as the plan found it.
@@ -235,6 +237,13 @@ pub async fn plan(
     let stored = storage.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
         Error::Restore(format!("no backup at {key:?} in {}: `list` shows what it holds", storage.container()))
     })?;
+    // A manifest that records another snapshot than the one stored: the object was replaced.
+    let manifest = crate::manifest::read(storage, key, checks.identities).await?;
+    if let (Some(manifest), Some(sha256)) = (&manifest, &stored.sha256)
+        && let Some(reason) = manifest.mismatch(sha256, stored.size, None)
+    {
+        return Err(Error::Restore(format!("{key} is not the backup its manifest describes: {reason}")));
+    }
     let members = backup_members(storage, key, stored.format, checks.identities, settings).await;
     let client = TalosClient::connect(talos, settings.connect_timeout).await.map_err(|e| connect_failed(talos, e))?;
     let node = node.map(str::to_owned).or_else(|| talos.nodes.first().cloned());
@@ -258,6 +267,7 @@ pub async fn plan(
         data,
         others: checked,
         members,
+        manifest,
     };
     Ok((client, plan))
 }
@@ -542,6 +552,7 @@ mod tests {
             data: vec![],
             others,
             members,
+            manifest: None,
         }
     }
 

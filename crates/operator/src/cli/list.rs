@@ -29,16 +29,17 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
                     "cluster": b.cluster, "node": b.node, "sha256": b.sha256,
                     "encoding": b.encoding, "recipients": b.recipients, "kit": b.kit,
                     "report": b.report, "objects": b.objects,
+                    "manifest": b.manifest,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(entries));
         return Ok(());
     }
-    let header = ("TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT", "OBJECTS");
+    let header = ("TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT", "OBJECTS", "TALOS", "ETCD");
     println!(
-        "{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} {:>8}  KEY",
-        header.0, header.1, header.2, header.3, header.4, header.5, header.6
+        "{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} {:>8}  {:<9} {:<8} KEY",
+        header.0, header.1, header.2, header.3, header.4, header.5, header.6, header.7, header.8
     );
     for b in &listed {
         let sha = b.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
@@ -51,7 +52,14 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
             (None, Some(_)) => "sealed".to_owned(),
             (None, None) => "-".to_owned(),
         };
-        println!("{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {objects:>8}  {}", b.size, b.key);
+        // From the manifest, when stored plain.
+        let manifest = b.manifest.as_ref();
+        let talos = manifest.and_then(|m| m.talos_version.as_deref()).unwrap_or("-");
+        let etcd = manifest.and_then(|m| m.etcd_version.as_deref()).unwrap_or("-");
+        println!(
+            "{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {objects:>8}  {talos:<9} {etcd:<8} {}",
+            b.size, b.key
+        );
     }
     Ok(())
 }

@@ -115,6 +115,7 @@ fn plan_summary(plan: &teb_core::restore::RestorePlan, bucket: &str) -> (serde_j
         "node": plan.node_label, "bucket": bucket, "key": plan.key, "stored_size": plan.size,
         "size": plan.sha256.is_some().then_some(plan.size),
         "encoding": plan.format.name(), "sha256": plan.sha256, "etcd_before": etcd, "nodes": checked,
+        "manifest": plan.manifest,
         "members": plan.members.as_ref().map_or_else(
             |why| serde_json::json!({ "error": why }),
             |members| members.iter().map(|m| serde_json::json!({

@@ -94,6 +94,7 @@ pub(crate) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
             Err(reason) => serde_json::json!({ "not_counted": reason }),
         },
         "report": outcome.report_key,
+        "manifest": outcome.manifest_key,
         "seconds": seconds,
         "mb_per_s": size as f64 / 1e6 / seconds.max(1e-9),
         "peak_rss_bytes": peak_rss_bytes(),

@@ -44,6 +44,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 "pages_checked": checked.db.pages_checked,
                 "txid": checked.db.txid,
                 "contents": contents_summary(&verified.contents),
+                "manifest": verified.manifest,
                 "report_seconds": verified.report_time.as_secs_f64(),
                 "seconds": seconds,
                 "mb_per_s": checked.size as f64 / 1e6 / seconds.max(1e-9),

@@ -467,6 +467,7 @@ async fn succeed(
     status.filename = Some(report.key.clone());
     status.state_filename = outcome.kit.clone();
     status.report_filename = outcome.report_key.clone();
+    status.manifest_filename = outcome.manifest_key.clone();
     status.contents = outcome.contents.as_ref().ok().map(contents_summary);
     status.size = report.size.map(|size| size as i64);
     status.stored_size = Some(report.stored_size as i64);

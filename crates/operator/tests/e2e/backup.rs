@@ -902,7 +902,7 @@ async fn a_backup_never_ends_ready_without_its_kit() {
     let mut objects: Vec<String> =
         scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
     objects.sort();
-    assert_eq!(objects.len(), 3, "snapshot, kit and report: {objects:?}");
+    assert_eq!(objects.len(), 4, "snapshot, kit, report and manifest: {objects:?}");
     assert_eq!(objects, expected, "the first attempt's snapshot went with its kit");
     assert!(scenario.s3.unfinished_uploads().is_empty());
     assert_eq!(scenario.s3.faults.fired("put object refused"), 1 + 4, "once for the denied kit, four times now");

@@ -58,9 +58,11 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
     assert_eq!(status.verified, Some(true), "{status:?}");
     let (key, kit) = (status.filename.clone().unwrap(), status.state_filename.clone().expect("a recovery kit"));
     let mut until = started;
-    // The content report is locked too, written last: the deletion waits for the latest lock.
+    // The content report and the manifest are locked too, written last: the deletion waits for the
+    // latest lock.
     let report = status.report_filename.clone().expect("a content report");
-    for object in [&key, &kit, &report] {
+    let manifest = teb_core::manifest::manifest_key(&key, true);
+    for object in [&key, &kit, &report, &manifest] {
         let lock = scenario.s3.lock_of("locked-backups", object).unwrap_or_else(|| panic!("{object} is not locked"));
         assert_eq!(lock.mode, "GOVERNANCE");
         let seconds = lock.until.duration_since(started).as_secs();
@@ -87,7 +89,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
     assert!(waiting.message.contains(&key) && waiting.message.contains(&until.to_string()), "{}", waiting.message);
     assert!(waiting.message.contains("set spec.deletionPolicy: Retain"), "{}", waiting.message);
     scenario.expect_event(None, "SnapshotLocked").await;
-    assert_eq!(scenario.s3.objects("locked-backups").await.unwrap().len(), 3, "snapshot, kit and report");
+    assert_eq!(scenario.s3.objects("locked-backups").await.unwrap().len(), 4, "snapshot, kit, report, manifest");
     // Once the lock has expired, the backup goes with its snapshot and kit.
     scenario
         .eventually(60, "the backup and its objects to go", || async {
@@ -99,9 +101,7 @@ async fn a_locked_backup_restores_and_goes_only_when_its_lock_expires() {
     assert_eq!(scenario.s3.faults.fired("locked object kept"), 0, "a delete of a locked version was tried");
     assert_eq!(scenario.s3.faults.fired("locked version hidden"), 0, "a locked version was hidden");
     // As README says: the bucket is versioned, so each delete left a delete marker before the version.
-    // The content report is locked too, written last: the deletion waits for the latest lock.
-    let report = status.report_filename.clone().expect("a content report");
-    for object in [&key, &kit, &report] {
+    for object in [&key, &kit, &report, &manifest] {
         let versions = scenario.s3.versions("locked-backups", object);
         let markers: Vec<bool> = versions.iter().map(|v| v.data.is_none()).collect();
         assert_eq!(markers, [false, true], "{object}: the version kept behind its delete marker");
