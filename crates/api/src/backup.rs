@@ -62,6 +62,14 @@ pub struct TalosEtcdBackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "recovery_kit_schema")]
     pub recovery_kit: Option<RecoveryKitPolicy>,
+    /// Import the snapshot already stored at this key instead of taking one: the backup is checked
+    /// (a plain one read back whole: trailer, bbolt, its contents counted) and becomes Ready with the
+    /// object's true key, size, SHA-256 and time, its kit, report and manifest when they are beside
+    /// it; nothing is written to the bucket. A schedule with `importExisting` creates such backups for
+    /// the snapshots under its prefix that no TalosEtcdBackup represents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub import_key: Option<String>,
 }
 
 /// See [`TalosEtcdBackupSpec::compression`].

@@ -20,8 +20,8 @@ pub use restore::{
     TalosEtcdRestoreStatus,
 };
 pub use schedule::{
-    BackupTemplate, ConcurrencyPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,
-    TalosEtcdBackupSchedule, TalosEtcdBackupScheduleSpec, TalosEtcdBackupScheduleStatus,
+    BackupTemplate, ConcurrencyPolicy, IMPORTED_LABEL, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION,
+    SCHEDULED_AT_ANNOTATION, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleSpec, TalosEtcdBackupScheduleStatus,
 };
 
 /// The CRDs of this project as one multi-document YAML stream, as `talos-etcd-backup crds` prints it.

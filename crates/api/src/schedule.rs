@@ -15,6 +15,9 @@ pub const SCHEDULED_AT_ANNOTATION: &str = "talos.alperen.cloud/scheduled-at";
 /// with `deletionPolicy: Delete`, their snapshots); a schedule re-created under the same name does not
 /// adopt the old one's backups.
 pub const SCHEDULE_UID_ANNOTATION: &str = "talos.alperen.cloud/schedule-uid";
+/// Label on every TalosEtcdBackup that imports a snapshot already in the bucket (`importKey`) for a
+/// schedule with `importExisting`.
+pub const IMPORTED_LABEL: &str = "talos.alperen.cloud/imported";
 
 /// Creates TalosEtcdBackups on a cron schedule and prunes old ones. Compatible with the upstream
 /// talos-operator's TalosEtcdBackupSchedule: its YAML applies unchanged.
@@ -84,6 +87,13 @@ pub struct TalosEtcdBackupScheduleSpec {
     /// `lastSuccessfulBackup` then count only backups that read back sound.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify: bool,
+    /// Bring back the catalog: the snapshots under this schedule's prefix in the bucket
+    /// (`talos-operator-etcd-backups/<controlplane>/`) that no TalosEtcdBackup in the namespace
+    /// represents get one each, importing them (`importKey`), labelled `talos.alperen.cloud/imported`,
+    /// so that `kubectl get`, restores and retention see the whole history again after the
+    /// management cluster was rebuilt. One LIST of the prefix per reconcile. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub import_existing: bool,
     /// A run missed (operator down, schedule paused) is taken late only if at most this many seconds
     /// late; unset: always taken. Only the most recent missed run is ever taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]

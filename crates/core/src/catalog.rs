@@ -147,6 +147,17 @@ pub async fn verify_backup(
     Ok((verified, verify_kit(storage, key, identities).await?))
 }
 
+/// The snapshots under the specification's prefix of `cluster` (kits, reports and manifests left out),
+/// with their objects' last-modified times: one LIST.
+pub async fn snapshot_keys(storage: &Storage, cluster: &str) -> Result<Vec<(String, jiff::Timestamp)>, Error> {
+    let listed = storage.list(&prefix_of(Some(cluster))).await;
+    let listed = listed.map_err(|cause| Error::Bucket { action: "list the backups in", cause })?;
+    let snapshots = listed
+        .into_iter()
+        .filter(|(key, _, _)| key.rsplit('/').next().is_some_and(|n| n.starts_with("etcd-snapshot-")));
+    Ok(snapshots.map(|(key, _, modified)| (key, jiff::Timestamp::from_second(modified).unwrap_or_default())).collect())
+}
+
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).
 pub async fn latest_key(storage: &Storage, cluster: Option<&str>) -> Result<Option<String>, Error> {
     let listed = storage.list(&prefix_of(cluster)).await;

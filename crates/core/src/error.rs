@@ -36,6 +36,9 @@ pub enum Error {
     /// A stored snapshot whose database could not be read offline (its content report).
     #[error("Failed to read what is inside {key}: {reason}")]
     Report { key: String, reason: String },
+    /// A stored snapshot that cannot be imported as a backup.
+    #[error("Cannot import {key}: {reason}")]
+    Import { key: String, reason: String },
     /// A manifest that cannot be read, or that records another snapshot than the one stored.
     #[error("The manifest {key} does not hold: {reason}")]
     Manifest { key: String, reason: String },
@@ -68,6 +71,7 @@ impl Error {
             Error::Key(_)
             | Error::Report { .. }
             | Error::Manifest { .. }
+            | Error::Import { .. }
             | Error::Kit { .. }
             | Error::Interrupted { .. }
             | Error::Restore(_)
@@ -82,7 +86,7 @@ impl Error {
             Error::Snapshot { .. } => "snapshot",
             Error::Upload(_) | Error::Key(_) | Error::Interrupted { .. } | Error::Bucket { .. } => "s3",
             Error::Journal(_) => "journal",
-            Error::Verify { .. } | Error::Report { .. } | Error::Manifest { .. } => "verify",
+            Error::Verify { .. } | Error::Report { .. } | Error::Manifest { .. } | Error::Import { .. } => "verify",
             Error::Kit { .. } | Error::KitNotStored { .. } => "kit",
             Error::Restore(_) | Error::RestoreRefused(_) => "restore",
         }

@@ -139,6 +139,7 @@ fn spec() -> impl Strategy<Value = TalosEtcdBackupSpec> {
             compression_level: None,
             encryption: None,
             recovery_kit: None,
+            import_key: None,
             talosconfig_secret_ref: talosconfig,
             deletion_policy: Default::default(),
             verify: false,

@@ -232,6 +232,8 @@ pub struct Outcome {
     pub etcd_version: Option<String>,
     /// The key of the manifest stored beside it, once stored.
     pub manifest_key: Option<String>,
+    /// When the snapshot was taken, for one imported from the bucket (its key's time).
+    pub taken_at: Option<jiff::Timestamp>,
 }
 
 /// Why an adopted snapshot's contents are unknown.
@@ -267,16 +269,18 @@ async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option
     };
     let ours = stored.metadata.get("format").map(String::as_str) == Some(FORMAT)
         && stored.metadata.get("backup").map(String::as_str) == Some(owner);
-    if !ours {
-        return Ok(None);
-    }
+    Ok(ours.then(|| stored_outcome(key, stored)))
+}
+
+/// The outcome of a backup whose snapshot is already stored at `key`, as its object says.
+fn stored_outcome(key: &str, stored: teb_pipeline::StoredSnapshot) -> Outcome {
     // The snapshot's own size and SHA-256 are known from its trailer only when it is stored plain.
     let size = stored.sha256.is_some().then_some(stored.size);
     let report =
         Report { key: key.to_owned(), size, stored_size: stored.size, sha256: stored.sha256, duration: Duration::ZERO };
     let fingerprints = fingerprints_of(&stored.metadata);
     let node = stored.metadata.get("node").cloned().unwrap_or_default();
-    Ok(Some(Outcome {
+    Outcome {
         report,
         format: stored.format,
         fingerprints,
@@ -288,7 +292,55 @@ async fn find_stored(storage: &Storage, key: &str, owner: &str) -> Result<Option
         member_id: None,
         etcd_version: None,
         manifest_key: None,
-    }))
+        taken_at: None,
+    }
+}
+
+/// The time in a snapshot key this tool or the upstream operator wrote:
+/// `…/etcd-snapshot-2025-10-04T11-30-00Z.db…` is 2025-10-04T11:30:00Z.
+pub fn time_of_key(key: &str) -> Option<jiff::Timestamp> {
+    let name = key.rsplit('/').next()?.strip_prefix("etcd-snapshot-")?;
+    let (date, time) = (name.get(..11)?, name.get(11..20)?);
+    format!("{date}{}", time.replace('-', ":")).parse().ok()
+}
+
+/// The snapshot stored at `key`, imported as a backup without writing anything: a plain one read
+/// back and checked whole (trailer, bbolt, its trees; its contents counted, its manifest checked);
+/// a compressed or encrypted one taken as its object's metadata says (the operator holds no
+/// identity: `verify` with one checks it). Its kit, report and manifest are those stored beside it.
+pub async fn import_stored(storage: &Storage, key: &str, settings: &crate::Settings) -> Result<Outcome, Error> {
+    let stored = storage.stored(key).await.map_err(Error::Upload)?;
+    let missing = || Error::Import { key: key.to_owned(), reason: "there is no object at this key".into() };
+    let mut outcome = stored_outcome(key, stored.ok_or_else(missing)?);
+    outcome.taken_at = time_of_key(key);
+    if outcome.format == Format::default() {
+        let verified = catalog::verify(storage, key, &[], settings, &|_| {}).await?;
+        outcome.report.size = Some(verified.snapshot.size);
+        outcome.report.sha256 = Some(verified.snapshot.sha256);
+        if let Some(manifest) = &verified.manifest {
+            outcome.node.clone_from(&manifest.node);
+            outcome.etcd_version.clone_from(&manifest.etcd_version);
+            outcome.member_id = manifest.member_id.as_deref().and_then(|id| u64::from_str_radix(id, 16).ok());
+        }
+        outcome.contents = Ok(verified.contents);
+    } else {
+        outcome.contents = Err("imported compressed or encrypted, as its metadata describes it: not read back \
+            (`talos-etcd-backup verify` with its identity checks and counts it)"
+            .into());
+    }
+    let beside = async |name: fn(&str, bool) -> String| -> Result<Option<String>, Error> {
+        for sealed in [true, false] {
+            let companion = name(key, sealed);
+            if storage.size(&companion).await.map_err(Error::Upload)?.is_some() {
+                return Ok(Some(companion));
+            }
+        }
+        Ok(None)
+    };
+    outcome.kit = beside(kit::kit_key).await?;
+    outcome.report_key = beside(report::report_key).await?;
+    outcome.manifest_key = beside(manifest::manifest_key).await?;
+    Ok(outcome)
 }
 
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`, which the
@@ -479,6 +531,7 @@ impl Prepared {
             member_id: self.chosen.member_id,
             etcd_version: self.chosen.etcd_version,
             manifest_key: None,
+            taken_at: None,
         })
     }
 }
@@ -486,6 +539,19 @@ impl Prepared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_key_tells_its_time() {
+        let key = "talos-operator-etcd-backups/cp/etcd-snapshot-2025-10-04T11-30-00Z.db.zst.age";
+        assert_eq!(time_of_key(key), Some("2025-10-04T11:30:00Z".parse().unwrap()));
+        assert_eq!(
+            time_of_key("talos-operator-etcd-backups/cp/etcd-snapshot-2025-10-04T11-30-00Z-2.db")
+                .map(|t| t.to_string()),
+            Some("2025-10-04T11:30:00Z".into())
+        );
+        assert_eq!(time_of_key("talos-operator-etcd-backups/cp/other.db"), None);
+        assert_eq!(time_of_key("etcd-snapshot-2025-13-04T11-30-00Z.db"), None);
+    }
 
     #[test]
     fn a_claimed_key_is_never_handed_out_twice() {

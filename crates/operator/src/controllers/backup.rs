@@ -77,7 +77,38 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackup>, ctx: Arc<Context>) -
         Step::WaitUntil(at) => {
             Ok(Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()))
         }
+        Step::Attempt { .. } if let Some(key) = &backup.spec.import_key => {
+            import(&api, &backup, &ctx, resolver, key).await
+        }
         Step::Attempt { fresh } => attempt(&api, &backup, &ctx, resolver, fresh).await,
+    }
+}
+
+/// A backup of a snapshot already in the bucket (`spec.importKey`, [`core_backup::import_stored`]):
+/// Ready with what the object holds and the time it was taken, or Failed naming what is wrong with
+/// it. Nothing is uploaded; deleting it takes the snapshot as `deletionPolicy` says.
+async fn import(
+    api: &Api<TalosEtcdBackup>,
+    backup: &TalosEtcdBackup,
+    ctx: &Context,
+    resolver: &mut Resolver,
+    key: &str,
+) -> Result<Action, Error> {
+    finalizer::set(api, backup, true).await?;
+    let mut status = backup.status.clone().unwrap_or_default();
+    status.observed_generation = backup.metadata.generation;
+    status.next_attempt_time = None;
+    status.start_time.get_or_insert_with(now);
+    status.attempts += 1;
+    let result = crate::isolate(async {
+        resolve::validate_spec(&backup.spec)?;
+        let storage = resolver.storage(&backup.spec.backup_storage, "spec.").await?;
+        Ok(core_backup::import_stored(&storage, key, &ctx.config.settings).await?)
+    })
+    .await;
+    match result {
+        Ok(outcome) => succeed(api, backup, ctx, status, outcome).await,
+        Err(error) => retry_or_fail(api, backup, ctx, status, error).await,
     }
 }
 
@@ -475,26 +506,36 @@ async fn succeed(
     status.encoding = Some(outcome.format.name().to_owned());
     status.recipient_fingerprints = outcome.fingerprints.clone();
     status.node = Some(outcome.node.clone());
-    status.completion_time = Some(now());
+    // An imported snapshot keeps the time it was taken.
+    status.completion_time = Some(outcome.taken_at.map_or_else(now, Time));
     status.attempt_key = None;
     let size = match report.size {
         Some(size) if outcome.format != Format::default() => {
             format!("{size} bytes ({} stored, {})", report.stored_size, outcome.format.name())
         }
         Some(size) => format!("{size} bytes"),
+        None if backup.spec.import_key.is_some() => format!("{} bytes ({})", report.stored_size, outcome.format.name()),
         None => format!("{} bytes ({}; stored by an earlier attempt)", report.stored_size, outcome.format.name()),
     };
     let holding = match &outcome.contents {
         Ok(c) => format!(", holding {} Kubernetes objects in {} keys at revision {}", c.objects, c.keys, c.revision),
         Err(_) => String::new(),
     };
-    let message = format!(
-        "Snapshot of {size} from node {} stored in {} at {} ({:.1} s){holding}",
-        outcome.node,
-        backup.spec.backup_storage.describe(),
-        report.key,
-        report.duration.as_secs_f64()
-    );
+    let message = match &outcome.taken_at {
+        Some(taken) => format!(
+            "Imported the snapshot of {size} taken at {taken} from node {} in {} at {}{holding}",
+            outcome.node,
+            backup.spec.backup_storage.describe(),
+            report.key,
+        ),
+        None => format!(
+            "Snapshot of {size} from node {} stored in {} at {} ({:.1} s){holding}",
+            outcome.node,
+            backup.spec.backup_storage.describe(),
+            report.key,
+            report.duration.as_secs_f64()
+        ),
+    };
     set_phase(&mut status, Phase::Succeeded, message.clone());
     let dropped = match &status.contents {
         Some(contents) => objects_dropped(api, backup, ctx, contents).await,

@@ -20,8 +20,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use teb_api::conditions::{self, Conditions, FAILED, OBJECTS_DROPPED, READY, Reason, STALE, Status};
 use teb_api::{
-    ConcurrencyPolicy, DeletionPolicy, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION, SCHEDULED_AT_ANNOTATION,
-    TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
+    ConcurrencyPolicy, DeletionPolicy, IMPORTED_LABEL, SCHEDULE_LABEL, SCHEDULE_UID_ANNOTATION,
+    SCHEDULED_AT_ANNOTATION, TalosEtcdBackup, TalosEtcdBackupSchedule, TalosEtcdBackupScheduleStatus,
 };
 use teb_schedule::{Candidate, Due, Policy, Schedule, State};
 
@@ -108,6 +108,11 @@ pub(super) async fn reconcile(cached: Arc<TalosEtcdBackupSchedule>, ctx: Arc<Con
     let mut active: Vec<String> =
         owned.iter().filter(|b| state_of(b) == State::Running).map(|b| b.name_any()).collect();
     record_success(&mut status, &owned, schedule.spec.verify);
+    if schedule.spec.import_existing
+        && let Err(error) = import_existing(&backups, &schedule, &ctx).await
+    {
+        tracing::warn!(schedule = %name, %error, "cannot import the snapshots already in the bucket now");
+    }
     let ready = if let Some(due) = due {
         take_due_run(&backups, &schedule, &ctx, due, &owned, &mut active, &mut status).await?;
         let last = status.last_schedule_time.as_ref().map_or(created, |t| t.0);
@@ -307,25 +312,7 @@ async fn run(
         ctx.event(schedule, EventType::Normal, "RunSkipped", message).await;
         return Ok(());
     }
-    let mut spec = schedule.spec.backup_template.spec.clone();
-    spec.deletion_policy.get_or_insert(DeletionPolicy::Delete);
-    spec.verify |= schedule.spec.verify;
-    let backup = TalosEtcdBackup {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: schedule.namespace(),
-            labels: Some(BTreeMap::from([(SCHEDULE_LABEL.to_owned(), schedule.name_any())])),
-            // No owner reference: a cascade must never reach backups (see SCHEDULE_UID_ANNOTATION).
-            annotations: Some(BTreeMap::from([
-                (SCHEDULED_AT_ANNOTATION.to_owned(), at.to_string()),
-                (SCHEDULE_UID_ANNOTATION.to_owned(), schedule.uid().unwrap_or_default()),
-            ])),
-            ..ObjectMeta::default()
-        },
-        spec,
-        status: None,
-    };
-    match backups.create(&PostParams::default(), &backup).await {
+    match backups.create(&PostParams::default(), &scheduled_backup(schedule, at, None)).await {
         Ok(_) => {}
         // Created by an earlier reconcile whose status write was lost.
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
@@ -336,6 +323,82 @@ async fn run(
     ctx.event(schedule, EventType::Normal, "BackupCreated", format!("Created TalosEtcdBackup {name} for {at}")).await;
     active.push(name);
     Ok(())
+}
+
+/// `importExisting`: a TalosEtcdBackup importing each snapshot under the schedule's prefix that no
+/// backup in the namespace represents (as its `status.filename`, `attemptKey` or `spec.importKey`), labelled
+/// imported and owned as the schedule's own. Its name comes from the snapshot's time (as a run's
+/// does), so a snapshot is never imported twice, and retention orders it by that time.
+async fn import_existing(
+    backups: &Api<TalosEtcdBackup>,
+    schedule: &TalosEtcdBackupSchedule,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let template = &schedule.spec.backup_template.spec;
+    let namespace = schedule.namespace().unwrap_or_default();
+    let snapshots = crate::isolate(async {
+        let mut resolver = Resolver::new(&ctx.client, &namespace, ctx.config.settings.request_timeout);
+        let storage = resolver.storage(&template.backup_storage, "spec.backupTemplate.spec.").await?;
+        Ok(catalog::snapshot_keys(&storage, &template.talos_control_plane_ref.name).await?)
+    })
+    .await?;
+    let all = backups.list(&ListParams::default()).await?.items;
+    // A running attempt records its key before its upload starts: its snapshot is no orphan.
+    let represented: std::collections::BTreeSet<&str> = all
+        .iter()
+        .flat_map(|b| {
+            let status = b.status.as_ref();
+            let recorded = [status.and_then(|s| s.filename.as_deref()), status.and_then(|s| s.attempt_key.as_deref())];
+            recorded.into_iter().chain([b.spec.import_key.as_deref()])
+        })
+        .flatten()
+        .collect();
+    let mut imported = Vec::new();
+    for (key, modified) in snapshots.iter().filter(|(key, _)| !represented.contains(key.as_str())) {
+        let at = teb_core::backup::time_of_key(key).unwrap_or(*modified);
+        let name = backup_name(&schedule.name_any(), at);
+        match backups.create(&PostParams::default(), &scheduled_backup(schedule, at, Some(key))).await {
+            Ok(_) => imported.push(format!("{name} ({key})")),
+            // A backup of that name exists already: a run of the same second, or an import a lost
+            // write did not record.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !imported.is_empty() {
+        tracing::info!(schedule = %schedule.name_any(), count = imported.len(), "snapshots in the bucket imported");
+        let message = format!("Imported {} snapshots found in the bucket: {}", imported.len(), imported.join(", "));
+        ctx.event(schedule, EventType::Normal, "BackupsImported", message).await;
+    }
+    Ok(())
+}
+
+/// The TalosEtcdBackup of `schedule` for the time `at` ([`backup_name`]): its template, `Delete` by
+/// default; importing the snapshot at `import_key` when given, and labelled imported then.
+fn scheduled_backup(schedule: &TalosEtcdBackupSchedule, at: Timestamp, import_key: Option<&str>) -> TalosEtcdBackup {
+    let mut spec = schedule.spec.backup_template.spec.clone();
+    spec.deletion_policy.get_or_insert(DeletionPolicy::Delete);
+    spec.verify |= schedule.spec.verify;
+    spec.import_key = import_key.map(str::to_owned);
+    let mut labels = BTreeMap::from([(SCHEDULE_LABEL.to_owned(), schedule.name_any())]);
+    if import_key.is_some() {
+        labels.insert(IMPORTED_LABEL.to_owned(), "true".to_owned());
+    }
+    TalosEtcdBackup {
+        metadata: ObjectMeta {
+            name: Some(backup_name(&schedule.name_any(), at)),
+            namespace: schedule.namespace(),
+            labels: Some(labels),
+            // No owner reference: a cascade must never reach backups (see SCHEDULE_UID_ANNOTATION).
+            annotations: Some(BTreeMap::from([
+                (SCHEDULED_AT_ANNOTATION.to_owned(), at.to_string()),
+                (SCHEDULE_UID_ANNOTATION.to_owned(), schedule.uid().unwrap_or_default()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    }
 }
 
 /// `<schedule>-<yyyymmddhhmmss>`, the scheduled time in UTC.

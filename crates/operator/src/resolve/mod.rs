@@ -198,6 +198,9 @@ pub fn validate_spec_at(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Erro
     field("talosControlPlaneRef.name", teb_api::validate::object_name(&spec.talos_control_plane_ref.name))?;
     validate_storage(&spec.backup_storage, at)?;
     validate_encoding(spec, at)?;
+    if let Some(key) = &spec.import_key {
+        field("importKey", import_key(key))?;
+    }
     let age = spec.encryption.as_ref().map(|e| &e.age);
     let references = [
         ("talosconfigSecretRef", spec.talosconfig_secret_ref.as_ref()),
@@ -205,6 +208,20 @@ pub fn validate_spec_at(spec: &TalosEtcdBackupSpec, at: &str) -> Result<(), Erro
         ("encryption.age.identitySecretRef", age.and_then(|a| a.identity_secret_ref.as_ref())),
     ];
     references_valid(&references, at)
+}
+
+/// An object key to import: S3's limit (1,024 bytes), no control characters, no empty segment.
+fn import_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err(format!("{} bytes: an object key has 1 to 1024", key.len()));
+    }
+    if key.chars().any(char::is_control) || key.starts_with('/') || key.split('/').any(str::is_empty) {
+        return Err(format!(
+            "{} is not an object key (no leading slash, empty segment or control character)",
+            teb_api::validate::quote(key)
+        ));
+    }
+    Ok(())
 }
 
 /// The fields of a spec's `backupStorage` found at `at`: exactly one backend, and its fields.

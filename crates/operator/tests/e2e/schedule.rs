@@ -554,3 +554,151 @@ async fn deleting_a_namespace_keeps_every_snapshot_and_never_hangs() {
         assert!(scenario.s3.unfinished_uploads().is_empty(), "{:?}", scenario.s3.unfinished_uploads());
     }
 }
+
+/// The catalog comes back from the bucket. A schedule's backups exist only in the bucket once the
+/// management cluster lost its objects (here: schedule and backups deleted, the snapshots kept).
+/// Re-created with `importExisting`, the schedule imports each snapshot as a TalosEtcdBackup with its
+/// true key, size, SHA-256 and time, once; a damaged snapshot becomes one Failed backup naming the
+/// problem; a TalosEtcdRestore of an imported backup works; retention then keeps N across imported
+/// and new backups, deleting the pruned imported snapshots too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_management_cluster_gets_its_catalog_back_from_the_bucket() {
+    use kube::api::DeleteParams;
+    use object_store::ObjectStoreExt as _;
+    use sha2::Digest as _;
+    use std::collections::BTreeMap;
+    let scenario = Scenario::one_control_plane("e2e-import").await;
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/kept", b"kept").await.unwrap();
+    let yaml = |fields: &str| {
+        let yaml = scenario.schedule_yaml("nightly", "@every 2s", fields);
+        yaml.replace("  retention: 7\n", "").replace("  paused: false\n", "")
+    };
+    scenario.apply(&yaml("  retention: 10\n")).await;
+    scenario
+        .eventually(90, "five backups", || async {
+            (scenario.backups_of("nightly").await.iter().filter(|b| is_ready(b)).count() >= 5).then_some(())
+        })
+        .await;
+    let patch = serde_json::json!({"spec": {"paused": true}});
+    scenario.schedules().patch("nightly", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let originals: BTreeMap<String, TalosEtcdBackupStatus> = scenario
+        .eventually(60, "the running backups to finish", || async {
+            let backups = scenario.backups_of("nightly").await;
+            backups.iter().all(|b| is_ready(b) || is_failed(b)).then(|| {
+                backups
+                    .iter()
+                    .filter(|b| is_ready(b))
+                    .map(|b| {
+                        let status = b.status.clone().unwrap();
+                        (status.filename.clone().unwrap(), status)
+                    })
+                    .collect()
+            })
+        })
+        .await;
+    // The management cluster's objects are lost; the bucket keeps the snapshots.
+    scenario.schedules().delete("nightly", &DeleteParams::default()).await.unwrap();
+    for backup in scenario.backups_of("nightly").await {
+        let retain = serde_json::json!({"spec": {"deletionPolicy": "Retain"}});
+        scenario.backups().patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&retain)).await.unwrap();
+        scenario.backups().delete(&backup.name_any(), &DeleteParams::default()).await.unwrap();
+    }
+    scenario
+        .eventually(30, "the backups to go", || async { scenario.backups_of("nightly").await.is_empty().then_some(()) })
+        .await;
+    let stored = |objects: Vec<(String, u64)>| -> Vec<String> {
+        teb_testkit::snapshots(&objects).into_iter().map(|(key, _)| key).collect()
+    };
+    let kept = stored(scenario.s3.objects("my-etcd-backups").await.unwrap());
+    assert!(kept.len() >= 5 && originals.keys().all(|k| kept.contains(k)), "{kept:?} {originals:?}");
+    // A snapshot damaged in the bucket: a meta page broken under a recomputed trailer.
+    let (bytes, _) = scenario.s3.get("my-etcd-backups", originals.keys().next().unwrap()).await.unwrap();
+    let mut db = bytes[..bytes.len() - 32].to_vec();
+    db[16] ^= 0xFF;
+    db.extend_from_slice(&sha2::Sha256::digest(&db));
+    let damaged = "talos-operator-etcd-backups/my-controlplane/etcd-snapshot-2020-01-01T00-00-00Z.db";
+    let store = scenario.s3.client("my-etcd-backups").unwrap();
+    store.put(&object_store::path::Path::from(damaged), db.into()).await.unwrap();
+
+    // Re-created, paused, importing: every snapshot comes back once, as it was.
+    let fields = "  paused: true\n  retention: 10\n  importExisting: true\n";
+    scenario.apply(&yaml(fields)).await;
+    let imported = scenario
+        .eventually(60, "every snapshot imported", || async {
+            let backups = scenario.backups_of("nightly").await;
+            let done = backups.len() == kept.len() + 1 && backups.iter().all(|b| is_ready(b) || is_failed(b));
+            done.then_some(backups)
+        })
+        .await;
+    for backup in &imported {
+        assert_eq!(backup.labels().get("talos.alperen.cloud/imported").map(String::as_str), Some("true"));
+        let status = backup.status.clone().unwrap();
+        let key = backup.spec.import_key.clone().unwrap();
+        if key == damaged {
+            let failed = condition(&status, FAILED).unwrap();
+            assert!(failed.message.contains("not a sound etcd (bbolt) database"), "{}", failed.message);
+            assert!(failed.message.contains(damaged), "{}", failed.message);
+            continue;
+        }
+        assert!(is_ready(backup), "{status:?}");
+        assert_eq!(status.filename.as_ref(), Some(&key));
+        let taken = teb_core::backup::time_of_key(&key).unwrap();
+        assert_eq!(status.completion_time.as_ref().unwrap().0, taken, "{key}");
+        assert_eq!(scheduled_at(backup), taken);
+        if let Some(original) = originals.get(&key) {
+            assert_eq!(
+                (&status.size, &status.sha256, &status.node),
+                (&original.size, &original.sha256, &original.node)
+            );
+            assert_eq!(
+                (&status.state_filename, &status.report_filename, &status.manifest_filename),
+                (&original.state_filename, &original.report_filename, &original.manifest_filename)
+            );
+            assert_eq!(status.contents, original.contents, "counted again, the same");
+        }
+    }
+    // Never twice: another reconcile imports nothing more.
+    scenario
+        .schedules()
+        .patch(
+            "nightly",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"metadata": {"annotations": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(scenario.backups_of("nightly").await.len(), imported.len());
+
+    // An imported backup restores.
+    let newest = imported.iter().filter(|b| is_ready(b)).max_by_key(|b| scheduled_at(b)).unwrap().name_any();
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/after", b"lost").await.unwrap();
+    scenario.emulator.wipe_etcd();
+    let restore = format!(
+        "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: back\nspec:\n  \
+         talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: {newest}\n"
+    );
+    scenario.apply(&restore).await;
+    let restored = scenario.restore_finished("back").await;
+    assert!(restored.conditions.iter().any(|c| c.type_ == READY && c.reason == "RestoreSucceeded"), "{restored:?}");
+    assert_eq!(scenario.emulator.restored_get("/registry/secrets/ns/kept").await.as_deref(), Some("kept"));
+
+    // Running again: retention keeps 3 successful backups across imported and new ones, and the pruned
+    // imported snapshots go with their backups.
+    let run = serde_json::json!({"spec": {"paused": false, "retention": 3}});
+    scenario.schedules().patch("nightly", &PatchParams::default(), &Patch::Merge(&run)).await.unwrap();
+    scenario
+        .eventually(90, "retention to keep 3 across imported and new backups", || async {
+            let backups = scenario.backups_of("nightly").await;
+            let ready: Vec<&TalosEtcdBackup> = backups.iter().filter(|b| is_ready(b)).collect();
+            let fresh = ready.iter().filter(|b| b.spec.import_key.is_none()).count();
+            let mut keys: Vec<String> = ready.iter().filter_map(|b| b.status.as_ref()?.filename.clone()).collect();
+            keys.push(damaged.to_owned());
+            keys.sort();
+            let mut in_bucket = stored(scenario.s3.objects("my-etcd-backups").await.unwrap());
+            in_bucket.sort();
+            (ready.len() == 3 && fresh >= 1 && in_bucket == keys).then_some(())
+        })
+        .await;
+    assert!(scenario.event_reasons().await.contains(&"BackupsImported".to_owned()));
+}
