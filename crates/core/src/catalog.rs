@@ -147,10 +147,11 @@ pub async fn verify_backup(
     Ok((verified, verify_kit(storage, key, identities).await?))
 }
 
-/// The snapshots under the specification's prefix of `cluster` (kits, reports and manifests left out),
+/// The snapshots under the specification's prefix (of `cluster` only, when given; kits, reports and
+/// manifests left out),
 /// with their objects' last-modified times: one LIST.
-pub async fn snapshot_keys(storage: &Storage, cluster: &str) -> Result<Vec<(String, jiff::Timestamp)>, Error> {
-    let listed = storage.list(&prefix_of(Some(cluster))).await;
+pub async fn snapshot_keys(storage: &Storage, cluster: Option<&str>) -> Result<Vec<(String, jiff::Timestamp)>, Error> {
+    let listed = storage.list(&prefix_of(cluster)).await;
     let listed = listed.map_err(|cause| Error::Bucket { action: "list the backups in", cause })?;
     let snapshots = listed
         .into_iter()

@@ -193,11 +193,61 @@ pub async fn store(
         }
         (KitPolicy::Plaintext, true) => (kit_key(&kit.backup_key, false), kit.to_yaml().into_bytes()),
     };
-    let metadata = [("cluster", kit.cluster.clone()), ("format", "talos-etcd-backup-recovery-kit".to_owned())];
-    match storage.put(&key, bytes, &metadata).await {
-        Ok(()) => Ok(Some(key)),
-        Err(cause) => Err(Error::KitNotStored { key, cause }),
+    put(storage, &key, bytes, &kit.cluster).await?;
+    Ok(Some(key))
+}
+
+/// Writes a kit's bytes at `key`, with the metadata kits carry.
+async fn put(storage: &Storage, key: &str, bytes: Vec<u8>, cluster: &str) -> Result<(), Error> {
+    let metadata = [("cluster", cluster.to_owned()), ("format", "talos-etcd-backup-recovery-kit".to_owned())];
+    storage.put(key, bytes, &metadata).await.map_err(|cause| Error::KitNotStored { key: key.to_owned(), cause })
+}
+
+/// Seals the plaintext kit beside the snapshot at `snapshot_key` — the upstream operator's
+/// `state-<timestamp>.yaml`, or a `Plaintext` kit — to `recipients`, as `….yaml.age`, with the
+/// snapshot's facts added (its key, `sha256` when known, the time in its key). The plaintext is
+/// deleted only once the sealed copy read back is what was written (and, with `identities`, opens to
+/// the same kit). Its sealed key, or None when there is no plaintext kit.
+pub async fn seal_plaintext(
+    storage: &Storage,
+    snapshot_key: &str,
+    sha256: Option<&str>,
+    recipients: &[Recipient],
+    identities: &[Identity],
+) -> Result<Option<String>, Error> {
+    let plain_key = kit_key(snapshot_key, false);
+    let Some(bytes) = storage.get(&plain_key).await.map_err(Error::Upload)? else {
+        return Ok(None);
+    };
+    let failed = |key: &str, reason: String| Error::Kit { key: key.to_owned(), reason };
+    let text = String::from_utf8(bytes.to_vec()).map_err(|_| failed(&plain_key, "it is not text".into()))?;
+    let mut kit = RecoveryKit::from_yaml(&text).map_err(|reason| failed(&plain_key, reason))?;
+    if kit.backup_key.is_empty() {
+        kit.backup_key = snapshot_key.to_owned();
     }
+    if kit.backup_sha256.is_none() {
+        kit.backup_sha256 = sha256.map(str::to_owned);
+    }
+    if kit.backup_time.is_empty() {
+        kit.backup_time = crate::backup::time_of_key(snapshot_key).map(|t| t.to_string()).unwrap_or_default();
+    }
+    let sealed_key = kit_key(snapshot_key, true);
+    let sealed = codec::seal(kit.to_yaml().as_bytes(), recipients).map_err(Error::Upload)?;
+    put(storage, &sealed_key, sealed.clone(), &kit.cluster).await?;
+    let back = storage.get(&sealed_key).await.map_err(Error::Upload)?;
+    if back.as_deref() != Some(sealed.as_slice()) {
+        return Err(failed(&sealed_key, "read back, it is not what was written: the plaintext kit stays".into()));
+    }
+    if !identities.is_empty() {
+        let opened = codec::open(&sealed, identities).map_err(|e| failed(&sealed_key, e.to_string()))?;
+        let reread = String::from_utf8(opened).ok().and_then(|t| RecoveryKit::from_yaml(&t).ok());
+        if reread.as_ref() != Some(&kit) {
+            return Err(failed(&sealed_key, "opened, it is not the kit sealed: the plaintext kit stays".into()));
+        }
+    }
+    let deleting = |cause| Error::Bucket { action: "delete a plaintext recovery kit from", cause };
+    storage.delete(&plain_key).await.map_err(deleting)?;
+    Ok(Some(sealed_key))
 }
 
 /// The kit stored beside the snapshot at `snapshot_key`, if any: its key and what it holds, opened

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cli::diff::{DiffArgs, diff};
 use cli::get::{GetArgs, get};
+use cli::import::{ImportArgs, import};
 use cli::kit::{KitArgs, kit};
 use cli::list::{ListArgs, list};
 use cli::objects::{ObjectsArgs, objects};
@@ -60,6 +61,11 @@ enum Command {
     /// What changed between two stored backups: the objects and keys added, removed and changed
     /// (their stored value differs), each and counted by resource.
     Diff(DiffArgs),
+    /// Take over the backups in a bucket (the upstream talos-operator's, or from before the management
+    /// cluster was rebuilt): read back and check every snapshot, and with --seal seal each plaintext
+    /// recovery kit (upstream's state-*.yaml) to age recipients, deleting the plaintext once the
+    /// sealed copy is read back. A schedule with importExisting then creates their TalosEtcdBackups.
+    Import(ImportArgs),
     /// Write a backup's recovery kit out: its secrets bundle (for `talosctl gen config --with-secrets`)
     /// and an os:admin talosconfig minted from its OS CA, valid for --validity.
     Kit(KitArgs),
@@ -146,6 +152,7 @@ fn main() -> anyhow::Result<()> {
         Command::Objects(args) => runtime.block_on(objects(args)),
         Command::Get(args) => runtime.block_on(get(args)),
         Command::Diff(args) => runtime.block_on(diff(args)),
+        Command::Import(args) => runtime.block_on(import(args)),
         Command::Restore(args) => runtime.block_on(restore(args)),
         Command::Kit(args) => runtime.block_on(kit(args)),
     }

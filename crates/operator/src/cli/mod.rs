@@ -5,6 +5,7 @@
 pub(crate) mod bucket;
 pub(crate) mod diff;
 pub(crate) mod get;
+pub(crate) mod import;
 pub(crate) mod kit;
 pub(crate) mod list;
 pub(crate) mod objects;
@@ -92,6 +93,35 @@ impl DecryptArgs {
             std::fs::read_to_string(file).with_context(|| format!("reading identity file {}", file.display()))?;
         teb_pipeline::codec::parse_identities(&text)
             .map_err(|reason| anyhow::anyhow!("identity file {}: {reason}", file.display()))
+    }
+}
+
+/// age recipients to encrypt to.
+#[derive(Args)]
+pub(crate) struct RecipientArgs {
+    /// age X25519 recipient (age1…) to encrypt to; repeatable.
+    #[arg(long = "age-recipient", value_name = "RECIPIENT")]
+    pub(crate) age_recipients: Vec<String>,
+    /// A file of recipients (one per line, as age -R reads it); repeatable.
+    #[arg(long = "age-recipients-file", value_name = "FILE")]
+    pub(crate) age_recipients_files: Vec<PathBuf>,
+}
+
+impl RecipientArgs {
+    pub(crate) fn recipients(&self) -> anyhow::Result<Vec<teb_pipeline::codec::Recipient>> {
+        let mut entries: Vec<String> = self.age_recipients.clone();
+        for file in &self.age_recipients_files {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("reading recipients file {}", file.display()))?;
+            entries.extend(text.lines().map(str::to_owned));
+        }
+        let recipients = teb_pipeline::codec::parse_recipients(entries.iter().map(String::as_str))
+            .map_err(|reason| anyhow::anyhow!("--age-recipient: {reason}"))?;
+        anyhow::ensure!(
+            !recipients.is_empty() || self.age_recipients_files.is_empty(),
+            "--age-recipients-file: the files hold no recipient (age1…)"
+        );
+        Ok(recipients)
     }
 }
 

@@ -1,6 +1,5 @@
 //! `snapshot`: one backup outside Kubernetes.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
@@ -8,7 +7,7 @@ use clap::Args;
 use teb_core::{BackupPlan, backup};
 
 use super::bucket::{BucketArgs, object_key};
-use super::{Progress, ProgressLine, TalosArgs, Tuning, peak_rss_bytes};
+use super::{Progress, ProgressLine, RecipientArgs, TalosArgs, Tuning, peak_rss_bytes};
 
 #[derive(Args)]
 pub(crate) struct SnapshotArgs {
@@ -27,12 +26,9 @@ pub(crate) struct SnapshotArgs {
     /// zstd level, 1 (fastest) to 19 (smallest).
     #[arg(long, default_value_t = 1, requires = "zstd", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub(crate) zstd_level: i32,
-    /// Encrypt the snapshot with age to this X25519 recipient (age1…); repeatable.
-    #[arg(long = "age-recipient", value_name = "RECIPIENT")]
-    pub(crate) age_recipients: Vec<String>,
-    /// Encrypt to the recipients in this file (one per line, as age -R reads it); repeatable.
-    #[arg(long = "age-recipients-file", value_name = "FILE")]
-    pub(crate) age_recipients_files: Vec<PathBuf>,
+    /// Encrypt the snapshot with age to these recipients.
+    #[command(flatten)]
+    pub(crate) recipients: RecipientArgs,
     #[command(flatten)]
     pub(crate) bucket: BucketArgs,
     /// Progress on standard error: auto shows it on a terminal.
@@ -47,18 +43,7 @@ pub(crate) async fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
     let talos = args.talos.target()?;
     let cluster =
         args.cluster.clone().unwrap_or_else(|| args.talos.context.clone().unwrap_or(talosconfig.context.clone()));
-    let mut recipient_entries: Vec<String> = args.age_recipients.clone();
-    for file in &args.age_recipients_files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading recipients file {}", file.display()))?;
-        recipient_entries.extend(text.lines().map(str::to_owned));
-    }
-    let recipients = teb_pipeline::codec::parse_recipients(recipient_entries.iter().map(String::as_str))
-        .map_err(|reason| anyhow::anyhow!("--age-recipient: {reason}"))?;
-    anyhow::ensure!(
-        !recipients.is_empty() || args.age_recipients_files.is_empty(),
-        "--age-recipients-file: the files hold no recipient (age1…)"
-    );
+    let recipients = args.recipients.recipients()?;
     let encoding = teb_pipeline::Encoding { zstd_level: args.zstd.then_some(args.zstd_level), recipients };
     let format = encoding.format();
     let settings = args.tuning.settings();

@@ -339,7 +339,7 @@ async fn import_existing(
     let snapshots = crate::isolate(async {
         let mut resolver = Resolver::new(&ctx.client, &namespace, ctx.config.settings.request_timeout);
         let storage = resolver.storage(&template.backup_storage, "spec.backupTemplate.spec.").await?;
-        Ok(catalog::snapshot_keys(&storage, &template.talos_control_plane_ref.name).await?)
+        Ok(catalog::snapshot_keys(&storage, Some(&template.talos_control_plane_ref.name)).await?)
     })
     .await?;
     let all = backups.list(&ListParams::default()).await?.items;

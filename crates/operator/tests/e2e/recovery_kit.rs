@@ -317,3 +317,143 @@ async fn a_container_mode_control_plane_backs_up_and_its_kit_restores() {
     );
     assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
 }
+
+/// The state Secret upstream v0.5.4 stores beside each snapshot, byte for byte as it writes it:
+/// sigs.k8s.io/yaml's rendering (keys sorted, `creationTimestamp: null`) of the `<controlplane>-state`
+/// Secret sanitized to its name, namespace, labels, type and data (`uploadStateSecret` in
+/// internal/controller/talosetcdbackup_controller.go; the data as `ensureStateSecret` in
+/// taloscontrolplane_controller.go writes it).
+fn upstream_state_yaml(namespace: &str, bundle: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config = r#"{"clusterName":"my-controlplane","endpoint":"https://127.0.10.1:6443","version":"v1.11.0","kubeVersion":"v1.34.1"}"#;
+    format!(
+        "apiVersion: v1\ndata:\n  bundleConfig: {}\n  config: {}\n  observedKubeVersion: {}\n  secretBundle: {}\n  state: {}\n\
+         kind: Secret\nmetadata:\n  creationTimestamp: null\n  labels:\n    talos.alperen.cloud/type: state\n  name: \
+         my-controlplane-state\n  namespace: {namespace}\ntype: Opaque\n",
+        b64(config),
+        b64("version: v1alpha1\nmachine:\n  type: controlplane\n"),
+        b64("v1.34.1"),
+        b64(bundle),
+        b64("Ready"),
+    )
+}
+
+/// Taking over a bucket of the upstream operator (v0.5.4): `etcd-snapshot-<ts>.db` objects with no
+/// metadata, each with its state Secret in plain text beside it, one snapshot corrupted. `import
+/// --seal` checks every snapshot, seals each state file to an age recipient and deletes the
+/// plaintext; upstream's schedule YAML with `importExisting` then makes the sound snapshots Ready
+/// backups with their sealed kits and the corrupted one a Failed backup naming it; an imported
+/// backup restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_bucket_is_taken_over_its_state_files_sealed_and_it_restores() {
+    use kube::ResourceExt as _;
+    let scenario = Scenario::one_control_plane("e2e-upstream").await;
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/kept", b"kept").await.unwrap();
+    // A real snapshot, taken through a backup here and then laid out as upstream writes it.
+    scenario.apply(&backup_yaml("seed", &endpoint_field(&scenario.s3.endpoint))).await;
+    let seeded = scenario.wait_finished("seed").await.filename.unwrap();
+    let (snapshot, _) = scenario.s3.get("my-etcd-backups", &seeded).await.unwrap();
+    scenario.backups().delete("seed", &Default::default()).await.unwrap();
+    let store = scenario.s3.client("my-etcd-backups").unwrap();
+    for (key, _) in scenario.s3.objects("my-etcd-backups").await.unwrap() {
+        store.delete(&object_store::path::Path::from(key.as_str())).await.unwrap();
+    }
+    let state = upstream_state_yaml(&scenario.ns, &scenario.emulator.ca.secrets_bundle_yaml());
+    let prefix = "talos-operator-etcd-backups/my-controlplane";
+    let stamps = ["2025-01-01T00-00-00Z", "2025-01-02T00-00-00Z", "2025-01-03T00-00-00Z"];
+    for (i, stamp) in stamps.iter().enumerate() {
+        let mut bytes = snapshot.to_vec();
+        if i == 1 {
+            // A meta page broken under a recomputed trailer.
+            bytes.truncate(bytes.len() - 32);
+            bytes[16] ^= 0xFF;
+            let trailer = sha2::Sha256::digest(&bytes);
+            bytes.extend_from_slice(&trailer);
+        }
+        let put = |key: String, bytes: Vec<u8>| {
+            let store = store.clone();
+            async move { store.put(&object_store::path::Path::from(key.as_str()), bytes.into()).await.unwrap() }
+        };
+        put(format!("{prefix}/etcd-snapshot-{stamp}.db"), bytes).await;
+        put(format!("{prefix}/state-{stamp}.yaml"), state.clone().into_bytes()).await;
+    }
+
+    // The bucket side: every snapshot checked, every state file sealed, no plaintext left.
+    let identity = age::x25519::Identity::generate();
+    let keys = tempfile::tempdir().unwrap();
+    let identity_file = keys.path().join("identity.txt");
+    std::fs::write(&identity_file, age::secrecy::ExposeSecret::expose_secret(&identity.to_string())).unwrap();
+    let recipient = identity.to_public().to_string();
+    let id = identity_file.to_str().unwrap();
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"))
+            .args(["import", "--seal", "--age-recipient", &recipient, "--age-identity-file", id])
+            .args(["--bucket", "my-etcd-backups", "--region", teb_testkit::spec::SPEC_REGION])
+            .args(["--endpoint", &scenario.s3.endpoint])
+            .env("AWS_ACCESS_KEY_ID", teb_testkit::s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", teb_testkit::s3::SECRET_KEY)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("1 of 3 snapshots are damaged"), "{stderr}");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let results: Vec<&str> = lines.iter().map(|l| l["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["verified", "damaged", "verified"], "{lines:?}");
+    assert!(lines[1]["error"].as_str().unwrap().contains("not a sound etcd (bbolt) database"), "{lines:?}");
+    let objects: Vec<String> =
+        scenario.s3.objects("my-etcd-backups").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(!objects.iter().any(|k| k.ends_with(".yaml")), "no plaintext kit left: {objects:?}");
+    for (line, stamp) in lines.iter().zip(stamps) {
+        let sealed = line["sealed_kit"].as_str().unwrap();
+        assert_eq!(sealed, format!("{prefix}/state-{stamp}.yaml.age"));
+        let (bytes, _) = scenario.s3.get("my-etcd-backups", sealed).await.unwrap();
+        let identities =
+            teb_pipeline::codec::parse_identities(&std::fs::read_to_string(&identity_file).unwrap()).unwrap();
+        let opened = teb_pipeline::codec::open(&bytes, &identities).unwrap();
+        let kit = teb_core::kit::RecoveryKit::from_yaml(&String::from_utf8(opened).unwrap()).unwrap();
+        assert_eq!(kit.backup_key, format!("{prefix}/etcd-snapshot-{stamp}.db"));
+        assert_eq!(kit.secrets_bundle, scenario.emulator.ca.secrets_bundle_yaml());
+    }
+
+    // The Kubernetes side: upstream's schedule YAML, importing.
+    scenario.apply(&scenario.schedule_yaml("taken-over", "0 2 * * *", "  importExisting: true\n")).await;
+    let imported = scenario
+        .eventually(60, "three imported backups", || async {
+            let backups = scenario.backups_of("taken-over").await;
+            (backups.len() == 3 && backups.iter().all(|b| is_ready(b) || is_failed(b))).then_some(backups)
+        })
+        .await;
+    for (backup, stamp) in imported.iter().zip(stamps) {
+        let status = backup.status.clone().unwrap();
+        assert_eq!(backup.spec.import_key.as_deref(), Some(format!("{prefix}/etcd-snapshot-{stamp}.db").as_str()));
+        if stamp == stamps[1] {
+            let failed = condition(&status, FAILED).unwrap();
+            assert!(failed.message.contains("not a sound etcd (bbolt) database") && failed.message.contains(stamp));
+        } else {
+            assert!(is_ready(backup), "{status:?}");
+            assert_eq!(status.state_filename, Some(format!("{prefix}/state-{stamp}.yaml.age")));
+            assert_eq!(status.sha256.as_deref(), Some(hex::encode(&snapshot[snapshot.len() - 32..]).as_str()));
+        }
+    }
+
+    // An imported backup restores.
+    scenario.emulator.etcd().put(b"/registry/secrets/ns/after", b"lost").await.unwrap();
+    scenario.emulator.wipe_etcd();
+    let restore = format!(
+        "apiVersion: talos.alperen.cloud/v1alpha1\nkind: TalosEtcdRestore\nmetadata:\n  name: back\nspec:\n  \
+         talosControlPlaneRef:\n    name: my-controlplane\n  backupRef:\n    name: {}\n",
+        imported[2].name_any()
+    );
+    scenario.apply(&restore).await;
+    let restored = scenario.restore_finished("back").await;
+    assert!(restored.conditions.iter().any(|c| c.type_ == READY && c.reason == "RestoreSucceeded"), "{restored:?}");
+    let (kept, lost) = (
+        scenario.emulator.restored_get("/registry/secrets/ns/kept").await,
+        scenario.emulator.restored_get("/registry/secrets/ns/after").await,
+    );
+    assert_eq!((kept.as_deref(), lost), (Some("kept"), None));
+}
