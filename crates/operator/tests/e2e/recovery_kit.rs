@@ -7,7 +7,14 @@ use object_store::ObjectStoreExt as _;
 
 /// The command line against the scenario's bucket: whether it succeeded, its JSON summary, stderr.
 fn cli(scenario: &Scenario, args: &[&str]) -> (bool, serde_json::Value, String) {
-    let output = tokio::task::block_in_place(|| {
+    let output = cli_output(scenario, args);
+    let summary = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// [`cli`]'s run, as the process left it.
+fn cli_output(scenario: &Scenario, args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| {
         std::process::Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"))
             .args(args)
             .args(["--bucket", "my-etcd-backups", "--region", teb_testkit::spec::SPEC_REGION])
@@ -17,9 +24,7 @@ fn cli(scenario: &Scenario, args: &[&str]) -> (bool, serde_json::Value, String) 
             .env_remove("RUST_LOG")
             .output()
             .unwrap()
-    });
-    let summary = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    (output.status.success(), summary, String::from_utf8_lossy(&output.stderr).into_owned())
+    })
 }
 
 /// The OS CA (certificate and key PEM) of a secrets bundle's YAML.
@@ -386,17 +391,7 @@ async fn an_upstream_bucket_is_taken_over_its_state_files_sealed_and_it_restores
     std::fs::write(&identity_file, age::secrecy::ExposeSecret::expose_secret(&identity.to_string())).unwrap();
     let recipient = identity.to_public().to_string();
     let id = identity_file.to_str().unwrap();
-    let output = tokio::task::block_in_place(|| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_talos-etcd-backup"))
-            .args(["import", "--seal", "--age-recipient", &recipient, "--age-identity-file", id])
-            .args(["--bucket", "my-etcd-backups", "--region", teb_testkit::spec::SPEC_REGION])
-            .args(["--endpoint", &scenario.s3.endpoint])
-            .env("AWS_ACCESS_KEY_ID", teb_testkit::s3::ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", teb_testkit::s3::SECRET_KEY)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    });
+    let output = cli_output(&scenario, &["import", "--seal", "--age-recipient", &recipient, "--age-identity-file", id]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("1 of 3 snapshots are damaged"), "{stderr}");
     let lines: Vec<serde_json::Value> =
