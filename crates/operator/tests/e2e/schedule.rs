@@ -556,14 +556,13 @@ async fn deleting_a_namespace_keeps_every_snapshot_and_never_hangs() {
 }
 
 /// The catalog comes back from the bucket. A schedule's backups exist only in the bucket once the
-/// management cluster lost its objects (here: schedule and backups deleted, the snapshots kept).
+/// management cluster lost its objects (here: their namespace deleted and made again).
 /// Re-created with `importExisting`, the schedule imports each snapshot as a TalosEtcdBackup with its
 /// true key, size, SHA-256 and time, once; a damaged snapshot becomes one Failed backup naming the
 /// problem; a TalosEtcdRestore of an imported backup works; retention then keeps N across imported
 /// and new backups, deleting the pruned imported snapshots too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_management_cluster_gets_its_catalog_back_from_the_bucket() {
-    use kube::api::DeleteParams;
     use object_store::ObjectStoreExt as _;
     use sha2::Digest as _;
     use std::collections::BTreeMap;
@@ -596,16 +595,21 @@ async fn a_rebuilt_management_cluster_gets_its_catalog_back_from_the_bucket() {
             })
         })
         .await;
-    // The management cluster's objects are lost; the bucket keeps the snapshots.
-    scenario.schedules().delete("nightly", &DeleteParams::default()).await.unwrap();
-    for backup in scenario.backups_of("nightly").await {
-        let retain = serde_json::json!({"spec": {"deletionPolicy": "Retain"}});
-        scenario.backups().patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&retain)).await.unwrap();
-        scenario.backups().delete(&backup.name_any(), &DeleteParams::default()).await.unwrap();
-    }
+    // The management cluster's objects are lost with their namespace (the bucket keeps the
+    // snapshots: deleting a namespace never takes them), then the namespace is made again with its
+    // control plane and credentials, as a rebuilt management cluster would have them.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(scenario.admin.clone());
+    namespaces.delete(&scenario.ns, &Default::default()).await.unwrap();
     scenario
-        .eventually(30, "the backups to go", || async { scenario.backups_of("nightly").await.is_empty().then_some(()) })
+        .eventually(90, "the namespace to go", || async {
+            namespaces.get_opt(&scenario.ns).await.unwrap().is_none().then_some(())
+        })
         .await;
+    let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": scenario.ns}})).unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    scenario.control_plane_with_bundle().await;
+    scenario.apply(SPEC_SECRET).await;
+    assert!(scenario.backups().list(&ListParams::default()).await.unwrap().items.is_empty());
     let stored = |objects: Vec<(String, u64)>| -> Vec<String> {
         teb_testkit::snapshots(&objects).into_iter().map(|(key, _)| key).collect()
     };
