@@ -17,7 +17,7 @@ use futures::StreamExt as _;
 use teb_pipeline::{CheckedSnapshot, Format, Identity, SnapshotCheck, Storage};
 use teb_talos::{RecoverPart, TalosClient, Target};
 
-use crate::etcd_db::{DbMember, EtcdDb, Scan, StoredObject};
+use crate::etcd_db::{DbMember, EtcdDb, StoredObject};
 use crate::{Error, Settings};
 
 mod after;
@@ -336,13 +336,8 @@ async fn backup_members(
         if format.age && identities.is_empty() {
             return Err("it is encrypted, and no age identity was given".into());
         }
-        let idle = settings.limits.idle_timeout;
-        let mut stream = storage.read_snapshot(key, format, identities, idle).await.map_err(|e| e.to_string())?;
-        let mut scan = Scan::new(());
-        while let Some(chunk) = stream.next().await {
-            scan.update(&chunk.map_err(|e| e.to_string())?);
-        }
-        scan.finish()?.0.members
+        let scanned = crate::objects::scan_stored(storage, key, identities, settings, (), &|_| {}).await;
+        scanned.map_err(|e| e.to_string())?.0.members
     };
     if members.is_empty() {
         return Err("its members bucket is empty".into());
