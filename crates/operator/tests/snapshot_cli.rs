@@ -267,6 +267,11 @@ async fn list_command_shows_what_the_bucket_holds() {
     assert_eq!(table.lines().count(), 1 + 4, "every backup of every cluster: {table}");
     let short_sha = &summaries[2]["sha256"].as_str().unwrap()[..12];
     assert!(table.lines().any(|l| l.contains(short_sha) && l.ends_with("etcd-snapshot-c.db")), "{table}");
+    // From each backup's manifest: etcd's version and the member that served the snapshot.
+    let manifest = &json.iter().find(|e| e["key"] == summaries[0]["key"]).unwrap()["manifest"];
+    let (etcd, member) = (manifest["etcdVersion"].as_str().unwrap(), manifest["memberId"].as_str().unwrap());
+    let line = table.lines().find(|l| l.ends_with("etcd-snapshot-a.db")).unwrap();
+    assert!(line.contains(&format!(" {etcd} ")) && line.contains(&format!(" {member} ")), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,10 +36,10 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Array(entries));
         return Ok(());
     }
-    let header = ("TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT", "OBJECTS", "TALOS", "ETCD");
+    let header = ("TIME", "SIZE", "NODE", "SHA256", "ENCODING", "KIT", "OBJECTS", "TALOS", "ETCD", "MEMBER");
     println!(
-        "{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} {:>8}  {:<9} {:<8} KEY",
-        header.0, header.1, header.2, header.3, header.4, header.5, header.6, header.7, header.8
+        "{:<24} {:>12}  {:<16} {:<14} {:<9} {:<4} {:>8}  {:<9} {:<8} {:<16} KEY",
+        header.0, header.1, header.2, header.3, header.4, header.5, header.6, header.7, header.8, header.9
     );
     for b in &listed {
         let sha = b.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
@@ -56,8 +56,9 @@ pub(crate) async fn list(args: ListArgs) -> anyhow::Result<()> {
         let manifest = b.manifest.as_ref();
         let talos = manifest.and_then(|m| m.talos_version.as_deref()).unwrap_or("-");
         let etcd = manifest.and_then(|m| m.etcd_version.as_deref()).unwrap_or("-");
+        let member = manifest.and_then(|m| m.member_id.as_deref()).unwrap_or("-");
         println!(
-            "{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {objects:>8}  {talos:<9} {etcd:<8} {}",
+            "{time:<24} {:>12}  {node:<16} {sha:<14} {encoding:<9} {kit:<4} {objects:>8}  {talos:<9} {etcd:<8} {member:<16} {}",
             b.size, b.key
         );
     }
