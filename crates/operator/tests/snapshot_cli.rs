@@ -113,6 +113,19 @@ async fn snapshot_command_uploads_a_verified_snapshot() {
     let (ok, verified, _) = outcome(cli("verify", s3).args(["--key", key]));
     let error = verified["error"].as_str().unwrap_or_default();
     assert!(!ok && error.contains("does not hold: it records SHA-256 0000"), "{verified}");
+    // `restore` reads it too: it refuses a snapshot its manifest does not describe, and prints the
+    // manifest in its plan; a manifest it cannot read does not stand in its way.
+    let admin = ground.talosconfig("admin.talosconfig", "os:admin");
+    let restore = || outcome(cli("restore", s3).arg("--talosconfig").arg(&admin).args(["--key", key, "--dry-run"]));
+    let (ok, _, stderr) = restore();
+    assert!(!ok && stderr.contains("is not the backup its manifest describes: it records SHA-256 0000"), "{stderr}");
+    let manifest_path = object_store::path::Path::from(manifest_key);
+    s3.client("backups").unwrap().put(&manifest_path, serde_json::to_vec(&manifest).unwrap().into()).await.unwrap();
+    let (ok, plan, stderr) = restore();
+    assert!(ok && plan["manifest"] == manifest, "{stderr}");
+    s3.client("backups").unwrap().put(&manifest_path, "not a manifest".into()).await.unwrap();
+    let (ok, plan, stderr) = restore();
+    assert!(ok && plan["manifest"].is_null() && plan["dry_run"] == true, "{stderr}");
     assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 0);
     // No secret in what the command printed.
     let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

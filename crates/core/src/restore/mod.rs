@@ -237,8 +237,12 @@ pub async fn plan(
     let stored = storage.stored(key).await.map_err(Error::Upload)?.ok_or_else(|| {
         Error::Restore(format!("no backup at {key:?} in {}: `list` shows what it holds", storage.container()))
     })?;
-    // A manifest that records another snapshot than the one stored: the object was replaced.
-    let manifest = crate::manifest::read(storage, key, checks.identities).await?;
+    // A manifest that records another snapshot than the one stored: the object was replaced. One that
+    // cannot be read is only an account lost: it never stands between a cluster and its restore.
+    let manifest = crate::manifest::read(storage, key, checks.identities).await.unwrap_or_else(|error| {
+        tracing::warn!(%key, %error, "cannot read the backup's manifest; restoring without it");
+        None
+    });
     if let (Some(manifest), Some(sha256)) = (&manifest, &stored.sha256)
         && let Some(reason) = manifest.mismatch(sha256, stored.size, None)
     {
