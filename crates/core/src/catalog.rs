@@ -148,8 +148,7 @@ pub async fn verify_backup(
 }
 
 /// The snapshots under the specification's prefix (of `cluster` only, when given; kits, reports and
-/// manifests left out),
-/// with their objects' last-modified times: one LIST.
+/// manifests left out), with their objects' last-modified times: one LIST.
 pub async fn snapshot_keys(storage: &Storage, cluster: Option<&str>) -> Result<Vec<(String, jiff::Timestamp)>, Error> {
     let listed = storage.list(&prefix_of(cluster)).await;
     let listed = listed.map_err(|cause| Error::Bucket { action: "list the backups in", cause })?;
@@ -161,10 +160,8 @@ pub async fn snapshot_keys(storage: &Storage, cluster: Option<&str>) -> Result<V
 
 /// The key of the newest object under the specification's prefix (of `cluster` only, when given).
 pub async fn latest_key(storage: &Storage, cluster: Option<&str>) -> Result<Option<String>, Error> {
-    let listed = storage.list(&prefix_of(cluster)).await;
-    let listed = listed.map_err(|cause| Error::Bucket { action: "list the backups in", cause })?;
-    let snapshots = listed.into_iter().filter(|(key, _, _)| key.contains("/etcd-snapshot-"));
-    Ok(snapshots.max_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0))).map(|(key, _, _)| key))
+    let snapshots = snapshot_keys(storage, cluster).await?;
+    Ok(snapshots.into_iter().max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))).map(|(key, _)| key))
 }
 
 /// A recovery kit's key: `…/state-<timestamp>.yaml` (`.age`).

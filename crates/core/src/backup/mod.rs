@@ -159,27 +159,17 @@ async fn complete_with_kit(plan: &BackupPlan, mut outcome: Outcome) -> Result<Ou
 async fn adopt_interrupted(plan: &BackupPlan, mut outcome: Outcome) -> Result<Outcome, Error> {
     // The manifest and the report, when the interrupted attempt got as far as storing them (the
     // report read here when plain).
-    for sealed in [true, false] {
-        let key = manifest::manifest_key(&outcome.report.key, sealed);
-        if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
-            outcome.manifest_key = Some(key);
-        }
+    let (storage, key) = (&plan.storage, outcome.report.key.clone());
+    outcome.manifest_key = stored_companion(storage, &key, manifest::manifest_key).await?;
+    outcome.report_key = stored_companion(storage, &key, report::report_key).await?;
+    if let Some(report) = outcome.report_key.as_deref().filter(|k| !k.ends_with(".age"))
+        && let Ok(Some(contents)) = report::read(storage, report, &[]).await
+    {
+        outcome.contents = Ok(contents);
     }
-    for sealed in [true, false] {
-        let key = report::report_key(&outcome.report.key, sealed);
-        if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
-            if !sealed && let Ok(Some(contents)) = report::read(&plan.storage, &key, &[]).await {
-                outcome.contents = Ok(contents);
-            }
-            outcome.report_key = Some(key);
-        }
-    }
-    for sealed in [true, false] {
-        let key = kit::kit_key(&outcome.report.key, sealed);
-        if plan.storage.size(&key).await.map_err(Error::Upload)?.is_some() {
-            outcome.kit = Some(key);
-            return Ok(outcome);
-        }
+    outcome.kit = stored_companion(storage, &key, kit::kit_key).await?;
+    if outcome.kit.is_some() {
+        return Ok(outcome);
     }
     complete_with_kit(plan, outcome).await
 }
@@ -328,19 +318,26 @@ pub async fn import_stored(storage: &Storage, key: &str, settings: &crate::Setti
             (`talos-etcd-backup verify` with its identity checks and counts it)"
             .into());
     }
-    let beside = async |name: fn(&str, bool) -> String| -> Result<Option<String>, Error> {
-        for sealed in [true, false] {
-            let companion = name(key, sealed);
-            if storage.size(&companion).await.map_err(Error::Upload)?.is_some() {
-                return Ok(Some(companion));
-            }
-        }
-        Ok(None)
-    };
-    outcome.kit = beside(kit::kit_key).await?;
-    outcome.report_key = beside(report::report_key).await?;
-    outcome.manifest_key = beside(manifest::manifest_key).await?;
+    outcome.kit = stored_companion(storage, key, kit::kit_key).await?;
+    outcome.report_key = stored_companion(storage, key, report::report_key).await?;
+    outcome.manifest_key = stored_companion(storage, key, manifest::manifest_key).await?;
     Ok(outcome)
+}
+
+/// The key of the object `name` places beside the snapshot at `snapshot_key` (a kit, report or
+/// manifest), sealed or plain, when one is stored.
+async fn stored_companion(
+    storage: &Storage,
+    snapshot_key: &str,
+    name: fn(&str, bool) -> String,
+) -> Result<Option<String>, Error> {
+    for sealed in [true, false] {
+        let companion = name(snapshot_key, sealed);
+        if storage.size(&companion).await.map_err(Error::Upload)?.is_some() {
+            return Ok(Some(companion));
+        }
+    }
+    Ok(None)
 }
 
 /// Connects to Talos, picks a healthy etcd member and streams its snapshot into `key`, which the
