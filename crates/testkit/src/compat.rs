@@ -44,6 +44,9 @@ impl CompatS3 {
     pub async fn start(kind: Compat) -> anyhow::Result<Self> {
         let bin = compat_bin()?;
         let dir = tempfile::tempdir()?;
+        if kind == Compat::SeaweedFs {
+            ensure_room_for_seaweedfs(dir.path())?;
+        }
         let port = crate::free_port();
         let command = match kind {
             Compat::Moto => {
@@ -146,6 +149,27 @@ fn seaweedfs(bin: &std::path::Path, dir: &std::path::Path, s3_port: u16) -> anyh
         command.arg(format!("-{flag}={}", crate::free_port()));
     }
     Ok(command)
+}
+
+/// SeaweedFS marks every volume read-only when less than 1% of the disk is free (`weed volume
+/// -minFreeSpace`, which `weed mini` does not expose) and then answers each write with a bare
+/// `InternalError`: say so before the test does.
+fn ensure_room_for_seaweedfs(dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs only writes into the zeroed struct it is given; the path is a valid C string.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    anyhow::ensure!(unsafe { libc::statvfs(path.as_ptr(), &mut stats) } == 0, "statvfs {}", dir.display());
+    let free = stats.f_bavail as u64 * stats.f_frsize as u64;
+    let needed = stats.f_blocks as u64 * stats.f_frsize as u64 / 100 + (1 << 30);
+    anyhow::ensure!(
+        free >= needed,
+        "only {} MiB free on the disk of {}: SeaweedFS makes its volumes read-only below 1% free and \
+         fails every write with InternalError; free at least {} MiB (e.g. the build cache's stale test binaries)",
+        free >> 20,
+        dir.display(),
+        needed >> 20
+    );
+    Ok(())
 }
 
 /// The folder of the matrix's programs, installed by the setup script when missing.
