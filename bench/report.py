@@ -3,7 +3,8 @@
 (Kubernetes-shaped objects: `--values objects` of 16-128 KiB, or `small` ones of 1-4 KiB, many more
 keys), `snapshot` into the S3 test server (plain, and zstd+age; the backup counts its contents from
 its own stream), then `verify`, which checks and counts in one pass and gives the seconds its count
-took (`report_seconds`); peak RSS is each process's. Prints one JSON line a size and the ratios
+took (`report_seconds`) and the bytes it wrote to its scratch folder past its memory budget
+(`report_scratch_bytes`); peak RSS is each process's. Prints one JSON line a size and the ratios
 against the targets (report < 0.5 x the backup's time, RSS <= 64 MiB).
 
     bench/report.py --sizes 256M,1G --values small   (after `cargo build --release -p talos-etcd-backup -p teb-testkit --bins`)
@@ -76,7 +77,7 @@ def main():
                 "backup_seconds": backup["seconds"], "backup_peak_rss_mib": backup["peak_rss"] / MiB,
                 "verify_seconds": verify["seconds"], "report_seconds": verify["report_seconds"],
                 "ratio": verify["report_seconds"] / backup["seconds"], "verify_peak_rss_mib": verify["peak_rss"] / MiB,
-                "disk_write": verify["disk_write"],
+                "disk_write": verify["disk_write"], "scratch_bytes": verify["report_scratch_bytes"],
             }
         emu.kill()
         print(json.dumps(row), flush=True)
@@ -89,7 +90,8 @@ def main():
             print(f"{size // MiB} MiB {args.values} {name}: report {r['report_seconds']:.2f} s = {r['ratio']:.2f} x the "
                   f"backup's {r['backup_seconds']:.1f} s (target < 0.5), {r['keys']} keys; peak RSS backup "
                   f"{r['backup_peak_rss_mib']:.0f} MiB, verify {r['verify_peak_rss_mib']:.0f} MiB (target <= 64), "
-                  f"{r['disk_write'] // MiB} MiB written to disk by verify", flush=True)
+                  f"{r['disk_write'] // MiB} MiB written to disk by verify, {r['scratch_bytes'] / MiB:.1f} MiB of it "
+                  f"to the report's scratch folder", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ use crate::backup::{FORMAT, KEY_PREFIX, Record, fingerprints_of};
 use crate::etcd_db::Scan;
 use crate::kit;
 use crate::manifest::{self, Manifest};
-use crate::report::{self, ContentReport, Counter};
+use crate::report::{self, ContentReport};
 use crate::{Error, Settings};
 
 /// A backup found in a bucket; cluster, node and encoding are known for objects this writer stored,
@@ -91,6 +91,8 @@ pub struct Verified {
     pub contents: ContentReport,
     /// The time the pass spent on the content report (the scan and the count).
     pub report_time: std::time::Duration,
+    /// The bytes the count wrote to its scratch folder (none within its memory budget).
+    pub scratch_bytes: u64,
     /// Its manifest, when it has one that could be read (plain, or with the identity), checked
     /// against the snapshot.
     pub manifest: Option<Manifest>,
@@ -110,7 +112,7 @@ pub async fn verify(
 ) -> Result<Verified, Error> {
     let failed = |cause| Error::Verify { key: key.to_owned(), cause };
     let format = storage.stored(key).await.map_err(failed)?.map_or_else(|| Format::of_key(key), |s| s.format);
-    let mut scan = Scan::new(Counter::with_budget(settings.report_budget));
+    let mut scan = Scan::new(settings.counter());
     let mut report_time = std::time::Duration::ZERO;
     let mut tap = |db: &[u8]| {
         let started = std::time::Instant::now();
@@ -130,7 +132,8 @@ pub async fn verify(
         let sealed = key.ends_with(".age");
         return Err(Error::Manifest { key: manifest::manifest_key(key, sealed), reason });
     }
-    Ok(Verified { snapshot, contents, report_time: report_time + started.elapsed(), manifest })
+    let scratch_bytes = counter.scratch_bytes();
+    Ok(Verified { snapshot, contents, report_time: report_time + started.elapsed(), scratch_bytes, manifest })
 }
 
 /// A stored backup verified whole: the snapshot as [`verify`] checks it, then its recovery kit as

@@ -134,6 +134,28 @@ async fn the_report_counts_what_kube_apiserver_lists() {
     let (scanned, counter) = scan.finish().unwrap();
     let refused = ContentReport::of(&scanned, &counter).unwrap_err();
     assert!(refused.contains("more revisions than a report of 0 MiB counts (1000)"), "{refused}");
+    // With a scratch folder, any budget gives the same report: what memory cannot hold is counted
+    // from the folder, which is gone afterwards.
+    let scratch = tempfile::tempdir().unwrap();
+    for (revisions, chunk) in [(0, 1 << 20), (100, 4096), (1000, 1000), (2000, 1 << 16)] {
+        let counter =
+            Counter::with_budget(teb_core::report::REVISION_COST * revisions).with_scratch(scratch.path().into());
+        let mut scan = Scan::new(counter);
+        bytes.chunks(chunk).for_each(|c| scan.update(c));
+        let (scanned, counter) = scan.finish().unwrap();
+        assert_eq!(ContentReport::of(&scanned, &counter).as_ref(), Ok(&report), "{revisions} revisions in memory");
+        assert!(counter.scratch_bytes() > 0, "{revisions} revisions in memory");
+        drop(counter);
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "scratch left behind");
+    }
+    // A scratch folder that cannot be made: no report, and why.
+    let counter =
+        Counter::with_budget(teb_core::report::REVISION_COST * 1000).with_scratch(scratch.path().join("missing"));
+    let mut scan = Scan::new(counter);
+    scan.update(&bytes);
+    let (scanned, counter) = scan.finish().unwrap();
+    let refused = ContentReport::of(&scanned, &counter).unwrap_err();
+    assert!(refused.contains("its scratch folder failed (making a folder in"), "{refused}");
     assert!(report.revision >= revision, "{} < {revision}", report.revision);
     assert_eq!(report.compacted_revision, Some(revision));
     let mut compared = 0;

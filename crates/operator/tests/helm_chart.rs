@@ -76,7 +76,7 @@ async fn the_chart_installs_with_every_operator_flag_and_the_rbac_of_deploy() {
         "operator": {
             "watchNamespace": "backups", "concurrency": 7, "maxAttempts": 5, "retryBackoff": "30s",
             "partSizeMiB": 16, "partsInFlight": 2, "idleTimeout": "90s", "totalTimeout": "2h",
-            "reportMemoryMiB": 48, "minObjectsPercent": 30,
+            "reportMemoryMiB": 48, "reportScratchSizeLimit": "2Gi", "minObjectsPercent": 30,
             "logFormat": "text", "healthPort": 9090,
             "leaderElection": {"enabled": true, "name": "teb-lease", "leaseDuration": "20s",
                                "renewDeadline": "12s", "retryPeriod": "3s"},
@@ -107,7 +107,14 @@ async fn the_chart_installs_with_every_operator_flag_and_the_rbac_of_deploy() {
     let flags: Vec<&str> = help.split("[env: ").skip(1).map(|rest| rest.split(['=', ']']).next().unwrap()).collect();
     assert!(flags.len() >= 15, "{help}");
     let deployment = Api::<Deployment>::namespaced(admin.clone(), &ns).get(name).await.unwrap();
-    let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    // The content report's scratch folder: an emptyDir (the root filesystem is read-only) of the
+    // size asked for.
+    let scratch = pod.volumes.iter().flatten().find(|v| v.name == "report-scratch").expect("a report-scratch volume");
+    let limit = scratch.empty_dir.as_ref().and_then(|d| d.size_limit.clone());
+    assert_eq!(limit.map(|q| q.0), Some("2Gi".to_owned()));
+    assert!(container.volume_mounts.iter().flatten().any(|m| m.name == "report-scratch" && m.mount_path == "/scratch"));
     let set: std::collections::BTreeMap<String, Option<String>> =
         container.env.clone().unwrap().into_iter().map(|e| (e.name, e.value)).collect();
     for flag in &flags {
@@ -126,6 +133,7 @@ async fn the_chart_installs_with_every_operator_flag_and_the_rbac_of_deploy() {
         ("IDLE_TIMEOUT", "90s"),
         ("TOTAL_TIMEOUT", "2h"),
         ("REPORT_MEMORY_MIB", "48"),
+        ("REPORT_SCRATCH_DIR", "/scratch"),
         ("MIN_OBJECTS_PERCENT", "30"),
         ("LOG_FORMAT", "text"),
         ("HEALTH_ADDR", "0.0.0.0:9090"),

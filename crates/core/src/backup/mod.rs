@@ -187,6 +187,19 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// The most memory a content report may take ([`crate::report::Counter`]).
     pub report_budget: usize,
+    /// Where a content report past its budget makes its scratch folder; `None`: it gives up instead.
+    pub report_scratch: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// What counts a database's contents, as these settings allow.
+    pub fn counter(&self) -> Counter {
+        let counter = Counter::with_budget(self.report_budget);
+        match &self.report_scratch {
+            Some(folder) => counter.with_scratch(folder.clone()),
+            None => counter,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -196,6 +209,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
             report_budget: crate::report::DEFAULT_BUDGET,
+            report_scratch: Some(std::env::temp_dir()),
         }
     }
 }
@@ -400,7 +414,8 @@ struct Prepared {
     chosen: ChosenNode,
     limits: Limits,
     encoding: Encoding,
-    report_budget: usize,
+    /// Counts what the snapshot holds as it streams past.
+    counter: Counter,
 }
 
 /// Everything before the first byte: Talos connection, node choice, snapshot stream, and
@@ -433,7 +448,7 @@ async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Pr
         chosen,
         limits: settings.limits.clone(),
         encoding: plan.encoding.clone(),
-        report_budget: settings.report_budget,
+        counter: settings.counter(),
     })
 }
 
@@ -505,14 +520,20 @@ impl Prepared {
     /// What is inside is counted on the way ([`Scan`]), within the settings' memory budget.
     async fn stream(self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<Outcome, Error> {
         let node = self.chosen.node;
-        let mut scan = Scan::new(Counter::with_budget(self.report_budget));
+        let mut scan = Scan::new(self.counter);
         let (storage, upload, limits, encoding) = (&self.storage, &self.upload, &self.limits, &self.encoding);
         let report = teb_pipeline::run_with(self.snapshot, storage, upload, limits, encoding, progress, &mut |db| {
             scan.update(db)
         })
         .await
         .map_err(|e| Error::from_pipeline(&node, e))?;
-        let contents = scan.finish().and_then(|(scanned, counter)| ContentReport::of(&scanned, &counter));
+        let contents = scan.finish().and_then(|(scanned, counter)| {
+            if counter.scratch_bytes() > 0 {
+                let scratch_bytes = counter.scratch_bytes();
+                tracing::info!(key = %report.key, scratch_bytes, "contents counted past the memory budget, in a scratch folder");
+            }
+            ContentReport::of(&scanned, &counter)
+        });
         if let Err(reason) = &contents {
             tracing::warn!(key = %report.key, %reason, "the backup's contents were not counted");
         }

@@ -25,6 +25,24 @@ pub(crate) const BUCKET_LEAF: u32 = 0x01;
 /// A page whose tree is deeper than this is damaged (bbolt's trees are a few levels deep).
 const MAX_DEPTH: usize = 64;
 
+/// Page ids, one bit each.
+#[derive(Debug, Default)]
+pub(crate) struct PageSet(Vec<u64>);
+
+impl PageSet {
+    pub(crate) fn insert(&mut self, id: u64) {
+        let word = (id / 64) as usize;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (id % 64);
+    }
+
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.0.get((id / 64) as usize).is_some_and(|word| word & (1 << (id % 64)) != 0)
+    }
+}
+
 /// Where [`EtcdDb`] reads the database's bytes from: a plain snapshot in the bucket (range reads, no
 /// download), or bytes in memory.
 pub trait PageSource: Sync {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use teb_pipeline::bbolt::{BRANCH, LEAF, Meta, PAGE_HEADER, parse_meta};
 
-use super::{BUCKET_LEAF, DbMember, Element, ParsedNode, parse_node};
+use super::{BUCKET_LEAF, DbMember, Element, PageSet, ParsedNode, parse_node};
 
 /// The largest node (a page and its overflow) the scan collects. etcd refuses a request over
 /// `--max-request-bytes` (1.5 MiB unless raised), so a node of its buckets stays far below; a stale
@@ -43,10 +43,25 @@ pub trait Revisions {
     type Kept: Send;
     fn keep(&mut self, revision: &Revision<'_>) -> Option<Self::Kept>;
     fn add(&mut self, kept: Self::Kept);
-    /// The reader wants no more (its memory budget is spent): the scan drops what it holds and only
-    /// counts the rest of the bytes.
+    /// The reader wants no more (its memory budget is spent): unless it sets aside what it keeps
+    /// ([`Revisions::set_aside`]), the scan drops what it holds and only counts the rest of the bytes.
     fn exhausted(&self) -> bool {
         false
+    }
+    /// Once exhausted, a reader may keep what it keeps elsewhere (a scratch file) rather than give
+    /// up: `true` if it now does. The scan then hands it what it kept of every leaf whose place is not
+    /// known, with the leaf's page ([`Revisions::aside`]), holds no revisions itself, names the pages
+    /// it finds in the `key` tree ([`Revisions::placed`]) and, at the end, lets it count
+    /// ([`Revisions::settle`]).
+    fn set_aside(&mut self, _db_size: u64) -> bool {
+        false
+    }
+    fn aside(&mut self, _leaf: u64, _kept: Self::Kept) {}
+    fn placed(&mut self, _leaf: u64) {}
+    /// The scan is over: what was set aside is counted. The highest main revision among the leaves
+    /// set aside and placed.
+    fn settle(&mut self) -> Result<i64, String> {
+        Ok(0)
     }
 }
 
@@ -147,6 +162,8 @@ pub struct Scan<R: Revisions> {
     unplaced: HashMap<u64, Node>,
     /// The revisions kept of leaves ([`Leaf::kept`]), taken once placed.
     arena: Vec<Option<R::Kept>>,
+    /// Once the reader sets aside what it keeps: the `key` leaves whose revisions it holds.
+    aside: Option<PageSet>,
     found: Scanned,
     key_bucket: bool,
     removed: Vec<u64>,
@@ -169,6 +186,7 @@ impl<R: Revisions> Scan<R> {
             awaited: HashMap::new(),
             unplaced: HashMap::new(),
             arena: Vec::new(),
+            aside: None,
             found: Scanned::default(),
             key_bucket: false,
             removed: Vec::new(),
@@ -276,9 +294,14 @@ impl<R: Revisions> Scan<R> {
         Ok(())
     }
 
-    /// Whether the reader is exhausted; the first time, what the scan holds is dropped.
+    /// Whether the reader is exhausted and cannot set aside what it keeps; the first time, what the
+    /// scan holds is dropped.
     fn given_up(&mut self) -> bool {
         if !self.revisions.exhausted() {
+            return false;
+        }
+        if self.aside.is_none() && self.revisions.set_aside(self.found.db_size) {
+            self.hand_aside();
             return false;
         }
         if !self.unplaced.is_empty() || !self.arena.is_empty() || !self.window.is_empty() {
@@ -287,25 +310,62 @@ impl<R: Revisions> Scan<R> {
         true
     }
 
+    /// The reader now sets aside what it keeps: it gets what the arena holds for leaves not yet
+    /// placed, and the arena goes.
+    fn hand_aside(&mut self) {
+        let mut aside = PageSet::default();
+        let mut arena = std::mem::take(&mut self.arena);
+        self.unplaced.retain(|id, node| {
+            let Node::Leaf(leaf) = node else { return true };
+            if leaf.kept.is_empty() {
+                return true;
+            }
+            for at in std::mem::replace(&mut leaf.kept, 0..0) {
+                if let Some(kept) = arena.get_mut(at as usize).and_then(Option::take) {
+                    self.revisions.aside(*id, kept);
+                }
+            }
+            // A leaf with nothing else to it is now a bit; one that cannot be a `key` leaf stays,
+            // to be named if a tree needs it.
+            let keep = leaf.other.is_some();
+            if !keep {
+                aside.insert(*id);
+            }
+            keep
+        });
+        self.aside = Some(aside);
+    }
+
     /// A node has passed whole: used now if a tree named it, else kept in summary.
     fn node_passed(&mut self, id: u64, bytes: &[u8]) -> Result<(), String> {
-        let node = self.summary(bytes);
-        self.unplaced.insert(id, node);
+        let node = self.summary(Some(id), bytes);
+        match node {
+            // Its revisions are with the reader.
+            Node::Leaf(Leaf { other: None, .. }) if self.aside.is_some() => {
+                self.aside.get_or_insert_default().insert(id);
+            }
+            node => {
+                self.unplaced.insert(id, node);
+            }
+        }
         if let Some(role) = self.awaited.remove(&id) {
             self.place(id, role)?;
         }
         Ok(())
     }
 
-    fn summary(&mut self, bytes: &[u8]) -> Node {
+    /// What matters of the node at page `id` (`None`: a bucket stored inline).
+    fn summary(&mut self, id: Option<u64>, bytes: &[u8]) -> Node {
         match parse_node(bytes) {
             Ok(ParsedNode::Branch(children)) => Node::Branch(children),
-            Ok(ParsedNode::Leaf(elements)) => Node::Leaf(self.leaf(&elements)),
+            Ok(ParsedNode::Leaf(elements)) => Node::Leaf(self.leaf(id, &elements)),
             Err(reason) => Node::Unreadable(reason),
         }
     }
 
-    fn leaf(&mut self, elements: &[Element<'_>]) -> Leaf {
+    fn leaf(&mut self, id: Option<u64>, elements: &[Element<'_>]) -> Leaf {
+        // Once the reader sets aside, a leaf's revisions go to it at once.
+        let aside = id.filter(|_| self.aside.is_some());
         let start = self.arena.len() as u32;
         let mut revision = 0;
         let mut other = OtherLeaf::default();
@@ -315,8 +375,10 @@ impl<R: Revisions> Scan<R> {
                 match revision_of(element) {
                     Ok(kept) => {
                         revision = revision.max(kept.main);
-                        if let Some(kept) = self.revisions.keep(&kept) {
-                            self.arena.push(Some(kept));
+                        match (self.revisions.keep(&kept), aside) {
+                            (Some(kept), Some(id)) => self.revisions.aside(id, kept),
+                            (Some(kept), None) => self.arena.push(Some(kept)),
+                            (None, _) => {}
                         }
                     }
                     Err(reason) => other.not_key = Some(reason),
@@ -337,6 +399,12 @@ impl<R: Revisions> Scan<R> {
     fn place(&mut self, id: u64, role: Role) -> Result<(), String> {
         let mut work = vec![(id, role)];
         while let Some((id, role)) = work.pop() {
+            if self.aside.as_ref().is_some_and(|aside| aside.contains(id)) {
+                if role == Role::Key {
+                    self.revisions.placed(id);
+                }
+                continue;
+            }
             match self.unplaced.remove(&id) {
                 None => {
                     if self.too_large.contains(&id) {
@@ -377,7 +445,7 @@ impl<R: Revisions> Scan<R> {
                     match root {
                         None => return Err(format!("bucket {} has a header of {} bytes", show(&key), value.len())),
                         // A small bucket is stored inline, after its header.
-                        Some(0) => match self.summary(value.get(16..).unwrap_or_default()) {
+                        Some(0) => match self.summary(None, value.get(16..).unwrap_or_default()) {
                             Node::Leaf(inline) => self.use_leaf(bucket, inline, work)?,
                             Node::Branch(_) => return Err(format!("inline bucket {} is a branch", show(&key))),
                             Node::Unreadable(reason) => return Err(format!("inline bucket {}: {reason}", show(&key))),
@@ -435,6 +503,8 @@ impl<R: Revisions> Scan<R> {
         if !self.key_bucket {
             return Err("the database has no key bucket".into());
         }
+        let highest_aside = self.revisions.settle()?;
+        self.found.revision = self.found.revision.max(highest_aside);
         let removed = std::mem::take(&mut self.removed);
         self.found.members.retain(|m| !removed.contains(&m.id));
         Ok((self.found, self.revisions))

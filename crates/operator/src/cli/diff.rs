@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use teb_core::Settings;
 use teb_core::objects::{self, Content, Keep, Listing, StoredKey};
 
 use super::bucket::{BucketArgs, object_key};
@@ -38,7 +37,7 @@ enum Change {
 }
 
 pub(crate) async fn diff(args: DiffArgs) -> anyhow::Result<()> {
-    let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
+    let settings = args.report.settings();
     let (from, to) = (object_key(&args.from), object_key(&args.to));
     let storage = args.bucket.storage(&settings, Some(&from))?;
     let identities = args.decrypt.identities()?;

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use teb_core::catalog;
 use teb_core::kube_object::{self, EncryptionKeys};
 use teb_core::objects::{self, Content, Filter, Keep, Listing, StoredKey};
-use teb_core::{Settings, catalog};
 use teb_pipeline::{Identity, Storage};
 
 use super::{ProgressLine, ReportBudget, StoredBackupArgs};
@@ -43,7 +43,7 @@ pub(crate) enum ObjectFormat {
 }
 
 pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
+    let settings = args.report.settings();
     let (storage, identities, key) = args.stored.open(&settings, "read objects from").await?;
     let resource = match args.resource.as_str() {
         r if r.contains('.') || r.ends_with('s') => r.to_owned(),

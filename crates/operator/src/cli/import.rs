@@ -5,7 +5,7 @@
 //! TalosEtcdBackup objects come from a schedule with `importExisting` (or `spec.importKey`).
 
 use clap::Args;
-use teb_core::{Settings, catalog, kit};
+use teb_core::{catalog, kit};
 use teb_pipeline::Format;
 
 use super::bucket::BucketArgs;
@@ -32,7 +32,7 @@ pub(crate) struct ImportArgs {
 }
 
 pub(crate) async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
+    let settings = args.report.settings();
     let storage = args.bucket.storage(&settings, None)?;
     let identities = args.decrypt.identities()?;
     let recipients = args.recipients.recipients()?;

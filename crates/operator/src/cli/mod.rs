@@ -45,19 +45,34 @@ pub(crate) struct Tuning {
     pub(crate) report: ReportBudget,
 }
 
-/// The memory a content report may take.
+/// The memory a content report may take, and where it keeps what memory cannot hold.
 #[derive(Args)]
 pub(crate) struct ReportBudget {
-    /// The most memory counting a backup's contents may take, in MiB: 192 bytes per revision the
-    /// database holds (32 MiB: about 175,000). Past it the backup is stored all the same, uncounted,
-    /// and says why.
+    /// The most memory counting a backup's contents keeps in memory, in MiB: 192 bytes per revision
+    /// the database holds (32 MiB: about 175,000). Past it the count goes on in a scratch folder
+    /// (--report-scratch-dir).
     #[arg(long, env = "REPORT_MEMORY_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub(crate) report_memory_mib: u32,
+    /// Where counting a database past --report-memory-mib makes its scratch folder (45 bytes per
+    /// revision, no key and no value; removed when the count ends); the system's temporary folder
+    /// (TMPDIR, else /tmp) unless given. When it cannot be written the backup is stored all the
+    /// same, uncounted, and says why.
+    #[arg(long, env = "REPORT_SCRATCH_DIR")]
+    pub(crate) report_scratch_dir: Option<std::path::PathBuf>,
 }
 
 impl ReportBudget {
     pub(crate) fn bytes(&self) -> usize {
         self.report_memory_mib as usize * 1024 * 1024
+    }
+
+    /// The default settings, with this budget and scratch folder.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            report_budget: self.bytes(),
+            report_scratch: Some(self.report_scratch_dir.clone().unwrap_or_else(std::env::temp_dir)),
+            ..Settings::default()
+        }
     }
 }
 
@@ -70,8 +85,7 @@ impl Tuning {
                 idle_timeout: self.idle_timeout,
                 total_timeout: self.total_timeout,
             },
-            report_budget: self.report.bytes(),
-            ..Settings::default()
+            ..self.report.settings()
         }
     }
 }

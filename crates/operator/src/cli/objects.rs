@@ -3,7 +3,6 @@
 use std::sync::atomic::Ordering;
 
 use clap::Args;
-use teb_core::Settings;
 use teb_core::objects::{self, Filter, Keep, Listing};
 
 use super::{Output, ProgressLine, ReportBudget, StoredBackupArgs};
@@ -43,7 +42,7 @@ impl KeyFilter {
 }
 
 pub(crate) async fn objects(args: ObjectsArgs) -> anyhow::Result<()> {
-    let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
+    let settings = args.report.settings();
     let (storage, identities, key) = args.stored.open(&settings, "list the objects of").await?;
     let listing = Listing::new(args.keys.filter(), Keep::Nothing, settings.report_budget);
     let progress = ProgressLine::start(args.stored.progress);

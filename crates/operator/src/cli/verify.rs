@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::Args;
-use teb_core::{Settings, catalog};
+use teb_core::catalog;
 
 use super::{ProgressLine, StoredBackupArgs, contents_summary, peak_rss_bytes};
 
@@ -17,7 +17,7 @@ pub(crate) struct VerifyArgs {
 }
 
 pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let settings = Settings { report_budget: args.report.bytes(), ..Settings::default() };
+    let settings = args.report.settings();
     let args = args.stored;
     let (storage, identities, key) = args.open(&settings, "verify").await?;
     let progress = ProgressLine::start(args.progress);
@@ -46,6 +46,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 "contents": contents_summary(&verified.contents),
                 "manifest": verified.manifest,
                 "report_seconds": verified.report_time.as_secs_f64(),
+                "report_scratch_bytes": verified.scratch_bytes,
                 "seconds": seconds,
                 "mb_per_s": checked.size as f64 / 1e6 / seconds.max(1e-9),
                 "peak_rss_bytes": peak_rss_bytes(),

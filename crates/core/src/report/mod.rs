@@ -5,11 +5,16 @@
 //! resources keep older prefixes (`services/specs`, `services/endpoints`, `minions`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use teb_pipeline::{Identity, Recipient, Storage, codec};
 
 use crate::Error;
 use crate::etcd_db::{Revision, Revisions, Scanned};
+
+mod scratch;
+
+use scratch::{PLACED, Scratch};
 
 /// The format name a stored report carries.
 const REPORT_FORMAT: &str = "talos-etcd-backup-content-report/v1";
@@ -134,8 +139,9 @@ impl ObjectKey {
 /// Counts what the `key` bucket holds as the scan hands over its revisions, in any order: a key's
 /// highest revision is what etcd serves, a deletion removes it. It keeps 40 bytes per revision (its
 /// key hashed to 128 bits, its resource and namespace numbered), not the keys nor the values, and
-/// charges [`REVISION_COST`] against its budget: past it the counter keeps nothing more and the
-/// report says why ([`ContentReport::of`]).
+/// charges [`REVISION_COST`] against its budget. Past it, given a scratch folder, it writes what it
+/// keeps there and counts it at the end a part at a time ([`scratch`]); without one, or when the
+/// folder cannot be written, it keeps nothing more and the report says why ([`ContentReport::of`]).
 #[derive(Debug)]
 pub struct Counter {
     latest: HashMap<[u64; 2], Counted>,
@@ -146,6 +152,13 @@ pub struct Counter {
     /// Whether a revision came past the budget.
     full: bool,
     budget: usize,
+    scratch_in: Option<PathBuf>,
+    scratch: Option<Scratch>,
+    /// Why the scratch failed.
+    scratch_failed: Option<String>,
+    scratch_bytes: u64,
+    /// What the scratch counted, once settled.
+    settled: Option<Totals>,
 }
 
 /// The default budget: 32 MiB.
@@ -163,7 +176,7 @@ impl Default for Counter {
 }
 
 impl Counter {
-    /// A counter that keeps at most `bytes` of revisions.
+    /// A counter that keeps at most `bytes` of revisions in memory.
     pub fn with_budget(bytes: usize) -> Self {
         let room = bytes / REVISION_COST;
         Counter {
@@ -173,7 +186,42 @@ impl Counter {
             room,
             full: false,
             budget: bytes,
+            scratch_in: None,
+            scratch: None,
+            scratch_failed: None,
+            scratch_bytes: 0,
+            settled: None,
         }
+    }
+
+    /// Past its budget, the counter goes on with a scratch folder made in `folder`.
+    pub fn with_scratch(self, folder: PathBuf) -> Self {
+        Counter { scratch_in: Some(folder), ..self }
+    }
+
+    /// The bytes it wrote to a scratch folder (none when the budget sufficed).
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch_bytes
+    }
+
+    /// The revision's key and what is kept of it.
+    fn counted(&mut self, revision: &Revision<'_>) -> ([u64; 2], Counted) {
+        let object = match ObjectKey::parse(revision.key) {
+            Some(o) if !revision.deleted => (self.resources.number(o.resource), self.namespaces.number(o.namespace)),
+            _ => (NOT_AN_OBJECT, NOT_AN_OBJECT),
+        };
+        let value_size = revision.value.len().min(u32::MAX as usize) as u32;
+        (key_hash(revision.key), Counted { revision: revision.main, value_size, object, deleted: revision.deleted })
+    }
+
+    /// Writes a record to the scratch; the first failure ends it.
+    fn write(&mut self, leaf: u64, (key, counted): ([u64; 2], Counted)) {
+        let Some(scratch) = self.scratch.as_mut() else { return };
+        if let Err(e) = scratch.write(leaf, key, &counted) {
+            self.scratch_failed = Some(format!("writing to {}: {e}", scratch.folder().display()));
+            self.scratch = None;
+        }
+        self.scratch_bytes = self.scratch.as_ref().map_or(self.scratch_bytes, |s| s.written);
     }
 }
 
@@ -224,74 +272,160 @@ impl Revisions for Counter {
     fn keep(&mut self, revision: &Revision<'_>) -> Option<Self::Kept> {
         // Every revision seen counts, kept whole or not: the budget bounds the memory, whatever
         // is later dropped or replaced.
-        let Some(room) = self.room.checked_sub(1) else {
-            self.full = true;
-            return None;
-        };
-        self.room = room;
-        let object = match ObjectKey::parse(revision.key) {
-            Some(o) if !revision.deleted => (self.resources.number(o.resource), self.namespaces.number(o.namespace)),
-            _ => (NOT_AN_OBJECT, NOT_AN_OBJECT),
-        };
-        let value_size = revision.value.len().min(u32::MAX as usize) as u32;
-        Some((
-            key_hash(revision.key),
-            Counted { revision: revision.main, value_size, object, deleted: revision.deleted },
-        ))
+        if self.scratch.is_none() {
+            match self.room.checked_sub(1) {
+                Some(room) => self.room = room,
+                None => {
+                    self.full = true;
+                    // With a scratch to come, the rest of this leaf is kept (the scan hands it over
+                    // at the next page).
+                    if self.scratch_in.is_none() || self.scratch_failed.is_some() {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(self.counted(revision))
     }
 
     fn exhausted(&self) -> bool {
-        self.full
+        self.full && self.scratch.is_none()
     }
 
-    fn add(&mut self, (key, counted): Self::Kept) {
+    fn add(&mut self, kept: Self::Kept) {
+        if self.scratch.is_some() {
+            return self.write(PLACED, kept);
+        }
+        let (key, counted) = kept;
         let newer = self.latest.get(&key).is_none_or(|known| known.revision < counted.revision);
         if newer {
             self.latest.insert(key, counted);
         }
+    }
+
+    fn set_aside(&mut self, db_size: u64) -> bool {
+        let Some(folder) = self.scratch_in.as_ref().filter(|_| self.scratch_failed.is_none()) else {
+            return false;
+        };
+        match Scratch::create(folder, db_size, self.budget) {
+            Ok(scratch) => self.scratch = Some(scratch),
+            Err(e) => {
+                self.scratch_failed = Some(format!("making a folder in {}: {e}", folder.display()));
+                return false;
+            }
+        }
+        for kept in std::mem::take(&mut self.latest) {
+            self.write(PLACED, kept);
+        }
+        self.scratch.is_some()
+    }
+
+    fn aside(&mut self, leaf: u64, kept: Self::Kept) {
+        self.write(leaf, kept);
+    }
+
+    fn placed(&mut self, leaf: u64) {
+        if let Some(scratch) = self.scratch.as_mut() {
+            scratch.placed(leaf);
+        }
+    }
+
+    fn settle(&mut self) -> Result<i64, String> {
+        let Some(scratch) = self.scratch.take() else { return Ok(0) };
+        let folder = scratch.folder().to_owned();
+        let mut totals = Totals::default();
+        match scratch.settle(&mut totals) {
+            Ok(highest) => {
+                self.settled = Some(totals);
+                Ok(highest)
+            }
+            // The database is read; only its count failed.
+            Err(e) => {
+                self.scratch_failed = Some(format!("reading back {}: {e}", folder.display()));
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// Live keys counted: in all, and by resource and namespace (numbered).
+#[derive(Debug, Default)]
+struct Totals {
+    keys: u64,
+    bytes: u64,
+    objects: u64,
+    resources: BTreeMap<u32, (ResourceCount, BTreeMap<u32, u64>)>,
+}
+
+impl Totals {
+    /// A key's newest revision.
+    fn add(&mut self, counted: &Counted) {
+        if counted.deleted {
+            return;
+        }
+        self.keys += 1;
+        self.bytes += counted.value_size as u64;
+        let (resource, namespace) = counted.object;
+        if resource == NOT_AN_OBJECT {
+            return;
+        }
+        self.objects += 1;
+        let (count, namespaces) = self.resources.entry(resource).or_default();
+        count.objects += 1;
+        count.bytes += counted.value_size as u64;
+        *namespaces.entry(namespace).or_default() += 1;
     }
 }
 
 impl ContentReport {
     /// The report of what a scan found and its counter counted, or why there is none.
     pub fn of(scanned: &Scanned, counter: &Counter) -> Result<Self, String> {
-        if counter.full {
+        if let Some(reason) = &counter.scratch_failed {
             return Err(format!(
-                "the database holds more revisions than a report of {} MiB counts ({}); count it with \
-                 `talos-etcd-backup verify --report-memory-mib` and a larger budget",
-                counter.budget >> 20,
-                counter.budget / REVISION_COST
+                "the database holds more revisions than a report of {} MiB counts in memory, and its \
+                 scratch folder failed ({reason}); give it room with --report-scratch-dir",
+                counter.budget >> 20
             ));
         }
-        let mut report = ContentReport {
-            revision: scanned.revision,
-            compacted_revision: scanned.compacted,
-            db_size: scanned.db_size,
-            ..Default::default()
-        };
-        let mut resources: BTreeMap<u32, ResourceCount> = BTreeMap::new();
-        for counted in counter.latest.values().filter(|c| !c.deleted) {
-            report.keys += 1;
-            report.bytes += counted.value_size as u64;
-            let (resource, namespace) = counted.object;
-            if resource == NOT_AN_OBJECT {
-                continue;
+        let in_memory;
+        let totals = match &counter.settled {
+            Some(settled) => settled,
+            None if counter.full => {
+                return Err(format!(
+                    "the database holds more revisions than a report of {} MiB counts ({}) and no scratch \
+                     folder was given; count it with `talos-etcd-backup verify --report-memory-mib` and a \
+                     larger budget, or --report-scratch-dir",
+                    counter.budget >> 20,
+                    counter.budget / REVISION_COST
+                ));
             }
-            report.objects += 1;
-            let count = resources.entry(resource).or_default();
-            count.objects += 1;
-            count.bytes += counted.value_size as u64;
-            *count.namespaces.entry(counter.namespaces.names[namespace as usize].clone()).or_default() += 1;
-        }
-        report.resources = resources
-            .into_iter()
-            .map(|(number, count)| ResourceCount {
-                resource: counter.resources.names[number as usize].clone(),
-                ..count
+            None => {
+                let mut totals = Totals::default();
+                counter.latest.values().for_each(|counted| totals.add(counted));
+                in_memory = totals;
+                &in_memory
+            }
+        };
+        let name = |names: &Names, number: &u32| names.names[*number as usize].clone();
+        let mut resources: Vec<ResourceCount> = totals
+            .resources
+            .iter()
+            .map(|(resource, (count, namespaces))| ResourceCount {
+                resource: name(&counter.resources, resource),
+                namespaces: namespaces.iter().map(|(n, objects)| (name(&counter.namespaces, n), *objects)).collect(),
+                ..count.clone()
             })
             .collect();
-        report.resources.sort_by(|a, b| b.objects.cmp(&a.objects).then_with(|| a.resource.cmp(&b.resource)));
-        Ok(report)
+        resources.sort_by(|a, b| b.objects.cmp(&a.objects).then_with(|| a.resource.cmp(&b.resource)));
+        Ok(ContentReport {
+            revision: scanned.revision,
+            compacted_revision: scanned.compacted,
+            keys: totals.keys,
+            bytes: totals.bytes,
+            db_size: scanned.db_size,
+            objects: totals.objects,
+            resources,
+        })
     }
 
     /// The objects of `resource` (in `namespace`, when given).
