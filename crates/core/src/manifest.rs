@@ -111,7 +111,9 @@ pub async fn store(storage: &Storage, manifest: &Manifest, recipients: &[Recipie
 /// The manifest beside the snapshot at `snapshot_key`, if any: plain, or sealed and opened with
 /// `identities` (a sealed one with no identity given is `None`).
 pub async fn read(storage: &Storage, snapshot_key: &str, identities: &[Identity]) -> Result<Option<Manifest>, Error> {
-    for sealed in [false, true] {
+    // The snapshot's own kind first: `x.db` and `x.db.age` name the same manifest but for `.age`.
+    let sealed_first = snapshot_key.ends_with(".age");
+    for sealed in [sealed_first, !sealed_first] {
         if sealed && identities.is_empty() {
             continue;
         }
@@ -129,6 +131,13 @@ pub async fn read(storage: &Storage, snapshot_key: &str, identities: &[Identity]
                 "format {} version {}: this tool reads {FORMAT} up to version {FORMAT_VERSION}",
                 manifest.format, manifest.format_version
             )));
+        }
+        // Another format of the same name's (an older bucket, written before keys were kept apart
+        // by their stem), found by name: not this snapshot's. Compared by file name, so a bucket
+        // moved under another prefix still finds its own.
+        let name = |key: &str| key.rsplit('/').next().unwrap_or(key).to_owned();
+        if name(&manifest.snapshot.key) != name(snapshot_key) {
+            continue;
         }
         return Ok(Some(manifest));
     }

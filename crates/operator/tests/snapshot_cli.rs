@@ -725,6 +725,28 @@ async fn snapshot_command_never_overwrites_an_object() {
     assert!(stderr.contains("an object is already stored at manual/etcd.db") && stderr.contains("--key"), "{stderr}");
     assert_eq!(s3.get("backups", &key).await.unwrap().0, before, "the object was replaced");
     assert!(s3.unfinished_uploads().is_empty());
+    // Another format of the same name would share its manifest, kit and report (named from the key
+    // up to `.db`): refused too, and the first backup still verifies against its own manifest.
+    let manifest = s3.get("backups", "manual/manifest-etcd.json").await.unwrap().0;
+    let sibling = run(vec!["--key".into(), "manual/etcd.db.zst".into()]);
+    let stderr = String::from_utf8_lossy(&sibling.stderr);
+    assert!(
+        !sibling.status.success() && stderr.contains("manual/etcd.db is stored beside manual/etcd.db.zst"),
+        "{stderr}"
+    );
+    assert_eq!(s3.get("backups", "manual/manifest-etcd.json").await.unwrap().0, manifest, "the manifest was replaced");
+    let (ok, verified, stderr) = outcome(cli("verify", s3).args(["--key", &key]));
+    assert!(ok && verified["manifest"]["snapshot"]["key"] == key.as_str(), "{stderr}");
+    // A bucket written before that, where the sibling's manifest replaced this one: another
+    // snapshot's manifest is not this one's (no manifest, rather than a false mismatch).
+    let mut theirs: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    theirs["snapshot"]["key"] = "manual/etcd.db.zst".into();
+    theirs["snapshot"]["sha256"] = "0".repeat(64).into();
+    let theirs = serde_json::to_vec(&theirs).unwrap();
+    let store = s3.client("backups").unwrap();
+    store.put(&object_store::path::Path::from("manual/manifest-etcd.json"), theirs.into()).await.unwrap();
+    let (ok, verified, stderr) = outcome(cli("verify", s3).args(["--key", &key]));
+    assert!(ok && verified["manifest"].is_null(), "{stderr}");
 
     // Generated keys that are taken (objects at the keys of the next four seconds): numbered.
     let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
@@ -1165,12 +1187,32 @@ async fn get_brings_back_each_object_as_kube_apiserver_serves_it_and_diff_names_
     let formats: [&[&str]; 4] =
         [&[], &["--zstd"], &["--age-recipient", &recipient], &["--zstd", "--age-recipient", &recipient]];
     let (mut backups, mut reports) = (Vec::new(), Vec::new());
-    for extra in formats {
-        let (ok, summary, stderr) = outcome(command(&talosconfig, s3).args(extra));
+    // The last one counted without memory: every revision through the scratch folder.
+    let scratch = tempfile::tempdir().unwrap();
+    for (n, extra) in formats.into_iter().enumerate() {
+        let mut snapshot = command(&talosconfig, s3);
+        if n == 3 {
+            snapshot.env("REPORT_MEMORY_MIB", "0").env("REPORT_SCRATCH_DIR", scratch.path());
+        }
+        let (ok, summary, stderr) = outcome(snapshot.args(extra));
         assert!(ok, "{stderr}");
         backups.push(summary["key"].as_str().unwrap().to_owned());
         reports.push(summary["contents"]["resources"].clone());
     }
+    let verify = |budget: &str, folder: &std::path::Path| {
+        let mut verify = cli("verify", s3);
+        verify.args(["--key", &backups[3], "--report-memory-mib", budget, "--age-identity-file"]).arg(&identity_file);
+        outcome(verify.arg("--report-scratch-dir").arg(folder))
+    };
+    let (ok, in_memory, stderr) = verify("32", scratch.path());
+    assert!(ok && in_memory["report_scratch_bytes"] == 0, "{stderr}");
+    let (ok, on_disk, stderr) = verify("0", scratch.path());
+    assert!(ok && on_disk["report_scratch_bytes"].as_u64() > Some(0), "{stderr}");
+    assert_eq!(on_disk["contents"], in_memory["contents"]);
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "the scratch folder is left behind");
+    let (ok, refused, _) = verify("0", &scratch.path().join("missing"));
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(!ok && error.contains("its scratch folder failed (making a folder in"), "{refused}");
     let get = |key: &str, args: &[&str]| {
         let mut get = cli("get", s3);
         get.args(args).args(["--key", key, "--age-identity-file"]).arg(&identity_file);

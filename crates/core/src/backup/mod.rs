@@ -452,24 +452,49 @@ async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Pr
     })
 }
 
-/// The command line never overwrites an object: `key` when the bucket holds none there; else, for a key
-/// the user named (`explicit`), an error, and for a generated one the first free numbered key after
-/// it. (The operator needs no S3 call for this: its key claims keep its own backups apart.)
+/// The command line never overwrites an object: `key` when the bucket holds nothing a backup there
+/// would write or share a name with ([`stem_keys`]); else, for a key the user named (`explicit`), an
+/// error naming what is there, and for a generated one the first free numbered key after it. (The
+/// operator needs no S3 call for this: its key claims keep its own backups' stems apart.)
 pub async fn unused_key(storage: &Storage, key: &str, explicit: bool) -> Result<String, Error> {
     for candidate in (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)) {
-        if storage.size(&candidate).await.map_err(Error::Upload)?.is_none() {
-            return Ok(candidate);
+        let mut taken = None;
+        for shared in stem_keys(&candidate) {
+            if storage.size(&shared).await.map_err(Error::Upload)?.is_some() {
+                taken = Some(shared);
+                break;
+            }
         }
+        let Some(taken) = taken else { return Ok(candidate) };
         if explicit {
-            break;
+            let message = if taken == candidate {
+                format!("an object is already stored at {key}, and a backup never overwrites one: name another --key")
+            } else {
+                format!(
+                    "{taken} is stored beside {key} and a backup there would share it (kit, report and manifest \
+                     are named from the key up to `.db`): name another --key"
+                )
+            };
+            return Err(Error::Key(message));
         }
     }
-    let message = if explicit {
-        format!("an object is already stored at {key}, and a backup never overwrites one: name another --key")
-    } else {
-        format!("no free key after {key}: 100 objects share its second")
-    };
-    Err(Error::Key(message))
+    Err(Error::Key(format!("no free key after {key}: 100 objects share its second")))
+}
+
+/// Every key a backup at `key` writes, or shares its name with: the snapshot in each format (they
+/// share a stem) and its kit, report and manifest, plain or sealed.
+fn stem_keys(key: &str) -> Vec<String> {
+    let stem = stem(key);
+    let snapshots = [".db", ".db.zst", ".db.age", ".db.zst.age"].map(|format| format!("{stem}{format}"));
+    let companions = [false, true].into_iter().flat_map(|sealed| {
+        [
+            crate::kit::kit_key(key, sealed),
+            crate::report::report_key(key, sealed),
+            crate::manifest::manifest_key(key, sealed),
+        ]
+    });
+    // The key itself first: the common case, and the plainer message.
+    std::iter::once(key.to_owned()).chain(snapshots.into_iter().filter(|k| k != key)).chain(companions).collect()
 }
 
 /// Keys have one-second resolution, so two backups of a control plane can meet on one: the first of

@@ -333,6 +333,7 @@ impl<R: Revisions> Scan<R> {
             }
             keep
         });
+        self.unplaced.shrink_to_fit();
         self.aside = Some(aside);
     }
 

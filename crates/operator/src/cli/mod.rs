@@ -50,8 +50,8 @@ pub(crate) struct Tuning {
 pub(crate) struct ReportBudget {
     /// The most memory counting a backup's contents keeps in memory, in MiB: 192 bytes per revision
     /// the database holds (32 MiB: about 175,000). Past it the count goes on in a scratch folder
-    /// (--report-scratch-dir).
-    #[arg(long, env = "REPORT_MEMORY_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    /// (--report-scratch-dir); 0: there from the first revision.
+    #[arg(long, env = "REPORT_MEMORY_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=65536))]
     pub(crate) report_memory_mib: u32,
     /// Where counting a database past --report-memory-mib makes its scratch folder (45 bytes per
     /// revision, no key and no value; removed when the count ends); the system's temporary folder
