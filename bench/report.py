@@ -59,7 +59,7 @@ def main():
         recipient = next(l.split(": ")[1] for l in open(identity) if l.startswith("# public key"))
         row = {"size": size, "values": args.values, "report_memory_mib": args.report_memory_mib}
         for name, key, flags in (("plain", f"bench/{size}/report.db", []),
-                                 ("zstd_age", f"bench/{size}/report.db.zst.age", ["--zstd", "--age-recipient", recipient])):
+                                 ("zstd_age", f"bench/{size}/report-sealed.db.zst.age", ["--zstd", "--age-recipient", recipient])):
             place = ["--bucket", "bench", "--endpoint", endpoint]
             backup = bench.run("snapshot", [teb, "snapshot", "--talosconfig", talosconfig, "--key", key] + place + flags,
                                env=env)

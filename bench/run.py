@@ -182,11 +182,21 @@ def main():
     env.pop("AWS_CA_BUNDLE", None)  # a machine-wide bundle rclone cannot load with its own transport
     rclone = ["rclone", "--s3-no-check-bucket", "--config", "/dev/null"]
 
-    def delete(key, missing_ok=False):
-        """Deletes `key` of bucket `bench` (rclone's path is bucket/key)."""
+    def delete_file(key, missing_ok):
         done = subprocess.run(rclone + ["deletefile", f"bench:bench/{key}"], env=env, capture_output=True, text=True)
         if done.returncode != 0 and not (missing_ok and "doesn't exist" in done.stderr):
             sys.exit(f"rclone deletefile bench/{key} failed: {done.stderr}")
+
+    def delete(key, missing_ok=False):
+        """Deletes the backup at `key` of bucket `bench` (rclone's path is bucket/key): the snapshot, and
+        the kit, report and manifest named from its key up to `.db` (`snapshot` refuses a key whose
+        companions are stored)."""
+        delete_file(key, missing_ok)
+        folder, name = key.rsplit("/", 1)
+        stamp = name[:name.rfind(".db")].removeprefix("etcd-snapshot-")
+        for prefix, extension in (("state-", ".yaml"), ("report-", ".json"), ("manifest-", ".json")):
+            for sealed in ("", ".age"):
+                delete_file(f"{folder}/{prefix}{stamp}{extension}{sealed}", True)
 
     def emulator(size, work, bytes_per_second=0):
         """A Talos API emulator whose etcd is filled to `size`, streaming at most `bytes_per_second`."""
@@ -315,9 +325,9 @@ def main():
 
         # Compressed and encrypted, to a recipient made by Debian's age-keygen.
         identity, recipient = recipient_in(work)
-        for name, key, flags in (("zstd", "bench/full.db.zst", ["--zstd"]),
-                                 ("age", "bench/full.db.age", ["--age-recipient", recipient]),
-                                 ("zstd_age", "bench/full.db.zst.age", ["--zstd", "--age-recipient", recipient])):
+        for name, key, flags in (("zstd", "bench/full-zstd.db.zst", ["--zstd"]),
+                                 ("age", "bench/full-age.db.age", ["--age-recipient", recipient]),
+                                 ("zstd_age", "bench/full-zstd-age.db.zst.age", ["--zstd", "--age-recipient", recipient])):
             r = measured(name, [teb, "snapshot", "--talosconfig", talosconfig, "--bucket", "bench",
                                 "--endpoint", endpoint, "--key", key] + flags)
             row[name] = dict(r, **last_json(r["stdout"]))
@@ -325,7 +335,7 @@ def main():
             if name != "zstd_age":  # read back below
                 delete(key)
         r = measured("verify zstd+age", [teb, "verify", "--bucket", "bench", "--endpoint", endpoint,
-                                         "--key", "bench/full.db.zst.age", "--age-identity-file", identity])
+                                         "--key", "bench/full-zstd-age.db.zst.age", "--age-identity-file", identity])
         row["verify_zstd_age"] = dict(r, **last_json(r["stdout"]))
         # The same backups to Azure Blob Storage (Azurite, a Node.js process writing to disk) and to GCS
         # (the test GCS server, in memory), each server started for this size only.
@@ -345,9 +355,9 @@ def main():
             atexit.register(server.kill)
             for name, cmd in (
                     ("plain", [teb, "snapshot", "--talosconfig", talosconfig, "--key", "bench/full.db"] + place),
-                    ("zstd_age", [teb, "snapshot", "--talosconfig", talosconfig, "--key", "bench/full.db.zst.age",
+                    ("zstd_age", [teb, "snapshot", "--talosconfig", talosconfig, "--key", "bench/full-zstd-age.db.zst.age",
                                   "--zstd", "--age-recipient", recipient] + place),
-                    ("verify_zstd_age", [teb, "verify", "--key", "bench/full.db.zst.age", "--age-identity-file",
+                    ("verify_zstd_age", [teb, "verify", "--key", "bench/full-zstd-age.db.zst.age", "--age-identity-file",
                                          identity] + place)):
                 before = cpu_seconds([server.pid])
                 r = run(f"{backend} {name}", cmd, env=backend_env)
@@ -360,7 +370,7 @@ def main():
             server.stdin.close()
             server.wait()
 
-        delete("bench/full.db.zst.age")  # disk: 4 GiB rows are big
+        delete("bench/full-zstd-age.db.zst.age")  # disk: 4 GiB rows are big
 
         snap = os.path.join(work, "two-step.db")
         save = run("etcdctl", [args.etcdctl, "--endpoints", etcd_url, "snapshot", "save", snap], env=env)
@@ -402,8 +412,8 @@ def main():
         row["restore"]["upload_mb_per_s"] = row["restore"]["size"] / 1e6 / row["restore"]["upload_seconds"]
         delete("bench/full.db")
 
-        for key in ("bench/full.db", "bench/two-step.db", "bench/rcat.db", "bench/sink-alone.db", "bench/full.db.zst",
-                    "bench/full.db.age", "bench/full.db.zst.age"):
+        for key in ("bench/full.db", "bench/two-step.db", "bench/rcat.db", "bench/sink-alone.db", "bench/full-zstd.db.zst",
+                    "bench/full-age.db.age", "bench/full-zstd-age.db.zst.age"):
             delete(key, missing_ok=True)
         emu.terminate()
         emu.wait()
