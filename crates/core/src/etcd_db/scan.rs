@@ -7,7 +7,9 @@
 //! only by its place in a tree: a node whose place is known when it passes is used at once; one whose
 //! parent has not passed yet is kept in summary (a branch: its children; a leaf: what the
 //! [`Revisions`] chose to keep of it) until its parent names it, and dropped at the end if none does.
-//! Memory is those summaries plus one node; the bytes of the values are never kept.
+//! Memory is those summaries plus one node; the bytes of the values are never kept. A reader whose
+//! budget is spent may take the leaves' share over ([`Revisions::set_aside`]): the scan then keeps a
+//! bit per `key` leaf and the branches, whatever the database's size.
 
 use std::collections::HashMap;
 
