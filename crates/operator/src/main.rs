@@ -171,8 +171,21 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(talos_etcd_backup::metrics::Metrics::default());
     let health = tokio::spawn(talos_etcd_backup::health::serve(args.health_addr, ready.clone(), metrics.clone()));
+    let settings = args.tuning.settings();
+    if let Some(folder) = &settings.report_scratch {
+        // Counts a killed container left in its emptyDir, idle far longer than a running one ever is.
+        match teb_core::report::remove_stale_scratch(folder, std::time::Duration::from_secs(600)) {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::info!(folder = %folder.display(), removed, "removed scratch folders of counts that were killed")
+            }
+            Err(error) => {
+                tracing::warn!(folder = %folder.display(), %error, "cannot look for scratch folders left behind")
+            }
+        }
+    }
     let config = controllers::Config {
-        settings: args.tuning.settings(),
+        settings,
         max_attempts: args.max_attempts,
         retry_backoff: args.retry_backoff,
         concurrency: args.concurrency,

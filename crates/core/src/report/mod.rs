@@ -14,6 +14,8 @@ use crate::etcd_db::{Revision, Revisions, Scanned};
 
 mod scratch;
 
+pub use scratch::remove_stale as remove_stale_scratch;
+
 use scratch::{PLACED, Scratch};
 
 /// The format name a stored report carries.

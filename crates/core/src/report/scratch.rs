@@ -3,7 +3,8 @@
 //! key, no value), spread over partitions by the key's hash. Once the scan is over, each partition in
 //! turn is read back, its records of leaves the `key` tree holds sorted by key and revision, and each
 //! key's newest counted: memory is one partition, about the budget, whatever the database's size.
-//! The folder is removed when the scratch is dropped, on every path out.
+//! The folder is removed when the scratch is dropped, on every path out; one a killed process left
+//! behind is removed by the next operator to start ([`remove_stale`]).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -30,12 +31,43 @@ pub(super) struct Scratch {
     pub(super) written: u64,
 }
 
+/// The prefix of every scratch folder's name.
+const FOLDER_PREFIX: &str = "teb-report-";
+
+/// Removes the scratch folders in `parent` that nothing has written to for `idle` (a count killed
+/// with SIGKILL, or its container OOM-killed, leaves its folder; in a pod's emptyDir it outlives the
+/// container). A running count writes to its files all along, so its folder is never idle that
+/// long. The folders removed.
+pub fn remove_stale(parent: &Path, idle: std::time::Duration) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(parent)? {
+        let entry = entry?;
+        let stale = entry.file_name().to_string_lossy().starts_with(FOLDER_PREFIX)
+            && entry.file_type()?.is_dir()
+            && last_written(&entry.path())?.elapsed().is_ok_and(|since| since >= idle);
+        if stale {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// When a folder or any file in it was last written.
+fn last_written(folder: &Path) -> std::io::Result<std::time::SystemTime> {
+    let mut newest = std::fs::metadata(folder)?.modified()?;
+    for entry in std::fs::read_dir(folder)? {
+        newest = newest.max(entry?.metadata()?.modified()?);
+    }
+    Ok(newest)
+}
+
 impl Scratch {
     /// A scratch in a new folder under `parent`, for a database of `db_size` bytes counted within
     /// `budget` bytes. A revision takes at least as many bytes in the database as its record does
     /// here, so partitions of `budget` bytes each hold one partition's records in the budget.
     pub(super) fn create(parent: &Path, db_size: u64, budget: usize) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("teb-report-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new().prefix(FOLDER_PREFIX).tempdir_in(parent)?;
         let count = (db_size / budget.max(1) as u64 + 1).min(MAX_PARTITIONS);
         let partitions = (0..count)
             .map(|n| Ok(BufWriter::with_capacity(BUFFER, File::create(dir.path().join(format!("{n}")))?)))
@@ -112,5 +144,32 @@ impl Scratch {
             }
         }
         Ok(highest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_folders_left_idle_are_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let folder = |name: &str, written: Option<std::time::SystemTime>| {
+            let path = parent.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            let file = File::create(path.join("0")).unwrap();
+            if let Some(at) = written {
+                file.set_modified(at).unwrap();
+                File::open(&path).unwrap().set_modified(at).unwrap();
+            }
+            path
+        };
+        let left = folder("teb-report-killed", Some(hour_ago));
+        let running = folder("teb-report-running", None);
+        let other = folder("someone-else", Some(hour_ago));
+        let idle = std::time::Duration::from_secs(600);
+        assert_eq!(remove_stale(parent.path(), idle).unwrap(), 1);
+        assert!(!left.exists() && running.exists() && other.exists());
     }
 }
