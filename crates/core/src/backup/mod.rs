@@ -345,10 +345,14 @@ async fn stored_companion(
     snapshot_key: &str,
     name: fn(&str, bool) -> String,
 ) -> Result<Option<String>, Error> {
-    for sealed in [true, false] {
-        let companion = name(snapshot_key, sealed);
-        if storage.size(&companion).await.map_err(Error::Upload)?.is_some() {
-            return Ok(Some(companion));
+    first_stored(storage, [true, false].map(|sealed| name(snapshot_key, sealed))).await
+}
+
+/// The first of `keys` the bucket holds an object at.
+async fn first_stored(storage: &Storage, keys: impl IntoIterator<Item = String>) -> Result<Option<String>, Error> {
+    for key in keys {
+        if storage.size(&key).await.map_err(Error::Upload)?.is_some() {
+            return Ok(Some(key));
         }
     }
     Ok(None)
@@ -458,14 +462,7 @@ async fn prepare(plan: &BackupPlan, key: &str, settings: &Settings) -> Result<Pr
 /// operator needs no S3 call for this: its key claims keep its own backups' stems apart.)
 pub async fn unused_key(storage: &Storage, key: &str, explicit: bool) -> Result<String, Error> {
     for candidate in (0..100).filter(|&n| n != 1).map(|n| numbered_key(key, n)) {
-        let mut taken = None;
-        for shared in stem_keys(&candidate) {
-            if storage.size(&shared).await.map_err(Error::Upload)?.is_some() {
-                taken = Some(shared);
-                break;
-            }
-        }
-        let Some(taken) = taken else { return Ok(candidate) };
+        let Some(taken) = first_stored(storage, stem_keys(&candidate)).await? else { return Ok(candidate) };
         if explicit {
             let message = if taken == candidate {
                 format!("an object is already stored at {key}, and a backup never overwrites one: name another --key")

@@ -159,7 +159,7 @@ pub struct Counter {
     /// Why the scratch failed.
     scratch_failed: Option<String>,
     scratch_bytes: u64,
-    /// What the scratch counted, once settled.
+    /// What it counted, once its scan has finished.
     settled: Option<Totals>,
 }
 
@@ -223,7 +223,6 @@ impl Counter {
             self.scratch_failed = Some(format!("writing to {}: {e}", scratch.folder().display()));
             self.scratch = None;
         }
-        self.scratch_bytes = self.scratch.as_ref().map_or(self.scratch_bytes, |s| s.written);
     }
 }
 
@@ -333,9 +332,16 @@ impl Revisions for Counter {
     }
 
     fn settle(&mut self) -> Result<i64, String> {
-        let Some(scratch) = self.scratch.take() else { return Ok(0) };
-        let folder = scratch.folder().to_owned();
         let mut totals = Totals::default();
+        let Some(scratch) = self.scratch.take() else {
+            if self.scratch_failed.is_none() {
+                std::mem::take(&mut self.latest).values().for_each(|counted| totals.add(counted));
+                self.settled = Some(totals);
+            }
+            return Ok(0);
+        };
+        let folder = scratch.folder().to_owned();
+        self.scratch_bytes = scratch.written;
         match scratch.settle(&mut totals) {
             Ok(highest) => {
                 self.settled = Some(totals);
@@ -380,7 +386,7 @@ impl Totals {
 }
 
 impl ContentReport {
-    /// The report of what a scan found and its counter counted, or why there is none.
+    /// The report of what a finished scan found and its counter counted, or why there is none.
     pub fn of(scanned: &Scanned, counter: &Counter) -> Result<Self, String> {
         if let Some(reason) = &counter.scratch_failed {
             return Err(format!(
@@ -389,25 +395,16 @@ impl ContentReport {
                 counter.budget >> 20
             ));
         }
-        let in_memory;
-        let totals = match &counter.settled {
-            Some(settled) => settled,
-            None if counter.full => {
-                return Err(format!(
-                    "the database holds more revisions than a report of {} MiB counts ({}) and no scratch \
-                     folder was given; count it with `talos-etcd-backup verify --report-memory-mib` and a \
-                     larger budget, or --report-scratch-dir",
-                    counter.budget >> 20,
-                    counter.budget / REVISION_COST
-                ));
-            }
-            None => {
-                let mut totals = Totals::default();
-                counter.latest.values().for_each(|counted| totals.add(counted));
-                in_memory = totals;
-                &in_memory
-            }
-        };
+        // Not settled: its scan gave up, past the budget with no scratch folder.
+        let totals = counter.settled.as_ref().ok_or_else(|| {
+            format!(
+                "the database holds more revisions than a report of {} MiB counts ({}) and no scratch \
+                 folder was given; count it with `talos-etcd-backup verify --report-memory-mib` and a \
+                 larger budget, or --report-scratch-dir",
+                counter.budget >> 20,
+                counter.budget / REVISION_COST
+            )
+        })?;
         let name = |names: &Names, number: &u32| names.names[*number as usize].clone();
         let mut resources: Vec<ResourceCount> = totals
             .resources

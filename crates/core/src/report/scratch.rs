@@ -106,8 +106,8 @@ impl Scratch {
     pub(super) fn settle(self, totals: &mut Totals) -> std::io::Result<i64> {
         let mut highest = 0;
         for (n, partition) in self.partitions.into_iter().enumerate() {
-            let file = partition.into_inner().map_err(|e| e.into_error())?;
-            drop(file);
+            // Flushed and closed before it is read back.
+            partition.into_inner().map_err(|e| e.into_error())?;
             let path = self.dir.path().join(format!("{n}"));
             let len = std::fs::metadata(&path)?.len() as usize;
             let mut reader = BufReader::with_capacity(BUFFER, File::open(&path)?);
