@@ -97,15 +97,8 @@ pub async fn store(storage: &Storage, manifest: &Manifest, recipients: &[Recipie
     let key = &manifest.snapshot.key;
     let json =
         serde_json::to_vec_pretty(manifest).map_err(|e| Error::Manifest { key: key.clone(), reason: e.to_string() })?;
-    let sealed = !recipients.is_empty();
-    let bytes = if sealed { codec::seal(&json, recipients).map_err(Error::Upload)? } else { json };
-    let key = manifest_key(key, sealed);
-    let metadata = [("format", FORMAT.to_owned())];
-    storage
-        .put(&key, bytes, &metadata)
-        .await
-        .map_err(|cause| Error::Bucket { action: "store a manifest in", cause })?;
-    Ok(key)
+    let action = "store a manifest in";
+    crate::backup::store_account(storage, key, manifest_key, (json, FORMAT), recipients, action).await
 }
 
 /// The manifest beside the snapshot at `snapshot_key`, if any: plain, or sealed and opened with

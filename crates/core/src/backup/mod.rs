@@ -261,6 +261,25 @@ pub(crate) fn companion_key(snapshot_key: &str, name: &str, extension: &str, sea
     key.trim_start_matches('/').to_owned()
 }
 
+/// Stores an account of the snapshot at `snapshot_key` (its report or manifest, `json`) at the key
+/// `name` gives it, sealed to `recipients` when there are any, its `format` in the object's metadata:
+/// its key. `action` names the write in an error.
+pub(crate) async fn store_account(
+    storage: &Storage,
+    snapshot_key: &str,
+    name: fn(&str, bool) -> String,
+    (json, format): (Vec<u8>, &str),
+    recipients: &[teb_pipeline::Recipient],
+    action: &'static str,
+) -> Result<String, Error> {
+    let sealed = !recipients.is_empty();
+    let bytes = if sealed { teb_pipeline::codec::seal(&json, recipients).map_err(Error::Upload)? } else { json };
+    let key = name(snapshot_key, sealed);
+    let metadata = [("format", format.to_owned())];
+    storage.put(&key, bytes, &metadata).await.map_err(|cause| Error::Bucket { action, cause })?;
+    Ok(key)
+}
+
 /// The object format this writer records in the object's metadata.
 pub(crate) const FORMAT: &str = "etcd-snapshot-sha256-trailer";
 

@@ -46,15 +46,8 @@ pub async fn store(
     let stored = StoredReport { format: REPORT_FORMAT.to_owned(), report: report.clone() };
     let json = serde_json::to_vec_pretty(&stored)
         .map_err(|e| Error::Report { key: snapshot_key.into(), reason: e.to_string() })?;
-    let sealed = !recipients.is_empty();
-    let bytes = if sealed { codec::seal(&json, recipients).map_err(Error::Upload)? } else { json };
-    let key = report_key(snapshot_key, sealed);
-    let metadata = [("format", REPORT_FORMAT.to_owned())];
-    storage
-        .put(&key, bytes, &metadata)
-        .await
-        .map_err(|cause| Error::Bucket { action: "store a content report in", cause })?;
-    Ok(key)
+    let action = "store a content report in";
+    crate::backup::store_account(storage, snapshot_key, report_key, (json, REPORT_FORMAT), recipients, action).await
 }
 
 /// The report stored at `key` ([`report_key`]), if any, opened with `identities` when sealed.
